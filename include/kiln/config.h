@@ -1,0 +1,98 @@
+/*
+ * Configuration: defaults < file (kiln.yaml, YAML or JSON) < environment
+ * (KILN_* and the legacy names HUB_REDIS_URL, MACHINE_ID, WORKER_CONNECTORS)
+ * < command-line flags (applied by the CLI after kiln_config_load).
+ *
+ * Every value is validated against one schema table; a bad config reports
+ * every problem at once, each naming file, line, field, expected and actual.
+ */
+#ifndef KILN_CONFIG_H
+#define KILN_CONFIG_H
+
+#include <jansson.h>
+#include <stdbool.h>
+#include <stddef.h>
+
+#include "kiln/log.h"
+
+/* A list of human-readable problems, e.g.
+ * "kiln.yaml:12: worker.concurrency: expected an integer 1-1024, got \"abc\"". */
+typedef struct kiln_problems {
+    char **items;
+    size_t count;
+} kiln_problems_t;
+
+void kiln_problems_add(kiln_problems_t *p, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+void kiln_problems_clear(kiln_problems_t *p);
+
+/* One named connector instance. The name is the service (queue) jobs ask for;
+ * type picks the C module ("simulation", "exec", ...); options is the
+ * type-specific object, validated by the connector itself. */
+typedef struct kiln_connector_config {
+    char *name;
+    char *type;
+    json_t *options; /* owned; an object, possibly empty */
+} kiln_connector_config_t;
+
+typedef struct kiln_config {
+    char *source_path; /* the file loaded, or NULL when none */
+
+    char *redis_url;  /* redis.url | KILN_REDIS_URL | HUB_REDIS_URL; default redis://127.0.0.1:6379 */
+    char *machine_id; /* machine.id | KILN_MACHINE_ID | MACHINE_ID; default: host name */
+
+    kiln_log_format_t log_format; /* log.format | KILN_LOG_FORMAT; default json */
+    kiln_log_level_t log_level;   /* log.level | KILN_LOG_LEVEL; default info */
+
+    struct {
+        long max_payload_bytes;   /* broker.max_payload_bytes; default 1048576, 1024-67108864 */
+        long stream_max_len;      /* broker.stream_max_len; default 100000, 100-10000000 */
+        long retention_age_s;     /* broker.retention_age_s; default 604800, 1-31536000 */
+        long retention_count;     /* broker.retention_count; default 10000, 0-10000000 */
+        int default_max_attempts; /* broker.default_max_attempts; default 3, 1-100 */
+        long backoff_base_ms;     /* broker.backoff_base_ms; default 1000, 0-3600000 */
+        long backoff_max_ms;      /* broker.backoff_max_ms; default 300000, 0-86400000 */
+        long lease_ms;            /* broker.lease_ms; default 30000, 100-3600000 */
+    } broker;
+
+    struct {
+        char *id;               /* worker.id | KILN_WORKER_ID; default "<machine_id>-<pid>" at run time (NULL here) */
+        char **connectors;      /* worker.connectors | KILN_WORKER_CONNECTORS | WORKER_CONNECTORS (comma list) */
+        size_t n_connectors;
+        json_t *capabilities;   /* worker.capabilities | KILN_WORKER_CAPABILITIES (JSON object); owned */
+        int concurrency;        /* worker.concurrency | KILN_WORKER_CONCURRENCY; default 1, 1-1024 */
+        long heartbeat_ms;      /* worker.heartbeat_ms; default 0 = lease_ms / 3 */
+        long shutdown_grace_ms; /* worker.shutdown_grace_ms; default 30000, 0-3600000 */
+        long registry_ttl_ms;   /* worker.registry_ttl_ms; default 15000, 1000-3600000 */
+    } worker;
+
+    /* connectors: { NAME: { type: TYPE, ...options } }. A name listed in
+     * worker.connectors but not defined here is a connector of the type of the
+     * same name with empty options (so WORKER_CONNECTORS=simulation works). */
+    kiln_connector_config_t *connectors;
+    size_t n_connectors;
+} kiln_config_t;
+
+/* Fills cfg with the defaults. Never fails. */
+void kiln_config_init_defaults(kiln_config_t *cfg);
+
+/* Loads defaults, then path (NULL: ./kiln.yaml if it exists, else none; a
+ * path that does not exist is a problem), then the environment envp (NULL:
+ * the process environment). On any problem returns KILN_EINVAL with every
+ * problem in problems and cfg left in a valid but unspecified state that
+ * kiln_config_free releases. */
+int kiln_config_load(kiln_config_t *cfg, const char *path, char **envp, kiln_problems_t *problems);
+
+/* Looks up a connector instance by name, resolving the implicit
+ * "name = type" rule. Returns NULL when unknown. The returned pointer is
+ * owned by cfg. */
+const kiln_connector_config_t *kiln_config_connector(const kiln_config_t *cfg, const char *name);
+
+/* The effective configuration as a JSON object, secrets (passwords in URLs,
+ * option keys naming a key, token, secret or password) replaced by "***".
+ * Caller owns the result. */
+json_t *kiln_config_to_json_redacted(const kiln_config_t *cfg);
+
+/* Releases everything cfg owns (not cfg itself). */
+void kiln_config_free(kiln_config_t *cfg);
+
+#endif

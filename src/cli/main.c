@@ -1,0 +1,36 @@
+/* kiln: one binary, one subcommand per file (src/cli/cmd_*.c). */
+#include <stdio.h>
+#include <string.h>
+
+#include "cli/commands.h"
+
+static const kiln_command_t commands[] = {
+    {"config", "check or show the effective configuration", kiln_cmd_config},
+    {"worker", "run a worker that claims and runs jobs", kiln_cmd_worker},
+};
+
+static void usage(FILE *out)
+{
+    fprintf(out, "usage: kiln COMMAND [options]   (kiln COMMAND --help for details)\n\ncommands:\n");
+    for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
+        fprintf(out, "  %-10s %s\n", commands[i].name, commands[i].summary);
+}
+
+int main(int argc, char **argv)
+{
+    if (argc < 2) {
+        usage(stderr);
+        return KILN_EXIT_USAGE;
+    }
+    if (strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0 || strcmp(argv[1], "help") == 0) {
+        usage(stdout);
+        return KILN_EXIT_OK;
+    }
+    for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++) {
+        if (strcmp(argv[1], commands[i].name) == 0)
+            return commands[i].run(argc - 1, argv + 1);
+    }
+    fprintf(stderr, "kiln: unknown command '%s'\n", argv[1]);
+    usage(stderr);
+    return KILN_EXIT_USAGE;
+}
