@@ -6,7 +6,7 @@
 
 typedef struct kiln_embedded_script {
     const char *name;   /* file stem: "submit", "claim", ... */
-    const char *source; /* lib/*.lua followed by the operation's file */
+    const char *source; /* the lib/ scripts followed by the operation's file */
     size_t length;
 } kiln_embedded_script_t;
 

@@ -1,0 +1,24 @@
+-- cancel: ARGV[10] job id. Pending and delayed jobs are cancelled at once;
+-- a running job is cancelled and its worker told on the notify channel
+-- ('cancel <id>'); its later reports are refused.
+-- Returns 'ok', 'missing' or 'final:<state>' for a finished job.
+local id = ARGV[OP]
+local now = now_ms()
+local f = redis.call('HMGET', jkey(id), 'state', 'class')
+local state = f[1]
+if not state then
+    return 'missing'
+end
+if state == 'pending' then
+    remove_pending(id, f[2])
+elseif state == 'delayed' then
+    redis.call('ZREM', K_DELAYED, id)
+elseif state == 'running' then
+    redis.call('ZREM', K_RUNNING, id)
+    redis.call('PUBLISH', CHANNEL, 'cancel ' .. id)
+else
+    return 'final:' .. state
+end
+finish(id, 'cancelled', now, {'error', 'cancelled'})
+emit(id, 'cancelled', 'cancelled', {'previous', state})
+return 'ok'
