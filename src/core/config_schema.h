@@ -1,0 +1,98 @@
+/*
+ * The configuration schema: one table row per scalar setting (its file path,
+ * its environment names, its type and range, where it lives in
+ * kiln_config_t), and the code that validates a value against its row,
+ * whether the value came from the file or from the environment. Private to
+ * config.c.
+ */
+#ifndef KILN_CONFIG_SCHEMA_H
+#define KILN_CONFIG_SCHEMA_H
+
+#include <stdbool.h>
+#include <stddef.h>
+
+#include "core/yaml_tree.h"
+#include "kiln/config.h"
+
+#define KILN_CONFIG_MAX_WORKER_CONNECTORS 64
+#define KILN_CONFIG_MAX_CONNECTORS        256
+#define KILN_CONFIG_NAME_MAX              64
+#define KILN_CONFIG_ID_MAX                128
+#define KILN_CONFIG_WHERE_MAX             400
+
+typedef enum {
+    KILN_FIELD_ID,         /* a name: letters, digits, '.', '_', '-' */
+    KILN_FIELD_REDIS_URL,  /* redis://[[user]:password@]host[:port][/db] */
+    KILN_FIELD_LOG_FORMAT, /* json | text */
+    KILN_FIELD_LOG_LEVEL,  /* debug | info | warn | error */
+    KILN_FIELD_INT,        /* an integer in [min, max], stored as int or long */
+    KILN_FIELD_NAMES,      /* connector names: a list, or a comma list */
+    KILN_FIELD_OBJECT      /* a mapping; a JSON object in the environment */
+} kiln_field_kind_t;
+
+typedef struct kiln_config_field {
+    const char *path;       /* "worker.concurrency" */
+    const char *env;        /* "KILN_WORKER_CONCURRENCY" */
+    const char *legacy_env; /* "WORKER_CONNECTORS", or NULL */
+    kiln_field_kind_t kind;
+    long min, max; /* KILN_FIELD_INT only */
+    size_t offset; /* of the member in kiln_config_t */
+    size_t size;   /* KILN_FIELD_INT: sizeof the member (int or long) */
+} kiln_config_field_t;
+
+#define KILN_CONFIG_N_FIELDS 19
+
+extern const kiln_config_field_t kiln_config_fields[KILN_CONFIG_N_FIELDS];
+
+/* One load in progress: the config being filled, the problems found so far,
+ * and where each field was last set (NULL: still the default), so that a
+ * check across two fields can point at the one the user wrote. */
+typedef struct kiln_config_ctx {
+    kiln_config_t *cfg;
+    kiln_problems_t *problems;
+    char *set_at[KILN_CONFIG_N_FIELDS]; /* owned */
+} kiln_config_ctx_t;
+
+/* Where a value came from: a file (with its parsed document, for lines) or
+ * the environment variable named env. */
+typedef struct kiln_config_origin {
+    const char *file;
+    const kiln_yaml_doc_t *doc;
+    const char *env;
+} kiln_config_origin_t;
+
+/* The row for a file path such as "broker.lease_ms", or NULL. */
+const kiln_config_field_t *kiln_config_field_find(const char *path);
+
+/* Formats the prefix of a problem about path into buf:
+ * "kiln.yaml:12: worker.concurrency" or "environment KILN_WORKER_CONCURRENCY". */
+void kiln_config_where(const kiln_config_origin_t *o, const char *path, char *buf, size_t size);
+
+/* Describes a value for "got ..." in a message: strings quoted and escaped
+ * (control and non-ASCII bytes as \xNN, long ones shortened), numbers as
+ * written, containers as "a mapping" / "a list". */
+void kiln_config_describe(const json_t *value, char *buf, size_t size);
+
+/* Quotes and escapes text like kiln_config_describe does for strings. */
+void kiln_config_quote(const char *text, char *buf, size_t size);
+
+/* Whether name is a connector name: [a-z0-9][a-z0-9_-]{0,63}. */
+bool kiln_config_valid_name(const char *name);
+
+/* Validates value (from the file at o) against f and stores it in ctx->cfg.
+ * Records each problem in ctx->problems. Returns true when stored. */
+bool kiln_config_field_set_json(kiln_config_ctx_t *ctx, const kiln_config_field_t *f,
+                                const json_t *value, const kiln_config_origin_t *o);
+
+/* Applies every KILN_* (and legacy) variable of the schema found in envp. */
+void kiln_config_apply_env(kiln_config_ctx_t *ctx, char **envp);
+
+/* Checks the rules that tie two fields together (heartbeat below the lease,
+ * backoff base below its maximum). */
+void kiln_config_check_across(kiln_config_ctx_t *ctx);
+
+/* Replaces the password of a URL's user information with "***"; other
+ * strings are copied. Caller frees. */
+char *kiln_config_redact_url(const char *url);
+
+#endif

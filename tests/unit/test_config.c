@@ -1,0 +1,832 @@
+/*
+ * Configuration: defaults < file < environment, one schema, every problem
+ * reported with file, line, field, expected and actual.
+ */
+#include "kiln_test.h"
+
+#include <ftw.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "kiln/config.h"
+#include "kiln/err.h"
+
+static char tmp_dir[256];
+static char file_path[512];
+static kiln_config_t cfg;
+static kiln_problems_t problems;
+static char *no_env[] = {NULL};
+
+static int remove_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw)
+{
+    (void)st, (void)flag, (void)ftw;
+    return remove(path);
+}
+
+static int setup(void **state)
+{
+    kiln_test_tmpdir(tmp_dir, sizeof tmp_dir);
+    memset(&cfg, 0, sizeof cfg);
+    memset(&problems, 0, sizeof problems);
+    return 0;
+}
+
+static int teardown(void **state)
+{
+    kiln_config_free(&cfg);
+    kiln_problems_clear(&problems);
+    nftw(tmp_dir, remove_entry, 8, FTW_DEPTH | FTW_PHYS);
+    return 0;
+}
+
+/* Writes text to tmp_dir/name and returns its path (in file_path). */
+static const char *write_file(const char *name, const char *text)
+{
+    snprintf(file_path, sizeof file_path, "%s/%s", tmp_dir, name);
+    FILE *f = fopen(file_path, "w");
+    assert_non_null(f);
+    fputs(text, f);
+    fclose(f);
+    return file_path;
+}
+
+static int load_yaml(const char *yaml, char **env)
+{
+    const char *path = yaml ? write_file("kiln.yaml", yaml) : NULL;
+    return kiln_config_load(&cfg, path, env ? env : no_env, &problems);
+}
+
+static void dump_problems(void)
+{
+    fprintf(stderr, "%zu problem(s):\n", problems.count);
+    for (size_t i = 0; i < problems.count; i++)
+        fprintf(stderr, "  [%zu] %s\n", i, problems.items[i]);
+}
+
+/* Asserts that exactly one problem equals the printf-formatted text. */
+static void assert_problem(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static void assert_problem(const char *fmt, ...)
+{
+    char want[1024];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(want, sizeof want, fmt, ap);
+    va_end(ap);
+    for (size_t i = 0; i < problems.count; i++) {
+        if (strcmp(problems.items[i], want) == 0)
+            return;
+    }
+    dump_problems();
+    fail_msg("no problem reads: %s", want);
+}
+
+/* Asserts that some problem contains every one of the given substrings. */
+static void assert_problem_has(const char *a, const char *b)
+{
+    for (size_t i = 0; i < problems.count; i++) {
+        if (strstr(problems.items[i], a) && (!b || strstr(problems.items[i], b)))
+            return;
+    }
+    dump_problems();
+    fail_msg("no problem contains \"%s\"%s%s", a, b ? " and " : "", b ? b : "");
+}
+
+static void assert_ok(int rc)
+{
+    if (rc != 0 || problems.count != 0) {
+        dump_problems();
+        fail_msg("expected a valid config, got rc %d", rc);
+    }
+}
+
+static void defaults_apply_when_there_is_no_file_and_no_environment(void **state)
+{
+    char cwd[512], host[256] = {0};
+    assert_non_null(getcwd(cwd, sizeof cwd));
+    assert_int_equal(chdir(tmp_dir), 0);
+    int rc = kiln_config_load(&cfg, NULL, no_env, &problems);
+    assert_int_equal(chdir(cwd), 0);
+    assert_ok(rc);
+    assert_null(cfg.source_path);
+    assert_string_equal(cfg.redis_url, "redis://127.0.0.1:6379");
+    gethostname(host, sizeof host - 1);
+    assert_string_equal(cfg.machine_id, host);
+    assert_int_equal(cfg.log_format, KILN_LOG_JSON);
+    assert_int_equal(cfg.log_level, KILN_LOG_INFO);
+    assert_int_equal(cfg.broker.max_payload_bytes, 1048576);
+    assert_int_equal(cfg.broker.stream_max_len, 100000);
+    assert_int_equal(cfg.broker.retention_age_s, 604800);
+    assert_int_equal(cfg.broker.retention_count, 10000);
+    assert_int_equal(cfg.broker.default_max_attempts, 3);
+    assert_int_equal(cfg.broker.backoff_base_ms, 1000);
+    assert_int_equal(cfg.broker.backoff_max_ms, 300000);
+    assert_int_equal(cfg.broker.lease_ms, 30000);
+    assert_null(cfg.worker.id);
+    assert_int_equal(cfg.worker.n_connectors, 0);
+    assert_true(json_is_object(cfg.worker.capabilities));
+    assert_int_equal(json_object_size(cfg.worker.capabilities), 0);
+    assert_int_equal(cfg.worker.concurrency, 1);
+    assert_int_equal(cfg.worker.heartbeat_ms, 0);
+    assert_int_equal(cfg.worker.shutdown_grace_ms, 30000);
+    assert_int_equal(cfg.worker.registry_ttl_ms, 15000);
+    assert_int_equal(cfg.n_connectors, 0);
+}
+
+static void kiln_yaml_in_the_current_directory_is_read_when_no_path_is_given(void **state)
+{
+    char cwd[512];
+    write_file("kiln.yaml", "worker:\n  concurrency: 7\n");
+    assert_non_null(getcwd(cwd, sizeof cwd));
+    assert_int_equal(chdir(tmp_dir), 0);
+    int rc = kiln_config_load(&cfg, NULL, no_env, &problems);
+    assert_int_equal(chdir(cwd), 0);
+    assert_ok(rc);
+    assert_string_equal(cfg.source_path, "kiln.yaml");
+    assert_int_equal(cfg.worker.concurrency, 7);
+}
+
+static void a_missing_explicit_file_is_a_problem(void **state)
+{
+    char path[512];
+    snprintf(path, sizeof path, "%s/nope.yaml", tmp_dir);
+    assert_int_equal(kiln_config_load(&cfg, path, no_env, &problems), KILN_EINVAL);
+    assert_problem_has(path, "check the path");
+}
+
+static void env_overrides_file_overrides_defaults(void **state)
+{
+    char *env[] = {"KILN_WORKER_CONCURRENCY=8", "KILN_LOG_FORMAT=text", NULL};
+    assert_ok(load_yaml("log:\n"
+                        "  format: json\n"
+                        "  level: debug\n"
+                        "broker:\n"
+                        "  lease_ms: 5000\n"
+                        "worker:\n"
+                        "  concurrency: 4\n",
+                        env));
+    assert_int_equal(cfg.worker.concurrency, 8);         /* environment */
+    assert_int_equal(cfg.log_format, KILN_LOG_TEXT);     /* environment */
+    assert_int_equal(cfg.log_level, KILN_LOG_DEBUG);     /* file */
+    assert_int_equal(cfg.broker.lease_ms, 5000);         /* file */
+    assert_int_equal(cfg.broker.stream_max_len, 100000); /* default */
+    assert_string_equal(cfg.source_path, file_path);
+}
+
+static void every_scalar_setting_has_a_KILN_environment_name(void **state)
+{
+    char *env[] = {"KILN_REDIS_URL=redis://10.0.0.5:6380/2",
+                   "KILN_MACHINE_ID=gpu-box-1",
+                   "KILN_LOG_LEVEL=warn",
+                   "KILN_BROKER_MAX_PAYLOAD_BYTES=2048",
+                   "KILN_BROKER_STREAM_MAX_LEN=500",
+                   "KILN_BROKER_RETENTION_AGE_S=60",
+                   "KILN_BROKER_RETENTION_COUNT=0",
+                   "KILN_BROKER_DEFAULT_MAX_ATTEMPTS=5",
+                   "KILN_BROKER_BACKOFF_BASE_MS=10",
+                   "KILN_BROKER_BACKOFF_MAX_MS=20",
+                   "KILN_BROKER_LEASE_MS=900",
+                   "KILN_WORKER_ID=w-1",
+                   "KILN_WORKER_CONNECTORS=simulation, exec",
+                   "KILN_WORKER_CAPABILITIES={\"gpu_memory_gb\": 24, \"pool\": \"fast\"}",
+                   "KILN_WORKER_HEARTBEAT_MS=300",
+                   "KILN_WORKER_SHUTDOWN_GRACE_MS=0",
+                   "KILN_WORKER_REGISTRY_TTL_MS=1000",
+                   NULL};
+    assert_ok(load_yaml(NULL, env));
+    assert_string_equal(cfg.redis_url, "redis://10.0.0.5:6380/2");
+    assert_string_equal(cfg.machine_id, "gpu-box-1");
+    assert_int_equal(cfg.log_level, KILN_LOG_WARN);
+    assert_int_equal(cfg.broker.max_payload_bytes, 2048);
+    assert_int_equal(cfg.broker.stream_max_len, 500);
+    assert_int_equal(cfg.broker.retention_age_s, 60);
+    assert_int_equal(cfg.broker.retention_count, 0);
+    assert_int_equal(cfg.broker.default_max_attempts, 5);
+    assert_int_equal(cfg.broker.backoff_base_ms, 10);
+    assert_int_equal(cfg.broker.backoff_max_ms, 20);
+    assert_int_equal(cfg.broker.lease_ms, 900);
+    assert_string_equal(cfg.worker.id, "w-1");
+    assert_int_equal(cfg.worker.n_connectors, 2);
+    assert_string_equal(cfg.worker.connectors[0], "simulation");
+    assert_string_equal(cfg.worker.connectors[1], "exec");
+    assert_int_equal(json_integer_value(json_object_get(cfg.worker.capabilities, "gpu_memory_gb")),
+                     24);
+    assert_int_equal(cfg.worker.heartbeat_ms, 300);
+    assert_int_equal(cfg.worker.shutdown_grace_ms, 0);
+    assert_int_equal(cfg.worker.registry_ttl_ms, 1000);
+}
+
+static void legacy_names_HUB_REDIS_URL_MACHINE_ID_WORKER_CONNECTORS_are_honoured(void **state)
+{
+    char *env[] = {"HUB_REDIS_URL=redis://hub:6379", "MACHINE_ID=machine-001",
+                   "WORKER_CONNECTORS=comfyui,openai", NULL};
+    assert_ok(load_yaml("redis:\n  url: redis://file:6379\n", env));
+    assert_string_equal(cfg.redis_url, "redis://hub:6379");
+    assert_string_equal(cfg.machine_id, "machine-001");
+    assert_int_equal(cfg.worker.n_connectors, 2);
+    assert_string_equal(cfg.worker.connectors[0], "comfyui");
+    assert_string_equal(cfg.worker.connectors[1], "openai");
+}
+
+static void KILN_names_win_over_legacy_names(void **state)
+{
+    char *env[] = {"HUB_REDIS_URL=redis://legacy:6379",
+                   "KILN_REDIS_URL=redis://kiln:6379",
+                   "MACHINE_ID=legacy",
+                   "KILN_MACHINE_ID=kiln",
+                   "WORKER_CONNECTORS=openai",
+                   "KILN_WORKER_CONNECTORS=simulation",
+                   NULL};
+    assert_ok(load_yaml(NULL, env));
+    assert_string_equal(cfg.redis_url, "redis://kiln:6379");
+    assert_string_equal(cfg.machine_id, "kiln");
+    assert_int_equal(cfg.worker.n_connectors, 1);
+    assert_string_equal(cfg.worker.connectors[0], "simulation");
+}
+
+static void empty_environment_values_count_as_unset(void **state)
+{
+    char *env[] = {"KILN_WORKER_CONCURRENCY=", "KILN_REDIS_URL=", "HUB_REDIS_URL=redis://hub:1",
+                   NULL};
+    assert_ok(load_yaml("worker:\n  concurrency: 3\n", env));
+    assert_int_equal(cfg.worker.concurrency, 3);
+    assert_string_equal(cfg.redis_url, "redis://hub:1");
+}
+
+static void bad_config_reports_every_problem_with_file_line_field_expected_actual(void **state)
+{
+    int rc = load_yaml("# a bad file\n"
+                       "worker:\n"
+                       "  concurrency: abc\n"
+                       "  registry_ttl_ms: 5\n"
+                       "log:\n"
+                       "  format: xml\n"
+                       "  level: loud\n"
+                       "broker:\n"
+                       "  lease_ms: 1.5\n"
+                       "machine:\n"
+                       "  id: \"has space\"\n",
+                       NULL);
+    assert_int_equal(rc, KILN_EINVAL);
+    const char *f = file_path;
+    assert_problem("%s:3: worker.concurrency: expected an integer 1-1024, got \"abc\"", f);
+    assert_problem("%s:4: worker.registry_ttl_ms: expected an integer 1000-3600000, got 5", f);
+    assert_problem("%s:6: log.format: expected json or text, got \"xml\"", f);
+    assert_problem("%s:7: log.level: expected debug, info, warn or error, got \"loud\"", f);
+    assert_problem("%s:9: broker.lease_ms: expected an integer 100-3600000, got 1.5", f);
+    assert_problem("%s:11: machine.id: expected a name of letters, digits, '.', '_' or '-' "
+                   "(1-128 characters), got \"has space\"",
+                   f);
+    assert_int_equal(problems.count, 6);
+}
+
+static void file_and_environment_problems_are_reported_together(void **state)
+{
+    char *env[] = {"KILN_WORKER_CONCURRENCY=x", "KILN_BROKER_LEASE_MS=10", NULL};
+    assert_int_equal(load_yaml("worker:\n  concurrency: 0\n", env), KILN_EINVAL);
+    assert_problem("%s:2: worker.concurrency: expected an integer 1-1024, got 0", file_path);
+    assert_problem("environment KILN_WORKER_CONCURRENCY: expected an integer 1-1024, got \"x\"");
+    assert_problem("environment KILN_BROKER_LEASE_MS: expected an integer 100-3600000, got \"10\"");
+    assert_int_equal(problems.count, 3);
+}
+
+static void wrong_types_are_refused(void **state)
+{
+    int rc = load_yaml("worker:\n"
+                       "  concurrency: \"4\"\n"
+                       "  connectors: 5\n"
+                       "  capabilities: [gpu]\n"
+                       "  id: [a]\n"
+                       "redis:\n"
+                       "  url: true\n"
+                       "broker: 12\n",
+                       NULL);
+    assert_int_equal(rc, KILN_EINVAL);
+    const char *f = file_path;
+    assert_problem("%s:2: worker.concurrency: expected an integer 1-1024, got \"4\" (a quoted "
+                   "string; remove the quotes)",
+                   f);
+    assert_problem("%s:3: worker.connectors: expected a list of connector names, got 5", f);
+    assert_problem("%s:4: worker.capabilities: expected a mapping, got a list", f);
+    assert_problem_has(":5: worker.id: expected a name", "got a list");
+    assert_problem_has(":7: redis.url: expected a URL redis://", "got true");
+    assert_problem("%s:8: broker: expected a mapping, got 12", f);
+    assert_int_equal(problems.count, 6);
+}
+
+static void out_of_range_numbers_are_refused(void **state)
+{
+    int rc = load_yaml("worker:\n"
+                       "  concurrency: 1025\n"
+                       "  shutdown_grace_ms: -1\n"
+                       "broker:\n"
+                       "  default_max_attempts: 0\n"
+                       "  max_payload_bytes: 99999999999999999999999\n"
+                       "  retention_count: 10000001\n",
+                       NULL);
+    assert_int_equal(rc, KILN_EINVAL);
+    const char *f = file_path;
+    assert_problem("%s:2: worker.concurrency: expected an integer 1-1024, got 1025", f);
+    assert_problem("%s:3: worker.shutdown_grace_ms: expected an integer 0-3600000, got -1", f);
+    assert_problem("%s:5: broker.default_max_attempts: expected an integer 1-100, got 0", f);
+    assert_problem("%s:6: broker.max_payload_bytes: expected an integer 1024-67108864, got 1e+23",
+                   f);
+    assert_problem("%s:7: broker.retention_count: expected an integer 0-10000000, got 10000001", f);
+    assert_int_equal(problems.count, 5);
+}
+
+static void range_limits_are_inclusive(void **state)
+{
+    assert_ok(load_yaml("worker:\n  concurrency: 1024\n  registry_ttl_ms: 1000\n"
+                        "broker:\n  retention_count: 0\n  lease_ms: 100\n",
+                        NULL));
+    assert_int_equal(cfg.worker.concurrency, 1024);
+    assert_int_equal(cfg.broker.lease_ms, 100);
+}
+
+static void heartbeat_must_be_shorter_than_the_lease(void **state)
+{
+    char *env[] = {"KILN_WORKER_HEARTBEAT_MS=30000", NULL};
+    assert_int_equal(load_yaml(NULL, env), KILN_EINVAL);
+    assert_problem("environment KILN_WORKER_HEARTBEAT_MS: expected 0 (a third of the lease) or "
+                   "less than broker.lease_ms (30000), got 30000");
+}
+
+static void backoff_base_must_not_exceed_its_maximum(void **state)
+{
+    assert_int_equal(load_yaml("broker:\n  backoff_base_ms: 5000\n  backoff_max_ms: 100\n", NULL),
+                     KILN_EINVAL);
+    assert_problem("%s:2: broker.backoff_base_ms: expected at most broker.backoff_max_ms (100), "
+                   "got 5000",
+                   file_path);
+}
+
+static void unknown_keys_are_refused_with_a_did_you_mean(void **state)
+{
+    int rc = load_yaml("wroker:\n"
+                       "  concurrency: 2\n"
+                       "worker:\n"
+                       "  concurency: 2\n"
+                       "  lease_ms: 100\n"
+                       "  colour: blue\n"
+                       "concurrency: 3\n",
+                       NULL);
+    assert_int_equal(rc, KILN_EINVAL);
+    const char *f = file_path;
+    assert_problem("%s:1: wroker: unknown key; did you mean worker?", f);
+    assert_problem("%s:4: worker.concurency: unknown key; did you mean worker.concurrency?", f);
+    assert_problem("%s:5: worker.lease_ms: unknown key; did you mean broker.lease_ms?", f);
+    assert_problem("%s:6: worker.colour: unknown key; expected one of id, connectors, "
+                   "capabilities, concurrency, heartbeat_ms, shutdown_grace_ms, registry_ttl_ms",
+                   f);
+    assert_problem("%s:7: concurrency: unknown key; did you mean worker.concurrency?", f);
+    assert_int_equal(problems.count, 5);
+}
+
+static void json_file_loads_like_yaml(void **state)
+{
+    assert_ok(load_yaml("redis:\n  url: redis://r:6379\n"
+                        "worker:\n  connectors: [gpt, simulation]\n  concurrency: 2\n"
+                        "  capabilities:\n    gpu_memory_gb: 24\n    models: [sdxl]\n"
+                        "connectors:\n  gpt:\n    type: openai\n    base_url: http://x/v1\n",
+                        NULL));
+    json_t *from_yaml = kiln_config_to_json_redacted(&cfg);
+    kiln_config_free(&cfg);
+    const char *json_path =
+        write_file("kiln.json", "{\n"
+                                "  \"redis\": {\"url\": \"redis://r:6379\"},\n"
+                                "  \"worker\": {\n"
+                                "    \"connectors\": [\"gpt\", \"simulation\"],\n"
+                                "    \"concurrency\": 2,\n"
+                                "    \"capabilities\": {\"gpu_memory_gb\": 24, "
+                                "\"models\": [\"sdxl\"]}\n"
+                                "  },\n"
+                                "  \"connectors\": {\"gpt\": {\"type\": "
+                                "\"openai\", \"base_url\": \"http://x/v1\"}}\n"
+                                "}\n");
+    assert_ok(kiln_config_load(&cfg, json_path, no_env, &problems));
+    json_t *from_json = kiln_config_to_json_redacted(&cfg);
+    assert_true(json_equal(from_yaml, from_json));
+    json_decref(from_yaml);
+    json_decref(from_json);
+}
+
+static void json_file_problems_have_lines_too(void **state)
+{
+    const char *path = write_file("kiln.json", "{\n"
+                                               "  \"worker\": {\n"
+                                               "    \"concurrency\": \"many\"\n"
+                                               "  }\n"
+                                               "}\n");
+    assert_int_equal(kiln_config_load(&cfg, path, no_env, &problems), KILN_EINVAL);
+    assert_problem("%s:3: worker.concurrency: expected an integer 1-1024, got \"many\"", path);
+}
+
+static void malformed_yaml_is_refused_with_its_line(void **state)
+{
+    assert_int_equal(
+        load_yaml("worker:\n  concurrency: 2\n  id: [unclosed\nlog:\n  level: info\n", NULL),
+        KILN_EINVAL);
+    assert_int_equal(problems.count, 1);
+    char prefix[600];
+    snprintf(prefix, sizeof prefix, "%s:", file_path);
+    assert_true(strncmp(problems.items[0], prefix, strlen(prefix)) == 0);
+    assert_problem_has("invalid YAML", NULL);
+    /* The error names a line number right after the path. */
+    int line = atoi(problems.items[0] + strlen(prefix));
+    assert_true(line >= 3 && line <= 5);
+}
+
+static void malformed_json_is_refused_with_its_line(void **state)
+{
+    const char *path =
+        write_file("kiln.json", "{\n  \"worker\": {\n    \"concurrency\": 2,,\n  }\n}\n");
+    assert_int_equal(kiln_config_load(&cfg, path, no_env, &problems), KILN_EINVAL);
+    char want[600];
+    snprintf(want, sizeof want, "%s:3: invalid YAML", path);
+    assert_problem_has(want, NULL);
+}
+
+static void yaml_aliases_are_refused(void **state)
+{
+    assert_int_equal(load_yaml("base: &b\n  concurrency: 2\nworker: *b\n", NULL), KILN_EINVAL);
+    assert_int_equal(problems.count, 1);
+    assert_problem_has("kiln.yaml:1: YAML anchors (&b) are not allowed", NULL);
+    kiln_problems_clear(&problems);
+    kiln_config_free(&cfg);
+    assert_int_equal(load_yaml("worker:\n  id: *nothing\n", NULL), KILN_EINVAL);
+    assert_problem_has("kiln.yaml:2:", "aliases");
+}
+
+static void yaml_tags_are_refused(void **state)
+{
+    assert_int_equal(load_yaml("worker:\n  concurrency: !!str 4\n", NULL), KILN_EINVAL);
+    assert_problem_has("kiln.yaml:2: YAML tags (tag:yaml.org,2002:str) are not allowed", NULL);
+}
+
+static void duplicate_keys_are_refused(void **state)
+{
+    assert_int_equal(load_yaml("worker:\n  concurrency: 2\n  concurrency: 3\n", NULL), KILN_EINVAL);
+    assert_problem_has("kiln.yaml:3: duplicate key \"concurrency\" (first on line 2)", NULL);
+}
+
+static void a_second_document_is_refused(void **state)
+{
+    assert_int_equal(load_yaml("worker:\n  concurrency: 2\n---\nworker:\n  concurrency: 3\n", NULL),
+                     KILN_EINVAL);
+    assert_problem_has("kiln.yaml:3: a second YAML document", NULL);
+}
+
+static void oversized_file_is_refused(void **state)
+{
+    size_t size = 1024 * 1024 + 1;
+    char *text = malloc(size + 1);
+    assert_non_null(text);
+    memset(text, '#', size);
+    for (size_t i = 79; i < size; i += 80)
+        text[i] = '\n';
+    text[size] = '\0';
+    assert_int_equal(load_yaml(text, NULL), KILN_EINVAL);
+    free(text);
+    assert_int_equal(problems.count, 1);
+    assert_problem_has("kiln.yaml: the file is 1048577 bytes, over the limit of 1048576", NULL);
+}
+
+static void a_file_of_exactly_one_mebibyte_is_accepted(void **state)
+{
+    size_t size = 1024 * 1024;
+    char *text = malloc(size + 1);
+    assert_non_null(text);
+    memset(text, '#', size);
+    for (size_t i = 79; i < size; i += 80)
+        text[i] = '\n';
+    text[size - 1] = '\n';
+    text[size] = '\0';
+    assert_ok(load_yaml(text, NULL));
+    free(text);
+}
+
+static void nesting_deeper_than_32_is_refused(void **state)
+{
+    /* The top-level mapping (1), worker (2), capabilities (3), 30 lists: 33. */
+    char text[512] = "worker:\n  capabilities: {a: ";
+    for (int i = 0; i < 30; i++)
+        strcat(text, "[");
+    for (int i = 0; i < 30; i++)
+        strcat(text, "]");
+    strcat(text, "}\n");
+    assert_int_equal(load_yaml(text, NULL), KILN_EINVAL);
+    assert_problem_has("kiln.yaml:2: nesting deeper than 32 levels", NULL);
+}
+
+static void nesting_of_32_is_accepted(void **state)
+{
+    /* The top-level mapping (1), worker (2), capabilities (3), 29 lists: 32. */
+    char text[512] = "worker:\n  capabilities: {a: ";
+    for (int i = 0; i < 29; i++)
+        strcat(text, "[");
+    for (int i = 0; i < 29; i++)
+        strcat(text, "]");
+    strcat(text, "}\n");
+    assert_ok(load_yaml(text, NULL));
+}
+
+static void empty_file_and_empty_values_keep_the_defaults(void **state)
+{
+    assert_ok(load_yaml("# nothing here yet\n", NULL));
+    assert_int_equal(cfg.worker.concurrency, 1);
+    kiln_config_free(&cfg);
+    assert_ok(load_yaml("worker:\n  concurrency:\n  id: ~\nbroker:\n", NULL));
+    assert_int_equal(cfg.worker.concurrency, 1);
+    assert_null(cfg.worker.id);
+}
+
+static void a_top_level_that_is_not_a_mapping_is_refused(void **state)
+{
+    assert_int_equal(load_yaml("- worker\n", NULL), KILN_EINVAL);
+    assert_problem_has("kiln.yaml:1: expected a mapping of sections", "got a list");
+}
+
+static void rediss_urls_are_refused_as_not_supported_yet(void **state)
+{
+    char *env[] = {"KILN_REDIS_URL=rediss://:hunter2@cache:6380", NULL};
+    assert_int_equal(load_yaml(NULL, env), KILN_EINVAL);
+    assert_problem_has("environment KILN_REDIS_URL: TLS (rediss://) is not supported yet",
+                       "rediss://:***@cache:6380");
+    for (size_t i = 0; i < problems.count; i++)
+        assert_null(strstr(problems.items[i], "hunter2"));
+}
+
+static void malformed_redis_urls_are_refused_without_showing_the_password(void **state)
+{
+    const char *bad[] = {"http://h:1",   "redis://",        "redis://:pw@",
+                         "redis://h:0",  "redis://h:70000", "redis://h:12x",
+                         "redis://h/db", "redis://h h",     "redis://h/16"};
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        char var[128];
+        snprintf(var, sizeof var, "KILN_REDIS_URL=%s", bad[i]);
+        char *env[] = {var, NULL};
+        assert_int_equal(kiln_config_load(&cfg, NULL, env, &problems), KILN_EINVAL);
+        assert_problem_has("environment KILN_REDIS_URL: expected a URL redis://", NULL);
+        assert_null(strstr(problems.items[0], ":pw@"));
+        kiln_problems_clear(&problems);
+        kiln_config_free(&cfg);
+    }
+    const char *good[] = {"redis://h", "redis://h:6379", "redis://:pw@h:6379/3",
+                          "redis://user:pw@10.1.2.3", "redis://h/15"};
+    for (size_t i = 0; i < sizeof good / sizeof good[0]; i++) {
+        char var[128];
+        snprintf(var, sizeof var, "KILN_REDIS_URL=%s", good[i]);
+        char *env[] = {var, NULL};
+        assert_ok(kiln_config_load(&cfg, NULL, env, &problems));
+        assert_string_equal(cfg.redis_url, good[i]);
+        kiln_config_free(&cfg);
+    }
+}
+
+static void connector_names_and_types_are_checked(void **state)
+{
+    int rc = load_yaml("connectors:\n"
+                       "  Bad_Name:\n"
+                       "    type: openai\n"
+                       "  notype:\n"
+                       "    base_url: http://x\n"
+                       "  badtype:\n"
+                       "    type: Open AI\n"
+                       "  scalar: 5\n"
+                       "  good:\n"
+                       "    type: exec\n"
+                       "    argv: [/bin/cat]\n",
+                       NULL);
+    assert_int_equal(rc, KILN_EINVAL);
+    const char *f = file_path;
+    assert_problem("%s:2: connectors.Bad_Name: expected a connector name matching "
+                   "[a-z0-9][a-z0-9_-]{0,63}, got \"Bad_Name\"",
+                   f);
+    assert_problem("%s:4: connectors.notype: missing type; add type: <connector type> "
+                   "(simulation, exec, openai, ...)",
+                   f);
+    assert_problem("%s:7: connectors.badtype.type: expected a connector type of [a-z0-9_-] "
+                   "(1-64 characters), got \"Open AI\"",
+                   f);
+    assert_problem("%s:8: connectors.scalar: expected a mapping with a type, got 5", f);
+    assert_int_equal(problems.count, 4);
+}
+
+static void worker_connector_names_are_checked_and_duplicates_refused(void **state)
+{
+    char *env[] = {"WORKER_CONNECTORS=openai,Bad!,openai", NULL};
+    int rc = load_yaml("worker:\n  connectors:\n    - simulation\n    - exec\n    - simulation\n"
+                       "    - 7\n",
+                       env);
+    assert_int_equal(rc, KILN_EINVAL);
+    const char *f = file_path;
+    assert_problem("%s:5: worker.connectors[2]: \"simulation\" is listed twice; list each "
+                   "connector once",
+                   f);
+    assert_problem("%s:6: worker.connectors[3]: expected a connector name matching "
+                   "[a-z0-9][a-z0-9_-]{0,63}, got 7",
+                   f);
+    assert_problem("environment WORKER_CONNECTORS: expected a connector name matching "
+                   "[a-z0-9][a-z0-9_-]{0,63}, got \"Bad!\"");
+    assert_problem("environment WORKER_CONNECTORS: \"openai\" is listed twice; list each "
+                   "connector once");
+    assert_int_equal(problems.count, 4);
+}
+
+static void names_without_a_definition_are_connectors_of_that_type(void **state)
+{
+    char *env[] = {"WORKER_CONNECTORS=simulation,gpt", NULL};
+    assert_ok(load_yaml("connectors:\n"
+                        "  gpt:\n"
+                        "    type: openai\n"
+                        "    base_url: http://localhost:9/v1\n"
+                        "    model: gpt-4o\n",
+                        env));
+    const kiln_connector_config_t *sim = kiln_config_connector(&cfg, "simulation");
+    assert_non_null(sim);
+    assert_string_equal(sim->name, "simulation");
+    assert_string_equal(sim->type, "simulation");
+    assert_true(json_is_object(sim->options));
+    assert_int_equal(json_object_size(sim->options), 0);
+    const kiln_connector_config_t *gpt = kiln_config_connector(&cfg, "gpt");
+    assert_non_null(gpt);
+    assert_string_equal(gpt->type, "openai");
+    assert_null(json_object_get(gpt->options, "type"));
+    assert_string_equal(json_string_value(json_object_get(gpt->options, "model")), "gpt-4o");
+    assert_null(kiln_config_connector(&cfg, "ollama"));
+}
+
+static void capabilities_from_the_environment_must_be_a_JSON_object(void **state)
+{
+    char *env[] = {"KILN_WORKER_CAPABILITIES=[1,2]", NULL};
+    assert_int_equal(load_yaml(NULL, env), KILN_EINVAL);
+    assert_problem("environment KILN_WORKER_CAPABILITIES: expected a JSON object nested at most 32 "
+                   "deep, got \"[1,2]\"");
+    kiln_problems_clear(&problems);
+    kiln_config_free(&cfg);
+    char *broken[] = {"KILN_WORKER_CAPABILITIES={gpu: 1}", NULL};
+    assert_int_equal(load_yaml(NULL, broken), KILN_EINVAL);
+    assert_problem_has("environment KILN_WORKER_CAPABILITIES: expected a JSON object, got "
+                       "\"{gpu: 1}\" (",
+                       NULL);
+}
+
+static void redacted_show_hides_password_in_redis_url_and_secret_options(void **state)
+{
+    char *env[] = {"KILN_REDIS_URL=redis://:hunter2@cache:6379", NULL};
+    assert_ok(load_yaml("worker:\n"
+                        "  connectors: [gpt]\n"
+                        "  capabilities:\n"
+                        "    api_key_looking: shown\n"
+                        "connectors:\n"
+                        "  gpt:\n"
+                        "    type: openai\n"
+                        "    api_key: sk-live-1\n"
+                        "    Auth_Token: tok-2\n"
+                        "    client_SECRET: sec-3\n"
+                        "    proxy_password: pw-4\n"
+                        "    empty_key: \"\"\n"
+                        "    base_url: https://user:pw-5@api.example/v1\n"
+                        "    nested:\n"
+                        "      webhook_secret: sec-6\n"
+                        "    model: gpt-4o\n",
+                        env));
+    json_t *shown = kiln_config_to_json_redacted(&cfg);
+    char *text = json_dumps(shown, JSON_SORT_KEYS);
+    const char *secrets[] = {"hunter2", "sk-live-1", "tok-2", "sec-3", "pw-4", "pw-5", "sec-6"};
+    for (size_t i = 0; i < sizeof secrets / sizeof secrets[0]; i++) {
+        if (strstr(text, secrets[i]))
+            fail_msg("secret %s is shown: %s", secrets[i], text);
+    }
+    json_t *gpt = json_object_get(json_object_get(shown, "connectors"), "gpt");
+    assert_string_equal(json_string_value(json_object_get(json_object_get(shown, "redis"), "url")),
+                        "redis://:***@cache:6379");
+    assert_string_equal(json_string_value(json_object_get(gpt, "api_key")), "***");
+    assert_string_equal(json_string_value(json_object_get(gpt, "Auth_Token")), "***");
+    assert_string_equal(json_string_value(json_object_get(gpt, "empty_key")), "");
+    assert_string_equal(json_string_value(json_object_get(gpt, "base_url")),
+                        "https://user:***@api.example/v1");
+    assert_string_equal(json_string_value(json_object_get(gpt, "model")), "gpt-4o");
+    assert_string_equal(json_string_value(json_object_get(gpt, "type")), "openai");
+    /* Capabilities are shown as they are. */
+    assert_non_null(strstr(text, "\"api_key_looking\": \"shown\""));
+    /* The config itself keeps the real values. */
+    assert_string_equal(cfg.redis_url, "redis://:hunter2@cache:6379");
+    free(text);
+    json_decref(shown);
+}
+
+static void shown_config_loads_back_as_a_config_file(void **state)
+{
+    char *env[] = {"WORKER_CONNECTORS=simulation", "KILN_WORKER_ID=w-9", NULL};
+    assert_ok(load_yaml("broker:\n  lease_ms: 4000\nconnectors:\n  e:\n    type: exec\n"
+                        "    argv: [/bin/cat]\n",
+                        env));
+    json_t *first = kiln_config_to_json_redacted(&cfg);
+    char *text = json_dumps(first, JSON_INDENT(2));
+    kiln_config_free(&cfg);
+    const char *path = write_file("shown.json", text);
+    free(text);
+    assert_ok(kiln_config_load(&cfg, path, no_env, &problems));
+    json_t *second = kiln_config_to_json_redacted(&cfg);
+    assert_true(json_equal(first, second));
+    json_decref(first);
+    json_decref(second);
+}
+
+static void problems_are_bounded_at_200_then_counted(void **state)
+{
+    for (int i = 0; i < 250; i++)
+        kiln_problems_add(&problems, "problem %d", i);
+    assert_int_equal(problems.count, 201);
+    assert_string_equal(problems.items[199], "problem 199");
+    assert_string_equal(problems.items[200], "... and 50 more problems");
+}
+
+static void a_file_with_hundreds_of_problems_reports_200_and_counts_the_rest(void **state)
+{
+    size_t size = 250 * 16;
+    char *text = calloc(1, size);
+    assert_non_null(text);
+    for (int i = 0; i < 250; i++)
+        snprintf(text + strlen(text), size - strlen(text), "k%d: %d\n", i, i);
+    assert_int_equal(load_yaml(text, NULL), KILN_EINVAL);
+    free(text);
+    assert_int_equal(problems.count, 201);
+    assert_problem("%s:200: k199: unknown key; expected one of redis, machine, log, broker, "
+                   "worker, connectors",
+                   file_path);
+    assert_string_equal(problems.items[200], "... and 50 more problems");
+}
+
+static void problems_are_appended_to_a_list_that_already_has_some(void **state)
+{
+    kiln_problems_add(&problems, "--log-level: earlier");
+    char *env[] = {"KILN_LOG_LEVEL=chatty", NULL};
+    assert_int_equal(load_yaml(NULL, env), KILN_EINVAL);
+    assert_int_equal(problems.count, 2);
+    assert_string_equal(problems.items[0], "--log-level: earlier");
+    assert_problem("environment KILN_LOG_LEVEL: expected debug, info, warn or error, got "
+                   "\"chatty\"");
+}
+
+static void control_characters_in_values_are_escaped_in_problems(void **state)
+{
+    char *env[] = {"KILN_MACHINE_ID=a\x1b[31mred", NULL};
+    assert_int_equal(load_yaml(NULL, env), KILN_EINVAL);
+    assert_problem("environment KILN_MACHINE_ID: expected a name of letters, digits, '.', '_' or "
+                   "'-' (1-128 characters), got \"a\\x1b[31mred\"");
+}
+
+#define TEST(name) cmocka_unit_test_setup_teardown(name, setup, teardown)
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        TEST(defaults_apply_when_there_is_no_file_and_no_environment),
+        TEST(kiln_yaml_in_the_current_directory_is_read_when_no_path_is_given),
+        TEST(a_missing_explicit_file_is_a_problem),
+        TEST(env_overrides_file_overrides_defaults),
+        TEST(every_scalar_setting_has_a_KILN_environment_name),
+        TEST(legacy_names_HUB_REDIS_URL_MACHINE_ID_WORKER_CONNECTORS_are_honoured),
+        TEST(KILN_names_win_over_legacy_names),
+        TEST(empty_environment_values_count_as_unset),
+        TEST(bad_config_reports_every_problem_with_file_line_field_expected_actual),
+        TEST(file_and_environment_problems_are_reported_together),
+        TEST(wrong_types_are_refused),
+        TEST(out_of_range_numbers_are_refused),
+        TEST(range_limits_are_inclusive),
+        TEST(heartbeat_must_be_shorter_than_the_lease),
+        TEST(backoff_base_must_not_exceed_its_maximum),
+        TEST(unknown_keys_are_refused_with_a_did_you_mean),
+        TEST(json_file_loads_like_yaml),
+        TEST(json_file_problems_have_lines_too),
+        TEST(malformed_yaml_is_refused_with_its_line),
+        TEST(malformed_json_is_refused_with_its_line),
+        TEST(yaml_aliases_are_refused),
+        TEST(yaml_tags_are_refused),
+        TEST(duplicate_keys_are_refused),
+        TEST(a_second_document_is_refused),
+        TEST(oversized_file_is_refused),
+        TEST(a_file_of_exactly_one_mebibyte_is_accepted),
+        TEST(nesting_deeper_than_32_is_refused),
+        TEST(nesting_of_32_is_accepted),
+        TEST(empty_file_and_empty_values_keep_the_defaults),
+        TEST(a_top_level_that_is_not_a_mapping_is_refused),
+        TEST(rediss_urls_are_refused_as_not_supported_yet),
+        TEST(malformed_redis_urls_are_refused_without_showing_the_password),
+        TEST(connector_names_and_types_are_checked),
+        TEST(worker_connector_names_are_checked_and_duplicates_refused),
+        TEST(names_without_a_definition_are_connectors_of_that_type),
+        TEST(capabilities_from_the_environment_must_be_a_JSON_object),
+        TEST(redacted_show_hides_password_in_redis_url_and_secret_options),
+        TEST(shown_config_loads_back_as_a_config_file),
+        TEST(problems_are_bounded_at_200_then_counted),
+        TEST(a_file_with_hundreds_of_problems_reports_200_and_counts_the_rest),
+        TEST(problems_are_appended_to_a_list_that_already_has_some),
+        TEST(control_characters_in_values_are_escaped_in_problems),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
