@@ -79,6 +79,75 @@ int kiln_connector_health(kiln_connector_t *c, kiln_err_t *err);
 const char *kiln_connector_name(const kiln_connector_t *c);
 void kiln_connector_free(kiln_connector_t *c);
 
+/* Helpers for a connector's init(). Each reads cfg->options[key] (options
+ * may be NULL), leaves *out at its default when the key is absent or null,
+ * and otherwise checks type and range, returning KILN_EINVAL with
+ * "connectors.<name>.<key>: expected ..., got ..." in err. */
+int kiln_connector_option_int(const kiln_connector_config_t *cfg, const char *key, int64_t min,
+                              int64_t max, int64_t def, int64_t *out, kiln_err_t *err);
+int kiln_connector_option_number(const kiln_connector_config_t *cfg, const char *key, double min,
+                                 double max, double def, double *out, kiln_err_t *err);
+/* *out is borrowed from cfg->options, or NULL when the key is absent. */
+int kiln_connector_option_string(const kiln_connector_config_t *cfg, const char *key,
+                                 const char **out, kiln_err_t *err);
+
+/* Logs a warning naming each option key of cfg that is not in known (a
+ * NULL-terminated list; "type" is always accepted), so a typo such as
+ * "timout_ms" does not pass silently. */
+void kiln_connector_warn_unknown_options(const kiln_connector_config_t *cfg,
+                                         const char *const known[]);
+
+/* Writes a short rendering of value (truncated JSON, or "nothing" for NULL)
+ * into buf, for the "got ..." part of an error message. */
+void kiln_connector_describe_value(const json_t *value, char *buf, size_t size);
+
+/* For connectors that run programs. kiln_connector_option_argv reads
+ * options[key] as a command: a non-empty array of strings whose first is
+ * non-empty, copied into *out (NULL-terminated, NULL when absent; free with
+ * kiln_connector_free_strings). Commands are argv arrays, never shell text. */
+int kiln_connector_option_argv(const kiln_connector_config_t *cfg, const char *key, char ***out,
+                               kiln_err_t *err);
+
+/* Builds a child environment into *out: the process environment now (so a
+ * later setenv elsewhere never races a spawn), overridden and extended by
+ * options[key], an object of NAME: "value" strings. Free with
+ * kiln_connector_free_strings. */
+int kiln_connector_option_env(const kiln_connector_config_t *cfg, const char *key, char ***out,
+                              kiln_err_t *err);
+
+/* Resolves program (an absolute path, or a name searched in the absolute
+ * entries of the PATH in envp, else /usr/local/bin:/usr/bin:/bin) to an
+ * executable regular file; *out is malloc'd. Errors name
+ * connectors.<name>.<key>. */
+int kiln_connector_resolve_program(const kiln_connector_config_t *cfg, const char *key,
+                                   const char *program, char *const envp[], char **out,
+                                   kiln_err_t *err);
+
+/* 0 when path is an executable regular file, else an errno value. */
+int kiln_connector_check_executable(const char *path);
+
+void kiln_connector_free_strings(char **list);
+
+/* Replaces invalid UTF-8, DEL and control characters other than newline and
+ * tab in s[0..len) by '?', so text from a child or a service can go into a
+ * JSON string (an error message, a log record). */
+void kiln_connector_sanitize_text(char *s, size_t len);
+
+/* The last bytes of a stream (a child's stderr) in a ring of fixed
+ * capacity, allocated on the first append. */
+typedef struct kiln_connector_tail {
+    char *buf;
+    size_t cap, pos, used;
+} kiln_connector_tail_t;
+
+void kiln_connector_tail_init(kiln_connector_tail_t *t, size_t cap);
+/* Returns 0, or KILN_ENOMEM. */
+int kiln_connector_tail_append(kiln_connector_tail_t *t, const char *data, size_t len);
+/* The last max bytes at most, starting at a line when it had to cut,
+ * trimmed and sanitized for JSON. Caller frees; NULL when there is none. */
+char *kiln_connector_tail_text(const kiln_connector_tail_t *t, size_t max);
+void kiln_connector_tail_close(kiln_connector_tail_t *t);
+
 /* Built-in types (src/connectors/). */
 extern const kiln_connector_ops_t kiln_connector_simulation;
 extern const kiln_connector_ops_t kiln_connector_exec;
