@@ -1,0 +1,649 @@
+/*
+ * The worker: claims jobs its connectors can run and runs them in slots.
+ *
+ * One libuv loop owns the Redis connections. A "step" is the worker's one
+ * call per turn (lua/step.lua): it reports every finished job of a service
+ * and claims as many new ones as there are free slots, so a busy worker
+ * needs one round trip per batch of jobs. Only one step is in flight at a
+ * time; finished jobs that arrive meanwhile ride on the next one. An idle
+ * worker waits on the queues' notify channels (woken on submit); the
+ * heartbeat timer renews leases and doubles as the stalled-job sweep.
+ */
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "kiln/log.h"
+#include "worker/worker_internal.h"
+
+#define PROGRESS_INTERVAL_MS 100
+#define HARD_STOP_MS 10000
+
+static void check_finished(kiln_worker_t *w);
+
+static void step_call_free(kiln_step_call_t *call)
+{
+    if (!call)
+        return;
+    kiln_argv_free(&call->argv);
+    free(call->report_ids);
+    free(call);
+}
+
+/* Appends a finished slot's outcome as a report and frees the slot. */
+static void add_report(kiln_step_call_t *call, kiln_slot_t *slot)
+{
+    kiln_job_outcome_t *out = &slot->outcome;
+    kiln_argv_add(&call->argv, slot->job.id, SIZE_MAX);
+    kiln_argv_add(&call->argv, slot->job.token, SIZE_MAX);
+    if (slot->released) {
+        kiln_argv_add(&call->argv, "release", SIZE_MAX);
+        kiln_argv_add(&call->argv, "", 0);
+        kiln_argv_add(&call->argv, "0", 1);
+    } else if (out->status == KILN_OUTCOME_COMPLETED) {
+        kiln_argv_add(&call->argv, "complete", SIZE_MAX);
+        kiln_argv_add(&call->argv, out->result_json ? out->result_json : "null", SIZE_MAX);
+        kiln_argv_add(&call->argv, "0", 1);
+    } else {
+        const char *why = out->status == KILN_OUTCOME_CANCELLED ? "cancelled" : out->error;
+        kiln_argv_add(&call->argv, "fail", SIZE_MAX);
+        kiln_argv_add(&call->argv, why ? why : "failed", SIZE_MAX);
+        kiln_argv_add(&call->argv, out->retryable ? "1" : "0", 1);
+    }
+    snprintf(call->report_ids[call->nreports++], KILN_JOB_ID_MAX, "%s", slot->job.id);
+    kiln_job_outcome_clear(out);
+    kiln_claimed_job_clear(&slot->job);
+    slot->state = KILN_SLOT_IDLE;
+}
+
+/* Builds a step for service: its pending reports, and a claim for the free
+ * slots unless the worker is stopping. NULL when there is nothing to do. */
+static kiln_step_call_t *build_step(kiln_worker_t *w, int s)
+{
+    kiln_service_t *svc = &w->services[s];
+    int nreports = 0;
+    for (kiln_slot_t *r = svc->reports; r; r = r->next_done)
+        nreports++;
+    int free_slots = kiln_slotpool_idle(&w->pool) + nreports;
+    int max_claim = (w->stopping || !svc->maybe_work) ? 0 : free_slots;
+    if (nreports == 0 && max_claim == 0)
+        return NULL;
+    kiln_step_call_t *call = calloc(1, sizeof *call);
+    if (!call || !(call->report_ids = calloc((size_t)nreports + 1, KILN_JOB_ID_MAX))) {
+        free(call);
+        return NULL;
+    }
+    call->w = w;
+    call->service = s;
+    call->max_claim = max_claim;
+    call->script = kiln_script_get("step");
+    kiln_argv_init(&call->argv);
+    kiln_ops_begin(&call->argv, call->script, &w->opts, svc->name);
+    kiln_ops_add_claimer(&call->argv, &w->who, max_claim);
+    kiln_argv_addf(&call->argv, "%d", nreports);
+    kiln_slot_t *r = svc->reports;
+    svc->reports = NULL;
+    while (r) {
+        kiln_slot_t *next = r->next_done;
+        add_report(call, r);
+        r = next;
+    }
+    return call;
+}
+
+static void start_claims(kiln_worker_t *w, kiln_step_call_t *call, redisReply *reply)
+{
+    kiln_service_t *svc = &w->services[call->service];
+    int max = (int)reply->elements - 2;
+    kiln_claimed_job_t *jobs = max > 0 ? calloc((size_t)max, sizeof *jobs) : NULL;
+    kiln_err_t err = {0};
+    int n = max > 0 && jobs ? kiln_ops_parse_claims(reply, 2, jobs, max, &err) : 0;
+    if (n < 0)
+        KILN_LOG_ERROR_("worker", "%s", err.msg);
+    int next_slot = 0;
+    for (int i = 0; i < n; i++) {
+        while (next_slot < w->pool.count && w->pool.slots[next_slot].state != KILN_SLOT_IDLE)
+            next_slot++;
+        if (next_slot == w->pool.count) { /* cannot happen: claims never exceed free slots */
+            kiln_claimed_job_clear(&jobs[i]);
+            continue;
+        }
+        kiln_slot_t *slot = &w->pool.slots[next_slot];
+        slot->job = jobs[i];
+        slot->service = call->service;
+        slot->service_name = svc->name;
+        slot->connector = svc->connector;
+        kiln_log(KILN_LOG_DEBUG, "worker", slot->job.id, NULL, "started (attempt %d)",
+                 slot->job.attempt);
+        kiln_slotpool_run(slot);
+    }
+    free(jobs);
+    if (n < call->max_claim)
+        svc->maybe_work = false;
+}
+
+static void on_due_timer(uv_timer_t *t)
+{
+    kiln_worker_t *w = t->data;
+    for (int i = 0; i < w->n_services; i++)
+        w->services[i].maybe_work = true;
+    kiln_worker_pump(w);
+}
+
+/* Wakes the worker when the earliest delayed job of a queue becomes due. */
+static void arm_due_timer(kiln_worker_t *w, long long next_due_ms)
+{
+    if (next_due_ms <= 0)
+        return;
+    long long wait = next_due_ms - kiln_ops_wall_ms();
+    if (wait < 1)
+        wait = 1;
+    if (uv_is_active((uv_handle_t *)&w->due_timer) &&
+        uv_timer_get_repeat(&w->due_timer) == 0 &&
+        (long long)(w->due_timer.timeout - uv_now(&w->loop)) <= wait)
+        return;
+    uv_timer_start(&w->due_timer, on_due_timer, (uint64_t)wait, 0);
+}
+
+static void on_step_reply(redisAsyncContext *ac, void *r, void *privdata)
+{
+    kiln_step_call_t *call = privdata;
+    kiln_worker_t *w = call->w;
+    redisReply *reply = r;
+    w->inflight = NULL;
+    if (reply && reply->type == REDIS_REPLY_ERROR &&
+        kiln_ops_noscript_fallback(&call->argv, reply, call->script)) {
+        w->retry = call; /* Redis lost its script cache (restart): send the source */
+        kiln_worker_pump(w);
+        return;
+    }
+    if (!reply || reply->type != REDIS_REPLY_ARRAY || reply->elements < 2) {
+        if (reply && reply->type == REDIS_REPLY_ERROR)
+            KILN_LOG_ERROR_("worker", "step on %s refused: %s", w->services[call->service].name,
+                            reply->str);
+        w->retry = call; /* keep the reports; send them again once Redis answers */
+        if (reply)
+            kiln_worker_redis_lost(w, "step refused");
+        return;
+    }
+    redisReply *statuses = reply->element[1];
+    for (size_t i = 0; i < statuses->elements && (int)i < call->nreports; i++) {
+        const char *status = statuses->element[i]->str;
+        if (status && strcmp(status, "ok") != 0)
+            kiln_log(KILN_LOG_WARN, "worker", call->report_ids[i], NULL,
+                     "report refused (%s): the job was cancelled or its lease passed to another "
+                     "worker",
+                     status);
+    }
+    start_claims(w, call, reply);
+    arm_due_timer(w, reply->element[0]->integer);
+    step_call_free(call);
+    kiln_worker_pump(w);
+}
+
+/* Sends the next step, if one is due and none is in flight. */
+void kiln_worker_pump(kiln_worker_t *w)
+{
+    if (w->inflight || !w->cmd_ready)
+        return;
+    kiln_step_call_t *call = w->retry;
+    w->retry = NULL;
+    for (int i = 0; !call && i < w->n_services; i++) {
+        int s = (w->next_service + i) % w->n_services;
+        if (w->services[s].reports)
+            call = build_step(w, s);
+    }
+    for (int i = 0; !call && i < w->n_services; i++) {
+        int s = (w->next_service + i) % w->n_services;
+        call = build_step(w, s);
+        if (call)
+            w->next_service = (s + 1) % w->n_services;
+    }
+    if (!call) {
+        check_finished(w);
+        return;
+    }
+    if (kiln_worker_send(w, &call->argv, on_step_reply, call) != 0) {
+        w->retry = call;
+        kiln_worker_redis_lost(w, "cannot send");
+        return;
+    }
+    w->inflight = call;
+}
+
+void kiln_worker_on_notify(kiln_worker_t *w, const char *channel, const char *message)
+{
+    for (int i = 0; i < w->n_services; i++) {
+        if (strcmp(w->services[i].channel, channel) != 0)
+            continue;
+        if (strcmp(message, "work") == 0) {
+            w->services[i].maybe_work = true;
+            kiln_worker_pump(w);
+        } else if (strncmp(message, "cancel ", 7) == 0) {
+            for (int s = 0; s < w->pool.count; s++) {
+                kiln_slot_t *slot = &w->pool.slots[s];
+                if (slot->state == KILN_SLOT_RUNNING && strcmp(slot->job.id, message + 7) == 0) {
+                    kiln_log(KILN_LOG_INFO, "worker", slot->job.id, NULL, "cancelled; stopping");
+                    kiln_slot_cancel(slot);
+                }
+            }
+        }
+    }
+}
+
+void kiln_worker_on_connected(kiln_worker_t *w)
+{
+    for (int i = 0; i < w->n_services; i++)
+        w->services[i].maybe_work = true;
+    kiln_worker_register(w);
+    kiln_worker_redis_connect(w); /* the subscriber, if it was lost too */
+    kiln_worker_pump(w);
+}
+
+/* ---- Leases and progress ------------------------------------------------ */
+
+/* A batched heartbeat or progress call: which slot each entry belongs to. */
+typedef struct lease_call {
+    kiln_worker_t *w;
+    int n;
+    int *slots;
+    char (*ids)[KILN_JOB_ID_MAX];
+} lease_call_t;
+
+static void lease_call_free(lease_call_t *call)
+{
+    free(call->slots);
+    free(call->ids);
+    free(call);
+}
+
+/* A job whose lease is gone (cancelled, expired, taken) must stop. */
+static void on_lease_reply(redisAsyncContext *ac, void *r, void *privdata)
+{
+    lease_call_t *call = privdata;
+    redisReply *reply = r;
+    for (size_t i = 0; reply && reply->type == REDIS_REPLY_ARRAY && i < reply->elements &&
+                       (int)i < call->n;
+         i++) {
+        const char *status = reply->element[i]->str;
+        kiln_slot_t *slot = &call->w->pool.slots[call->slots[i]];
+        if (status && strcmp(status, "ok") != 0 && slot->state == KILN_SLOT_RUNNING &&
+            strcmp(slot->job.id, call->ids[i]) == 0) {
+            kiln_log(KILN_LOG_WARN, "worker", slot->job.id, NULL, "lease %s; stopping the job",
+                     status);
+            kiln_slot_cancel(slot);
+        }
+    }
+    if (reply && reply->type == REDIS_REPLY_ERROR)
+        KILN_LOG_WARN_("worker", "lease call refused: %s", reply->str);
+    lease_call_free(call);
+}
+
+/* Sends one script call per service for the running slots that want it:
+ * heartbeat (every running job) or progress (jobs with new progress). */
+static void send_lease_calls(kiln_worker_t *w, const char *script_name, bool progress)
+{
+    const kiln_script_t *script = kiln_script_get(script_name);
+    for (int s = 0; s < w->n_services; s++) {
+        lease_call_t *call = calloc(1, sizeof *call);
+        if (!call)
+            return;
+        call->w = w;
+        call->slots = calloc((size_t)w->pool.count, sizeof *call->slots);
+        call->ids = calloc((size_t)w->pool.count, KILN_JOB_ID_MAX);
+        kiln_argv_t a;
+        kiln_argv_init(&a);
+        kiln_ops_begin(&a, script, &w->opts, w->services[s].name);
+        kiln_argv_t entries;
+        kiln_argv_init(&entries);
+        for (int i = 0; call->slots && call->ids && i < w->pool.count; i++) {
+            kiln_slot_t *slot = &w->pool.slots[i];
+            double percent;
+            char message[256];
+            if (slot->state != KILN_SLOT_RUNNING || slot->service != s ||
+                (progress && !kiln_slot_take_progress(slot, &percent, message, sizeof message)))
+                continue;
+            kiln_argv_add(&entries, slot->job.id, SIZE_MAX);
+            kiln_argv_add(&entries, slot->job.token, SIZE_MAX);
+            if (progress) {
+                kiln_argv_addf(&entries, "%.1f", percent);
+                kiln_argv_add(&entries, message, SIZE_MAX);
+            }
+            call->slots[call->n] = i;
+            snprintf(call->ids[call->n++], KILN_JOB_ID_MAX, "%s", slot->job.id);
+        }
+        kiln_argv_addf(&a, "%d", call->n);
+        for (size_t i = 0; i < entries.count; i++)
+            kiln_argv_add(&a, entries.items[i], entries.lens[i]);
+        kiln_argv_free(&entries);
+        if (call->n == 0 || kiln_worker_send(w, &a, on_lease_reply, call) != 0)
+            lease_call_free(call);
+        kiln_argv_free(&a);
+    }
+}
+
+static void on_heartbeat_timer(uv_timer_t *t)
+{
+    kiln_worker_t *w = t->data;
+    send_lease_calls(w, "heartbeat", false);
+    /* The same tick sweeps: a claim recovers stalled jobs of others and
+     * finds work whose notification was missed while Redis was away. */
+    for (int i = 0; i < w->n_services; i++)
+        w->services[i].maybe_work = true;
+    kiln_worker_pump(w);
+}
+
+static void on_registry_timer(uv_timer_t *t)
+{
+    kiln_worker_register(t->data);
+}
+
+static void flush_progress(kiln_worker_t *w)
+{
+    w->last_progress_ms = kiln_worker_now_ms();
+    send_lease_calls(w, "progress", true);
+}
+
+static void on_progress_timer(uv_timer_t *t)
+{
+    flush_progress(t->data);
+}
+
+/* ---- Slots finishing, shutdown ------------------------------------------ */
+
+static void begin_shutdown(kiln_worker_t *w);
+
+static void on_wakeup(uv_async_t *handle)
+{
+    kiln_worker_t *w = handle->data;
+    if (atomic_load(&w->stop_requested) && !w->stopping)
+        begin_shutdown(w);
+    kiln_slot_t *done = kiln_slotpool_take_done(&w->pool);
+    while (done) {
+        kiln_slot_t *next = done->next_done;
+        kiln_service_t *svc = &w->services[done->service];
+        if (done->released && w->releasing) {
+            /* Already handed back; its outcome no longer matters. */
+            kiln_job_outcome_clear(&done->outcome);
+            kiln_claimed_job_clear(&done->job);
+            done->state = KILN_SLOT_IDLE;
+        } else {
+            kiln_log(KILN_LOG_DEBUG, "worker", done->job.id, NULL, "finished");
+            done->next_done = svc->reports;
+            svc->reports = done;
+        }
+        done = next;
+    }
+    pthread_mutex_lock(&w->pool.done_mu);
+    bool progress = w->pool.progress_pending;
+    w->pool.progress_pending = false;
+    pthread_mutex_unlock(&w->pool.done_mu);
+    if (progress && !uv_is_active((uv_handle_t *)&w->progress_timer)) {
+        int64_t since = kiln_worker_now_ms() - w->last_progress_ms;
+        if (since >= PROGRESS_INTERVAL_MS)
+            flush_progress(w);
+        else
+            uv_timer_start(&w->progress_timer, on_progress_timer,
+                           (uint64_t)(PROGRESS_INTERVAL_MS - since), 0);
+    }
+    kiln_worker_pump(w);
+}
+
+static void close_handle(uv_handle_t *h)
+{
+    if (!uv_is_closing(h))
+        uv_close(h, NULL);
+}
+
+/* Stops everything; uv_run returns once the connections have flushed. */
+static void finish(kiln_worker_t *w)
+{
+    if (w->closing)
+        return;
+    KILN_LOG_INFO_("worker", "stopped");
+    kiln_worker_deregister(w);
+    kiln_worker_redis_close(w);
+    uv_handle_t *handles[] = {(uv_handle_t *)&w->wakeup,          (uv_handle_t *)&w->sigterm,
+                              (uv_handle_t *)&w->sigint,          (uv_handle_t *)&w->heartbeat_timer,
+                              (uv_handle_t *)&w->registry_timer,  (uv_handle_t *)&w->due_timer,
+                              (uv_handle_t *)&w->reconnect_timer, (uv_handle_t *)&w->grace_timer,
+                              (uv_handle_t *)&w->progress_timer,  (uv_handle_t *)&w->hard_stop_timer};
+    for (size_t i = 0; i < sizeof handles / sizeof handles[0]; i++)
+        close_handle(handles[i]);
+}
+
+static void check_finished(kiln_worker_t *w)
+{
+    if (!w->stopping || w->closing || w->inflight || w->retry)
+        return;
+    for (int i = 0; i < w->n_services; i++) {
+        if (w->services[i].reports)
+            return;
+    }
+    if (kiln_slotpool_idle(&w->pool) == w->pool.count)
+        finish(w);
+}
+
+static void finish_on_timer(uv_timer_t *t)
+{
+    kiln_worker_t *w = t->data;
+    KILN_LOG_WARN_("worker", "connectors did not stop within %d ms of the grace period; exiting",
+                   HARD_STOP_MS);
+    w->abandoned = kiln_slotpool_idle(&w->pool) < w->pool.count;
+    finish(w);
+}
+
+static void on_release_reply(redisAsyncContext *ac, void *r, void *privdata)
+{
+    kiln_step_call_t *call = privdata;
+    redisReply *reply = r;
+    if (!reply || reply->type != REDIS_REPLY_ARRAY)
+        KILN_LOG_ERROR_("worker", "could not hand back %d jobs: their leases will expire and the "
+                                  "sweep will return them", call->nreports);
+    else
+        KILN_LOG_INFO_("worker", "handed %d unfinished jobs back to the queue", call->nreports);
+    step_call_free(call);
+}
+
+/* The grace period is over: running jobs go back to pending (attempt not
+ * counted) and their connectors are told to stop. */
+static void on_grace_timer(uv_timer_t *t)
+{
+    kiln_worker_t *w = t->data;
+    if (w->releasing)
+        return;
+    w->releasing = true;
+    for (int s = 0; s < w->n_services; s++) {
+        kiln_step_call_t *call = calloc(1, sizeof *call);
+        call->report_ids = calloc((size_t)w->pool.count + 1, KILN_JOB_ID_MAX);
+        call->w = w;
+        call->script = kiln_script_get("step");
+        kiln_argv_init(&call->argv);
+        kiln_ops_begin(&call->argv, call->script, &w->opts, w->services[s].name);
+        kiln_ops_add_claimer(&call->argv, &w->who, 0);
+        kiln_argv_t reports;
+        kiln_argv_init(&reports);
+        for (int i = 0; i < w->pool.count; i++) {
+            kiln_slot_t *slot = &w->pool.slots[i];
+            if (slot->state != KILN_SLOT_RUNNING || slot->service != s)
+                continue;
+            slot->released = true;
+            kiln_slot_cancel(slot);
+            const char *fields[] = {slot->job.id, slot->job.token, "release", "", "0"};
+            for (int f = 0; f < 5; f++)
+                kiln_argv_add(&reports, fields[f], SIZE_MAX);
+            snprintf(call->report_ids[call->nreports++], KILN_JOB_ID_MAX, "%s", slot->job.id);
+        }
+        kiln_argv_addf(&call->argv, "%d", call->nreports);
+        for (size_t i = 0; i < reports.count; i++)
+            kiln_argv_add(&call->argv, reports.items[i], reports.lens[i]);
+        kiln_argv_free(&reports);
+        if (call->nreports == 0 || kiln_worker_send(w, &call->argv, on_release_reply, call) != 0)
+            step_call_free(call);
+    }
+    uv_timer_start(&w->hard_stop_timer, finish_on_timer, HARD_STOP_MS, 0);
+}
+
+static void begin_shutdown(kiln_worker_t *w)
+{
+    if (w->stopping) {
+        on_grace_timer(&w->grace_timer); /* a second signal: hand jobs back now */
+        return;
+    }
+    w->stopping = true;
+    int busy = w->pool.count - kiln_slotpool_idle(&w->pool);
+    KILN_LOG_INFO_("worker", "stopping: no new claims; %d running jobs get %ld ms to finish", busy,
+                   w->cfg->worker.shutdown_grace_ms);
+    uv_timer_start(&w->grace_timer, on_grace_timer, (uint64_t)w->cfg->worker.shutdown_grace_ms, 0);
+    kiln_worker_pump(w);
+}
+
+static void on_signal(uv_signal_t *handle, int signum)
+{
+    kiln_worker_t *w = handle->data;
+    KILN_LOG_INFO_("worker", "received %s", signum == SIGTERM ? "SIGTERM" : "SIGINT");
+    begin_shutdown(w);
+}
+
+/* ---- Construction ------------------------------------------------------- */
+
+static int add_services(kiln_worker_t *w, const kiln_config_t *cfg, kiln_err_t *err)
+{
+    if (cfg->worker.n_connectors == 0)
+        return kiln_err_set(err, KILN_EINVAL,
+                            "worker.connectors: empty; name at least one connector, e.g. "
+                            "--connectors simulation or WORKER_CONNECTORS=simulation");
+    w->services = calloc(cfg->worker.n_connectors, sizeof *w->services);
+    if (!w->services)
+        return kiln_err_set(err, KILN_ENOMEM, "out of memory");
+    for (size_t i = 0; i < cfg->worker.n_connectors; i++) {
+        const char *name = cfg->worker.connectors[i];
+        const kiln_connector_config_t *cc = kiln_config_connector(cfg, name);
+        /* A name given by flag after loading: a built-in type of that name. */
+        json_t *no_options = json_object();
+        kiln_connector_config_t implicit = {(char *)name, (char *)name, no_options};
+        if (!cc && kiln_connector_find_type(name))
+            cc = &implicit;
+        int rc = cc ? 0 : KILN_EINVAL;
+        kiln_service_t *svc = &w->services[w->n_services];
+        if (cc)
+            rc = kiln_connector_new(cc, &svc->connector, err);
+        json_decref(no_options);
+        if (!cc)
+            return kiln_err_set(err, KILN_EINVAL,
+                                "worker.connectors: \"%s\" is neither defined under connectors nor "
+                                "a built-in connector type",
+                                name);
+        if (rc != 0)
+            return rc;
+        svc->name = strdup(name);
+        snprintf(svc->channel, sizeof svc->channel, "kiln:{%s}:notify", name);
+        w->n_services++;
+    }
+    return 0;
+}
+
+int kiln_worker_new(const kiln_config_t *cfg, kiln_worker_t **out, kiln_err_t *err)
+{
+    *out = NULL;
+    kiln_worker_t *w = calloc(1, sizeof *w);
+    if (!w)
+        return kiln_err_set(err, KILN_ENOMEM, "out of memory");
+    w->cfg = cfg;
+    kiln_broker_options_from_config(&w->opts, cfg);
+    gethostname(w->host, sizeof w->host - 1);
+    char id[160];
+    if (cfg->worker.id)
+        snprintf(id, sizeof id, "%s", cfg->worker.id);
+    else
+        snprintf(id, sizeof id, "%.100s-%d", cfg->machine_id ? cfg->machine_id : w->host,
+                 (int)getpid());
+    int rc = kiln_redis_url_parse(cfg->redis_url, &w->url, err);
+    if (!rc)
+        rc = kiln_worker_identity_init(&w->who, id, cfg->machine_id, cfg->worker.capabilities, err);
+    if (!rc)
+        rc = add_services(w, cfg, err);
+    if (rc) {
+        kiln_worker_free(w);
+        return rc;
+    }
+    *out = w;
+    return 0;
+}
+
+static void init_timer(kiln_worker_t *w, uv_timer_t *t)
+{
+    uv_timer_init(&w->loop, t);
+    t->data = w;
+}
+
+static int init_loop(kiln_worker_t *w, kiln_err_t *err)
+{
+    if (uv_loop_init(&w->loop) != 0)
+        return kiln_err_set(err, KILN_EIO, "cannot create the event loop");
+    uv_async_init(&w->loop, &w->wakeup, on_wakeup);
+    w->wakeup.data = w;
+    uv_timer_t *timers[] = {&w->heartbeat_timer, &w->registry_timer, &w->due_timer,
+                            &w->reconnect_timer, &w->grace_timer,    &w->progress_timer,
+                            &w->hard_stop_timer};
+    for (size_t i = 0; i < sizeof timers / sizeof timers[0]; i++)
+        init_timer(w, timers[i]);
+    uv_signal_init(&w->loop, &w->sigterm);
+    uv_signal_init(&w->loop, &w->sigint);
+    w->sigterm.data = w->sigint.data = w;
+    uv_signal_start(&w->sigterm, on_signal, SIGTERM);
+    uv_signal_start(&w->sigint, on_signal, SIGINT);
+    signal(SIGPIPE, SIG_IGN);
+    return kiln_slotpool_init(&w->pool, w->cfg->worker.concurrency, &w->wakeup, err);
+}
+
+int kiln_worker_run(kiln_worker_t *w, kiln_err_t *err)
+{
+    int rc = init_loop(w, err);
+    if (rc)
+        return rc;
+    w->started_ms = kiln_ops_wall_ms();
+    long heartbeat_ms = w->cfg->worker.heartbeat_ms > 0 ? w->cfg->worker.heartbeat_ms
+                                                        : w->cfg->broker.lease_ms / 3;
+    uv_timer_start(&w->heartbeat_timer, on_heartbeat_timer, (uint64_t)heartbeat_ms,
+                   (uint64_t)heartbeat_ms);
+    long registry_ms = w->cfg->worker.registry_ttl_ms / 3;
+    uv_timer_start(&w->registry_timer, on_registry_timer, (uint64_t)registry_ms,
+                   (uint64_t)registry_ms);
+    kiln_log(KILN_LOG_INFO, "worker", NULL, NULL, "worker %s starting: %d slots, %d services",
+             w->who.id, w->pool.count, w->n_services);
+    kiln_worker_redis_connect(w);
+    if (atomic_load(&w->stop_requested))
+        begin_shutdown(w);
+    uv_run(&w->loop, UV_RUN_DEFAULT);
+    if (!w->abandoned)
+        kiln_slotpool_close(&w->pool);
+    if (uv_loop_close(&w->loop) != 0)
+        KILN_LOG_WARN_("worker", "event loop closed with handles still open");
+    if (w->abandoned)
+        return kiln_err_set(err, KILN_ETIMEOUT, "some jobs did not stop in time");
+    return 0;
+}
+
+void kiln_worker_stop(kiln_worker_t *w)
+{
+    atomic_store(&w->stop_requested, 1);
+    if (w->wakeup.loop)
+        uv_async_send(&w->wakeup);
+}
+
+void kiln_worker_free(kiln_worker_t *w)
+{
+    if (!w)
+        return;
+    for (int i = 0; i < w->n_services; i++) {
+        kiln_connector_free(w->services[i].connector);
+        free(w->services[i].name);
+    }
+    free(w->services);
+    step_call_free(w->retry);
+    kiln_worker_identity_clear(&w->who);
+    free(w);
+}

@@ -1,0 +1,88 @@
+/* Internal: the worker's state, shared by worker.c (lifecycle, jobs) and
+ * worker_redis.c (connections, registry). Loop thread only, unless noted. */
+#ifndef KILN_WORKER_INTERNAL_H
+#define KILN_WORKER_INTERNAL_H
+
+#include <hiredis/async.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <uv.h>
+
+#include "broker/ops.h"
+#include "core/redis_url.h"
+#include "kiln/connector.h"
+#include "kiln/worker.h"
+#include "worker/slots.h"
+
+typedef struct kiln_service {
+    char *name;
+    kiln_connector_t *connector;
+    char channel[96];   /* kiln:{name}:notify */
+    bool maybe_work;    /* a claim may find something: notified, timer, start */
+    kiln_slot_t *reports; /* finished slots whose outcome is not sent yet */
+} kiln_service_t;
+
+/* A step call in flight (or waiting to be sent again after a failure). */
+typedef struct kiln_step_call {
+    kiln_worker_t *w;
+    int service;
+    kiln_argv_t argv;
+    const kiln_script_t *script;
+    int max_claim;
+    int nreports;
+    char (*report_ids)[KILN_JOB_ID_MAX];
+} kiln_step_call_t;
+
+struct kiln_worker {
+    const kiln_config_t *cfg;
+    kiln_broker_options_t opts;
+    kiln_redis_url_t url;
+    kiln_worker_identity_t who;
+    kiln_service_t *services;
+    int n_services;
+    int next_service; /* round robin for claims */
+
+    uv_loop_t loop;
+    uv_async_t wakeup; /* slots finished or reported progress; stop asked */
+    uv_signal_t sigterm, sigint;
+    uv_timer_t heartbeat_timer, registry_timer, due_timer, reconnect_timer, grace_timer,
+        progress_timer, hard_stop_timer;
+
+    redisAsyncContext *cmd; /* scripts and registry */
+    redisAsyncContext *sub; /* notify channels */
+    bool cmd_ready;
+    int reconnect_delay_ms;
+    bool reconnect_armed;
+
+    kiln_step_call_t *inflight; /* at most one step call at a time */
+    kiln_step_call_t *retry;    /* a step whose reply was lost, to send again */
+
+    kiln_slotpool_t pool;
+    atomic_int stop_requested; /* any thread */
+    bool stopping;  /* claim nothing more */
+    bool releasing; /* grace over: running jobs handed back */
+    bool closing;
+    bool abandoned; /* slot threads still running at exit: not joined */
+    int64_t last_progress_ms;
+    int64_t started_ms;
+    char host[128];
+};
+
+/* worker_redis.c */
+void kiln_worker_redis_connect(kiln_worker_t *w);
+void kiln_worker_redis_close(kiln_worker_t *w);
+void kiln_worker_redis_lost(kiln_worker_t *w, const char *why);
+void kiln_worker_register(kiln_worker_t *w);
+void kiln_worker_deregister(kiln_worker_t *w);
+/* Sends argv on the command connection; cb gets (reply or NULL, privdata). */
+int kiln_worker_send(kiln_worker_t *w, kiln_argv_t *argv, redisCallbackFn *cb, void *privdata);
+
+/* worker.c, called by worker_redis.c */
+void kiln_worker_on_connected(kiln_worker_t *w);
+void kiln_worker_on_notify(kiln_worker_t *w, const char *channel, const char *message);
+void kiln_worker_pump(kiln_worker_t *w);
+
+int64_t kiln_worker_now_ms(void);
+
+#endif
