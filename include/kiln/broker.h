@@ -112,6 +112,8 @@ int kiln_broker_submit_batch(kiln_broker_t *broker, const kiln_job_spec_t *specs
  *   customer_id progress progress_message result error error_retryable
  *   worker created_at run_at started_at finished_at (ms since epoch, 0 = never)
  *   timeout_ms idempotency_key
+ * error is the last error of any attempt, so a job that completed after a
+ * retry still shows why the earlier attempt failed.
  * state is one of pending running completed failed cancelled delayed dead.
  * Returns KILN_ENOTFOUND for an unknown (or expired) id. */
 int kiln_broker_get_job(kiln_broker_t *broker, const char *id, json_t **job, kiln_err_t *err);
@@ -122,8 +124,9 @@ typedef struct kiln_job_filter {
     size_t limit;        /* 0: 100 */
 } kiln_job_filter_t;
 
-/* Jobs matching filter, newest first within each state, as a JSON array of
- * job objects (payload and result left out). Caller owns *jobs. */
+/* Jobs matching filter as a JSON array of job objects (payload and result
+ * left out): pending jobs in the order they will run, the others newest
+ * first within each state. Caller owns *jobs. */
 int kiln_broker_list_jobs(kiln_broker_t *broker, const kiln_job_filter_t *filter, json_t **jobs,
                           kiln_err_t *err);
 
@@ -143,8 +146,10 @@ int kiln_broker_list_services(kiln_broker_t *broker, json_t **services, kiln_err
 /* Calls on_event for each event of job id's queue stream after the job's
  * current state, until the job reaches a final state (completed, failed,
  * cancelled, dead) or timeout_ms passes (KILN_ETIMEOUT; <= 0 waits forever).
- * Events are JSON objects {"id" (stream id),"job","type","state","progress",
- * "message",...}; on_event may be NULL. *final_job (may be NULL) receives the
+ * Events are JSON objects {"id" (stream id),"job","type","state",...} whose
+ * values are all strings, as stored in the stream (e.g. "progress":"58");
+ * types: submitted started progress completed retry_scheduled failed dead
+ * cancelled released stalled ready retried. on_event may be NULL. *final_job (may be NULL) receives the
  * job at the end (caller owns). Blocks on XREAD; does not poll. */
 typedef void (*kiln_job_event_cb)(json_t *event, void *ctx);
 int kiln_broker_wait_job(kiln_broker_t *broker, const char *id, long timeout_ms,

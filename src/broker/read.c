@@ -36,14 +36,19 @@ static json_t *int_field(const char *text)
 }
 
 /* Builds the public job object from an HGETALL reply. */
-static json_t *job_from_hash(const redisReply *r, bool with_bodies)
+static json_t *job_from_hash(const char *id, const char *service, const redisReply *r,
+                             bool with_bodies)
 {
-    json_t *job = json_object();
+    /* Fields a job does not have yet (never claimed, no error) read as
+     * their zero values. */
+    json_t *job = json_pack("{s:s, s:s, s:i, s:f, s:n, s:n, s:n, s:s, s:i, s:i, s:i, s:i}", "id",
+                            id, "service", service, "attempts", 0, "progress", 0.0, "error",
+                            "customer_id", "idempotency_key", "worker", "", "started_at", 0,
+                            "finished_at", 0, "run_at", 0, "timeout_ms", 0);
     json_t *requirements = NULL;
     for (size_t i = 0; job && i + 1 < r->elements; i += 2) {
         const char *k = r->element[i]->str, *v = r->element[i + 1]->str;
-        if (!strcmp(k, "id") || !strcmp(k, "service") || !strcmp(k, "state") ||
-            !strcmp(k, "worker"))
+        if (!strcmp(k, "state") || !strcmp(k, "worker"))
             json_object_set_new(job, k, json_string(v));
         else if (!strcmp(k, "error") || !strcmp(k, "customer") || !strcmp(k, "idem"))
             json_object_set_new(job,
@@ -55,9 +60,9 @@ static json_t *job_from_hash(const redisReply *r, bool with_bodies)
                  !strcmp(k, "timeout_ms"))
             json_object_set_new(job, k, int_field(v));
         else if (!strcmp(k, "created") || !strcmp(k, "started") || !strcmp(k, "finished") ||
-                 !strcmp(k, "run_at") || !strcmp(k, "lease_until")) {
+                 !strcmp(k, "run_at")) {
             char name[32];
-            snprintf(name, sizeof name, "%s%s", k, strcmp(k, "run_at") && strcmp(k, "lease_until") ? "_at" : "");
+            snprintf(name, sizeof name, "%s%s", k, strcmp(k, "run_at") ? "_at" : "");
             json_object_set_new(job, name, int_field(v));
         } else if (!strcmp(k, "progress"))
             json_object_set_new(job, k, json_real(strtod(v, NULL)));
@@ -92,7 +97,7 @@ static int fetch_job(kiln_broker_t *b, const char *id, bool with_bodies, json_t 
     else if (r->elements == 0)
         rc = kiln_err_set(err, KILN_ENOTFOUND, "job %s not found (never submitted, or removed "
                                                "after its retention period)", id);
-    else if (!(*job = job_from_hash(r, with_bodies)))
+    else if (!(*job = job_from_hash(id, service, r, with_bodies)))
         rc = kiln_err_set(err, KILN_ENOMEM, "out of memory");
     freeReplyObject(r);
     return rc;
@@ -131,29 +136,41 @@ int kiln_broker_list_services(kiln_broker_t *b, json_t **services, kiln_err_t *e
 }
 
 /* Appends to ids the members of one sorted set (newest first where asked). */
-static void collect_ids(kiln_broker_t *b, const char *key, bool newest_first, size_t limit,
-                        json_t *ids)
+static int collect_ids(kiln_broker_t *b, const char *key, bool newest_first, size_t limit,
+                       json_t *ids, kiln_err_t *err)
 {
-    redisReply *r = redisCommand(b->redis, newest_first ? "ZREVRANGE %s 0 %zu" : "ZRANGE %s 0 %zu",
-                                 key, limit - 1);
-    for (size_t i = 0; r && r->type == REDIS_REPLY_ARRAY && i < r->elements; i++)
+    redisReply *r = redisCommand(b->redis, newest_first ? "ZREVRANGE %s 0 %ld" : "ZRANGE %s 0 %ld",
+                                 key, (long)limit - 1);
+    if (!r || r->type != REDIS_REPLY_ARRAY) {
+        if (r)
+            freeReplyObject(r);
+        return kiln_err_set(err, KILN_EREDIS, "listing %s: %s", key,
+                            r ? "unexpected reply" : b->redis->errstr);
+    }
+    for (size_t i = 0; i < r->elements; i++)
         json_array_append_new(ids, json_string(r->element[i]->str));
-    if (r)
-        freeReplyObject(r);
+    freeReplyObject(r);
+    return 0;
 }
 
-static void collect_pending(kiln_broker_t *b, const char *service, size_t limit, json_t *ids)
+/* Pending jobs in the order they will run, class by class. */
+static int collect_pending(kiln_broker_t *b, const char *service, size_t limit, json_t *ids,
+                           kiln_err_t *err)
 {
-    redisReply *classes = redisCommand(b->redis, "ZRANGE kiln:{%s}:classes 0 -1", service);
-    for (size_t i = 0; classes && classes->type == REDIS_REPLY_ARRAY && i < classes->elements &&
-                       json_array_size(ids) < limit;
-         i++) {
-        char key[160];
-        snprintf(key, sizeof key, "kiln:{%s}:pending:%s", service, classes->element[i]->str);
-        collect_ids(b, key, false, limit - json_array_size(ids), ids);
+    char key[160];
+    snprintf(key, sizeof key, "kiln:{%s}:classes", service);
+    json_t *classes = json_array();
+    int rc = collect_ids(b, key, false, 1000, classes, err);
+    size_t i;
+    json_t *class;
+    json_array_foreach(classes, i, class) {
+        if (rc || json_array_size(ids) >= limit)
+            break;
+        snprintf(key, sizeof key, "kiln:{%s}:pending:%s", service, json_string_value(class));
+        rc = collect_ids(b, key, false, limit - json_array_size(ids), ids, err);
     }
-    if (classes)
-        freeReplyObject(classes);
+    json_decref(classes);
+    return rc;
 }
 
 static int list_service_jobs(kiln_broker_t *b, const char *service, const char *state,
@@ -162,16 +179,19 @@ static int list_service_jobs(kiln_broker_t *b, const char *service, const char *
     static const char *const states[] = {"pending", "running", "delayed", "completed",
                                          "failed",  "cancelled", "dead", NULL};
     json_t *ids = json_array();
-    for (size_t s = 0; states[s]; s++) {
+    int rc = 0;
+    for (size_t s = 0; rc == 0 && states[s]; s++) {
         if (state && strcmp(state, states[s]) != 0)
             continue;
-        if (!strcmp(states[s], "pending")) {
-            collect_pending(b, service, limit, ids);
-            continue;
-        }
         char key[128];
         snprintf(key, sizeof key, "kiln:{%s}:%s", service, states[s]);
-        collect_ids(b, key, is_final(states[s]), limit, ids);
+        rc = !strcmp(states[s], "pending")
+                 ? collect_pending(b, service, limit, ids, err)
+                 : collect_ids(b, key, is_final(states[s]), limit, ids, err);
+    }
+    if (rc) {
+        json_decref(ids);
+        return rc;
     }
     size_t i;
     json_t *id;

@@ -95,7 +95,7 @@ int kiln_cli_connect(const kiln_config_t *cfg, kiln_broker_t **broker)
     kiln_err_t err = {0};
     if (kiln_broker_connect(&opts, broker, &err) != 0) {
         fprintf(stderr, "kiln: %s\n", err.msg);
-        return KILN_EXIT_UNAVAILABLE;
+        return kiln_cli_exit_code(err.code);
     }
     return 0;
 }

@@ -27,7 +27,8 @@ int kiln_cli_parse_globals(int *argc, char **argv, kiln_cli_globals_t *g);
 int kiln_cli_load_config(const kiln_cli_globals_t *g, kiln_config_t *cfg);
 
 /* Connects to the configured Redis. Prints the error and returns
- * KILN_EXIT_UNAVAILABLE when it cannot; 0 on success. */
+ * KILN_EXIT_UNAVAILABLE when it cannot (KILN_EXIT_USAGE for a malformed
+ * URL); 0 on success. */
 int kiln_cli_connect(const kiln_config_t *cfg, kiln_broker_t **broker);
 
 /* Maps a KILN_E* code to the CLI exit code (commands.h). */

@@ -68,8 +68,10 @@ static kiln_step_call_t *build_step(kiln_worker_t *w, int s)
         nreports++;
     int free_slots = kiln_slotpool_idle(&w->pool) + nreports;
     int max_claim = (w->stopping || !svc->maybe_work) ? 0 : free_slots;
-    if (nreports == 0 && max_claim == 0)
+    bool maintain = svc->maintain && !w->stopping;
+    if (nreports == 0 && max_claim == 0 && !maintain)
         return NULL;
+    svc->maintain = false;
     kiln_step_call_t *call = calloc(1, sizeof *call);
     if (!call || !(call->report_ids = calloc((size_t)nreports + 1, KILN_JOB_ID_MAX))) {
         free(call);
@@ -82,6 +84,7 @@ static kiln_step_call_t *build_step(kiln_worker_t *w, int s)
     kiln_argv_init(&call->argv);
     kiln_ops_begin(&call->argv, call->script, &w->opts, svc->name);
     kiln_ops_add_claimer(&call->argv, &w->who, max_claim);
+    kiln_argv_add(&call->argv, maintain ? "1" : "0", 1);
     kiln_argv_addf(&call->argv, "%d", nreports);
     kiln_slot_t *r = svc->reports;
     svc->reports = NULL;
@@ -124,18 +127,26 @@ static void start_claims(kiln_worker_t *w, kiln_step_call_t *call, redisReply *r
         svc->maybe_work = false;
 }
 
+/* Marks every service for a claim and, with maintain, for promotion of due
+ * delayed jobs and recovery of stalled ones; then sends what is due. */
+static void wake_all(kiln_worker_t *w, bool maintain)
+{
+    for (int i = 0; i < w->n_services; i++) {
+        w->services[i].maybe_work = true;
+        w->services[i].maintain = w->services[i].maintain || maintain;
+    }
+    kiln_worker_pump(w);
+}
+
 static void on_due_timer(uv_timer_t *t)
 {
-    kiln_worker_t *w = t->data;
-    for (int i = 0; i < w->n_services; i++)
-        w->services[i].maybe_work = true;
-    kiln_worker_pump(w);
+    wake_all(t->data, true);
 }
 
 /* Wakes the worker when the earliest delayed job of a queue becomes due. */
 static void arm_due_timer(kiln_worker_t *w, long long next_due_ms)
 {
-    if (next_due_ms <= 0)
+    if (next_due_ms <= 0) /* 0: nothing delayed; -1: not looked up */
         return;
     long long wait = next_due_ms - kiln_ops_wall_ms();
     if (wait < 1)
@@ -218,8 +229,9 @@ void kiln_worker_on_notify(kiln_worker_t *w, const char *channel, const char *me
     for (int i = 0; i < w->n_services; i++) {
         if (strcmp(w->services[i].channel, channel) != 0)
             continue;
-        if (strcmp(message, "work") == 0) {
+        if (strcmp(message, "work") == 0 || strcmp(message, "due") == 0) {
             w->services[i].maybe_work = true;
+            w->services[i].maintain = w->services[i].maintain || message[0] == 'd';
             kiln_worker_pump(w);
         } else if (strncmp(message, "cancel ", 7) == 0) {
             for (int s = 0; s < w->pool.count; s++) {
@@ -235,11 +247,9 @@ void kiln_worker_on_notify(kiln_worker_t *w, const char *channel, const char *me
 
 void kiln_worker_on_connected(kiln_worker_t *w)
 {
-    for (int i = 0; i < w->n_services; i++)
-        w->services[i].maybe_work = true;
     kiln_worker_register(w);
     kiln_worker_redis_connect(w); /* the subscriber, if it was lost too */
-    kiln_worker_pump(w);
+    wake_all(w, true);
 }
 
 /* ---- Leases and progress ------------------------------------------------ */
@@ -328,11 +338,10 @@ static void on_heartbeat_timer(uv_timer_t *t)
 {
     kiln_worker_t *w = t->data;
     send_lease_calls(w, "heartbeat", false);
-    /* The same tick sweeps: a claim recovers stalled jobs of others and
-     * finds work whose notification was missed while Redis was away. */
-    for (int i = 0; i < w->n_services; i++)
-        w->services[i].maybe_work = true;
-    kiln_worker_pump(w);
+    /* The same tick sweeps: recovers stalled jobs of others, promotes due
+     * delayed jobs, and finds work whose notification was missed while
+     * Redis was away. */
+    wake_all(w, true);
 }
 
 static void on_registry_timer(uv_timer_t *t)
@@ -463,6 +472,7 @@ static void on_grace_timer(uv_timer_t *t)
         kiln_argv_init(&call->argv);
         kiln_ops_begin(&call->argv, call->script, &w->opts, w->services[s].name);
         kiln_ops_add_claimer(&call->argv, &w->who, 0);
+        kiln_argv_add(&call->argv, "0", 1);
         kiln_argv_t reports;
         kiln_argv_init(&reports);
         for (int i = 0; i < w->pool.count; i++) {

@@ -20,6 +20,7 @@ typedef struct kiln_service {
     kiln_connector_t *connector;
     char channel[96];   /* kiln:{name}:notify */
     bool maybe_work;    /* a claim may find something: notified, timer, start */
+    bool maintain;      /* next step also promotes, recovers and trims by age */
     kiln_slot_t *reports; /* finished slots whose outcome is not sent yet */
 } kiln_service_t;
 

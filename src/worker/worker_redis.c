@@ -4,7 +4,6 @@
  * notify channels. Both reconnect with exponential backoff and jitter; the
  * worker keeps running its jobs while Redis is away.
  */
-#include <hiredis/adapters/libuv.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -12,6 +11,7 @@
 #include <unistd.h>
 
 #include "kiln/log.h"
+#include "worker/redis_uv.h"
 #include "worker/worker_internal.h"
 
 #define RECONNECT_MIN_MS 100
@@ -136,13 +136,27 @@ static redisAsyncContext *open_async(kiln_worker_t *w, redisConnectCallback *on_
         return NULL;
     }
     ac->data = w;
-    redisLibuvAttach(ac, &w->loop);
+    if (kiln_redis_uv_attach(ac, &w->loop) != 0) {
+        redisAsyncFree(ac);
+        return NULL;
+    }
     redisAsyncSetConnectCallback(ac, on_connect);
     redisAsyncSetDisconnectCallback(ac, on_disconnect);
     if (w->url.password[0])
         redisAsyncCommand(ac, on_setup_reply, "AUTH", "AUTH %s", w->url.password);
     if (w->url.db)
         redisAsyncCommand(ac, on_setup_reply, "SELECT", "SELECT %d", w->url.db);
+    /* hiredis 0.14 notices a finished connect only once a write is queued,
+     * so every connection starts with a command; the name also shows the
+     * worker in CLIENT LIST. */
+    char name[160];
+    snprintf(name, sizeof name, "kiln-worker:%s", w->who.id);
+    for (char *c = name; *c; c++) {
+        if (*c <= ' ' || *c > '~')
+            *c = '_';
+    }
+    const char *setname[] = {"CLIENT", "SETNAME", name};
+    redisAsyncCommandArgv(ac, on_setup_reply, (void *)"CLIENT SETNAME", 3, setname, NULL);
     return ac;
 }
 

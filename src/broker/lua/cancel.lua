@@ -15,10 +15,12 @@ elseif state == 'delayed' then
     redis.call('ZREM', K_DELAYED, id)
 elseif state == 'running' then
     redis.call('ZREM', K_RUNNING, id)
+    redis.call('HDEL', K_LEASES, id)
     redis.call('PUBLISH', CHANNEL, 'cancel ' .. id)
 else
     return 'final:' .. state
 end
-finish(id, 'cancelled', now, {'error', 'cancelled'})
+finish(id, 'cancelled', now, {'error', 'cancelled', 'worker', ''})
 emit(id, 'cancelled', 'cancelled', {'previous', state})
+trim_touched(now, false)
 return 'ok'

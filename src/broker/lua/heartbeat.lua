@@ -4,17 +4,23 @@
 -- status is not 'ok' must be stopped by the worker.
 local now = now_ms()
 local n = tonumber(ARGV[OP])
-local out = {}
+local ids = {}
 for i = 0, n - 1 do
-    local id, token = ARGV[OP + 1 + i * 2], ARGV[OP + 2 + i * 2]
-    local problem = lease_problem(id, token)
-    if problem then
-        out[#out + 1] = problem
+    ids[#ids + 1] = ARGV[OP + 1 + i * 2]
+end
+local tokens = redis.call('HMGET', K_LEASES, unpack(ids))
+local out, renew = {}, {'ZADD', K_RUNNING}
+local lease_until = int(now + LEASE_MS)
+for i = 1, n do
+    if tokens[i] == ARGV[OP + i * 2] then
+        renew[#renew + 1] = lease_until
+        renew[#renew + 1] = ids[i]
+        out[i] = 'ok'
     else
-        local lease_until = int(now + LEASE_MS)
-        redis.call('HSET', jkey(id), 'lease_until', lease_until)
-        redis.call('ZADD', K_RUNNING, lease_until, id)
-        out[#out + 1] = 'ok'
+        out[i] = lease_problem(ids[i])
     end
+end
+if #renew > 2 then
+    redis.call(unpack(renew))
 end
 return out

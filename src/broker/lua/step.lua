@@ -1,32 +1,28 @@
 -- step: the worker's one call per turn: reports finished jobs, then claims
 -- the next ones, so a busy worker needs one round trip per batch of jobs.
 -- ARGV[10] worker id, ARGV[11] capabilities JSON, ARGV[12] capabilities
--- hash, ARGV[13] max jobs to claim, ARGV[14] number of reports r,
--- then per report 5 values: job id, token, kind ('complete', 'fail',
--- 'release'), result JSON or error message, retryable ('1'/'0').
--- Returns {next_due_ms, {report statuses}, claim...} (see claim.lua).
+-- hash, ARGV[13] max jobs to claim, ARGV[14] maintain ('1': also promote
+-- due delayed jobs, recover stalled ones and trim by age),
+-- ARGV[15] number of reports r, then per report 5 values: job id, token,
+-- kind ('complete', 'fail', 'release'), result JSON or error message,
+-- retryable ('1'/'0').
+-- Returns {next_due_ms, {report statuses}, claim...} where next_due_ms is
+-- the earliest delayed job (0: none; -1: not looked up this call) and each
+-- claim is {id, token, attempt, max_attempts, timeout_ms, payload}.
 local now = now_ms()
-local r = tonumber(ARGV[OP + 4])
-local statuses = {}
-for i = 0, r - 1 do
-    local a = OP + 5 + i * 5
-    local id, token, kind, data = ARGV[a], ARGV[a + 1], ARGV[a + 2], ARGV[a + 3]
-    local status
-    if kind == 'complete' then
-        status = complete_job(id, token, data, now)
-    elseif kind == 'fail' then
-        status = fail_job(id, token, data, ARGV[a + 4] == '1', now)
-    else
-        status = release_job(id, token, now)
-    end
-    statuses[#statuses + 1] = status
+local statuses, retried = apply_reports(read_reports(OP + 6, tonumber(ARGV[OP + 5])), now)
+local maintaining = ARGV[OP + 4] == '1'
+local max = tonumber(ARGV[OP + 3])
+if maintaining then
+    maintain(now, 100, max)
 end
-local moved = promote_delayed(now, 100) + recover_stalled(now, 100)
-local claims = claim_jobs(now, ARGV[OP], ARGV[OP + 1], ARGV[OP + 2], tonumber(ARGV[OP + 3]))
-if moved > #claims then
-    redis.call('PUBLISH', CHANNEL, 'work')
+local claims = claim_jobs(now, ARGV[OP], ARGV[OP + 1], ARGV[OP + 2], max)
+trim_touched(now, maintaining)
+local due = -1
+if maintaining or retried then
+    due = next_due()
 end
-local out = {next_due(), statuses}
+local out = {due, statuses}
 for i = 1, #claims do
     out[#out + 1] = claims[i]
 end

@@ -9,7 +9,11 @@
 local n = tonumber(ARGV[OP])
 local now = now_ms()
 local out = {}
-local added = false
+local added_pending, added_delayed = false, false
+-- Sequence numbers for the whole batch in one step (a duplicate leaves a gap).
+local first_seq = redis.call('INCRBY', P .. 'seq', n) - n
+-- Each class's best new score, so class heads are updated once per batch.
+local class_best, class_def, class_adds = {}, {}, {}
 for i = 0, n - 1 do
     local a = OP + 1 + i * 10
     local idem = ARGV[a]
@@ -21,12 +25,12 @@ for i = 0, n - 1 do
         out[#out + 1] = existing
         out[#out + 1] = 1
     else
-        local seq = redis.call('INCR', P .. 'seq')
-        local id = SERVICE .. '.' .. seq
+        local seq = first_seq + i + 1
+        local id = SERVICE .. '.' .. int(seq)
         local priority = tonumber(ARGV[a + 1])
         -- One scoring rule: higher priority first, then submission order.
-        local score = int((1000 - priority) * 1099511627776 + seq)
-        local class, classdef = ARGV[a + 2], ARGV[a + 3]
+        local score = (1000 - priority) * 1099511627776 + seq
+        local class = ARGV[a + 2]
         local run_at = tonumber(ARGV[a + 6])
         local delay = tonumber(ARGV[a + 7])
         if delay > 0 then
@@ -36,26 +40,62 @@ for i = 0, n - 1 do
         if run_at > now then
             state = 'delayed'
         end
-        redis.call('HSET', jkey(id), 'id', id, 'service', SERVICE, 'state', state,
-                   'priority', priority, 'score', score, 'class', class, 'classdef', classdef,
-                   'payload', ARGV[a + 4], 'attempts', 0, 'max_attempts', ARGV[a + 5],
-                   'created', int(now), 'run_at', int(math.max(run_at, now)), 'customer', ARGV[a + 8],
-                   'timeout_ms', ARGV[a + 9], 'idem', idem, 'progress', 0, 'claims', 0)
+        local fields = {'HSET', jkey(id), 'state', state, 'priority', priority, 'score', int(score),
+                        'class', class, 'classdef', ARGV[a + 3], 'payload', ARGV[a + 4],
+                        'max_attempts', ARGV[a + 5], 'created', int(now)}
+        if state == 'delayed' then
+            fields[#fields + 1] = 'run_at'
+            fields[#fields + 1] = int(run_at)
+        end
+        local optional = {'customer', ARGV[a + 8], 'timeout_ms', ARGV[a + 9], 'idem', idem}
+        for o = 1, #optional, 2 do
+            local v = optional[o + 1]
+            if v ~= '' and v ~= '0' then
+                fields[#fields + 1] = optional[o]
+                fields[#fields + 1] = v
+            end
+        end
+        redis.call(unpack(fields))
         if state == 'pending' then
-            push_pending(id, class, score, classdef)
+            added_pending = true
+            local adds = class_adds[class]
+            if not adds then
+                adds = {'ZADD', class_key(class)}
+                class_adds[class] = adds
+            end
+            adds[#adds + 1] = int(score)
+            adds[#adds + 1] = id
+            if not class_best[class] or score < class_best[class] then
+                class_best[class] = score
+                class_def[class] = ARGV[a + 3]
+            end
         else
+            added_delayed = true
             redis.call('ZADD', K_DELAYED, int(run_at), id)
         end
         if idem ~= '' then
             redis.call('SET', P .. 'idem:' .. idem, id, 'PX', RETAIN_AGE_MS)
         end
         emit(id, 'submitted', state, nil)
-        added = true
         out[#out + 1] = id
         out[#out + 1] = 0
     end
 end
-if added then
+for class, score in pairs(class_best) do
+    redis.call(unpack(class_adds[class]))
+    local current = redis.call('ZSCORE', K_CLASSES, class)
+    if not current then
+        redis.call('SET', P .. 'class:' .. class, class_def[class])
+        redis.call('ZADD', K_CLASSES, int(score), class)
+    elseif tonumber(current) > score then
+        redis.call('ZADD', K_CLASSES, int(score), class)
+    end
+end
+-- 'work' wakes idle workers to claim; 'due' makes them look up when the
+-- earliest delayed job is due.
+if added_pending then
     redis.call('PUBLISH', CHANNEL, 'work')
+elseif added_delayed then
+    redis.call('PUBLISH', CHANNEL, 'due')
 end
 return out

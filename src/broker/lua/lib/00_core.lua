@@ -26,7 +26,8 @@ local OP = 10
 
 local K_CLASSES = P .. 'classes'
 local K_DELAYED = P .. 'delayed'
-local K_RUNNING = P .. 'running'
+local K_RUNNING = P .. 'running' -- running jobs by lease expiry
+local K_LEASES = P .. 'leases'   -- running job id -> claim token
 -- One retention set per final state, scored by finish time.
 local FINAL_STATES = {'completed', 'failed', 'cancelled', 'dead'}
 local K_STREAM = P .. 'events'
@@ -91,24 +92,38 @@ local function remove_pending(id, class)
     end
 end
 
--- Deletes finished jobs past the retention age or count (at most 100 a call,
--- so one call's cost stays bounded; later calls catch up).
-local function trim_finished(zkey, now)
-    local victims = redis.call('ZRANGEBYSCORE', zkey, '-inf', int(now - RETAIN_AGE_MS), 'LIMIT', 0, 100)
+-- Deletes finished jobs past the retention count and, when by_age, past
+-- the retention age; at most 1000 a call so one call's cost stays bounded
+-- (later calls catch up). Idempotency keys expire on their own TTL.
+local function trim_finished(zkey, now, by_age)
     local excess = redis.call('ZCARD', zkey) - RETAIN_COUNT
     if excess > 0 then
-        local oldest = redis.call('ZRANGE', zkey, 0, math.min(excess, 100) - 1)
-        for i = 1, #oldest do
-            victims[#victims + 1] = oldest[i]
+        excess = math.min(excess, 1000)
+        local victims = redis.call('ZRANGE', zkey, 0, excess - 1)
+        for i = 1, #victims do
+            victims[i] = jkey(victims[i])
+        end
+        redis.call('DEL', unpack(victims))
+        redis.call('ZREMRANGEBYRANK', zkey, 0, excess - 1)
+    end
+    if by_age then
+        local cutoff = int(now - RETAIN_AGE_MS)
+        local old = redis.call('ZRANGEBYSCORE', zkey, '-inf', cutoff, 'LIMIT', 0, 1000)
+        if #old > 0 then
+            for i = 1, #old do
+                old[i] = jkey(old[i])
+            end
+            redis.call('DEL', unpack(old))
+            redis.call('ZREMRANGEBYSCORE', zkey, '-inf', cutoff)
         end
     end
-    for i = 1, #victims do
-        local id = victims[i]
-        local idem = redis.call('HGET', jkey(id), 'idem')
-        if idem and idem ~= '' then
-            redis.call('DEL', P .. 'idem:' .. idem)
-        end
-        redis.call('DEL', jkey(id))
-        redis.call('ZREM', zkey, id)
+end
+
+-- Final-state sets written by this call; trimmed once at its end.
+local touched_final = {}
+
+local function trim_touched(now, by_age)
+    for zkey, _ in pairs(touched_final) do
+        trim_finished(zkey, now, by_age)
     end
 end

@@ -1,20 +1,23 @@
 -- kiln broker library, part 3: the job lifecycle shared by the operations.
+-- Leases live in one hash per queue (job id -> claim token) so a call checks
+-- every report's token in one lookup; running jobs and final states are
+-- written with one multi-member call per batch.
 
 -- Moves a job to a final state and records it for retention.
 local function finish(id, state, now, fields)
-    local args = {'HSET', jkey(id), 'state', state, 'finished', int(now), 'token', ''}
+    local args = {'HSET', jkey(id), 'state', state, 'finished', int(now)}
     for i = 1, #fields do
         args[#args + 1] = fields[i]
     end
     redis.call(unpack(args))
     local zkey = P .. state
     redis.call('ZADD', zkey, int(now), id)
-    trim_finished(zkey, now)
+    touched_final[zkey] = true
 end
 
 local function make_pending(id, now, kind, extra)
     local f = redis.call('HMGET', jkey(id), 'class', 'score', 'classdef')
-    redis.call('HSET', jkey(id), 'state', 'pending', 'token', '', 'worker', '', 'lease_until', 0)
+    redis.call('HSET', jkey(id), 'state', 'pending', 'worker', '')
     push_pending(id, f[1], f[2], f[3])
     emit(id, kind, 'pending', extra)
 end
@@ -37,9 +40,10 @@ local function recover_stalled(now, limit)
     for i = 1, #expired do
         local id = expired[i]
         redis.call('ZREM', K_RUNNING, id)
+        redis.call('HDEL', K_LEASES, id)
         local f = redis.call('HMGET', jkey(id), 'attempts', 'max_attempts', 'worker')
         local err = 'lease expired: worker ' .. (f[3] or '?') .. ' stopped heartbeating'
-        if tonumber(f[1]) >= tonumber(f[2]) then
+        if tonumber(f[1] or 0) >= tonumber(f[2] or 1) then
             finish(id, 'dead', now, {'error', err, 'retryable', '1'})
             emit(id, 'dead', 'dead', {'error', err})
         else
@@ -59,19 +63,39 @@ local function next_due()
     return tonumber(first[2])
 end
 
--- Leases job id to worker; returns the claim as a flat list.
-local function start_job(id, now, worker)
-    local k = jkey(id)
-    local claims = redis.call('HINCRBY', k, 'claims', 1)
-    local attempt = redis.call('HINCRBY', k, 'attempts', 1)
-    local token = worker .. '/' .. claims
-    local lease_until = now + LEASE_MS
-    redis.call('HSET', k, 'state', 'running', 'worker', worker, 'token', token, 'started', int(now),
-               'lease_until', int(lease_until), 'progress', 0, 'progress_msg', '')
-    redis.call('ZADD', K_RUNNING, int(lease_until), id)
-    emit(id, 'started', 'running', {'worker', worker, 'attempt', attempt})
-    local f = redis.call('HMGET', k, 'max_attempts', 'timeout_ms', 'payload')
-    return {id, token, attempt, tonumber(f[1]), tonumber(f[2]), f[3]}
+-- Leases the jobs ids to worker; returns the claims as flat lists
+-- {id, token, attempt, max_attempts, timeout_ms, payload}.
+local function start_jobs(ids, now, worker)
+    local out = {}
+    if #ids == 0 then
+        return out
+    end
+    local last = redis.call('INCRBY', P .. 'claimseq', #ids)
+    local lease_until = int(now + LEASE_MS)
+    local running, leases = {'ZADD', K_RUNNING}, {'HSET', K_LEASES}
+    for i, id in ipairs(ids) do
+        local k = jkey(id)
+        local f = redis.call('HMGET', k, 'attempts', 'max_attempts', 'timeout_ms', 'payload',
+                             'progress')
+        local attempt = (tonumber(f[1]) or 0) + 1
+        local token = worker .. '/' .. int(last - #ids + i)
+        if f[5] then
+            redis.call('HSET', k, 'state', 'running', 'worker', worker, 'started', int(now),
+                       'attempts', attempt, 'progress', 0, 'progress_msg', '')
+        else
+            redis.call('HSET', k, 'state', 'running', 'worker', worker, 'started', int(now),
+                       'attempts', attempt)
+        end
+        emit(id, 'started', 'running', {'worker', worker, 'attempt', attempt})
+        running[#running + 1] = lease_until
+        running[#running + 1] = id
+        leases[#leases + 1] = id
+        leases[#leases + 1] = token
+        out[i] = {id, token, attempt, tonumber(f[2]), tonumber(f[3]) or 0, f[4]}
+    end
+    redis.call(unpack(running))
+    redis.call(unpack(leases))
+    return out
 end
 
 -- The classes of pending jobs this worker can run, best head first.
@@ -105,17 +129,21 @@ local function matching_classes(caps_json, caps_hash)
     return matching
 end
 
--- Claims up to max runnable jobs, best score first across matching classes.
-local function claim_jobs(now, worker, caps_json, caps_hash, max)
-    local out = {}
-    if max <= 0 then
-        return out
+-- Picks up to max runnable job ids, best score first across matching classes.
+local function pick_jobs(classes, max)
+    local ids = {}
+    if #classes == 1 then
+        -- The common case: one class, so its own order is the order.
+        local popped = redis.call('ZPOPMIN', class_key(classes[1]), max)
+        for i = 1, #popped, 2 do
+            ids[#ids + 1] = popped[i]
+        end
+        refresh_class(classes[1])
+        return ids
     end
-    local classes = matching_classes(caps_json, caps_hash)
     local heads = {}
     for i, class in ipairs(classes) do
-        local h = redis.call('ZRANGE', class_key(class), 0, 0, 'WITHSCORES')
-        heads[i] = h
+        heads[i] = redis.call('ZRANGE', class_key(class), 0, 0, 'WITHSCORES')
     end
     for _ = 1, max do
         local best = nil
@@ -129,62 +157,48 @@ local function claim_jobs(now, worker, caps_json, caps_hash, max)
             break
         end
         local class = classes[best]
-        local id = heads[best][1]
-        redis.call('ZREM', class_key(class), id)
+        ids[#ids + 1] = heads[best][1]
+        redis.call('ZREM', class_key(class), heads[best][1])
         heads[best] = redis.call('ZRANGE', class_key(class), 0, 0, 'WITHSCORES')
-        out[#out + 1] = start_job(id, now, worker)
     end
     for i = 1, #classes do
         refresh_class(classes[i])
     end
-    return out
+    return ids
 end
 
--- Checks that token holds job id's lease. Returns nil when it does, else
--- the reason: 'cancelled', 'lost' or 'missing'.
-local function lease_problem(id, token)
-    local f = redis.call('HMGET', jkey(id), 'state', 'token')
-    if not f[1] then
+local function claim_jobs(now, worker, caps_json, caps_hash, max)
+    if max <= 0 then
+        return {}
+    end
+    return start_jobs(pick_jobs(matching_classes(caps_json, caps_hash), max), now, worker)
+end
+
+-- Why a token does not hold job id's lease: 'cancelled', 'lost' or 'missing'.
+local function lease_problem(id)
+    local state = redis.call('HGET', jkey(id), 'state')
+    if not state then
         return 'missing'
-    end
-    if f[1] == 'running' and f[2] == token then
-        return nil
-    end
-    if f[1] == 'cancelled' then
+    elseif state == 'cancelled' then
         return 'cancelled'
     end
     return 'lost'
 end
 
-local function complete_job(id, token, result, now)
-    local problem = lease_problem(id, token)
-    if problem then
-        return problem
-    end
-    redis.call('ZREM', K_RUNNING, id)
-    finish(id, 'completed', now, {'result', result, 'progress', 100, 'error', ''})
-    emit(id, 'completed', 'completed', nil)
-    return 'ok'
-end
-
 -- A retryable failure with attempts left waits out an exponential backoff
 -- with equal jitter; otherwise the job fails (not retryable) or dies.
-local function fail_job(id, token, message, retryable, now)
-    local problem = lease_problem(id, token)
-    if problem then
-        return problem
-    end
-    redis.call('ZREM', K_RUNNING, id)
+-- Returns true when a retry was scheduled.
+local function fail_leased(id, message, retryable, now)
     local f = redis.call('HMGET', jkey(id), 'attempts', 'max_attempts')
     local attempts, max_attempts = tonumber(f[1]), tonumber(f[2])
     if retryable and attempts < max_attempts then
         local delay = math.min(BACKOFF_MAX_MS, BACKOFF_BASE_MS * 2 ^ (attempts - 1))
         delay = math.floor(delay / 2 + delay / 2 * JITTER)
-        redis.call('HSET', jkey(id), 'state', 'delayed', 'token', '', 'error', message,
-                   'retryable', '1', 'run_at', int(now + delay))
+        redis.call('HSET', jkey(id), 'state', 'delayed', 'error', message, 'retryable', '1',
+                   'run_at', int(now + delay))
         redis.call('ZADD', K_DELAYED, int(now + delay), id)
         emit(id, 'retry_scheduled', 'delayed', {'error', message, 'delay_ms', delay})
-        return 'ok'
+        return true
     end
     local state = 'failed'
     if retryable then
@@ -192,17 +206,53 @@ local function fail_job(id, token, message, retryable, now)
     end
     finish(id, state, now, {'error', message, 'retryable', retryable and '1' or '0'})
     emit(id, state, state, {'error', message})
-    return 'ok'
+    return false
 end
 
--- Returns a running job to pending without counting the attempt.
-local function release_job(id, token, now)
-    local problem = lease_problem(id, token)
-    if problem then
-        return problem
+-- Applies a batch of reports {id, token, kind, data, retryable} where kind
+-- is 'complete' (data = result JSON), 'fail' (data = message) or 'release'
+-- (back to pending, the attempt not counted). A report whose token no
+-- longer holds the lease changes nothing. Returns the statuses ('ok',
+-- 'cancelled', 'lost', 'missing') and whether a retry was scheduled.
+local function apply_reports(reports, now)
+    local statuses, retried = {}, false
+    if #reports == 0 then
+        return statuses, retried
     end
-    redis.call('ZREM', K_RUNNING, id)
-    redis.call('HINCRBY', jkey(id), 'attempts', -1)
-    make_pending(id, now, 'released', nil)
-    return 'ok'
+    local ids = {}
+    for i = 1, #reports do
+        ids[i] = reports[i][1]
+    end
+    local tokens = redis.call('HMGET', K_LEASES, unpack(ids))
+    local settled, completed = {}, {'ZADD', P .. 'completed'}
+    for i, r in ipairs(reports) do
+        local id, kind = r[1], r[3]
+        if tokens[i] ~= r[2] then
+            statuses[i] = lease_problem(id)
+        else
+            settled[#settled + 1] = id
+            if kind == 'complete' then
+                redis.call('HSET', jkey(id), 'state', 'completed', 'finished', int(now), 'result',
+                           r[4], 'progress', 100)
+                emit(id, 'completed', 'completed', nil)
+                completed[#completed + 1] = int(now)
+                completed[#completed + 1] = id
+            elseif kind == 'fail' then
+                retried = fail_leased(id, r[4], r[5] == '1', now) or retried
+            else
+                redis.call('HINCRBY', jkey(id), 'attempts', -1)
+                make_pending(id, now, 'released', nil)
+            end
+            statuses[i] = 'ok'
+        end
+    end
+    if #settled > 0 then
+        redis.call('ZREM', K_RUNNING, unpack(settled))
+        redis.call('HDEL', K_LEASES, unpack(settled))
+    end
+    if #completed > 2 then
+        redis.call(unpack(completed))
+        touched_final[P .. 'completed'] = true
+    end
+    return statuses, retried
 end
