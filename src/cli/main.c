@@ -7,6 +7,13 @@
 static const kiln_command_t commands[] = {
     {"config", "check or show the effective configuration", kiln_cmd_config},
     {"worker", "run a worker that claims and runs jobs", kiln_cmd_worker},
+    {"submit", "submit a job (or N copies) to a service's queue", kiln_cmd_submit},
+    {"job", "show a job, or follow it to the end with --wait", kiln_cmd_job},
+    {"jobs", "list jobs by service and state", kiln_cmd_jobs},
+    {"cancel", "cancel pending, delayed or running jobs", kiln_cmd_cancel},
+    {"retry", "put failed, dead or cancelled jobs back to pending", kiln_cmd_retry},
+    {"queues", "show per-service queue counts and the oldest wait", kiln_cmd_queues},
+    {"workers", "list live workers, their services and slots", kiln_cmd_workers},
 };
 
 static void usage(FILE *out)
