@@ -21,26 +21,26 @@
 #include "kiln/config.h"
 #include "kiln/err.h"
 
-#define KILN_SERVICE_NAME_MAX 64
-#define KILN_JOB_ID_MAX 96
-#define KILN_PRIORITY_MIN (-1000)
-#define KILN_PRIORITY_MAX 1000
-#define KILN_IDEMPOTENCY_KEY_MAX 200
+#define KILN_SERVICE_NAME_MAX       64
+#define KILN_JOB_ID_MAX             96
+#define KILN_PRIORITY_MIN           (-1000)
+#define KILN_PRIORITY_MAX           1000
+#define KILN_IDEMPOTENCY_KEY_MAX    200
 #define KILN_REQUIREMENTS_MAX_BYTES 16384
-#define KILN_SUBMIT_BATCH_MAX 1000
+#define KILN_SUBMIT_BATCH_MAX       1000
 
 /* Limits and policies shared by every broker call; from kiln_config_t.broker. */
 typedef struct kiln_broker_options {
-    const char *redis_url;     /* borrowed; redis://[:password@]host[:port][/db] */
-    long max_payload_bytes;    /* a job's payload JSON, serialized */
-    long stream_max_len;       /* approximate bound of each queue's event stream */
-    long retention_age_s;      /* finished jobs older than this are deleted */
-    long retention_count;      /* at most this many finished jobs per queue */
-    int default_max_attempts;  /* when a job does not say */
-    long backoff_base_ms;      /* retry delay = min(max, base * 2^(attempt-1)), jittered */
+    const char *redis_url;    /* borrowed; redis://[:password@]host[:port][/db] */
+    long max_payload_bytes;   /* a job's payload JSON, serialized */
+    long stream_max_len;      /* approximate bound of each queue's event stream */
+    long retention_age_s;     /* finished jobs older than this are deleted */
+    long retention_count;     /* at most this many finished jobs per queue */
+    int default_max_attempts; /* when a job does not say */
+    long backoff_base_ms;     /* retry delay = min(max, base * 2^(attempt-1)), jittered */
     long backoff_max_ms;
-    long lease_ms;             /* a claim's lease; heartbeats renew it */
-    int connect_timeout_ms;    /* default 2000 */
+    long lease_ms;          /* a claim's lease; heartbeats renew it */
+    int connect_timeout_ms; /* default 2000 */
 } kiln_broker_options_t;
 
 /* Copies the broker section (and redis_url, borrowed) of cfg into opts. */
@@ -70,16 +70,16 @@ void kiln_broker_free(kiln_broker_t *broker);
  */
 typedef struct kiln_job_spec {
     char service[KILN_SERVICE_NAME_MAX + 1];
-    char *payload_json;      /* owned; serialized compact JSON */
+    char *payload_json; /* owned; serialized compact JSON */
     int priority;
-    char *class_json;        /* owned; canonical JSON of requirements + customer */
-    char class_id[17];       /* hex prefix of sha1(class_json) */
-    char *customer_id;       /* owned or NULL */
-    int max_attempts;        /* 0 = broker default */
-    int64_t run_at_ms;       /* 0 = now */
+    char *class_json;  /* owned; canonical JSON of requirements + customer */
+    char class_id[17]; /* hex prefix of sha1(class_json) */
+    char *customer_id; /* owned or NULL */
+    int max_attempts;  /* 0 = broker default */
+    int64_t run_at_ms; /* 0 = now */
     int64_t delay_ms;
-    char *idempotency_key;   /* owned or NULL */
-    int64_t timeout_ms;      /* 0 = none */
+    char *idempotency_key; /* owned or NULL */
+    int64_t timeout_ms;    /* 0 = none */
 } kiln_job_spec_t;
 
 /* Validates obj (borrowed) and fills spec. On error returns KILN_EINVAL or
@@ -90,8 +90,8 @@ int kiln_job_spec_from_json(json_t *obj, long max_payload_bytes, kiln_job_spec_t
 
 /* Same, from JSON text of len bytes (refused past max_payload_bytes + 64 KiB
  * before parsing). */
-int kiln_job_spec_parse(const char *text, size_t len, long max_payload_bytes,
-                        kiln_job_spec_t *spec, kiln_err_t *err);
+int kiln_job_spec_parse(const char *text, size_t len, long max_payload_bytes, kiln_job_spec_t *spec,
+                        kiln_err_t *err);
 
 void kiln_job_spec_clear(kiln_job_spec_t *spec);
 
@@ -149,8 +149,8 @@ int kiln_broker_list_services(kiln_broker_t *broker, json_t **services, kiln_err
  * Events are JSON objects {"id" (stream id),"job","type","state",...} whose
  * values are all strings, as stored in the stream (e.g. "progress":"58");
  * types: submitted started progress completed retry_scheduled failed dead
- * cancelled released stalled ready retried. on_event may be NULL. *final_job (may be NULL) receives the
- * job at the end (caller owns). Blocks on XREAD; does not poll. */
+ * cancelled released stalled ready retried. on_event may be NULL. *final_job (may be NULL) receives
+ * the job at the end (caller owns). Blocks on XREAD; does not poll. */
 typedef void (*kiln_job_event_cb)(json_t *event, void *ctx);
 int kiln_broker_wait_job(kiln_broker_t *broker, const char *id, long timeout_ms,
                          kiln_job_event_cb on_event, void *ctx, json_t **final_job,
@@ -171,8 +171,7 @@ int kiln_broker_retry(kiln_broker_t *broker, const char *id, kiln_err_t *err);
  * dead (out of attempts), and due delayed jobs to pending, in service.
  * Idempotent; any kiln process may run it. *recovered (may be NULL) counts
  * the stalled jobs moved. */
-int kiln_broker_sweep(kiln_broker_t *broker, const char *service, int *recovered,
-                      kiln_err_t *err);
+int kiln_broker_sweep(kiln_broker_t *broker, const char *service, int *recovered, kiln_err_t *err);
 
 /* ---- Worker side ---------------------------------------------------------- */
 
@@ -192,11 +191,11 @@ void kiln_worker_identity_clear(kiln_worker_identity_t *who);
 
 typedef struct kiln_claimed_job {
     char id[KILN_JOB_ID_MAX];
-    char token[192];      /* proves the claim; every later call carries it */
-    int attempt;          /* 1 on the first run */
+    char token[192]; /* proves the claim; every later call carries it */
+    int attempt;     /* 1 on the first run */
     int max_attempts;
-    int64_t timeout_ms;   /* 0 = none */
-    char *payload_json;   /* owned */
+    int64_t timeout_ms; /* 0 = none */
+    char *payload_json; /* owned */
 } kiln_claimed_job_t;
 
 void kiln_claimed_job_clear(kiln_claimed_job_t *job);
@@ -222,8 +221,7 @@ int kiln_broker_complete(kiln_broker_t *broker, const char *id, const char *toke
 int kiln_broker_fail(kiln_broker_t *broker, const char *id, const char *token, const char *error,
                      bool retryable, kiln_err_t *err);
 /* Returns the job to pending without counting the attempt (shutdown). */
-int kiln_broker_release(kiln_broker_t *broker, const char *id, const char *token,
-                        kiln_err_t *err);
+int kiln_broker_release(kiln_broker_t *broker, const char *id, const char *token, kiln_err_t *err);
 
 /* Registers (or refreshes) a live worker record with a TTL. info is a JSON
  * object (borrowed) stored as given. */

@@ -22,7 +22,8 @@ typedef struct kiln_problems {
     size_t count;
 } kiln_problems_t;
 
-void kiln_problems_add(kiln_problems_t *p, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+void kiln_problems_add(kiln_problems_t *p, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
 void kiln_problems_clear(kiln_problems_t *p);
 
 /* One named connector instance. The name is the service (queue) jobs ask for;
@@ -37,7 +38,8 @@ typedef struct kiln_connector_config {
 typedef struct kiln_config {
     char *source_path; /* the file loaded, or NULL when none */
 
-    char *redis_url;  /* redis.url | KILN_REDIS_URL | HUB_REDIS_URL; default redis://127.0.0.1:6379 */
+    char
+        *redis_url; /* redis.url | KILN_REDIS_URL | HUB_REDIS_URL; default redis://127.0.0.1:6379 */
     char *machine_id; /* machine.id | KILN_MACHINE_ID | MACHINE_ID; default: host name */
 
     kiln_log_format_t log_format; /* log.format | KILN_LOG_FORMAT; default json */
@@ -55,12 +57,15 @@ typedef struct kiln_config {
     } broker;
 
     struct {
-        char *id;               /* worker.id | KILN_WORKER_ID; default "<machine_id>-<pid>" at run time (NULL here) */
-        char **connectors;      /* worker.connectors | KILN_WORKER_CONNECTORS | WORKER_CONNECTORS (comma list) */
+        char *id; /* worker.id | KILN_WORKER_ID; default "<machine_id>-<pid>" at run time (NULL
+                     here) */
+        char **connectors; /* worker.connectors | KILN_WORKER_CONNECTORS | WORKER_CONNECTORS (comma
+                              list) */
         size_t n_connectors;
-        json_t *capabilities;   /* worker.capabilities | KILN_WORKER_CAPABILITIES (JSON object); owned */
-        int concurrency;        /* worker.concurrency | KILN_WORKER_CONCURRENCY; default 1, 1-1024 */
-        long heartbeat_ms;      /* worker.heartbeat_ms; default 0 = lease_ms / 3 */
+        json_t
+            *capabilities; /* worker.capabilities | KILN_WORKER_CAPABILITIES (JSON object); owned */
+        int concurrency;   /* worker.concurrency | KILN_WORKER_CONCURRENCY; default 1, 1-1024 */
+        long heartbeat_ms; /* worker.heartbeat_ms; default 0 = lease_ms / 3 */
         long shutdown_grace_ms; /* worker.shutdown_grace_ms; default 30000, 0-3600000 */
         long registry_ttl_ms;   /* worker.registry_ttl_ms; default 15000, 1000-3600000 */
     } worker;

@@ -72,8 +72,7 @@ typedef struct kiln_connector kiln_connector_t;
 const kiln_connector_ops_t *kiln_connector_find_type(const char *type);
 
 /* Creates the instance cfg describes. *out owned by the caller. */
-int kiln_connector_new(const kiln_connector_config_t *cfg, kiln_connector_t **out,
-                       kiln_err_t *err);
+int kiln_connector_new(const kiln_connector_config_t *cfg, kiln_connector_t **out, kiln_err_t *err);
 int kiln_connector_run(kiln_connector_t *c, const kiln_job_context_t *job, kiln_job_outcome_t *out);
 int kiln_connector_health(kiln_connector_t *c, kiln_err_t *err);
 const char *kiln_connector_name(const kiln_connector_t *c);

@@ -87,8 +87,7 @@ redisReply *kiln_broker_eval(kiln_broker_t *b, kiln_argv_t *a, const kiln_script
         kiln_err_set(err, KILN_ENOMEM, "out of memory building a redis command");
         return NULL;
     }
-    redisReply *reply =
-        redisCommandArgv(b->redis, (int)a->count, (const char **)a->items, a->lens);
+    redisReply *reply = redisCommandArgv(b->redis, (int)a->count, (const char **)a->items, a->lens);
     if (kiln_ops_noscript_fallback(a, reply, script)) {
         freeReplyObject(reply);
         reply = redisCommandArgv(b->redis, (int)a->count, (const char **)a->items, a->lens);
@@ -227,8 +226,8 @@ static int job_status_call(kiln_broker_t *b, const char *script_name, const char
     return rc;
 }
 
-static int lease_call(kiln_broker_t *b, const char *script, const char *id,
-                      const char *const *args, size_t nargs, kiln_err_t *err)
+static int lease_call(kiln_broker_t *b, const char *script, const char *id, const char *const *args,
+                      size_t nargs, kiln_err_t *err)
 {
     const char *status;
     char buf[64];
@@ -371,8 +370,8 @@ int kiln_broker_claim(kiln_broker_t *b, const char *service, const kiln_worker_i
     return 0;
 }
 
-int kiln_broker_register_worker(kiln_broker_t *b, const char *worker_id, json_t *info,
-                                long ttl_ms, kiln_err_t *err)
+int kiln_broker_register_worker(kiln_broker_t *b, const char *worker_id, json_t *info, long ttl_ms,
+                                kiln_err_t *err)
 {
     char *text = json_dumps(info, JSON_COMPACT);
     if (!text)

@@ -92,7 +92,8 @@ static int check_conditions(json_t *obj, const char *field, kiln_err_t *err)
                             field, type_name(obj));
     const char *path;
     json_t *v;
-    json_object_foreach(obj, path, v) {
+    json_object_foreach(obj, path, v)
+    {
         if (!capability_path_ok(path))
             return kiln_err_set(err, KILN_EINVAL,
                                 "%s: \"%.60s\" is not a capability path (letters, digits, _ - and "
@@ -101,7 +102,8 @@ static int check_conditions(json_t *obj, const char *field, kiln_err_t *err)
         if (json_is_array(v)) {
             size_t i;
             json_t *item;
-            json_array_foreach(v, i, item) {
+            json_array_foreach(v, i, item)
+            {
                 if (!json_is_string(item) && !json_is_number(item))
                     return kiln_err_set(err, KILN_EINVAL,
                                         "%s.%s[%zu]: expected a string or number, got %s", field,
@@ -131,9 +133,10 @@ static int check_requirement(const char *key, json_t *v, kiln_err_t *err)
         size_t i;
         json_t *item;
         if (!json_is_array(v) || json_array_size(v) > 100)
-            return kiln_err_set(err, KILN_EINVAL, "%s: expected an array of at most 100 model names",
-                                field);
-        json_array_foreach(v, i, item) {
+            return kiln_err_set(err, KILN_EINVAL,
+                                "%s: expected an array of at most 100 model names", field);
+        json_array_foreach(v, i, item)
+        {
             if (want_string(item, field, 256, err) != 0)
                 return KILN_EINVAL;
         }
@@ -163,7 +166,8 @@ static int check_requirements(json_t *req, kiln_err_t *err)
                             type_name(req));
     const char *key;
     json_t *v;
-    json_object_foreach(req, key, v) {
+    json_object_foreach(req, key, v)
+    {
         if (check_requirement(key, v, err) != 0)
             return KILN_EINVAL;
     }
@@ -193,15 +197,16 @@ static int build_class(kiln_job_spec_t *spec, json_t *req, kiln_err_t *err)
     return 0;
 }
 
-static const char *const spec_fields[] = {"service", "payload", "priority", "requirements",
-                                          "customer_id", "max_attempts", "run_at", "delay_ms",
-                                          "idempotency_key", "timeout_ms", NULL};
+static const char *const spec_fields[] = {
+    "service", "payload",  "priority",        "requirements", "customer_id", "max_attempts",
+    "run_at",  "delay_ms", "idempotency_key", "timeout_ms",   NULL};
 
 static int check_known_fields(json_t *obj, kiln_err_t *err)
 {
     const char *key;
     json_t *v;
-    json_object_foreach(obj, key, v) {
+    json_object_foreach(obj, key, v)
+    {
         bool known = false;
         for (size_t i = 0; spec_fields[i] && !known; i++)
             known = strcmp(key, spec_fields[i]) == 0;
@@ -251,8 +256,9 @@ static int parse_strings(json_t *obj, kiln_job_spec_t *spec, kiln_err_t *err)
 {
     json_t *v = json_object_get(obj, "service");
     if (!v)
-        return kiln_err_set(err, KILN_EINVAL, "service: required; name the service (queue) to run "
-                                              "the job, e.g. \"simulation\"");
+        return kiln_err_set(err, KILN_EINVAL,
+                            "service: required; name the service (queue) to run "
+                            "the job, e.g. \"simulation\"");
     if (want_string(v, "service", KILN_SERVICE_NAME_MAX, err))
         return KILN_EINVAL;
     if (!kiln_ops_service_name_ok(json_string_value(v)))
@@ -277,8 +283,8 @@ static int parse_strings(json_t *obj, kiln_job_spec_t *spec, kiln_err_t *err)
 static int parse_payload(json_t *obj, long max_payload, kiln_job_spec_t *spec, kiln_err_t *err)
 {
     json_t *payload = json_object_get(obj, "payload");
-    spec->payload_json = payload ? json_dumps(payload, JSON_COMPACT | JSON_ENCODE_ANY)
-                                 : strdup("{}");
+    spec->payload_json =
+        payload ? json_dumps(payload, JSON_COMPACT | JSON_ENCODE_ANY) : strdup("{}");
     if (!spec->payload_json)
         return kiln_err_set(err, KILN_ENOMEM, "payload: could not be serialized");
     size_t len = strlen(spec->payload_json);
@@ -319,8 +325,8 @@ int kiln_job_spec_from_json(json_t *obj, long max_payload_bytes, kiln_job_spec_t
     return rc;
 }
 
-int kiln_job_spec_parse(const char *text, size_t len, long max_payload_bytes,
-                        kiln_job_spec_t *spec, kiln_err_t *err)
+int kiln_job_spec_parse(const char *text, size_t len, long max_payload_bytes, kiln_job_spec_t *spec,
+                        kiln_err_t *err)
 {
     memset(spec, 0, sizeof *spec);
     if (max_payload_bytes <= 0)

@@ -138,7 +138,8 @@ void kiln_ops_begin(kiln_argv_t *a, const kiln_script_t *script, const kiln_brok
     kiln_argv_add(a, service, SIZE_MAX);
 }
 
-bool kiln_ops_noscript_fallback(kiln_argv_t *a, const redisReply *reply, const kiln_script_t *script)
+bool kiln_ops_noscript_fallback(kiln_argv_t *a, const redisReply *reply,
+                                const kiln_script_t *script)
 {
     if (!reply || reply->type != REDIS_REPLY_ERROR || strncmp(reply->str, "NOSCRIPT", 8) != 0)
         return false;
@@ -223,8 +224,8 @@ int kiln_ops_status(const char *status, const char *id, kiln_err_t *err)
 bool kiln_ops_service_name_ok(const char *name)
 {
     size_t len = strlen(name);
-    if (len == 0 || len > KILN_SERVICE_NAME_MAX || !(islower((unsigned char)name[0]) ||
-                                                     isdigit((unsigned char)name[0])))
+    if (len == 0 || len > KILN_SERVICE_NAME_MAX ||
+        !(islower((unsigned char)name[0]) || isdigit((unsigned char)name[0])))
         return false;
     for (size_t i = 0; i < len; i++) {
         unsigned char c = (unsigned char)name[i];
@@ -238,8 +239,8 @@ int kiln_ops_job_service(const char *id, char *service, kiln_err_t *err)
 {
     const char *dot = strrchr(id, '.');
     size_t len = dot ? (size_t)(dot - id) : 0;
-    bool ok = dot && len > 0 && len <= KILN_SERVICE_NAME_MAX && dot[1] != '\0' &&
-              strlen(dot + 1) <= 19;
+    bool ok =
+        dot && len > 0 && len <= KILN_SERVICE_NAME_MAX && dot[1] != '\0' && strlen(dot + 1) <= 19;
     for (const char *p = dot ? dot + 1 : ""; ok && *p; p++)
         ok = isdigit((unsigned char)*p);
     if (ok) {

@@ -49,7 +49,8 @@ void kiln_ops_begin(kiln_argv_t *a, const kiln_script_t *script, const kiln_brok
 
 /* When reply is a NOSCRIPT error, rewrites a (built by kiln_ops_begin) into
  * the equivalent EVAL with the script's source and returns true. */
-bool kiln_ops_noscript_fallback(kiln_argv_t *a, const redisReply *reply, const kiln_script_t *script);
+bool kiln_ops_noscript_fallback(kiln_argv_t *a, const redisReply *reply,
+                                const kiln_script_t *script);
 
 /* Appends the worker identity and claim size (claim.lua / step.lua). */
 void kiln_ops_add_claimer(kiln_argv_t *a, const kiln_worker_identity_t *who, int max);

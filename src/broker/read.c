@@ -95,8 +95,10 @@ static int fetch_job(kiln_broker_t *b, const char *id, bool with_bodies, json_t 
     if (r->type != REDIS_REPLY_ARRAY)
         rc = kiln_err_set(err, KILN_EREDIS, "job %s: unexpected reply from redis", id);
     else if (r->elements == 0)
-        rc = kiln_err_set(err, KILN_ENOTFOUND, "job %s not found (never submitted, or removed "
-                                               "after its retention period)", id);
+        rc = kiln_err_set(err, KILN_ENOTFOUND,
+                          "job %s not found (never submitted, or removed "
+                          "after its retention period)",
+                          id);
     else if (!(*job = job_from_hash(id, service, r, with_bodies)))
         rc = kiln_err_set(err, KILN_ENOMEM, "out of memory");
     freeReplyObject(r);
@@ -125,7 +127,8 @@ int kiln_broker_list_services(kiln_broker_t *b, json_t **services, kiln_err_t *e
     size_t n = json_array_size(list);
     for (size_t i = 1; i < n; i++) {
         for (size_t j = i; j > 0 && strcmp(json_string_value(json_array_get(list, j - 1)),
-                                           json_string_value(json_array_get(list, j))) > 0; j--) {
+                                           json_string_value(json_array_get(list, j))) > 0;
+             j--) {
             json_t *tmp = json_incref(json_array_get(list, j));
             json_array_set(list, j, json_array_get(list, j - 1));
             json_array_set_new(list, j - 1, tmp);
@@ -163,7 +166,8 @@ static int collect_pending(kiln_broker_t *b, const char *service, size_t limit, 
     int rc = collect_ids(b, key, false, 1000, classes, err);
     size_t i;
     json_t *class;
-    json_array_foreach(classes, i, class) {
+    json_array_foreach(classes, i, class)
+    {
         if (rc || json_array_size(ids) >= limit)
             break;
         snprintf(key, sizeof key, "kiln:{%s}:pending:%s", service, json_string_value(class));
@@ -173,11 +177,11 @@ static int collect_pending(kiln_broker_t *b, const char *service, size_t limit, 
     return rc;
 }
 
-static int list_service_jobs(kiln_broker_t *b, const char *service, const char *state,
-                             size_t limit, json_t *out, kiln_err_t *err)
+static int list_service_jobs(kiln_broker_t *b, const char *service, const char *state, size_t limit,
+                             json_t *out, kiln_err_t *err)
 {
-    static const char *const states[] = {"pending", "running", "delayed", "completed",
-                                         "failed",  "cancelled", "dead", NULL};
+    static const char *const states[] = {"pending", "running",   "delayed", "completed",
+                                         "failed",  "cancelled", "dead",    NULL};
     json_t *ids = json_array();
     int rc = 0;
     for (size_t s = 0; rc == 0 && states[s]; s++) {
@@ -195,7 +199,8 @@ static int list_service_jobs(kiln_broker_t *b, const char *service, const char *
     }
     size_t i;
     json_t *id;
-    json_array_foreach(ids, i, id) {
+    json_array_foreach(ids, i, id)
+    {
         json_t *job = NULL;
         if (fetch_job(b, json_string_value(id), false, &job, err) == 0)
             json_array_append_new(out, job);
@@ -233,11 +238,12 @@ int kiln_broker_list_jobs(kiln_broker_t *b, const kiln_job_filter_t *filter, jso
     size_t i;
     json_t *svc;
     int rc = 0;
-    json_array_foreach(services, i, svc) {
+    json_array_foreach(services, i, svc)
+    {
         if (json_array_size(out) >= limit)
             break;
-        rc = list_service_jobs(b, json_string_value(svc), state, limit - json_array_size(out),
-                               out, err);
+        rc = list_service_jobs(b, json_string_value(svc), state, limit - json_array_size(out), out,
+                               err);
         if (rc)
             break;
     }
@@ -264,11 +270,11 @@ static int service_stats(kiln_broker_t *b, const char *service, json_t **out, ki
         return kiln_err_set(err, KILN_EREDIS, "stats: malformed reply from redis");
     }
     long long oldest = r->element[7]->integer, now = r->element[8]->integer;
-    *out = json_pack("{s:s, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I}", "service", service,
-                     "pending", r->element[0]->integer, "running", r->element[1]->integer,
-                     "delayed", r->element[2]->integer, "completed", r->element[3]->integer,
-                     "failed", r->element[4]->integer, "cancelled", r->element[5]->integer,
-                     "dead", r->element[6]->integer, "oldest_pending_ms",
+    *out = json_pack("{s:s, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I}", "service", service, "pending",
+                     r->element[0]->integer, "running", r->element[1]->integer, "delayed",
+                     r->element[2]->integer, "completed", r->element[3]->integer, "failed",
+                     r->element[4]->integer, "cancelled", r->element[5]->integer, "dead",
+                     r->element[6]->integer, "oldest_pending_ms",
                      oldest > 0 && now > oldest ? now - oldest : 0LL);
     freeReplyObject(r);
     return *out ? 0 : kiln_err_set(err, KILN_ENOMEM, "out of memory");
@@ -283,7 +289,8 @@ int kiln_broker_queue_stats(kiln_broker_t *b, json_t **stats, kiln_err_t *err)
     json_t *out = json_array();
     size_t i;
     json_t *svc;
-    json_array_foreach(services, i, svc) {
+    json_array_foreach(services, i, svc)
+    {
         json_t *row;
         if (service_stats(b, json_string_value(svc), &row, err) != 0) {
             json_decref(services);
@@ -357,8 +364,7 @@ static int read_events(kiln_broker_t *b, const char *service, const char *id, ch
 }
 
 int kiln_broker_wait_job(kiln_broker_t *b, const char *id, long timeout_ms,
-                         kiln_job_event_cb on_event, void *ctx, json_t **final_job,
-                         kiln_err_t *err)
+                         kiln_job_event_cb on_event, void *ctx, json_t **final_job, kiln_err_t *err)
 {
     if (final_job)
         *final_job = NULL;

@@ -72,7 +72,8 @@ int kiln_cli_load_config(const kiln_cli_globals_t *g, kiln_config_t *cfg)
         cfg->redis_url = strdup(g->redis_url);
     }
     if (g->log_format && kiln_log_format_parse(g->log_format, &cfg->log_format) != 0)
-        kiln_problems_add(&problems, "--log-format: expected json or text, got \"%s\"", g->log_format);
+        kiln_problems_add(&problems, "--log-format: expected json or text, got \"%s\"",
+                          g->log_format);
     if (g->log_level && kiln_log_level_parse(g->log_level, &cfg->log_level) != 0)
         kiln_problems_add(&problems, "--log-level: expected debug, info, warn or error, got \"%s\"",
                           g->log_level);

@@ -10,11 +10,11 @@
 
 #include <stdbool.h>
 
-#define KILN_EXIT_OK 0
-#define KILN_EXIT_FAILED 1
-#define KILN_EXIT_USAGE 2
+#define KILN_EXIT_OK          0
+#define KILN_EXIT_FAILED      1
+#define KILN_EXIT_USAGE       2
 #define KILN_EXIT_UNAVAILABLE 3
-#define KILN_EXIT_TIMEOUT 4
+#define KILN_EXIT_TIMEOUT     4
 
 typedef struct kiln_command {
     const char *name;

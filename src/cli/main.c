@@ -18,7 +18,8 @@ static const kiln_command_t commands[] = {
 
 static void usage(FILE *out)
 {
-    fprintf(out, "usage: kiln COMMAND [options]   (kiln COMMAND --help for details)\n\ncommands:\n");
+    fprintf(out,
+            "usage: kiln COMMAND [options]   (kiln COMMAND --help for details)\n\ncommands:\n");
     for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
         fprintf(out, "  %-10s %s\n", commands[i].name, commands[i].summary);
 }
@@ -29,7 +30,8 @@ int main(int argc, char **argv)
         usage(stderr);
         return KILN_EXIT_USAGE;
     }
-    if (strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0 || strcmp(argv[1], "help") == 0) {
+    if (strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0 ||
+        strcmp(argv[1], "help") == 0) {
         usage(stdout);
         return KILN_EXIT_OK;
     }

@@ -26,7 +26,8 @@ int kiln_redis_url_parse(const char *url, kiln_redis_url_t *out, kiln_err_t *err
     }
     size_t host_len = strcspn(rest, ":/");
     if (host_len == 0 || host_len >= sizeof out->host)
-        return kiln_err_set(err, KILN_EINVAL, "redis url: missing or overlong host in redis://HOST:PORT");
+        return kiln_err_set(err, KILN_EINVAL,
+                            "redis url: missing or overlong host in redis://HOST:PORT");
     memcpy(out->host, rest, host_len);
     rest += host_len;
     if (*rest == ':') {

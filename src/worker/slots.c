@@ -96,7 +96,8 @@ int kiln_slotpool_init(kiln_slotpool_t *pool, int count, uv_async_t *wakeup, kil
                 close(slot->cancel_fd);
             pool->count = i;
             kiln_slotpool_close(pool);
-            return kiln_err_set(err, KILN_ENOMEM, "cannot start slot thread %d of %d", i + 1, count);
+            return kiln_err_set(err, KILN_ENOMEM, "cannot start slot thread %d of %d", i + 1,
+                                count);
         }
         pool->count = i + 1;
     }

@@ -29,11 +29,11 @@ typedef struct kiln_slot {
     /* The job: written by the loop thread before the hand-over, read by the
      * slot thread while it runs. */
     kiln_claimed_job_t job;
-    int service;             /* index into the worker's services */
+    int service; /* index into the worker's services */
     const char *service_name;
     kiln_connector_t *connector;
     atomic_int cancel;
-    int cancel_fd;           /* eventfd, readable once cancel is set */
+    int cancel_fd; /* eventfd, readable once cancel is set */
     kiln_job_outcome_t outcome;
 
     /* Latest progress, coalesced (guarded by mu). */
@@ -43,7 +43,7 @@ typedef struct kiln_slot {
 
     /* Loop thread only. */
     kiln_slot_state_t state;
-    bool released;           /* handed back at shutdown: its outcome is dropped */
+    bool released; /* handed back at shutdown: its outcome is dropped */
     struct kiln_slot *next_done;
 } kiln_slot_t;
 

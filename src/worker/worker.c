@@ -19,7 +19,7 @@
 #include "worker/worker_internal.h"
 
 #define PROGRESS_INTERVAL_MS 100
-#define HARD_STOP_MS 10000
+#define HARD_STOP_MS         10000
 
 static void check_finished(kiln_worker_t *w);
 
@@ -151,8 +151,7 @@ static void arm_due_timer(kiln_worker_t *w, long long next_due_ms)
     long long wait = next_due_ms - kiln_ops_wall_ms();
     if (wait < 1)
         wait = 1;
-    if (uv_is_active((uv_handle_t *)&w->due_timer) &&
-        uv_timer_get_repeat(&w->due_timer) == 0 &&
+    if (uv_is_active((uv_handle_t *)&w->due_timer) && uv_timer_get_repeat(&w->due_timer) == 0 &&
         (long long)(w->due_timer.timeout - uv_now(&w->loop)) <= wait)
         return;
     uv_timer_start(&w->due_timer, on_due_timer, (uint64_t)wait, 0);
@@ -274,8 +273,8 @@ static void on_lease_reply(redisAsyncContext *ac, void *r, void *privdata)
 {
     lease_call_t *call = privdata;
     redisReply *reply = r;
-    for (size_t i = 0; reply && reply->type == REDIS_REPLY_ARRAY && i < reply->elements &&
-                       (int)i < call->n;
+    for (size_t i = 0;
+         reply && reply->type == REDIS_REPLY_ARRAY && i < reply->elements && (int)i < call->n;
          i++) {
         const char *status = reply->element[i]->str;
         kiln_slot_t *slot = &call->w->pool.slots[call->slots[i]];
@@ -414,11 +413,12 @@ static void finish(kiln_worker_t *w)
     KILN_LOG_INFO_("worker", "stopped");
     kiln_worker_deregister(w);
     kiln_worker_redis_close(w);
-    uv_handle_t *handles[] = {(uv_handle_t *)&w->wakeup,          (uv_handle_t *)&w->sigterm,
-                              (uv_handle_t *)&w->sigint,          (uv_handle_t *)&w->heartbeat_timer,
-                              (uv_handle_t *)&w->registry_timer,  (uv_handle_t *)&w->due_timer,
-                              (uv_handle_t *)&w->reconnect_timer, (uv_handle_t *)&w->grace_timer,
-                              (uv_handle_t *)&w->progress_timer,  (uv_handle_t *)&w->hard_stop_timer};
+    uv_handle_t *handles[] = {
+        (uv_handle_t *)&w->wakeup,          (uv_handle_t *)&w->sigterm,
+        (uv_handle_t *)&w->sigint,          (uv_handle_t *)&w->heartbeat_timer,
+        (uv_handle_t *)&w->registry_timer,  (uv_handle_t *)&w->due_timer,
+        (uv_handle_t *)&w->reconnect_timer, (uv_handle_t *)&w->grace_timer,
+        (uv_handle_t *)&w->progress_timer,  (uv_handle_t *)&w->hard_stop_timer};
     for (size_t i = 0; i < sizeof handles / sizeof handles[0]; i++)
         close_handle(handles[i]);
 }
@@ -449,8 +449,10 @@ static void on_release_reply(redisAsyncContext *ac, void *r, void *privdata)
     kiln_step_call_t *call = privdata;
     redisReply *reply = r;
     if (!reply || reply->type != REDIS_REPLY_ARRAY)
-        KILN_LOG_ERROR_("worker", "could not hand back %d jobs: their leases will expire and the "
-                                  "sweep will return them", call->nreports);
+        KILN_LOG_ERROR_("worker",
+                        "could not hand back %d jobs: their leases will expire and the "
+                        "sweep will return them",
+                        call->nreports);
     else
         KILN_LOG_INFO_("worker", "handed %d unfinished jobs back to the queue", call->nreports);
     step_call_free(call);
@@ -615,8 +617,8 @@ int kiln_worker_run(kiln_worker_t *w, kiln_err_t *err)
     if (rc)
         return rc;
     w->started_ms = kiln_ops_wall_ms();
-    long heartbeat_ms = w->cfg->worker.heartbeat_ms > 0 ? w->cfg->worker.heartbeat_ms
-                                                        : w->cfg->broker.lease_ms / 3;
+    long heartbeat_ms =
+        w->cfg->worker.heartbeat_ms > 0 ? w->cfg->worker.heartbeat_ms : w->cfg->broker.lease_ms / 3;
     uv_timer_start(&w->heartbeat_timer, on_heartbeat_timer, (uint64_t)heartbeat_ms,
                    (uint64_t)heartbeat_ms);
     long registry_ms = w->cfg->worker.registry_ttl_ms / 3;

@@ -18,9 +18,9 @@
 typedef struct kiln_service {
     char *name;
     kiln_connector_t *connector;
-    char channel[96];   /* kiln:{name}:notify */
-    bool maybe_work;    /* a claim may find something: notified, timer, start */
-    bool maintain;      /* next step also promotes, recovers and trims by age */
+    char channel[96];     /* kiln:{name}:notify */
+    bool maybe_work;      /* a claim may find something: notified, timer, start */
+    bool maintain;        /* next step also promotes, recovers and trims by age */
     kiln_slot_t *reports; /* finished slots whose outcome is not sent yet */
 } kiln_service_t;
 
@@ -61,8 +61,8 @@ struct kiln_worker {
 
     kiln_slotpool_t pool;
     atomic_int stop_requested; /* any thread */
-    bool stopping;  /* claim nothing more */
-    bool releasing; /* grace over: running jobs handed back */
+    bool stopping;             /* claim nothing more */
+    bool releasing;            /* grace over: running jobs handed back */
     bool closing;
     bool abandoned; /* slot threads still running at exit: not joined */
     int64_t last_progress_ms;

@@ -123,7 +123,6 @@ static void on_message(redisAsyncContext *ac, void *r, void *privdata)
         kiln_worker_pump(w); /* anything submitted before now is found by a claim */
 }
 
-
 static redisAsyncContext *open_async(kiln_worker_t *w, redisConnectCallback *on_connect,
                                      redisDisconnectCallback *on_disconnect)
 {
@@ -198,8 +197,8 @@ int kiln_worker_send(kiln_worker_t *w, kiln_argv_t *argv, redisCallbackFn *cb, v
 {
     if (!w->cmd || !w->cmd_ready || argv->failed)
         return -1;
-    return redisAsyncCommandArgv(w->cmd, cb, privdata, (int)argv->count,
-                                 (const char **)argv->items, argv->lens) == REDIS_OK
+    return redisAsyncCommandArgv(w->cmd, cb, privdata, (int)argv->count, (const char **)argv->items,
+                                 argv->lens) == REDIS_OK
                ? 0
                : -1;
 }

@@ -153,9 +153,23 @@ static void redis_launch(kiln_test_redis_t *r)
 {
     char port[16];
     snprintf(port, sizeof port, "%d", r->port);
-    char *argv[] = {"/usr/bin/redis-server", "--port", port, "--bind", "127.0.0.1",
-                    "--dir", r->dir, "--save", "", "--appendonly", r->aof ? "yes" : "no",
-                    "--appendfsync", "always", "--daemonize", "no", "--logfile", "",
+    char *argv[] = {"/usr/bin/redis-server",
+                    "--port",
+                    port,
+                    "--bind",
+                    "127.0.0.1",
+                    "--dir",
+                    r->dir,
+                    "--save",
+                    "",
+                    "--appendonly",
+                    r->aof ? "yes" : "no",
+                    "--appendfsync",
+                    "always",
+                    "--daemonize",
+                    "no",
+                    "--logfile",
+                    "",
                     NULL};
     r->pid = kiln_test_spawn(argv, NULL, r->log_path);
     if (!kiln_test_wait_until(redis_answers, r, 10000)) {

@@ -417,7 +417,8 @@ static void delayed_job_waits_for_its_time(void **state)
     int64_t next_due = 0;
     int n = 0;
     kiln_err_t err = {0};
-    assert_int_equal(kiln_broker_claim(f->broker, "sim", &f->worker, 1, &job, &n, &next_due, &err), 0);
+    assert_int_equal(kiln_broker_claim(f->broker, "sim", &f->worker, 1, &job, &n, &next_due, &err),
+                     0);
     assert_int_equal(n, 0);
     assert_true(next_due > 0);
     int64_t start = kiln_test_now_ms();
@@ -450,8 +451,10 @@ static void queue_stats_count_each_state(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test_setup_teardown(submitted_job_is_claimed_run_and_completed, setup, teardown),
-        cmocka_unit_test_setup_teardown(priority_first_then_fifo_within_a_priority, setup, teardown),
+        cmocka_unit_test_setup_teardown(submitted_job_is_claimed_run_and_completed, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(priority_first_then_fifo_within_a_priority, setup,
+                                        teardown),
         cmocka_unit_test_setup_teardown(claim_skips_jobs_the_worker_cannot_run_behind_ten_thousand,
                                         setup, teardown),
         cmocka_unit_test_setup_teardown(two_workers_race_for_one_job_and_exactly_one_wins, setup,
@@ -466,8 +469,8 @@ int main(void)
                                         teardown),
         cmocka_unit_test_setup_teardown(idempotency_key_returns_the_first_id_and_writes_nothing,
                                         setup, teardown),
-        cmocka_unit_test_setup_teardown(bad_specs_are_refused_naming_the_field_and_nothing_is_written,
-                                        setup, teardown),
+        cmocka_unit_test_setup_teardown(
+            bad_specs_are_refused_naming_the_field_and_nothing_is_written, setup, teardown),
         cmocka_unit_test_setup_teardown(delayed_job_waits_for_its_time, setup, teardown),
         cmocka_unit_test_setup_teardown(queue_stats_count_each_state, setup, teardown),
     };
