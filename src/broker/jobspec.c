@@ -359,9 +359,11 @@ int kiln_worker_identity_init(kiln_worker_identity_t *who, const char *worker_id
                               const char *machine_id, json_t *caps, kiln_err_t *err)
 {
     memset(who, 0, sizeof *who);
-    if (!worker_id || !*worker_id || strlen(worker_id) >= sizeof who->id || strchr(worker_id, '/'))
+    if (!worker_id || !*worker_id || strlen(worker_id) >= sizeof who->id ||
+        strpbrk(worker_id, "/| \t\r\n"))
         return kiln_err_set(err, KILN_EINVAL,
-                            "worker id: expected 1-127 characters without '/', got \"%.40s\"",
+                            "worker id: expected 1-127 characters without '/', '|' or blanks, got "
+                            "\"%.40s\"",
                             worker_id ? worker_id : "");
     if (caps && !json_is_object(caps))
         return kiln_err_set(err, KILN_EINVAL, "worker capabilities: expected a JSON object, got %s",

@@ -150,8 +150,11 @@ static int collect_ids(kiln_broker_t *b, const char *key, bool newest_first, siz
         return kiln_err_set(err, KILN_EREDIS, "listing %s: %s", key,
                             r ? "unexpected reply" : b->redis->errstr);
     }
-    for (size_t i = 0; i < r->elements; i++)
-        json_array_append_new(ids, json_string(r->element[i]->str));
+    for (size_t i = 0; i < r->elements; i++) {
+        /* Running-set members are "<id>|<token>"; only the id is listed. */
+        const char *member = r->element[i]->str;
+        json_array_append_new(ids, json_stringn(member, strcspn(member, "|")));
+    }
     freeReplyObject(r);
     return 0;
 }

@@ -58,6 +58,7 @@ const kiln_config_field_t kiln_config_fields[KILN_CONFIG_N_FIELDS] = {
               worker.shutdown_grace_ms),
     INT_FIELD("worker.registry_ttl_ms", "KILN_WORKER_REGISTRY_TTL_MS", 1000, 3600000,
               worker.registry_ttl_ms),
+    INT_FIELD("worker.prefetch", "KILN_WORKER_PREFETCH", 0, 1024, worker.prefetch),
 };
 
 /* Indexes of the rows that kiln_config_check_across relates. */

@@ -40,7 +40,7 @@ typedef struct kiln_config_field {
     size_t size;   /* KILN_FIELD_INT: sizeof the member (int or long) */
 } kiln_config_field_t;
 
-#define KILN_CONFIG_N_FIELDS 19
+#define KILN_CONFIG_N_FIELDS 20
 
 extern const kiln_config_field_t kiln_config_fields[KILN_CONFIG_N_FIELDS];
 

@@ -5,6 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/eventfd.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "kiln/log.h"
@@ -40,7 +41,12 @@ static void run_job(kiln_slot_t *slot)
         .cancel_fd = slot->cancel_fd,
     };
     memset(&slot->outcome, 0, sizeof slot->outcome);
-    if (kiln_connector_run(slot->connector, &ctx, &slot->outcome) != 0) {
+    struct timespec start, end;
+    clock_gettime(CLOCK_MONOTONIC, &start);
+    int rc = kiln_connector_run(slot->connector, &ctx, &slot->outcome);
+    clock_gettime(CLOCK_MONOTONIC, &end);
+    slot->run_ms = (double)(end.tv_sec - start.tv_sec) * 1e3 + (double)(end.tv_nsec - start.tv_nsec) / 1e6;
+    if (rc != 0) {
         kiln_job_outcome_clear(&slot->outcome);
         kiln_job_outcome_fail(&slot->outcome, true, "connector %s: internal error",
                               slot->service_name);

@@ -35,6 +35,7 @@ typedef struct kiln_slot {
     atomic_int cancel;
     int cancel_fd; /* eventfd, readable once cancel is set */
     kiln_job_outcome_t outcome;
+    double run_ms; /* how long the connector ran */
 
     /* Latest progress, coalesced (guarded by mu). */
     bool progress_dirty;

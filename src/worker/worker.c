@@ -19,7 +19,11 @@
 #include "worker/worker_internal.h"
 
 #define PROGRESS_INTERVAL_MS 100
-#define HARD_STOP_MS         10000
+#define HARD_STOP_MS 10000
+#define RETRY_PAUSE_MS 1000
+/* Prefetch only while jobs are this short on average: then a prefetched job
+ * waits at most about this long for its slot. */
+#define PREFETCH_MAX_RUN_MS 20.0
 
 static void check_finished(kiln_worker_t *w);
 
@@ -28,71 +32,116 @@ static void step_call_free(kiln_step_call_t *call)
     if (!call)
         return;
     kiln_argv_free(&call->argv);
-    free(call->report_ids);
     free(call);
 }
 
-/* Appends a finished slot's outcome as a report and frees the slot. */
-static void add_report(kiln_step_call_t *call, kiln_slot_t *slot)
+/* Queues one report (step.lua: id, token, kind, data, retryable) for the
+ * service's next step. */
+static void add_report(kiln_service_t *svc, const kiln_claimed_job_t *job, const char *kind,
+                       const char *data, bool retryable)
 {
+    kiln_argv_add(&svc->reports, job->id, SIZE_MAX);
+    kiln_argv_add(&svc->reports, job->token, SIZE_MAX);
+    kiln_argv_add(&svc->reports, kind, SIZE_MAX);
+    kiln_argv_add(&svc->reports, data, SIZE_MAX);
+    kiln_argv_add(&svc->reports, retryable ? "1" : "0", 1);
+    svc->nreports++;
+}
+
+/* Turns a finished slot's outcome into a report and frees the slot. */
+static void report_outcome(kiln_worker_t *w, kiln_slot_t *slot)
+{
+    kiln_service_t *svc = &w->services[slot->service];
     kiln_job_outcome_t *out = &slot->outcome;
-    kiln_argv_add(&call->argv, slot->job.id, SIZE_MAX);
-    kiln_argv_add(&call->argv, slot->job.token, SIZE_MAX);
-    if (slot->released) {
-        kiln_argv_add(&call->argv, "release", SIZE_MAX);
-        kiln_argv_add(&call->argv, "", 0);
-        kiln_argv_add(&call->argv, "0", 1);
-    } else if (out->status == KILN_OUTCOME_COMPLETED) {
-        kiln_argv_add(&call->argv, "complete", SIZE_MAX);
-        kiln_argv_add(&call->argv, out->result_json ? out->result_json : "null", SIZE_MAX);
-        kiln_argv_add(&call->argv, "0", 1);
-    } else {
-        const char *why = out->status == KILN_OUTCOME_CANCELLED ? "cancelled" : out->error;
-        kiln_argv_add(&call->argv, "fail", SIZE_MAX);
-        kiln_argv_add(&call->argv, why ? why : "failed", SIZE_MAX);
-        kiln_argv_add(&call->argv, out->retryable ? "1" : "0", 1);
+    if (!slot->released) {
+        if (out->status == KILN_OUTCOME_COMPLETED)
+            add_report(svc, &slot->job, "complete", out->result_json ? out->result_json : "null",
+                       false);
+        else if (out->status == KILN_OUTCOME_CANCELLED)
+            add_report(svc, &slot->job, "fail", "cancelled", false);
+        else
+            add_report(svc, &slot->job, "fail", out->error ? out->error : "failed",
+                       out->retryable);
+        kiln_log(KILN_LOG_DEBUG, "worker", slot->job.id, NULL, "finished in %.1f ms",
+                 slot->run_ms);
+        w->run_ema_ms = w->run_ema_ms * 0.9 + slot->run_ms * 0.1;
     }
-    snprintf(call->report_ids[call->nreports++], KILN_JOB_ID_MAX, "%s", slot->job.id);
     kiln_job_outcome_clear(out);
     kiln_claimed_job_clear(&slot->job);
     slot->state = KILN_SLOT_IDLE;
 }
 
-/* Builds a step for service: its pending reports, and a claim for the free
- * slots unless the worker is stopping. NULL when there is nothing to do. */
+static bool prefetch_on(const kiln_worker_t *w)
+{
+    return w->cfg->worker.prefetch > 0 && w->run_ema_ms < PREFETCH_MAX_RUN_MS;
+}
+
+/* How many more jobs the worker may claim now. */
+static int claim_capacity(const kiln_worker_t *w)
+{
+    int room = kiln_slotpool_idle(&w->pool) - w->n_prefetched - w->claims_outstanding;
+    if (prefetch_on(w))
+        room += w->cfg->worker.prefetch;
+    return room > 0 ? room : 0;
+}
+
+static void start_job(kiln_worker_t *w, kiln_slot_t *slot, kiln_claimed_job_t *job, int s)
+{
+    kiln_service_t *svc = &w->services[s];
+    slot->job = *job;
+    memset(job, 0, sizeof *job);
+    slot->service = s;
+    slot->service_name = svc->name;
+    slot->connector = svc->connector;
+    kiln_log(KILN_LOG_DEBUG, "worker", slot->job.id, NULL, "started (attempt %d)",
+             slot->job.attempt);
+    kiln_slotpool_run(slot);
+}
+
+/* Starts prefetched jobs, oldest first, on idle slots. */
+static void start_prefetched(kiln_worker_t *w)
+{
+    int next = 0;
+    for (int i = 0; i < w->pool.count && next < w->n_prefetched; i++) {
+        if (w->pool.slots[i].state == KILN_SLOT_IDLE) {
+            start_job(w, &w->pool.slots[i], &w->prefetched[next].job, w->prefetched[next].service);
+            next++;
+        }
+    }
+    memmove(w->prefetched, w->prefetched + next,
+            (size_t)(w->n_prefetched - next) * sizeof *w->prefetched);
+    w->n_prefetched -= next;
+}
+
+/* Builds a step for service s: its queued reports, and a claim when it may
+ * find work and there is room. NULL when there is nothing to send. */
 static kiln_step_call_t *build_step(kiln_worker_t *w, int s)
 {
     kiln_service_t *svc = &w->services[s];
-    int nreports = 0;
-    for (kiln_slot_t *r = svc->reports; r; r = r->next_done)
-        nreports++;
-    int free_slots = kiln_slotpool_idle(&w->pool) + nreports;
-    int max_claim = (w->stopping || !svc->maybe_work) ? 0 : free_slots;
+    int max_claim = (w->stopping || !svc->maybe_work) ? 0 : claim_capacity(w);
     bool maintain = svc->maintain && !w->stopping;
-    if (nreports == 0 && max_claim == 0 && !maintain)
+    if (svc->nreports == 0 && max_claim == 0 && !maintain)
+        return NULL;
+    kiln_step_call_t *call = calloc(1, sizeof *call);
+    if (!call)
         return NULL;
     svc->maintain = false;
-    kiln_step_call_t *call = calloc(1, sizeof *call);
-    if (!call || !(call->report_ids = calloc((size_t)nreports + 1, KILN_JOB_ID_MAX))) {
-        free(call);
-        return NULL;
-    }
     call->w = w;
     call->service = s;
     call->max_claim = max_claim;
+    call->nreports = svc->nreports;
+    call->notify_gen = svc->notify_gen;
     call->script = kiln_script_get("step");
     kiln_argv_init(&call->argv);
     kiln_ops_begin(&call->argv, call->script, &w->opts, svc->name);
     kiln_ops_add_claimer(&call->argv, &w->who, max_claim);
     kiln_argv_add(&call->argv, maintain ? "1" : "0", 1);
-    kiln_argv_addf(&call->argv, "%d", nreports);
-    kiln_slot_t *r = svc->reports;
-    svc->reports = NULL;
-    while (r) {
-        kiln_slot_t *next = r->next_done;
-        add_report(call, r);
-        r = next;
-    }
+    kiln_argv_addf(&call->argv, "%d", svc->nreports);
+    call->reports_at = call->argv.count;
+    for (size_t i = 0; i < svc->reports.count; i++)
+        kiln_argv_add(&call->argv, svc->reports.items[i], svc->reports.lens[i]);
+    kiln_argv_free(&svc->reports);
+    svc->nreports = 0;
     return call;
 }
 
@@ -109,21 +158,19 @@ static void start_claims(kiln_worker_t *w, kiln_step_call_t *call, redisReply *r
     for (int i = 0; i < n; i++) {
         while (next_slot < w->pool.count && w->pool.slots[next_slot].state != KILN_SLOT_IDLE)
             next_slot++;
-        if (next_slot == w->pool.count) { /* cannot happen: claims never exceed free slots */
+        if (next_slot < w->pool.count) {
+            start_job(w, &w->pool.slots[next_slot], &jobs[i], call->service);
+        } else if (w->n_prefetched < w->cfg->worker.prefetch) {
+            w->prefetched[w->n_prefetched].job = jobs[i];
+            w->prefetched[w->n_prefetched++].service = call->service;
+        } else { /* cannot happen: claims never exceed the room asked for */
+            add_report(svc, &jobs[i], "release", "", false);
             kiln_claimed_job_clear(&jobs[i]);
-            continue;
         }
-        kiln_slot_t *slot = &w->pool.slots[next_slot];
-        slot->job = jobs[i];
-        slot->service = call->service;
-        slot->service_name = svc->name;
-        slot->connector = svc->connector;
-        kiln_log(KILN_LOG_DEBUG, "worker", slot->job.id, NULL, "started (attempt %d)",
-                 slot->job.attempt);
-        kiln_slotpool_run(slot);
     }
     free(jobs);
-    if (n < call->max_claim)
+    /* Nothing more to find, unless a wake-up came while the call was out. */
+    if (n < call->max_claim && svc->notify_gen == call->notify_gen)
         svc->maybe_work = false;
 }
 
@@ -133,6 +180,7 @@ static void wake_all(kiln_worker_t *w, bool maintain)
 {
     for (int i = 0; i < w->n_services; i++) {
         w->services[i].maybe_work = true;
+        w->services[i].notify_gen++;
         w->services[i].maintain = w->services[i].maintain || maintain;
     }
     kiln_worker_pump(w);
@@ -151,10 +199,48 @@ static void arm_due_timer(kiln_worker_t *w, long long next_due_ms)
     long long wait = next_due_ms - kiln_ops_wall_ms();
     if (wait < 1)
         wait = 1;
-    if (uv_is_active((uv_handle_t *)&w->due_timer) && uv_timer_get_repeat(&w->due_timer) == 0 &&
+    if (uv_is_active((uv_handle_t *)&w->due_timer) &&
         (long long)(w->due_timer.timeout - uv_now(&w->loop)) <= wait)
         return;
     uv_timer_start(&w->due_timer, on_due_timer, (uint64_t)wait, 0);
+}
+
+static void on_retry_timer(uv_timer_t *t)
+{
+    kiln_worker_t *w = t->data;
+    w->retry_paused = false;
+    kiln_worker_pump(w);
+}
+
+/* Keeps call to send again (its reports must not be lost). */
+static void keep_for_retry(kiln_worker_t *w, kiln_step_call_t *call)
+{
+    if (call->counted) {
+        w->claims_outstanding -= call->max_claim;
+        call->counted = false;
+    }
+    call->next = w->retry;
+    w->retry = call;
+}
+
+/* Logs reports Redis refused, and confirms jobs handed back at shutdown. */
+static void log_report_statuses(kiln_step_call_t *call, redisReply *statuses)
+{
+    int released = 0;
+    for (size_t i = 0; i < statuses->elements && (int)i < call->nreports; i++) {
+        const char *status = statuses->element[i]->str;
+        const char *id = call->argv.items[call->reports_at + 5 * i];
+        bool ok = status && strcmp(status, "ok") == 0;
+        if (ok && strcmp(call->argv.items[call->reports_at + 5 * i + 2], "release") == 0)
+            released++;
+        else if (!ok)
+            kiln_log(KILN_LOG_WARN, "worker", id, NULL,
+                     "report refused (%s): the job was cancelled or its lease passed to another "
+                     "worker",
+                     status ? status : "malformed");
+    }
+    if (released)
+        KILN_LOG_INFO_("worker", "handed %d unfinished jobs back to the queue", released);
 }
 
 static void on_step_reply(redisAsyncContext *ac, void *r, void *privdata)
@@ -162,47 +248,44 @@ static void on_step_reply(redisAsyncContext *ac, void *r, void *privdata)
     kiln_step_call_t *call = privdata;
     kiln_worker_t *w = call->w;
     redisReply *reply = r;
-    w->inflight = NULL;
+    w->inflight--;
     if (reply && reply->type == REDIS_REPLY_ERROR &&
         kiln_ops_noscript_fallback(&call->argv, reply, call->script)) {
-        w->retry = call; /* Redis lost its script cache (restart): send the source */
+        keep_for_retry(w, call); /* Redis lost its script cache: send the source */
         kiln_worker_pump(w);
         return;
     }
     if (!reply || reply->type != REDIS_REPLY_ARRAY || reply->elements < 2) {
-        if (reply && reply->type == REDIS_REPLY_ERROR)
-            KILN_LOG_ERROR_("worker", "step on %s refused: %s", w->services[call->service].name,
-                            reply->str);
-        w->retry = call; /* keep the reports; send them again once Redis answers */
-        if (reply)
-            kiln_worker_redis_lost(w, "step refused");
+        keep_for_retry(w, call);
+        if (reply) {
+            KILN_LOG_ERROR_("worker", "step on %s refused: %s; retrying in %d ms",
+                            w->services[call->service].name,
+                            reply->type == REDIS_REPLY_ERROR ? reply->str : "malformed reply",
+                            RETRY_PAUSE_MS);
+            w->retry_paused = true;
+            uv_timer_start(&w->retry_timer, on_retry_timer, RETRY_PAUSE_MS, 0);
+        }
         return;
     }
-    redisReply *statuses = reply->element[1];
-    for (size_t i = 0; i < statuses->elements && (int)i < call->nreports; i++) {
-        const char *status = statuses->element[i]->str;
-        if (status && strcmp(status, "ok") != 0)
-            kiln_log(KILN_LOG_WARN, "worker", call->report_ids[i], NULL,
-                     "report refused (%s): the job was cancelled or its lease passed to another "
-                     "worker",
-                     status);
-    }
+    w->claims_outstanding -= call->max_claim;
+    log_report_statuses(call, reply->element[1]);
     start_claims(w, call, reply);
     arm_due_timer(w, reply->element[0]->integer);
     step_call_free(call);
     kiln_worker_pump(w);
 }
 
-/* Sends the next step, if one is due and none is in flight. */
-void kiln_worker_pump(kiln_worker_t *w)
+static kiln_step_call_t *next_step(kiln_worker_t *w)
 {
-    if (w->inflight || !w->cmd_ready)
-        return;
     kiln_step_call_t *call = w->retry;
-    w->retry = NULL;
+    if (call) {
+        w->retry = call->next;
+        call->next = NULL;
+        return call;
+    }
     for (int i = 0; !call && i < w->n_services; i++) {
         int s = (w->next_service + i) % w->n_services;
-        if (w->services[s].reports)
+        if (w->services[s].nreports)
             call = build_step(w, s);
     }
     for (int i = 0; !call && i < w->n_services; i++) {
@@ -211,16 +294,43 @@ void kiln_worker_pump(kiln_worker_t *w)
         if (call)
             w->next_service = (s + 1) % w->n_services;
     }
-    if (!call) {
-        check_finished(w);
-        return;
+    return call;
+}
+
+/* Sends due steps: up to KILN_STEPS_IN_FLIGHT at a time, so Redis runs one
+ * while the worker dispatches the reply of the other. */
+void kiln_worker_pump(kiln_worker_t *w)
+{
+    while (w->cmd_ready && !w->retry_paused && w->inflight < KILN_STEPS_IN_FLIGHT) {
+        kiln_step_call_t *call = next_step(w);
+        if (!call)
+            break;
+        if (kiln_worker_send(w, &call->argv, on_step_reply, call) != 0) {
+            keep_for_retry(w, call);
+            kiln_worker_redis_lost(w, "cannot send");
+            return;
+        }
+        w->inflight++;
+        w->claims_outstanding += call->max_claim;
+        call->counted = true;
     }
-    if (kiln_worker_send(w, &call->argv, on_step_reply, call) != 0) {
-        w->retry = call;
-        kiln_worker_redis_lost(w, "cannot send");
-        return;
+    check_finished(w);
+}
+
+/* Forgets prefetched jobs of service s for which drop(job id) holds. */
+static void drop_prefetched(kiln_worker_t *w, int s, const char *id)
+{
+    int kept = 0;
+    for (int i = 0; i < w->n_prefetched; i++) {
+        kiln_prefetched_t *p = &w->prefetched[i];
+        if (p->service == s && strcmp(p->job.id, id) == 0) {
+            kiln_log(KILN_LOG_INFO, "worker", id, NULL, "dropped before it started");
+            kiln_claimed_job_clear(&p->job);
+        } else {
+            w->prefetched[kept++] = *p;
+        }
     }
-    w->inflight = call;
+    w->n_prefetched = kept;
 }
 
 void kiln_worker_on_notify(kiln_worker_t *w, const char *channel, const char *message)
@@ -230,12 +340,15 @@ void kiln_worker_on_notify(kiln_worker_t *w, const char *channel, const char *me
             continue;
         if (strcmp(message, "work") == 0 || strcmp(message, "due") == 0) {
             w->services[i].maybe_work = true;
+            w->services[i].notify_gen++;
             w->services[i].maintain = w->services[i].maintain || message[0] == 'd';
             kiln_worker_pump(w);
         } else if (strncmp(message, "cancel ", 7) == 0) {
+            const char *id = message + 7;
+            drop_prefetched(w, i, id);
             for (int s = 0; s < w->pool.count; s++) {
                 kiln_slot_t *slot = &w->pool.slots[s];
-                if (slot->state == KILN_SLOT_RUNNING && strcmp(slot->job.id, message + 7) == 0) {
+                if (slot->state == KILN_SLOT_RUNNING && strcmp(slot->job.id, id) == 0) {
                     kiln_log(KILN_LOG_INFO, "worker", slot->job.id, NULL, "cancelled; stopping");
                     kiln_slot_cancel(slot);
                 }
@@ -253,9 +366,11 @@ void kiln_worker_on_connected(kiln_worker_t *w)
 
 /* ---- Leases and progress ------------------------------------------------ */
 
-/* A batched heartbeat or progress call: which slot each entry belongs to. */
+/* A batched heartbeat or progress call: the jobs it names. A slot index of
+ * -1 marks a prefetched job. */
 typedef struct lease_call {
     kiln_worker_t *w;
+    int service;
     int n;
     int *slots;
     char (*ids)[KILN_JOB_ID_MAX];
@@ -272,14 +387,20 @@ static void lease_call_free(lease_call_t *call)
 static void on_lease_reply(redisAsyncContext *ac, void *r, void *privdata)
 {
     lease_call_t *call = privdata;
+    kiln_worker_t *w = call->w;
     redisReply *reply = r;
-    for (size_t i = 0;
-         reply && reply->type == REDIS_REPLY_ARRAY && i < reply->elements && (int)i < call->n;
+    for (size_t i = 0; reply && reply->type == REDIS_REPLY_ARRAY && i < reply->elements &&
+                       (int)i < call->n;
          i++) {
         const char *status = reply->element[i]->str;
-        kiln_slot_t *slot = &call->w->pool.slots[call->slots[i]];
-        if (status && strcmp(status, "ok") != 0 && slot->state == KILN_SLOT_RUNNING &&
-            strcmp(slot->job.id, call->ids[i]) == 0) {
+        if (!status || strcmp(status, "ok") == 0)
+            continue;
+        if (call->slots[i] < 0) {
+            drop_prefetched(w, call->service, call->ids[i]);
+            continue;
+        }
+        kiln_slot_t *slot = &w->pool.slots[call->slots[i]];
+        if (slot->state == KILN_SLOT_RUNNING && strcmp(slot->job.id, call->ids[i]) == 0) {
             kiln_log(KILN_LOG_WARN, "worker", slot->job.id, NULL, "lease %s; stopping the job",
                      status);
             kiln_slot_cancel(slot);
@@ -290,53 +411,67 @@ static void on_lease_reply(redisAsyncContext *ac, void *r, void *privdata)
     lease_call_free(call);
 }
 
-/* Sends one script call per service for the running slots that want it:
- * heartbeat (every running job) or progress (jobs with new progress). */
-static void send_lease_calls(kiln_worker_t *w, const char *script_name, bool progress)
+static void lease_entry(lease_call_t *call, kiln_argv_t *entries, int slot,
+                        const kiln_claimed_job_t *job)
 {
-    const kiln_script_t *script = kiln_script_get(script_name);
-    for (int s = 0; s < w->n_services; s++) {
-        lease_call_t *call = calloc(1, sizeof *call);
-        if (!call)
-            return;
-        call->w = w;
-        call->slots = calloc((size_t)w->pool.count, sizeof *call->slots);
-        call->ids = calloc((size_t)w->pool.count, KILN_JOB_ID_MAX);
-        kiln_argv_t a;
-        kiln_argv_init(&a);
-        kiln_ops_begin(&a, script, &w->opts, w->services[s].name);
-        kiln_argv_t entries;
-        kiln_argv_init(&entries);
-        for (int i = 0; call->slots && call->ids && i < w->pool.count; i++) {
-            kiln_slot_t *slot = &w->pool.slots[i];
-            double percent;
-            char message[256];
-            if (slot->state != KILN_SLOT_RUNNING || slot->service != s ||
-                (progress && !kiln_slot_take_progress(slot, &percent, message, sizeof message)))
-                continue;
-            kiln_argv_add(&entries, slot->job.id, SIZE_MAX);
-            kiln_argv_add(&entries, slot->job.token, SIZE_MAX);
-            if (progress) {
-                kiln_argv_addf(&entries, "%.1f", percent);
-                kiln_argv_add(&entries, message, SIZE_MAX);
-            }
-            call->slots[call->n] = i;
-            snprintf(call->ids[call->n++], KILN_JOB_ID_MAX, "%s", slot->job.id);
-        }
-        kiln_argv_addf(&a, "%d", call->n);
-        for (size_t i = 0; i < entries.count; i++)
-            kiln_argv_add(&a, entries.items[i], entries.lens[i]);
-        kiln_argv_free(&entries);
-        if (call->n == 0 || kiln_worker_send(w, &a, on_lease_reply, call) != 0)
+    kiln_argv_add(entries, job->id, SIZE_MAX);
+    kiln_argv_add(entries, job->token, SIZE_MAX);
+    call->slots[call->n] = slot;
+    snprintf(call->ids[call->n++], KILN_JOB_ID_MAX, "%s", job->id);
+}
+
+/* Sends one call of script_name for service s naming the jobs that want
+ * it: heartbeat (running and prefetched jobs) or progress (running jobs
+ * with new progress). */
+static void send_lease_call(kiln_worker_t *w, int s, const char *script_name, bool progress)
+{
+    int room = w->pool.count + w->n_prefetched;
+    lease_call_t *call = calloc(1, sizeof *call);
+    if (!call || !(call->slots = calloc((size_t)room, sizeof *call->slots)) ||
+        !(call->ids = calloc((size_t)room, KILN_JOB_ID_MAX))) {
+        if (call)
             lease_call_free(call);
-        kiln_argv_free(&a);
+        return;
     }
+    call->w = w;
+    call->service = s;
+    kiln_argv_t entries;
+    kiln_argv_init(&entries);
+    for (int i = 0; i < w->pool.count; i++) {
+        kiln_slot_t *slot = &w->pool.slots[i];
+        double percent;
+        char message[256];
+        if (slot->state != KILN_SLOT_RUNNING || slot->service != s ||
+            (progress && !kiln_slot_take_progress(slot, &percent, message, sizeof message)))
+            continue;
+        lease_entry(call, &entries, i, &slot->job);
+        if (progress) {
+            kiln_argv_addf(&entries, "%.1f", percent);
+            kiln_argv_add(&entries, message, SIZE_MAX);
+        }
+    }
+    for (int i = 0; !progress && i < w->n_prefetched; i++) {
+        if (w->prefetched[i].service == s)
+            lease_entry(call, &entries, -1, &w->prefetched[i].job);
+    }
+    const kiln_script_t *script = kiln_script_get(script_name);
+    kiln_argv_t a;
+    kiln_argv_init(&a);
+    kiln_ops_begin(&a, script, &w->opts, w->services[s].name);
+    kiln_argv_addf(&a, "%d", call->n);
+    for (size_t i = 0; i < entries.count; i++)
+        kiln_argv_add(&a, entries.items[i], entries.lens[i]);
+    kiln_argv_free(&entries);
+    if (call->n == 0 || kiln_worker_send(w, &a, on_lease_reply, call) != 0)
+        lease_call_free(call);
+    kiln_argv_free(&a);
 }
 
 static void on_heartbeat_timer(uv_timer_t *t)
 {
     kiln_worker_t *w = t->data;
-    send_lease_calls(w, "heartbeat", false);
+    for (int s = 0; s < w->n_services; s++)
+        send_lease_call(w, s, "heartbeat", false);
     /* The same tick sweeps: recovers stalled jobs of others, promotes due
      * delayed jobs, and finds work whose notification was missed while
      * Redis was away. */
@@ -351,7 +486,8 @@ static void on_registry_timer(uv_timer_t *t)
 static void flush_progress(kiln_worker_t *w)
 {
     w->last_progress_ms = kiln_worker_now_ms();
-    send_lease_calls(w, "progress", true);
+    for (int s = 0; s < w->n_services; s++)
+        send_lease_call(w, s, "progress", true);
 }
 
 static void on_progress_timer(uv_timer_t *t)
@@ -371,19 +507,11 @@ static void on_wakeup(uv_async_t *handle)
     kiln_slot_t *done = kiln_slotpool_take_done(&w->pool);
     while (done) {
         kiln_slot_t *next = done->next_done;
-        kiln_service_t *svc = &w->services[done->service];
-        if (done->released && w->releasing) {
-            /* Already handed back; its outcome no longer matters. */
-            kiln_job_outcome_clear(&done->outcome);
-            kiln_claimed_job_clear(&done->job);
-            done->state = KILN_SLOT_IDLE;
-        } else {
-            kiln_log(KILN_LOG_DEBUG, "worker", done->job.id, NULL, "finished");
-            done->next_done = svc->reports;
-            svc->reports = done;
-        }
+        report_outcome(w, done);
         done = next;
     }
+    if (!w->stopping)
+        start_prefetched(w);
     pthread_mutex_lock(&w->pool.done_mu);
     bool progress = w->pool.progress_pending;
     w->pool.progress_pending = false;
@@ -418,17 +546,18 @@ static void finish(kiln_worker_t *w)
         (uv_handle_t *)&w->sigint,          (uv_handle_t *)&w->heartbeat_timer,
         (uv_handle_t *)&w->registry_timer,  (uv_handle_t *)&w->due_timer,
         (uv_handle_t *)&w->reconnect_timer, (uv_handle_t *)&w->grace_timer,
-        (uv_handle_t *)&w->progress_timer,  (uv_handle_t *)&w->hard_stop_timer};
+        (uv_handle_t *)&w->progress_timer,  (uv_handle_t *)&w->hard_stop_timer,
+        (uv_handle_t *)&w->retry_timer};
     for (size_t i = 0; i < sizeof handles / sizeof handles[0]; i++)
         close_handle(handles[i]);
 }
 
 static void check_finished(kiln_worker_t *w)
 {
-    if (!w->stopping || w->closing || w->inflight || w->retry)
+    if (!w->stopping || w->closing || w->inflight || w->retry || w->n_prefetched)
         return;
     for (int i = 0; i < w->n_services; i++) {
-        if (w->services[i].reports)
+        if (w->services[i].nreports)
             return;
     }
     if (kiln_slotpool_idle(&w->pool) == w->pool.count)
@@ -438,24 +567,10 @@ static void check_finished(kiln_worker_t *w)
 static void finish_on_timer(uv_timer_t *t)
 {
     kiln_worker_t *w = t->data;
-    KILN_LOG_WARN_("worker", "connectors did not stop within %d ms of the grace period; exiting",
+    KILN_LOG_WARN_("worker", "jobs or reports still open %d ms after the grace period; exiting",
                    HARD_STOP_MS);
     w->abandoned = kiln_slotpool_idle(&w->pool) < w->pool.count;
     finish(w);
-}
-
-static void on_release_reply(redisAsyncContext *ac, void *r, void *privdata)
-{
-    kiln_step_call_t *call = privdata;
-    redisReply *reply = r;
-    if (!reply || reply->type != REDIS_REPLY_ARRAY)
-        KILN_LOG_ERROR_("worker",
-                        "could not hand back %d jobs: their leases will expire and the "
-                        "sweep will return them",
-                        call->nreports);
-    else
-        KILN_LOG_INFO_("worker", "handed %d unfinished jobs back to the queue", call->nreports);
-    step_call_free(call);
 }
 
 /* The grace period is over: running jobs go back to pending (attempt not
@@ -466,36 +581,20 @@ static void on_grace_timer(uv_timer_t *t)
     if (w->releasing)
         return;
     w->releasing = true;
-    for (int s = 0; s < w->n_services; s++) {
-        kiln_step_call_t *call = calloc(1, sizeof *call);
-        call->report_ids = calloc((size_t)w->pool.count + 1, KILN_JOB_ID_MAX);
-        call->w = w;
-        call->script = kiln_script_get("step");
-        kiln_argv_init(&call->argv);
-        kiln_ops_begin(&call->argv, call->script, &w->opts, w->services[s].name);
-        kiln_ops_add_claimer(&call->argv, &w->who, 0);
-        kiln_argv_add(&call->argv, "0", 1);
-        kiln_argv_t reports;
-        kiln_argv_init(&reports);
-        for (int i = 0; i < w->pool.count; i++) {
-            kiln_slot_t *slot = &w->pool.slots[i];
-            if (slot->state != KILN_SLOT_RUNNING || slot->service != s)
-                continue;
-            slot->released = true;
-            kiln_slot_cancel(slot);
-            const char *fields[] = {slot->job.id, slot->job.token, "release", "", "0"};
-            for (int f = 0; f < 5; f++)
-                kiln_argv_add(&reports, fields[f], SIZE_MAX);
-            snprintf(call->report_ids[call->nreports++], KILN_JOB_ID_MAX, "%s", slot->job.id);
-        }
-        kiln_argv_addf(&call->argv, "%d", call->nreports);
-        for (size_t i = 0; i < reports.count; i++)
-            kiln_argv_add(&call->argv, reports.items[i], reports.lens[i]);
-        kiln_argv_free(&reports);
-        if (call->nreports == 0 || kiln_worker_send(w, &call->argv, on_release_reply, call) != 0)
-            step_call_free(call);
+    int released = 0;
+    for (int i = 0; i < w->pool.count; i++) {
+        kiln_slot_t *slot = &w->pool.slots[i];
+        if (slot->state != KILN_SLOT_RUNNING || slot->released)
+            continue;
+        add_report(&w->services[slot->service], &slot->job, "release", "", false);
+        slot->released = true;
+        kiln_slot_cancel(slot);
+        released++;
     }
+    if (released)
+        KILN_LOG_INFO_("worker", "handing %d unfinished jobs back to the queue", released);
     uv_timer_start(&w->hard_stop_timer, finish_on_timer, HARD_STOP_MS, 0);
+    kiln_worker_pump(w);
 }
 
 static void begin_shutdown(kiln_worker_t *w)
@@ -505,6 +604,13 @@ static void begin_shutdown(kiln_worker_t *w)
         return;
     }
     w->stopping = true;
+    /* Jobs claimed ahead go straight back, attempt not counted. */
+    for (int i = 0; i < w->n_prefetched; i++) {
+        kiln_prefetched_t *p = &w->prefetched[i];
+        add_report(&w->services[p->service], &p->job, "release", "", false);
+        kiln_claimed_job_clear(&p->job);
+    }
+    w->n_prefetched = 0;
     int busy = w->pool.count - kiln_slotpool_idle(&w->pool);
     KILN_LOG_INFO_("worker", "stopping: no new claims; %d running jobs get %ld ms to finish", busy,
                    w->cfg->worker.shutdown_grace_ms);
@@ -564,6 +670,8 @@ int kiln_worker_new(const kiln_config_t *cfg, kiln_worker_t **out, kiln_err_t *e
     if (!w)
         return kiln_err_set(err, KILN_ENOMEM, "out of memory");
     w->cfg = cfg;
+    /* No prefetch until a run of short jobs has been seen. */
+    w->run_ema_ms = 2 * PREFETCH_MAX_RUN_MS;
     kiln_broker_options_from_config(&w->opts, cfg);
     gethostname(w->host, sizeof w->host - 1);
     char id[160];
@@ -577,6 +685,9 @@ int kiln_worker_new(const kiln_config_t *cfg, kiln_worker_t **out, kiln_err_t *e
         rc = kiln_worker_identity_init(&w->who, id, cfg->machine_id, cfg->worker.capabilities, err);
     if (!rc)
         rc = add_services(w, cfg, err);
+    if (!rc && cfg->worker.prefetch > 0 &&
+        !(w->prefetched = calloc((size_t)cfg->worker.prefetch, sizeof *w->prefetched)))
+        rc = kiln_err_set(err, KILN_ENOMEM, "out of memory");
     if (rc) {
         kiln_worker_free(w);
         return rc;
@@ -597,9 +708,9 @@ static int init_loop(kiln_worker_t *w, kiln_err_t *err)
         return kiln_err_set(err, KILN_EIO, "cannot create the event loop");
     uv_async_init(&w->loop, &w->wakeup, on_wakeup);
     w->wakeup.data = w;
-    uv_timer_t *timers[] = {&w->heartbeat_timer, &w->registry_timer, &w->due_timer,
-                            &w->reconnect_timer, &w->grace_timer,    &w->progress_timer,
-                            &w->hard_stop_timer};
+    uv_timer_t *timers[] = {&w->heartbeat_timer, &w->registry_timer,  &w->due_timer,
+                            &w->reconnect_timer, &w->grace_timer,     &w->progress_timer,
+                            &w->hard_stop_timer, &w->retry_timer};
     for (size_t i = 0; i < sizeof timers / sizeof timers[0]; i++)
         init_timer(w, timers[i]);
     uv_signal_init(&w->loop, &w->sigterm);
@@ -652,10 +763,18 @@ void kiln_worker_free(kiln_worker_t *w)
         return;
     for (int i = 0; i < w->n_services; i++) {
         kiln_connector_free(w->services[i].connector);
+        kiln_argv_free(&w->services[i].reports);
         free(w->services[i].name);
     }
     free(w->services);
-    step_call_free(w->retry);
+    while (w->retry) {
+        kiln_step_call_t *next = w->retry->next;
+        step_call_free(w->retry);
+        w->retry = next;
+    }
+    for (int i = 0; i < w->n_prefetched; i++)
+        kiln_claimed_job_clear(&w->prefetched[i].job);
+    free(w->prefetched);
     kiln_worker_identity_clear(&w->who);
     free(w);
 }

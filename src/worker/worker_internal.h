@@ -20,11 +20,13 @@ typedef struct kiln_service {
     kiln_connector_t *connector;
     char channel[96];     /* kiln:{name}:notify */
     bool maybe_work;      /* a claim may find something: notified, timer, start */
+    unsigned notify_gen;  /* bumped by every wake-up, so a reply cannot clear a newer one */
     bool maintain;        /* next step also promotes, recovers and trims by age */
-    kiln_slot_t *reports; /* finished slots whose outcome is not sent yet */
+    kiln_argv_t reports;  /* finished jobs not sent yet: 5 values each (step.lua) */
+    int nreports;
 } kiln_service_t;
 
-/* A step call in flight (or waiting to be sent again after a failure). */
+/* A step call in flight, or waiting to be sent again after a failure. */
 typedef struct kiln_step_call {
     kiln_worker_t *w;
     int service;
@@ -32,8 +34,19 @@ typedef struct kiln_step_call {
     const kiln_script_t *script;
     int max_claim;
     int nreports;
-    char (*report_ids)[KILN_JOB_ID_MAX];
+    size_t reports_at; /* argv index of the first report */
+    bool counted;      /* max_claim is included in w->claims_outstanding */
+    unsigned notify_gen; /* the service's notify_gen when the call was built */
+    struct kiln_step_call *next;
 } kiln_step_call_t;
+
+/* A job claimed ahead of a free slot (worker.prefetch). */
+typedef struct kiln_prefetched {
+    kiln_claimed_job_t job;
+    int service;
+} kiln_prefetched_t;
+
+#define KILN_STEPS_IN_FLIGHT 2
 
 struct kiln_worker {
     const kiln_config_t *cfg;
@@ -48,7 +61,7 @@ struct kiln_worker {
     uv_async_t wakeup; /* slots finished or reported progress; stop asked */
     uv_signal_t sigterm, sigint;
     uv_timer_t heartbeat_timer, registry_timer, due_timer, reconnect_timer, grace_timer,
-        progress_timer, hard_stop_timer;
+        progress_timer, hard_stop_timer, retry_timer;
 
     redisAsyncContext *cmd; /* scripts and registry */
     redisAsyncContext *sub; /* notify channels */
@@ -56,8 +69,13 @@ struct kiln_worker {
     int reconnect_delay_ms;
     bool reconnect_armed;
 
-    kiln_step_call_t *inflight; /* at most one step call at a time */
-    kiln_step_call_t *retry;    /* a step whose reply was lost, to send again */
+    int inflight;               /* step calls awaiting their reply */
+    int claims_outstanding;     /* jobs those calls may bring */
+    kiln_step_call_t *retry;    /* steps whose reply was lost, to send again */
+    bool retry_paused;          /* Redis refused a step: wait for retry_timer */
+    kiln_prefetched_t *prefetched;
+    int n_prefetched;
+    double run_ema_ms;          /* running average of job run time */
 
     kiln_slotpool_t pool;
     atomic_int stop_requested; /* any thread */

@@ -4,7 +4,7 @@
 -- Returns 'ok', 'missing' or 'final:<state>' for a finished job.
 local id = ARGV[OP]
 local now = now_ms()
-local f = redis.call('HMGET', jkey(id), 'state', 'class')
+local f = redis.call('HMGET', jkey(id), 'state', 'class', 'token')
 local state = f[1]
 if not state then
     return 'missing'
@@ -14,8 +14,7 @@ if state == 'pending' then
 elseif state == 'delayed' then
     redis.call('ZREM', K_DELAYED, id)
 elseif state == 'running' then
-    redis.call('ZREM', K_RUNNING, id)
-    redis.call('HDEL', K_LEASES, id)
+    redis.call('ZREM', K_RUNNING, lease_member(id, f[3]))
     redis.call('PUBLISH', CHANNEL, 'cancel ' .. id)
 else
     return 'final:' .. state

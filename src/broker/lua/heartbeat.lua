@@ -4,23 +4,24 @@
 -- status is not 'ok' must be stopped by the worker.
 local now = now_ms()
 local n = tonumber(ARGV[OP])
-local ids = {}
-for i = 0, n - 1 do
-    ids[#ids + 1] = ARGV[OP + 1 + i * 2]
+local ids, members = {}, {}
+for i = 1, n do
+    ids[i] = ARGV[OP + 1 + (i - 1) * 2]
+    members[i] = lease_member(ids[i], ARGV[OP + i * 2])
 end
-local tokens = redis.call('HMGET', K_LEASES, unpack(ids))
-local out, renew = {}, {'ZADD', K_RUNNING}
+local leases = redis.call('ZMSCORE', K_RUNNING, unpack(members))
+local out, renew = {}, {'ZADD', K_RUNNING, 'XX'}
 local lease_until = int(now + LEASE_MS)
 for i = 1, n do
-    if tokens[i] == ARGV[OP + i * 2] then
+    if leases[i] then
         renew[#renew + 1] = lease_until
-        renew[#renew + 1] = ids[i]
+        renew[#renew + 1] = members[i]
         out[i] = 'ok'
     else
         out[i] = lease_problem(ids[i])
     end
 end
-if #renew > 2 then
+if #renew > 3 then
     redis.call(unpack(renew))
 end
 return out

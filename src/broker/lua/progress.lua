@@ -2,16 +2,17 @@
 -- ARGV[10] number of updates n, then per update: id, token, percent (0-100),
 -- message. Returns per update 'ok', 'cancelled', 'lost' or 'missing'.
 local n = tonumber(ARGV[OP])
-local ids = {}
-for i = 0, n - 1 do
-    ids[#ids + 1] = ARGV[OP + 1 + i * 4]
+local members = {}
+for i = 1, n do
+    local a = OP + 1 + (i - 1) * 4
+    members[i] = lease_member(ARGV[a], ARGV[a + 1])
 end
-local tokens = redis.call('HMGET', K_LEASES, unpack(ids))
+local leases = redis.call('ZMSCORE', K_RUNNING, unpack(members))
 local out = {}
 for i = 1, n do
     local a = OP + 1 + (i - 1) * 4
     local id, percent, message = ARGV[a], ARGV[a + 2], ARGV[a + 3]
-    if tokens[i] == ARGV[a + 1] then
+    if leases[i] then
         redis.call('HSET', jkey(id), 'progress', percent, 'progress_msg', message)
         emit(id, 'progress', 'running', {'progress', percent, 'message', message})
         out[i] = 'ok'

@@ -12,8 +12,8 @@ local out = {}
 local added_pending, added_delayed = false, false
 -- Sequence numbers for the whole batch in one step (a duplicate leaves a gap).
 local first_seq = redis.call('INCRBY', P .. 'seq', n) - n
--- Each class's best new score, so class heads are updated once per batch.
-local class_best, class_def, class_adds = {}, {}, {}
+-- Each class's new pending jobs, added with one ZADD per class.
+local class_adds, class_def = {}, {}
 for i = 0, n - 1 do
     local a = OP + 1 + i * 10
     local idem = ARGV[a]
@@ -65,10 +65,7 @@ for i = 0, n - 1 do
             end
             adds[#adds + 1] = int(score)
             adds[#adds + 1] = id
-            if not class_best[class] or score < class_best[class] then
-                class_best[class] = score
-                class_def[class] = ARGV[a + 3]
-            end
+            class_def[class] = ARGV[a + 3]
         else
             added_delayed = true
             redis.call('ZADD', K_DELAYED, int(run_at), id)
@@ -81,15 +78,9 @@ for i = 0, n - 1 do
         out[#out + 1] = 0
     end
 end
-for class, score in pairs(class_best) do
-    redis.call(unpack(class_adds[class]))
-    local current = redis.call('ZSCORE', K_CLASSES, class)
-    if not current then
-        redis.call('SET', P .. 'class:' .. class, class_def[class])
-        redis.call('ZADD', K_CLASSES, int(score), class)
-    elseif tonumber(current) > score then
-        redis.call('ZADD', K_CLASSES, int(score), class)
-    end
+for class, adds in pairs(class_adds) do
+    redis.call(unpack(adds))
+    ensure_class(class, class_def[class], now)
 end
 -- 'work' wakes idle workers to claim; 'due' makes them look up when the
 -- earliest delayed job is due.

@@ -26,8 +26,9 @@ local OP = 10
 
 local K_CLASSES = P .. 'classes'
 local K_DELAYED = P .. 'delayed'
-local K_RUNNING = P .. 'running' -- running jobs by lease expiry
-local K_LEASES = P .. 'leases'   -- running job id -> claim token
+-- Running jobs by lease expiry. A member is '<job id>|<claim token>', so
+-- one ZMSCORE both finds a lease and proves the token holds it.
+local K_RUNNING = P .. 'running'
 -- One retention set per final state, scored by finish time.
 local FINAL_STATES = {'completed', 'failed', 'cancelled', 'dead'}
 local K_STREAM = P .. 'events'
@@ -63,32 +64,39 @@ local function class_key(class)
     return P .. 'pending:' .. class
 end
 
--- Re-scores a class by its best pending job, or forgets an empty class.
-local function refresh_class(class)
-    local head = redis.call('ZRANGE', class_key(class), 0, 0, 'WITHSCORES')
-    if #head == 0 then
+local function lease_member(id, token)
+    return id .. '|' .. token
+end
+
+local function lease_job(member)
+    return string.match(member, '^([^|]*)')
+end
+
+-- Forgets a class whose pending set is empty.
+local function forget_class_if_empty(class)
+    if redis.call('EXISTS', class_key(class)) == 0 then
         redis.call('ZREM', K_CLASSES, class)
         redis.call('DEL', P .. 'class:' .. class)
-    else
-        redis.call('ZADD', K_CLASSES, head[2], class)
     end
 end
 
--- Puts job id into its class's pending set, creating the class if needed.
-local function push_pending(id, class, score, classdef)
-    redis.call('ZADD', class_key(class), score, id)
-    local current = redis.call('ZSCORE', K_CLASSES, class)
-    if not current then
+-- Registers a class (scored by when it first had pending jobs) and its
+-- definition, if it is not known yet.
+local function ensure_class(class, classdef, now)
+    if redis.call('ZADD', K_CLASSES, 'NX', int(now), class) == 1 then
         redis.call('SET', P .. 'class:' .. class, classdef)
-        redis.call('ZADD', K_CLASSES, score, class)
-    elseif tonumber(current) > tonumber(score) then
-        redis.call('ZADD', K_CLASSES, score, class)
     end
+end
+
+-- Puts job id into its class's pending set, registering the class if needed.
+local function push_pending(id, class, score, classdef, now)
+    redis.call('ZADD', class_key(class), score, id)
+    ensure_class(class, classdef, now)
 end
 
 local function remove_pending(id, class)
     if redis.call('ZREM', class_key(class), id) == 1 then
-        refresh_class(class)
+        forget_class_if_empty(class)
     end
 end
 

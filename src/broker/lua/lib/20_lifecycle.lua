@@ -1,6 +1,6 @@
 -- kiln broker library, part 3: the job lifecycle shared by the operations.
--- Leases live in one hash per queue (job id -> claim token) so a call checks
--- every report's token in one lookup; running jobs and final states are
+-- A lease is a member '<id>|<token>' of the running set, so a call checks
+-- every report's token with one ZMSCORE; running jobs and final states are
 -- written with one multi-member call per batch.
 
 -- Moves a job to a final state and records it for retention.
@@ -18,7 +18,7 @@ end
 local function make_pending(id, now, kind, extra)
     local f = redis.call('HMGET', jkey(id), 'class', 'score', 'classdef')
     redis.call('HSET', jkey(id), 'state', 'pending', 'worker', '')
-    push_pending(id, f[1], f[2], f[3])
+    push_pending(id, f[1], f[2], f[3], now)
     emit(id, kind, 'pending', extra)
 end
 
@@ -38,9 +38,8 @@ local function recover_stalled(now, limit)
     local expired = redis.call('ZRANGEBYSCORE', K_RUNNING, '-inf', int(now), 'LIMIT', 0, limit)
     local moved = 0
     for i = 1, #expired do
-        local id = expired[i]
-        redis.call('ZREM', K_RUNNING, id)
-        redis.call('HDEL', K_LEASES, id)
+        local id = lease_job(expired[i])
+        redis.call('ZREM', K_RUNNING, expired[i])
         local f = redis.call('HMGET', jkey(id), 'attempts', 'max_attempts', 'worker')
         local err = 'lease expired: worker ' .. (f[3] or '?') .. ' stopped heartbeating'
         if tonumber(f[1] or 0) >= tonumber(f[2] or 1) then
@@ -70,31 +69,29 @@ local function start_jobs(ids, now, worker)
     if #ids == 0 then
         return out
     end
-    local last = redis.call('INCRBY', P .. 'claimseq', #ids)
     local lease_until = int(now + LEASE_MS)
-    local running, leases = {'ZADD', K_RUNNING}, {'HSET', K_LEASES}
+    local running = {'ZADD', K_RUNNING}
     for i, id in ipairs(ids) do
         local k = jkey(id)
         local f = redis.call('HMGET', k, 'attempts', 'max_attempts', 'timeout_ms', 'payload',
-                             'progress')
+                             'progress', 'claims')
         local attempt = (tonumber(f[1]) or 0) + 1
-        local token = worker .. '/' .. int(last - #ids + i)
+        local claims = (tonumber(f[6]) or 0) + 1
+        local token = worker .. '/' .. claims
         if f[5] then
             redis.call('HSET', k, 'state', 'running', 'worker', worker, 'started', int(now),
-                       'attempts', attempt, 'progress', 0, 'progress_msg', '')
+                       'attempts', attempt, 'claims', claims, 'token', token, 'progress', 0,
+                       'progress_msg', '')
         else
             redis.call('HSET', k, 'state', 'running', 'worker', worker, 'started', int(now),
-                       'attempts', attempt)
+                       'attempts', attempt, 'claims', claims, 'token', token)
         end
         emit(id, 'started', 'running', {'worker', worker, 'attempt', attempt})
         running[#running + 1] = lease_until
-        running[#running + 1] = id
-        leases[#leases + 1] = id
-        leases[#leases + 1] = token
+        running[#running + 1] = lease_member(id, token)
         out[i] = {id, token, attempt, tonumber(f[2]), tonumber(f[3]) or 0, f[4]}
     end
     redis.call(unpack(running))
-    redis.call(unpack(leases))
     return out
 end
 
@@ -138,7 +135,9 @@ local function pick_jobs(classes, max)
         for i = 1, #popped, 2 do
             ids[#ids + 1] = popped[i]
         end
-        refresh_class(classes[1])
+        if #ids < max then
+            forget_class_if_empty(classes[1])
+        end
         return ids
     end
     local heads = {}
@@ -162,7 +161,9 @@ local function pick_jobs(classes, max)
         heads[best] = redis.call('ZRANGE', class_key(class), 0, 0, 'WITHSCORES')
     end
     for i = 1, #classes do
-        refresh_class(classes[i])
+        if #heads[i] == 0 then
+            forget_class_if_empty(classes[i])
+        end
     end
     return ids
 end
@@ -219,18 +220,18 @@ local function apply_reports(reports, now)
     if #reports == 0 then
         return statuses, retried
     end
-    local ids = {}
+    local members = {}
     for i = 1, #reports do
-        ids[i] = reports[i][1]
+        members[i] = lease_member(reports[i][1], reports[i][2])
     end
-    local tokens = redis.call('HMGET', K_LEASES, unpack(ids))
-    local settled, completed = {}, {'ZADD', P .. 'completed'}
+    local leases = redis.call('ZMSCORE', K_RUNNING, unpack(members))
+    local settled, completed = {'ZREM', K_RUNNING}, {'ZADD', P .. 'completed'}
     for i, r in ipairs(reports) do
         local id, kind = r[1], r[3]
-        if tokens[i] ~= r[2] then
+        if not leases[i] then
             statuses[i] = lease_problem(id)
         else
-            settled[#settled + 1] = id
+            settled[#settled + 1] = members[i]
             if kind == 'complete' then
                 redis.call('HSET', jkey(id), 'state', 'completed', 'finished', int(now), 'result',
                            r[4], 'progress', 100)
@@ -246,9 +247,8 @@ local function apply_reports(reports, now)
             statuses[i] = 'ok'
         end
     end
-    if #settled > 0 then
-        redis.call('ZREM', K_RUNNING, unpack(settled))
-        redis.call('HDEL', K_LEASES, unpack(settled))
+    if #settled > 2 then
+        redis.call(unpack(settled))
     end
     if #completed > 2 then
         redis.call(unpack(completed))
