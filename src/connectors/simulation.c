@@ -41,6 +41,7 @@ typedef struct sim_job {
     int64_t fail_attempts; /* fail only while attempt <= this; 0 = always */
     json_t *result;
     bool has_result;
+    int64_t started_us; /* wall clock at the start, reported when asked (report_start) */
 } sim_job_t;
 
 typedef enum { SIM_DONE, SIM_CANCELLED, SIM_TIMED_OUT } sim_wait_t;
@@ -217,6 +218,13 @@ static int apply_payload(json_t *payload, sim_job_t *sj, kiln_job_outcome_t *out
     }
     sj->result = json_object_get(payload, "result");
     sj->has_result = sj->result != NULL;
+    json_t *report_start = json_object_get(payload, "report_start");
+    if (report_start && !json_is_boolean(report_start)) {
+        *bad = true;
+        return bad_field(out, "report_start", "true or false", report_start);
+    }
+    if (!json_is_true(report_start))
+        sj->started_us = 0;
     return 0;
 }
 
@@ -238,7 +246,15 @@ static int complete(const sim_job_t *sj, kiln_job_outcome_t *out)
             return KILN_ENOMEM;
         return 0;
     }
-    if (asprintf(&out->result_json, "{\"simulated\":true,\"steps\":%" PRId64 "}", sj->steps) < 0) {
+    if (sj->started_us &&
+        asprintf(&out->result_json,
+                 "{\"simulated\":true,\"steps\":%" PRId64 ",\"started_us\":%" PRId64 "}", sj->steps,
+                 sj->started_us) < 0) {
+        out->result_json = NULL;
+        return KILN_ENOMEM;
+    }
+    if (!sj->started_us &&
+        asprintf(&out->result_json, "{\"simulated\":true,\"steps\":%" PRId64 "}", sj->steps) < 0) {
         out->result_json = NULL;
         return KILN_ENOMEM;
     }
@@ -272,6 +288,10 @@ static int simulation_run(void *state, const kiln_job_context_t *job, kiln_job_o
     sim_job_t sj = {.duration_ms = sim->duration_ms, .steps = sim->steps, .retryable = true};
     json_t *payload = NULL;
     if (!payload_is_trivial(job->payload_json)) {
+        /* Taken first, so report_start measures when the connector began. */
+        struct timespec now;
+        clock_gettime(CLOCK_REALTIME, &now);
+        sj.started_us = (int64_t)now.tv_sec * 1000000 + now.tv_nsec / 1000;
         json_error_t jerr;
         payload = json_loads(job->payload_json, JSON_DECODE_ANY, &jerr);
         if (!payload)

@@ -45,7 +45,8 @@ static void run_job(kiln_slot_t *slot)
     clock_gettime(CLOCK_MONOTONIC, &start);
     int rc = kiln_connector_run(slot->connector, &ctx, &slot->outcome);
     clock_gettime(CLOCK_MONOTONIC, &end);
-    slot->run_ms = (double)(end.tv_sec - start.tv_sec) * 1e3 + (double)(end.tv_nsec - start.tv_nsec) / 1e6;
+    slot->run_ms =
+        (double)(end.tv_sec - start.tv_sec) * 1e3 + (double)(end.tv_nsec - start.tv_nsec) / 1e6;
     if (rc != 0) {
         kiln_job_outcome_clear(&slot->outcome);
         kiln_job_outcome_fail(&slot->outcome, true, "connector %s: internal error",

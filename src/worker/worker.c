@@ -19,8 +19,8 @@
 #include "worker/worker_internal.h"
 
 #define PROGRESS_INTERVAL_MS 100
-#define HARD_STOP_MS 10000
-#define RETRY_PAUSE_MS 1000
+#define HARD_STOP_MS         10000
+#define RETRY_PAUSE_MS       1000
 /* Prefetch only while jobs are this short on average: then a prefetched job
  * waits at most about this long for its slot. */
 #define PREFETCH_MAX_RUN_MS 20.0
@@ -60,10 +60,8 @@ static void report_outcome(kiln_worker_t *w, kiln_slot_t *slot)
         else if (out->status == KILN_OUTCOME_CANCELLED)
             add_report(svc, &slot->job, "fail", "cancelled", false);
         else
-            add_report(svc, &slot->job, "fail", out->error ? out->error : "failed",
-                       out->retryable);
-        kiln_log(KILN_LOG_DEBUG, "worker", slot->job.id, NULL, "finished in %.1f ms",
-                 slot->run_ms);
+            add_report(svc, &slot->job, "fail", out->error ? out->error : "failed", out->retryable);
+        kiln_log(KILN_LOG_DEBUG, "worker", slot->job.id, NULL, "finished in %.1f ms", slot->run_ms);
         w->run_ema_ms = w->run_ema_ms * 0.9 + slot->run_ms * 0.1;
     }
     kiln_job_outcome_clear(out);
@@ -389,8 +387,8 @@ static void on_lease_reply(redisAsyncContext *ac, void *r, void *privdata)
     lease_call_t *call = privdata;
     kiln_worker_t *w = call->w;
     redisReply *reply = r;
-    for (size_t i = 0; reply && reply->type == REDIS_REPLY_ARRAY && i < reply->elements &&
-                       (int)i < call->n;
+    for (size_t i = 0;
+         reply && reply->type == REDIS_REPLY_ARRAY && i < reply->elements && (int)i < call->n;
          i++) {
         const char *status = reply->element[i]->str;
         if (!status || strcmp(status, "ok") == 0)
@@ -708,8 +706,8 @@ static int init_loop(kiln_worker_t *w, kiln_err_t *err)
         return kiln_err_set(err, KILN_EIO, "cannot create the event loop");
     uv_async_init(&w->loop, &w->wakeup, on_wakeup);
     w->wakeup.data = w;
-    uv_timer_t *timers[] = {&w->heartbeat_timer, &w->registry_timer,  &w->due_timer,
-                            &w->reconnect_timer, &w->grace_timer,     &w->progress_timer,
+    uv_timer_t *timers[] = {&w->heartbeat_timer, &w->registry_timer, &w->due_timer,
+                            &w->reconnect_timer, &w->grace_timer,    &w->progress_timer,
                             &w->hard_stop_timer, &w->retry_timer};
     for (size_t i = 0; i < sizeof timers / sizeof timers[0]; i++)
         init_timer(w, timers[i]);

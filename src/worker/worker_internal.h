@@ -18,11 +18,11 @@
 typedef struct kiln_service {
     char *name;
     kiln_connector_t *connector;
-    char channel[96];     /* kiln:{name}:notify */
-    bool maybe_work;      /* a claim may find something: notified, timer, start */
-    unsigned notify_gen;  /* bumped by every wake-up, so a reply cannot clear a newer one */
-    bool maintain;        /* next step also promotes, recovers and trims by age */
-    kiln_argv_t reports;  /* finished jobs not sent yet: 5 values each (step.lua) */
+    char channel[96];    /* kiln:{name}:notify */
+    bool maybe_work;     /* a claim may find something: notified, timer, start */
+    unsigned notify_gen; /* bumped by every wake-up, so a reply cannot clear a newer one */
+    bool maintain;       /* next step also promotes, recovers and trims by age */
+    kiln_argv_t reports; /* finished jobs not sent yet: 5 values each (step.lua) */
     int nreports;
 } kiln_service_t;
 
@@ -34,8 +34,8 @@ typedef struct kiln_step_call {
     const kiln_script_t *script;
     int max_claim;
     int nreports;
-    size_t reports_at; /* argv index of the first report */
-    bool counted;      /* max_claim is included in w->claims_outstanding */
+    size_t reports_at;   /* argv index of the first report */
+    bool counted;        /* max_claim is included in w->claims_outstanding */
     unsigned notify_gen; /* the service's notify_gen when the call was built */
     struct kiln_step_call *next;
 } kiln_step_call_t;
@@ -69,13 +69,13 @@ struct kiln_worker {
     int reconnect_delay_ms;
     bool reconnect_armed;
 
-    int inflight;               /* step calls awaiting their reply */
-    int claims_outstanding;     /* jobs those calls may bring */
-    kiln_step_call_t *retry;    /* steps whose reply was lost, to send again */
-    bool retry_paused;          /* Redis refused a step: wait for retry_timer */
+    int inflight;            /* step calls awaiting their reply */
+    int claims_outstanding;  /* jobs those calls may bring */
+    kiln_step_call_t *retry; /* steps whose reply was lost, to send again */
+    bool retry_paused;       /* Redis refused a step: wait for retry_timer */
     kiln_prefetched_t *prefetched;
     int n_prefetched;
-    double run_ema_ms;          /* running average of job run time */
+    double run_ema_ms; /* running average of job run time */
 
     kiln_slotpool_t pool;
     atomic_int stop_requested; /* any thread */

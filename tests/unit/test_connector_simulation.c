@@ -228,6 +228,26 @@ static void simulation_payload_overrides(void **state)
     kiln_connector_free(c);
 }
 
+static void simulation_report_start_adds_the_start_time_to_the_result(void **state)
+{
+    kiln_connector_t *c = make_sim("{\"duration_ms\": 0}");
+    struct timespec before;
+    clock_gettime(CLOCK_REALTIME, &before);
+    kiln_job_outcome_t out = run_payload(c, "{\"report_start\": true}");
+    assert_int_equal(out.status, KILN_OUTCOME_COMPLETED);
+    json_t *result = json_loads(out.result_json, 0, NULL);
+    long long started = json_integer_value(json_object_get(result, "started_us"));
+    long long before_us = (long long)before.tv_sec * 1000000 + before.tv_nsec / 1000;
+    assert_true(started >= before_us && started < before_us + 5000000);
+    json_decref(result);
+    kiln_job_outcome_clear(&out);
+    out = run_payload(c, "{\"report_start\": \"yes\"}");
+    assert_int_equal(out.status, KILN_OUTCOME_FAILED);
+    assert_non_null(strstr(out.error, "payload.report_start"));
+    kiln_job_outcome_clear(&out);
+    kiln_connector_free(c);
+}
+
 static void simulation_payload_fail_sets_message_and_retryable(void **state)
 {
     kiln_connector_t *c = make_sim("{\"duration_ms\": 0}");
@@ -436,6 +456,7 @@ int main(void)
         cmocka_unit_test(simulation_reports_each_step_and_completes),
         cmocka_unit_test(simulation_zero_duration_completes_at_once_without_progress),
         cmocka_unit_test(simulation_payload_overrides),
+        cmocka_unit_test(simulation_report_start_adds_the_start_time_to_the_result),
         cmocka_unit_test(simulation_payload_fail_sets_message_and_retryable),
         cmocka_unit_test(simulation_fail_attempts_fails_only_the_first_attempts),
         cmocka_unit_test(simulation_bad_payload_field_fails_naming_it),
