@@ -297,35 +297,32 @@ int kiln_broker_progress(kiln_broker_t *b, const char *id, const char *token, do
     return list_call(b, "progress", id, args, 3, err);
 }
 
-int kiln_broker_cancel(kiln_broker_t *b, const char *id, kiln_err_t *err)
+/* Runs a command script (cancel, retry) that answers 'ok', 'missing' or
+ * 'state:<state>' when the job's state does not allow it; advice ends the
+ * message for the latter. */
+static int state_command(kiln_broker_t *b, const char *script, const char *id, const char *advice,
+                         kiln_err_t *err)
 {
     const char *status;
     char buf[64];
-    int rc = job_status_call(b, "cancel", id, NULL, 0, &status, buf, sizeof buf, err);
-    if (rc)
-        return rc;
-    if (strcmp(status, "missing") == 0)
-        return kiln_err_set(err, KILN_ENOTFOUND, "job %s not found", id);
-    if (strncmp(status, "final:", 6) == 0)
-        return kiln_err_set(err, KILN_ECONFLICT, "job %s is already %s; nothing to cancel", id,
-                            status + 6);
-    return 0;
-}
-
-int kiln_broker_retry(kiln_broker_t *b, const char *id, kiln_err_t *err)
-{
-    const char *status;
-    char buf[64];
-    int rc = job_status_call(b, "retry", id, NULL, 0, &status, buf, sizeof buf, err);
+    int rc = job_status_call(b, script, id, NULL, 0, &status, buf, sizeof buf, err);
     if (rc)
         return rc;
     if (strcmp(status, "missing") == 0)
         return kiln_err_set(err, KILN_ENOTFOUND, "job %s not found", id);
     if (strncmp(status, "state:", 6) == 0)
-        return kiln_err_set(err, KILN_ECONFLICT,
-                            "job %s is %s; only failed, dead or cancelled jobs can be retried", id,
-                            status + 6);
+        return kiln_err_set(err, KILN_ECONFLICT, "job %s is %s; %s", id, status + 6, advice);
     return 0;
+}
+
+int kiln_broker_cancel(kiln_broker_t *b, const char *id, kiln_err_t *err)
+{
+    return state_command(b, "cancel", id, "a finished job cannot be cancelled", err);
+}
+
+int kiln_broker_retry(kiln_broker_t *b, const char *id, kiln_err_t *err)
+{
+    return state_command(b, "retry", id, "only failed, dead or cancelled jobs can be retried", err);
 }
 
 int kiln_broker_sweep(kiln_broker_t *b, const char *service, int *recovered, kiln_err_t *err)

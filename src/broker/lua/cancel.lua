@@ -1,7 +1,7 @@
 -- cancel: ARGV[10] job id. Pending and delayed jobs are cancelled at once;
 -- a running job is cancelled and its worker told on the notify channel
 -- ('cancel <id>'); its later reports are refused.
--- Returns 'ok', 'missing' or 'final:<state>' for a finished job.
+-- Returns 'ok', 'missing' or 'state:<state>' for a job already finished.
 local id = ARGV[OP]
 local now = now_ms()
 local f = redis.call('HMGET', jkey(id), 'state', 'class', 'token')
@@ -17,7 +17,7 @@ elseif state == 'running' then
     redis.call('ZREM', K_RUNNING, lease_member(id, f[3]))
     redis.call('PUBLISH', CHANNEL, 'cancel ' .. id)
 else
-    return 'final:' .. state
+    return 'state:' .. state
 end
 finish(id, 'cancelled', now, {'error', 'cancelled', 'worker', ''})
 emit(id, 'cancelled', 'cancelled', {'previous', state})
