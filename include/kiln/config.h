@@ -1,6 +1,7 @@
 /*
  * Configuration: defaults < file (kiln.yaml, YAML or JSON) < environment
- * (KILN_* and the legacy names HUB_REDIS_URL, MACHINE_ID, WORKER_CONNECTORS)
+ * (KILN_* and the legacy names HUB_REDIS_URL, MACHINE_ID, WORKER_CONNECTORS,
+ * MACHINE_TYPE, ... listed in docs/config.md)
  * < command-line flags (applied by the CLI after kiln_config_load).
  *
  * Every value is validated against one schema table; a bad config reports
@@ -14,6 +15,7 @@
 #include <stddef.h>
 
 #include "kiln/log.h"
+#include "kiln/service_types.h"
 
 /* A list of human-readable problems, e.g.
  * "kiln.yaml:12: worker.concurrency: expected an integer 1-1024, got \"abc\"". */
@@ -34,6 +36,50 @@ typedef struct kiln_connector_config {
     char *type;
     json_t *options; /* owned; an object, possibly empty */
 } kiln_connector_config_t;
+
+/* machine.type: what the machine runs. AUTO is decided by the plan from the
+ * connectors listed and the GPUs found (docs/machine.md). */
+typedef enum {
+    KILN_MACHINE_AUTO,
+    KILN_MACHINE_GPU,
+    KILN_MACHINE_API,
+    KILN_MACHINE_HYBRID
+} kiln_machine_type_t;
+
+/* A readiness check as configured; strings may hold {port}-style
+ * placeholders, substituted by the plan. */
+typedef struct kiln_ready_config {
+    kiln_ready_kind_t kind;
+    char *target;   /* KILN_READY_HTTP / KILN_READY_TCP; owned */
+    char **command; /* KILN_READY_COMMAND: argv, owned, n_command entries + NULL */
+    size_t n_command;
+} kiln_ready_config_t;
+
+/* One user-defined service: services: { NAME: {...} }. */
+typedef struct kiln_service_config {
+    char *name;
+    char **command; /* argv, owned, n_command entries + NULL */
+    size_t n_command;
+    char **env; /* "NAME=value", owned, n_env entries + NULL */
+    size_t n_env;
+    char *cwd; /* NULL: the agent's working directory */
+    char **depends_on;
+    size_t n_depends_on;
+    kiln_ready_config_t ready;
+    kiln_restart_t restart; /* default always */
+    int port;               /* 0: none */
+    int gpu;                /* -1: none; else pins CUDA_VISIBLE_DEVICES to that GPU */
+} kiln_service_config_t;
+
+/* The settings of a service the plan generates (templates.<name>). */
+typedef struct kiln_template_config {
+    int port;       /* comfyui/a1111: base_port (+ instance index); ollama: port; setup: 0 */
+    char **command; /* argv, owned; NULL (setup only): no such service */
+    size_t n_command;
+    char *cwd;
+    char **env; /* "NAME=value", owned */
+    size_t n_env;
+} kiln_template_config_t;
 
 typedef struct kiln_config {
     char *source_path; /* the file loaded, or NULL when none */
@@ -77,6 +123,35 @@ typedef struct kiln_config {
      * same name with empty options (so WORKER_CONNECTORS=simulation works). */
     kiln_connector_config_t *connectors;
     size_t n_connectors;
+
+    /* The machine agent's view of this machine (docs/machine.md). Each has a
+     * KILN_MACHINE_* variable and the legacy name shown. */
+    struct {
+        kiln_machine_type_t type; /* machine.type | MACHINE_TYPE; default auto */
+        int gpu_count;            /* machine.gpu_count | MACHINE_GPU_COUNT; -1 = discover, 0-64 */
+        bool has_gpu;             /* machine.has_gpu | MACHINE_HAS_GPU; false forces 0 GPUs */
+        int ram_gb;               /* machine.ram_gb | MACHINE_RAM_GB; 0 = read /proc/meminfo */
+        int instances_per_gpu;    /* machine.instances_per_gpu | INSTANCES_PER_GPU,
+                                     PM2_INSTANCES_PER_GPU;    default 1, 1-16 */
+        int api_workers;          /* machine.api_workers; default 1, 1-64 */
+        int health_port;          /* machine.health_port | MACHINE_HEALTH_PORT; default 9090 */
+        int install_timeout_s; /* machine.install_timeout_s | SERVICE_INSTALL_TIMEOUT; default 300
+                                */
+        char **pools;          /* machine.pools | MACHINE_POOLS (comma list) */
+        size_t n_pools;
+    } machine;
+
+    /* services: { NAME: {...} }, in file order. */
+    kiln_service_config_t *services;
+    size_t n_services;
+
+    /* templates: settings of the generated services. */
+    struct {
+        kiln_template_config_t setup;   /* service shared-setup; no command by default */
+        kiln_template_config_t comfyui; /* base_port 8188 */
+        kiln_template_config_t a1111;   /* base_port 7860 */
+        kiln_template_config_t ollama;  /* port 11434 */
+    } templates;
 } kiln_config_t;
 
 /* Fills cfg with the defaults. Never fails. */

@@ -31,6 +31,7 @@ int kiln_cmd_cancel(int argc, char **argv);
 int kiln_cmd_retry(int argc, char **argv);
 int kiln_cmd_queues(int argc, char **argv);
 int kiln_cmd_workers(int argc, char **argv);
+int kiln_cmd_machine(int argc, char **argv);
 
 /* ---- Shared between commands ---------------------------------------------- */
 

@@ -14,6 +14,7 @@ static const kiln_command_t commands[] = {
     {"retry", "put failed, dead or cancelled jobs back to pending", kiln_cmd_retry},
     {"queues", "show per-service queue counts and the oldest wait", kiln_cmd_queues},
     {"workers", "list live workers, their services and slots", kiln_cmd_workers},
+    {"machine", "show the machine's service plan and GPUs", kiln_cmd_machine},
 };
 
 static void usage(FILE *out)

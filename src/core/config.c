@@ -19,8 +19,8 @@
 
 #define KILN_PROBLEMS_MAX 200
 
-static const char *const section_names[] = {"redis",  "machine", "log",
-                                            "broker", "worker",  "connectors"};
+static const char *const section_names[] = {"redis",  "machine",    "log",      "broker",
+                                            "worker", "connectors", "services", "templates"};
 #define N_SECTIONS (sizeof section_names / sizeof section_names[0])
 
 static const char *const level_names[] = {"debug", "info", "warn", "error"};
@@ -119,6 +119,15 @@ void kiln_config_init_defaults(kiln_config_t *cfg)
     cfg->worker.shutdown_grace_ms = 30000;
     cfg->worker.registry_ttl_ms = 15000;
     cfg->worker.prefetch = 1;
+    cfg->machine.type = KILN_MACHINE_AUTO;
+    cfg->machine.gpu_count = -1;
+    cfg->machine.has_gpu = true;
+    cfg->machine.ram_gb = 0;
+    cfg->machine.instances_per_gpu = 1;
+    cfg->machine.api_workers = 1;
+    cfg->machine.health_port = 9090;
+    cfg->machine.install_timeout_s = 300;
+    kiln_config_templates_defaults(cfg);
 }
 
 void kiln_config_free(kiln_config_t *cfg)
@@ -139,6 +148,10 @@ void kiln_config_free(kiln_config_t *cfg)
         json_decref(cfg->connectors[i].options);
     }
     free(cfg->connectors);
+    for (size_t i = 0; i < cfg->machine.n_pools; i++)
+        free(cfg->machine.pools[i]);
+    free(cfg->machine.pools);
+    kiln_config_services_free(cfg);
     memset(cfg, 0, sizeof *cfg);
 }
 
@@ -372,7 +385,7 @@ static void load_root(kiln_config_ctx_t *ctx, const kiln_config_origin_t *o, con
         kiln_config_describe(root, got, sizeof got);
         kiln_problems_add(ctx->problems,
                           "%s:1: expected a mapping of sections (redis, machine, log, broker, "
-                          "worker, connectors), got %s",
+                          "worker, connectors, services, templates), got %s",
                           o->file, got);
         return;
     }
@@ -387,6 +400,10 @@ static void load_root(kiln_config_ctx_t *ctx, const kiln_config_origin_t *o, con
             unknown_key(ctx, o, key, NULL);
         else if (strcmp(key, "connectors") == 0)
             load_connectors(ctx, o, value);
+        else if (strcmp(key, "services") == 0)
+            kiln_config_load_services(ctx, o, value);
+        else if (strcmp(key, "templates") == 0)
+            kiln_config_load_templates(ctx, o, value);
         else
             load_section(ctx, o, key, value);
     }
@@ -422,6 +439,67 @@ static void add_implicit_connectors(kiln_config_t *cfg)
     }
 }
 
+extern char **environ;
+
+/* Whether url can be a connector's base_url: http(s)://, printable, no
+ * blanks or commas (the list separator). */
+static bool valid_base_url(const char *url, size_t len)
+{
+    size_t scheme = strncmp(url, "http://", 7) == 0 ? 7 : strncmp(url, "https://", 8) == 0 ? 8 : 0;
+    if (scheme == 0 || len <= scheme)
+        return false;
+    for (size_t i = 0; i < len; i++) {
+        unsigned char c = (unsigned char)url[i];
+        if (c <= 0x20 || c >= 0x7f || c == ',')
+            return false;
+    }
+    return true;
+}
+
+/* KILN_CONNECTOR_URLS=NAME=URL[,NAME=URL...] sets base_url of the named
+ * connectors. The machine agent uses it to point the worker of GPU instance
+ * n at its own ComfyUI (docs/machine.md); it wins over the file. */
+static void apply_connector_urls(kiln_config_ctx_t *ctx, char **envp)
+{
+    const char *var = "KILN_CONNECTOR_URLS=";
+    const char *text = NULL;
+    for (char **e = envp ? envp : environ; *e; e++) {
+        if (strncmp(*e, var, strlen(var)) == 0)
+            text = *e + strlen(var);
+    }
+    while (text && *text) {
+        size_t len = strcspn(text, ","), name_len = strcspn(text, "=");
+        char name[KILN_CONFIG_NAME_MAX + 1], got[160];
+        char *entry = strndup(text, len);
+        if (!entry)
+            return;
+        kiln_config_quote(entry, got, sizeof got);
+        bool ok = name_len < len && name_len <= KILN_CONFIG_NAME_MAX;
+        if (ok) {
+            snprintf(name, sizeof name, "%.*s", (int)name_len, text);
+            ok = kiln_config_valid_name(name) &&
+                 valid_base_url(text + name_len + 1, len - name_len - 1);
+        }
+        if (!ok) {
+            kiln_problems_add(ctx->problems,
+                              "environment KILN_CONNECTOR_URLS: expected NAME=URL entries "
+                              "separated by commas (a connector name, an http:// or https:// "
+                              "URL), got %s",
+                              got);
+        } else {
+            if (!kiln_config_connector(ctx->cfg, name))
+                add_connector(ctx->cfg, name, name, json_object());
+            const kiln_connector_config_t *c = kiln_config_connector(ctx->cfg, name);
+            if (c)
+                json_object_set_new(c->options, "base_url", json_string(entry + name_len + 1));
+        }
+        free(entry);
+        text += len;
+        if (*text == ',')
+            text++;
+    }
+}
+
 int kiln_config_load(kiln_config_t *cfg, const char *path, char **envp, kiln_problems_t *problems)
 {
     kiln_problems_t found = {0};
@@ -434,6 +512,7 @@ int kiln_config_load(kiln_config_t *cfg, const char *path, char **envp, kiln_pro
     kiln_config_apply_env(&ctx, envp);
     kiln_config_check_across(&ctx);
     add_implicit_connectors(cfg);
+    apply_connector_urls(&ctx, envp);
     for (size_t i = 0; i < KILN_CONFIG_N_FIELDS; i++)
         free(ctx.set_at[i]);
     int rc = found.count > 0 ? KILN_EINVAL : 0;
@@ -522,10 +601,17 @@ static json_t *field_to_json(const kiln_config_t *cfg, const kiln_config_field_t
         return json_string(level_names[*(const kiln_log_level_t *)member & 3]);
     case KILN_FIELD_NAMES: {
         json_t *names = json_array();
-        for (size_t i = 0; i < cfg->worker.n_connectors; i++)
-            json_array_append_new(names, json_string(cfg->worker.connectors[i]));
+        char *const *items = *(char **const *)member;
+        size_t count = *(const size_t *)((const char *)cfg + f->count_offset);
+        for (size_t i = 0; i < count; i++)
+            json_array_append_new(names, json_string(items[i]));
         return names;
     }
+    case KILN_FIELD_BOOL:
+        return json_boolean(*(const bool *)member);
+    case KILN_FIELD_MACHINE_TYPE:
+        return json_string(
+            kiln_config_machine_type_names[*(const kiln_machine_type_t *)member & 3]);
     case KILN_FIELD_OBJECT: {
         json_t *obj = *(json_t *const *)member;
         return obj ? json_deep_copy(obj) : json_object();
@@ -569,5 +655,11 @@ json_t *kiln_config_to_json_redacted(const kiln_config_t *cfg)
         json_object_set_new(connectors, c->name, body);
     }
     json_object_set_new(root, "connectors", connectors);
+    json_t *services = kiln_config_services_to_json(cfg);
+    json_object_set_new(root, "services", redact_value(services));
+    json_decref(services);
+    json_t *templates = kiln_config_templates_to_json(cfg);
+    json_object_set_new(root, "templates", redact_value(templates));
+    json_decref(templates);
     return root;
 }

@@ -10,21 +10,35 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #include "core/redis_url.h"
 #include "kiln/err.h"
 
 extern char **environ;
 
+const char *const kiln_config_machine_type_names[4] = {"auto", "gpu", "api", "hybrid"};
+
 #define MEMBER_SIZE(member) sizeof(((kiln_config_t *)0)->member)
 #define FIELD(path, env, legacy, kind, member)                                                     \
     {                                                                                              \
-        path, env, legacy, kind, 0, 0, offsetof(kiln_config_t, member), MEMBER_SIZE(member)        \
+        path, env, legacy, kind, 0, 0, offsetof(kiln_config_t, member), MEMBER_SIZE(member), 0,    \
+            NULL                                                                                   \
     }
 #define INT_FIELD(path, env, lo, hi, member)                                                       \
     {                                                                                              \
         path, env, NULL, KILN_FIELD_INT, lo, hi, offsetof(kiln_config_t, member),                  \
-            MEMBER_SIZE(member)                                                                    \
+            MEMBER_SIZE(member), 0, NULL                                                           \
+    }
+#define INT_FIELD_LEGACY(path, env, legacy, legacy2, lo, hi, member)                               \
+    {                                                                                              \
+        path, env, legacy, KILN_FIELD_INT, lo, hi, offsetof(kiln_config_t, member),                \
+            MEMBER_SIZE(member), 0, legacy2                                                        \
+    }
+#define NAMES_FIELD(path, env, legacy, member, count)                                              \
+    {                                                                                              \
+        path, env, legacy, KILN_FIELD_NAMES, 0, 0, offsetof(kiln_config_t, member),                \
+            MEMBER_SIZE(member), offsetof(kiln_config_t, count), NULL                              \
     }
 
 const kiln_config_field_t kiln_config_fields[KILN_CONFIG_N_FIELDS] = {
@@ -48,8 +62,8 @@ const kiln_config_field_t kiln_config_fields[KILN_CONFIG_N_FIELDS] = {
               broker.backoff_max_ms),
     INT_FIELD("broker.lease_ms", "KILN_BROKER_LEASE_MS", 100, 3600000, broker.lease_ms),
     FIELD("worker.id", "KILN_WORKER_ID", NULL, KILN_FIELD_ID, worker.id),
-    FIELD("worker.connectors", "KILN_WORKER_CONNECTORS", "WORKER_CONNECTORS", KILN_FIELD_NAMES,
-          worker.connectors),
+    NAMES_FIELD("worker.connectors", "KILN_WORKER_CONNECTORS", "WORKER_CONNECTORS",
+                worker.connectors, worker.n_connectors),
     FIELD("worker.capabilities", "KILN_WORKER_CAPABILITIES", NULL, KILN_FIELD_OBJECT,
           worker.capabilities),
     INT_FIELD("worker.concurrency", "KILN_WORKER_CONCURRENCY", 1, 1024, worker.concurrency),
@@ -59,14 +73,38 @@ const kiln_config_field_t kiln_config_fields[KILN_CONFIG_N_FIELDS] = {
     INT_FIELD("worker.registry_ttl_ms", "KILN_WORKER_REGISTRY_TTL_MS", 1000, 3600000,
               worker.registry_ttl_ms),
     INT_FIELD("worker.prefetch", "KILN_WORKER_PREFETCH", 0, 1024, worker.prefetch),
+    FIELD("machine.type", "KILN_MACHINE_TYPE", "MACHINE_TYPE", KILN_FIELD_MACHINE_TYPE,
+          machine.type),
+    INT_FIELD_LEGACY("machine.gpu_count", "KILN_MACHINE_GPU_COUNT", "MACHINE_GPU_COUNT", NULL, -1,
+                     64, machine.gpu_count),
+    FIELD("machine.has_gpu", "KILN_MACHINE_HAS_GPU", "MACHINE_HAS_GPU", KILN_FIELD_BOOL,
+          machine.has_gpu),
+    INT_FIELD_LEGACY("machine.ram_gb", "KILN_MACHINE_RAM_GB", "MACHINE_RAM_GB", NULL, 0, 65536,
+                     machine.ram_gb),
+    INT_FIELD_LEGACY("machine.instances_per_gpu", "KILN_MACHINE_INSTANCES_PER_GPU",
+                     "INSTANCES_PER_GPU", "PM2_INSTANCES_PER_GPU", 1, 16,
+                     machine.instances_per_gpu),
+    INT_FIELD("machine.api_workers", "KILN_MACHINE_API_WORKERS", 1, 64, machine.api_workers),
+    INT_FIELD_LEGACY("machine.health_port", "KILN_MACHINE_HEALTH_PORT", "MACHINE_HEALTH_PORT", NULL,
+                     1024, 65535, machine.health_port),
+    INT_FIELD_LEGACY("machine.install_timeout_s", "KILN_MACHINE_INSTALL_TIMEOUT_S",
+                     "SERVICE_INSTALL_TIMEOUT", NULL, 1, 86400, machine.install_timeout_s),
+    NAMES_FIELD("machine.pools", "KILN_MACHINE_POOLS", "MACHINE_POOLS", machine.pools,
+                machine.n_pools),
 };
 
 /* Indexes of the rows that kiln_config_check_across relates. */
-enum { F_BACKOFF_BASE = 9, F_BACKOFF_MAX = 10, F_LEASE = 11, F_HEARTBEAT = 16 };
+enum {
+    F_BACKOFF_BASE = 9,
+    F_BACKOFF_MAX = 10,
+    F_LEASE = 11,
+    F_HEARTBEAT = 16,
+    F_GPU_COUNT = 21,
+    F_HAS_GPU = 22
+};
 
-#define EXPECT_ID   "a name of letters, digits, '.', '_' or '-' (1-128 characters)"
-#define EXPECT_URL  "a URL redis://[[user]:password@]host[:port][/db]"
-#define EXPECT_NAME "a connector name matching [a-z0-9][a-z0-9_-]{0,63}"
+#define EXPECT_ID  "a name of letters, digits, '.', '_' or '-' (1-128 characters)"
+#define EXPECT_URL "a URL redis://[[user]:password@]host[:port][/db]"
 
 const kiln_config_field_t *kiln_config_field_find(const char *path)
 {
@@ -248,6 +286,14 @@ static bool set_text(kiln_config_ctx_t *ctx, const kiln_config_field_t *f, const
         if (!text || kiln_log_level_parse(text, (kiln_log_level_t *)member) != 0)
             return expected(ctx, where, "debug, info, warn or error", got);
         return true;
+    case KILN_FIELD_MACHINE_TYPE:
+        for (size_t i = 0; text && i < 4; i++) {
+            if (strcmp(text, kiln_config_machine_type_names[i]) == 0) {
+                *(kiln_machine_type_t *)member = (kiln_machine_type_t)i;
+                return true;
+            }
+        }
+        return expected(ctx, where, "auto, gpu, api or hybrid", got);
     case KILN_FIELD_REDIS_URL: {
         char *shown = text ? kiln_config_redact_url(text) : NULL;
         if (shown)
@@ -284,6 +330,8 @@ static bool set_text(kiln_config_ctx_t *ctx, const kiln_config_field_t *f, const
 typedef struct name_list {
     char **items;
     size_t count;
+    const char *noun; /* "connector" or "pool", for messages */
+    size_t max;
 } name_list_t;
 
 static void name_list_free(name_list_t *l)
@@ -298,33 +346,35 @@ static void name_list_free(name_list_t *l)
 static bool name_list_add(kiln_config_ctx_t *ctx, name_list_t *l, const char *name, size_t len,
                           const char *where)
 {
-    char got[128];
+    char got[128], what[96];
     char *copy = strndup(name, len);
     if (!copy)
         return false;
     kiln_config_quote(copy, got, sizeof got);
+    snprintf(what, sizeof what, "a %s name matching [a-z0-9][a-z0-9_-]{0,63}", l->noun);
     bool ok = kiln_config_valid_name(copy);
     if (!ok)
-        expected(ctx, where, EXPECT_NAME, got);
+        expected(ctx, where, what, got);
     for (size_t i = 0; ok && i < l->count; i++) {
         if (strcmp(l->items[i], copy) == 0) {
-            kiln_problems_add(ctx->problems, "%s: %s is listed twice; list each connector once",
-                              where, got);
+            kiln_problems_add(ctx->problems, "%s: %s is listed twice; list each %s once", where,
+                              got, l->noun);
             ok = false;
         }
     }
-    if (ok && l->count == KILN_CONFIG_MAX_WORKER_CONNECTORS) {
-        kiln_problems_add(ctx->problems, "%s: more than %d connectors; list at most %d", where,
-                          KILN_CONFIG_MAX_WORKER_CONNECTORS, KILN_CONFIG_MAX_WORKER_CONNECTORS);
+    if (ok && l->count == l->max) {
+        kiln_problems_add(ctx->problems, "%s: more than %zu %ss; list at most %zu", where, l->max,
+                          l->noun, l->max);
         ok = false;
     }
-    char **grown = ok ? realloc(l->items, (l->count + 1) * sizeof *grown) : NULL;
+    char **grown = ok ? realloc(l->items, (l->count + 2) * sizeof *grown) : NULL;
     if (!grown) {
         free(copy);
         return false;
     }
     l->items = grown;
     l->items[l->count++] = copy;
+    l->items[l->count] = NULL;
     return true;
 }
 
@@ -351,10 +401,12 @@ static bool add_comma_list(kiln_config_ctx_t *ctx, name_list_t *l, const char *t
     return ok;
 }
 
-static bool set_names(kiln_config_ctx_t *ctx, const json_t *value, const char *env_text,
-                      const kiln_config_origin_t *o, const char *where)
+static bool set_names(kiln_config_ctx_t *ctx, const kiln_config_field_t *f, const json_t *value,
+                      const char *env_text, const kiln_config_origin_t *o, const char *where)
 {
-    name_list_t list = {0};
+    bool pools = strcmp(f->path, "machine.pools") == 0;
+    name_list_t list = {.noun = pools ? "pool" : "connector",
+                        .max = pools ? KILN_CONFIG_MAX_POOLS : KILN_CONFIG_MAX_WORKER_CONNECTORS};
     bool ok = true;
     if (env_text || json_is_string(value)) {
         ok = add_comma_list(ctx, &list, env_text ? env_text : json_string_value(value), where);
@@ -362,31 +414,36 @@ static bool set_names(kiln_config_ctx_t *ctx, const json_t *value, const char *e
         for (size_t i = 0; i < json_array_size(value); i++) {
             const json_t *item = json_array_get(value, i);
             char path[64], item_where[KILN_CONFIG_WHERE_MAX];
-            snprintf(path, sizeof path, "worker.connectors[%zu]", i);
+            snprintf(path, sizeof path, "%s[%zu]", f->path, i);
             kiln_config_where(o, path, item_where, sizeof item_where);
             if (!json_is_string(item)) {
-                char got[128];
+                char got[128], what[96];
                 kiln_config_describe(item, got, sizeof got);
-                ok = expected(ctx, item_where, EXPECT_NAME, got);
+                snprintf(what, sizeof what, "a %s name matching [a-z0-9][a-z0-9_-]{0,63}",
+                         list.noun);
+                ok = expected(ctx, item_where, what, got);
             } else if (!name_list_add(ctx, &list, json_string_value(item), json_string_length(item),
                                       item_where)) {
                 ok = false;
             }
         }
     } else {
-        char got[128];
+        char got[128], what[64];
         kiln_config_describe(value, got, sizeof got);
-        ok = expected(ctx, where, "a list of connector names", got);
+        snprintf(what, sizeof what, "a list of %s names", list.noun);
+        ok = expected(ctx, where, what, got);
     }
     if (!ok) {
         name_list_free(&list);
         return false;
     }
-    for (size_t i = 0; i < ctx->cfg->worker.n_connectors; i++)
-        free(ctx->cfg->worker.connectors[i]);
-    free(ctx->cfg->worker.connectors);
-    ctx->cfg->worker.connectors = list.items;
-    ctx->cfg->worker.n_connectors = list.count;
+    char ***items = (char ***)((char *)ctx->cfg + f->offset);
+    size_t *count = (size_t *)((char *)ctx->cfg + f->count_offset);
+    for (size_t i = 0; i < *count; i++)
+        free((*items)[i]);
+    free(*items);
+    *items = list.items;
+    *count = list.count;
     return true;
 }
 
@@ -412,6 +469,31 @@ static size_t json_depth(const json_t *v)
         return 0;
     }
     return deepest + 1;
+}
+
+/* In the environment the usual spellings of a switch are accepted; in the
+ * file only YAML's true and false, so a quoted "false" is not silently true. */
+static bool set_bool(kiln_config_ctx_t *ctx, const kiln_config_field_t *f, const json_t *value,
+                     const char *env_text, const char *where)
+{
+    static const char *const yes[] = {"true", "1", "yes", "on"};
+    static const char *const no[] = {"false", "0", "no", "off"};
+    char got[128];
+    got_text(value, env_text, got, sizeof got);
+    bool *member = (bool *)((char *)ctx->cfg + f->offset);
+    if (!env_text) {
+        if (!json_is_boolean(value))
+            return expected(ctx, where, "true or false", got);
+        *member = json_is_true(value);
+        return true;
+    }
+    for (size_t i = 0; i < sizeof yes / sizeof yes[0]; i++) {
+        if (strcasecmp(env_text, yes[i]) == 0 || strcasecmp(env_text, no[i]) == 0) {
+            *member = strcasecmp(env_text, yes[i]) == 0;
+            return true;
+        }
+    }
+    return expected(ctx, where, "true or false (or 1/0, yes/no, on/off)", got);
 }
 
 static bool set_object(kiln_config_ctx_t *ctx, const kiln_config_field_t *f, const json_t *value,
@@ -454,7 +536,9 @@ static bool field_set(kiln_config_ctx_t *ctx, const kiln_config_field_t *f, cons
     if (f->kind == KILN_FIELD_INT)
         ok = set_int(ctx, f, value, env_text, where);
     else if (f->kind == KILN_FIELD_NAMES)
-        ok = set_names(ctx, value, env_text, o, where);
+        ok = set_names(ctx, f, value, env_text, o, where);
+    else if (f->kind == KILN_FIELD_BOOL)
+        ok = set_bool(ctx, f, value, env_text, where);
     else if (f->kind == KILN_FIELD_OBJECT)
         ok = set_object(ctx, f, value, env_text, where);
     else
@@ -496,6 +580,10 @@ void kiln_config_apply_env(kiln_config_ctx_t *ctx, char **envp)
             name = f->legacy_env;
             text = env_lookup(envp, name);
         }
+        if ((!text || !*text) && f->legacy_env2) {
+            name = f->legacy_env2;
+            text = env_lookup(envp, name);
+        }
         if (!text || !*text)
             continue;
         kiln_config_origin_t o = {.env = name};
@@ -530,6 +618,14 @@ void kiln_config_check_across(kiln_config_ctx_t *ctx)
             ctx->problems, "%s: expected at least broker.backoff_base_ms (%ld), got %ld",
             ctx->set_at[F_BACKOFF_MAX] ? ctx->set_at[F_BACKOFF_MAX] : "broker.backoff_max_ms", base,
             max);
+    long gpu_count = field_long(ctx, F_GPU_COUNT);
+    if (!ctx->cfg->machine.has_gpu && gpu_count > 0)
+        kiln_problems_add(ctx->problems,
+                          "%s: expected -1 or 0 when machine.has_gpu is false (%s), got %ld; "
+                          "remove one of the two",
+                          ctx->set_at[F_GPU_COUNT] ? ctx->set_at[F_GPU_COUNT] : "machine.gpu_count",
+                          ctx->set_at[F_HAS_GPU] ? ctx->set_at[F_HAS_GPU] : "machine.has_gpu",
+                          gpu_count);
 }
 
 char *kiln_config_redact_url(const char *url)

@@ -19,15 +19,23 @@
 #define KILN_CONFIG_NAME_MAX              64
 #define KILN_CONFIG_ID_MAX                128
 #define KILN_CONFIG_WHERE_MAX             400
+#define KILN_CONFIG_MAX_POOLS             32
+#define KILN_CONFIG_MAX_SERVICES          64
+#define KILN_CONFIG_MAX_ARGS              256
+#define KILN_CONFIG_MAX_ARG_BYTES         4096
+#define KILN_CONFIG_MAX_ENV               256
+#define KILN_CONFIG_MAX_DEPENDS           64
 
 typedef enum {
-    KILN_FIELD_ID,         /* a name: letters, digits, '.', '_', '-' */
-    KILN_FIELD_REDIS_URL,  /* redis://[[user]:password@]host[:port][/db] */
-    KILN_FIELD_LOG_FORMAT, /* json | text */
-    KILN_FIELD_LOG_LEVEL,  /* debug | info | warn | error */
-    KILN_FIELD_INT,        /* an integer in [min, max], stored as int or long */
-    KILN_FIELD_NAMES,      /* connector names: a list, or a comma list */
-    KILN_FIELD_OBJECT      /* a mapping; a JSON object in the environment */
+    KILN_FIELD_ID,          /* a name: letters, digits, '.', '_', '-' */
+    KILN_FIELD_REDIS_URL,   /* redis://[[user]:password@]host[:port][/db] */
+    KILN_FIELD_LOG_FORMAT,  /* json | text */
+    KILN_FIELD_LOG_LEVEL,   /* debug | info | warn | error */
+    KILN_FIELD_INT,         /* an integer in [min, max], stored as int or long */
+    KILN_FIELD_NAMES,       /* names: a list, or a comma list */
+    KILN_FIELD_OBJECT,      /* a mapping; a JSON object in the environment */
+    KILN_FIELD_BOOL,        /* true | false; also 1/0, yes/no, on/off in the environment */
+    KILN_FIELD_MACHINE_TYPE /* auto | gpu | api | hybrid */
 } kiln_field_kind_t;
 
 typedef struct kiln_config_field {
@@ -35,14 +43,19 @@ typedef struct kiln_config_field {
     const char *env;        /* "KILN_WORKER_CONCURRENCY" */
     const char *legacy_env; /* "WORKER_CONNECTORS", or NULL */
     kiln_field_kind_t kind;
-    long min, max; /* KILN_FIELD_INT only */
-    size_t offset; /* of the member in kiln_config_t */
-    size_t size;   /* KILN_FIELD_INT: sizeof the member (int or long) */
+    long min, max;           /* KILN_FIELD_INT only */
+    size_t offset;           /* of the member in kiln_config_t */
+    size_t size;             /* KILN_FIELD_INT: sizeof the member (int or long) */
+    size_t count_offset;     /* KILN_FIELD_NAMES: of the size_t count beside the list */
+    const char *legacy_env2; /* a second, older legacy name ("PM2_INSTANCES_PER_GPU"), or NULL */
 } kiln_config_field_t;
 
-#define KILN_CONFIG_N_FIELDS 20
+#define KILN_CONFIG_N_FIELDS 29
 
 extern const kiln_config_field_t kiln_config_fields[KILN_CONFIG_N_FIELDS];
+
+/* "auto", "gpu", "api", "hybrid", indexed by kiln_machine_type_t. */
+extern const char *const kiln_config_machine_type_names[4];
 
 /* One load in progress: the config being filled, the problems found so far,
  * and where each field was last set (NULL: still the default), so that a
@@ -94,5 +107,27 @@ void kiln_config_check_across(kiln_config_ctx_t *ctx);
 /* Replaces the password of a URL's user information with "***"; other
  * strings are copied. Caller frees. */
 char *kiln_config_redact_url(const char *url);
+
+/* ---- services and templates (config_services.c) ---------------------------- */
+
+/* Fills cfg->templates with the built-in defaults (ports, commands). */
+void kiln_config_templates_defaults(kiln_config_t *cfg);
+
+/* Loads the services: section (a mapping of names) into ctx->cfg->services,
+ * recording each problem with its file and line. */
+void kiln_config_load_services(kiln_config_ctx_t *ctx, const kiln_config_origin_t *o,
+                               const json_t *section);
+
+/* Loads the templates: section over the defaults. */
+void kiln_config_load_templates(kiln_config_ctx_t *ctx, const kiln_config_origin_t *o,
+                                const json_t *section);
+
+/* The services and templates sections as JSON, unredacted (the caller
+ * redacts). Caller owns the results. */
+json_t *kiln_config_services_to_json(const kiln_config_t *cfg);
+json_t *kiln_config_templates_to_json(const kiln_config_t *cfg);
+
+/* Releases cfg->services and cfg->templates. */
+void kiln_config_services_free(kiln_config_t *cfg);
 
 #endif

@@ -377,9 +377,10 @@ static void unknown_keys_are_refused_with_a_did_you_mean(void **state)
     assert_problem("%s:1: wroker: unknown key; did you mean worker?", f);
     assert_problem("%s:4: worker.concurency: unknown key; did you mean worker.concurrency?", f);
     assert_problem("%s:5: worker.lease_ms: unknown key; did you mean broker.lease_ms?", f);
-    assert_problem("%s:6: worker.colour: unknown key; expected one of id, connectors, "
-                   "capabilities, concurrency, heartbeat_ms, shutdown_grace_ms, registry_ttl_ms, prefetch",
-                   f);
+    assert_problem(
+        "%s:6: worker.colour: unknown key; expected one of id, connectors, "
+        "capabilities, concurrency, heartbeat_ms, shutdown_grace_ms, registry_ttl_ms, prefetch",
+        f);
     assert_problem("%s:7: concurrency: unknown key; did you mean worker.concurrency?", f);
     assert_int_equal(problems.count, 5);
 }
@@ -756,7 +757,7 @@ static void a_file_with_hundreds_of_problems_reports_200_and_counts_the_rest(voi
     free(text);
     assert_int_equal(problems.count, 201);
     assert_problem("%s:200: k199: unknown key; expected one of redis, machine, log, broker, "
-                   "worker, connectors",
+                   "worker, connectors, services, templates",
                    file_path);
     assert_string_equal(problems.items[200], "... and 50 more problems");
 }
@@ -778,6 +779,312 @@ static void control_characters_in_values_are_escaped_in_problems(void **state)
     assert_int_equal(load_yaml(NULL, env), KILN_EINVAL);
     assert_problem("environment KILN_MACHINE_ID: expected a name of letters, digits, '.', '_' or "
                    "'-' (1-128 characters), got \"a\\x1b[31mred\"");
+}
+
+static void machine_settings_default_to_discovery_and_one_instance_per_gpu(void **state)
+{
+    assert_ok(load_yaml(NULL, NULL));
+    assert_int_equal(cfg.machine.type, KILN_MACHINE_AUTO);
+    assert_int_equal(cfg.machine.gpu_count, -1);
+    assert_true(cfg.machine.has_gpu);
+    assert_int_equal(cfg.machine.ram_gb, 0);
+    assert_int_equal(cfg.machine.instances_per_gpu, 1);
+    assert_int_equal(cfg.machine.api_workers, 1);
+    assert_int_equal(cfg.machine.health_port, 9090);
+    assert_int_equal(cfg.machine.install_timeout_s, 300);
+    assert_int_equal(cfg.machine.n_pools, 0);
+    assert_int_equal(cfg.n_services, 0);
+    assert_int_equal(cfg.templates.comfyui.port, 8188);
+    assert_int_equal(cfg.templates.a1111.port, 7860);
+    assert_int_equal(cfg.templates.ollama.port, 11434);
+    assert_int_equal(cfg.templates.comfyui.n_command, 6);
+    assert_string_equal(cfg.templates.comfyui.command[5], "{port}");
+    assert_null(cfg.templates.setup.command);
+}
+
+static void machine_legacy_names_of_the_earlier_system_are_honoured(void **state)
+{
+    char *env[] = {"MACHINE_TYPE=gpu",
+                   "MACHINE_GPU_COUNT=2",
+                   "MACHINE_HAS_GPU=true",
+                   "MACHINE_RAM_GB=32",
+                   "PM2_INSTANCES_PER_GPU=2",
+                   "MACHINE_HEALTH_PORT=9191",
+                   "SERVICE_INSTALL_TIMEOUT=600",
+                   "MACHINE_POOLS=fast, heavy,",
+                   NULL};
+    assert_ok(load_yaml(NULL, env));
+    assert_int_equal(cfg.machine.type, KILN_MACHINE_GPU);
+    assert_int_equal(cfg.machine.gpu_count, 2);
+    assert_true(cfg.machine.has_gpu);
+    assert_int_equal(cfg.machine.ram_gb, 32);
+    assert_int_equal(cfg.machine.instances_per_gpu, 2);
+    assert_int_equal(cfg.machine.health_port, 9191);
+    assert_int_equal(cfg.machine.install_timeout_s, 600);
+    assert_int_equal(cfg.machine.n_pools, 2);
+    assert_string_equal(cfg.machine.pools[0], "fast");
+    assert_string_equal(cfg.machine.pools[1], "heavy");
+}
+
+static void machine_KILN_names_win_over_INSTANCES_PER_GPU_over_PM2_INSTANCES_PER_GPU(void **state)
+{
+    char *env[] = {"PM2_INSTANCES_PER_GPU=2",
+                   "INSTANCES_PER_GPU=3",
+                   "MACHINE_TYPE=gpu",
+                   "KILN_MACHINE_TYPE=hybrid",
+                   "MACHINE_HAS_GPU=yes",
+                   "KILN_MACHINE_HAS_GPU=off",
+                   "KILN_MACHINE_API_WORKERS=4",
+                   "KILN_MACHINE_INSTALL_TIMEOUT_S=5",
+                   NULL};
+    assert_ok(load_yaml("machine:\n  instances_per_gpu: 1\n", env));
+    assert_int_equal(cfg.machine.instances_per_gpu, 3);
+    assert_int_equal(cfg.machine.type, KILN_MACHINE_HYBRID);
+    assert_false(cfg.machine.has_gpu);
+    assert_int_equal(cfg.machine.api_workers, 4);
+    assert_int_equal(cfg.machine.install_timeout_s, 5);
+    kiln_config_free(&cfg);
+    char *kiln[] = {"PM2_INSTANCES_PER_GPU=2", "INSTANCES_PER_GPU=3",
+                    "KILN_MACHINE_INSTANCES_PER_GPU=4", NULL};
+    assert_ok(load_yaml(NULL, kiln));
+    assert_int_equal(cfg.machine.instances_per_gpu, 4);
+}
+
+static void bad_machine_values_are_refused_with_file_and_line(void **state)
+{
+    char *env[] = {"PM2_INSTANCES_PER_GPU=17", "MACHINE_HAS_GPU=maybe", NULL};
+    int rc = load_yaml("machine:\n"
+                       "  type: quantum\n"
+                       "  gpu_count: 65\n"
+                       "  has_gpu: \"no\"\n"
+                       "  health_port: 80\n"
+                       "  pools: [Fast]\n"
+                       "  install_timeout_s: 0\n",
+                       env);
+    assert_int_equal(rc, KILN_EINVAL);
+    const char *f = file_path;
+    assert_problem("%s:2: machine.type: expected auto, gpu, api or hybrid, got \"quantum\"", f);
+    assert_problem("%s:3: machine.gpu_count: expected an integer -1-64, got 65", f);
+    assert_problem("%s:4: machine.has_gpu: expected true or false, got \"no\"", f);
+    assert_problem("%s:5: machine.health_port: expected an integer 1024-65535, got 80", f);
+    assert_problem("%s:6: machine.pools[0]: expected a pool name matching "
+                   "[a-z0-9][a-z0-9_-]{0,63}, got \"Fast\"",
+                   f);
+    assert_problem("%s:7: machine.install_timeout_s: expected an integer 1-86400, got 0", f);
+    assert_problem("environment PM2_INSTANCES_PER_GPU: expected an integer 1-16, got \"17\"");
+    assert_problem("environment MACHINE_HAS_GPU: expected true or false (or 1/0, yes/no, "
+                   "on/off), got \"maybe\"");
+    assert_int_equal(problems.count, 8);
+}
+
+static void gpu_count_with_has_gpu_false_is_refused(void **state)
+{
+    char *env[] = {"MACHINE_HAS_GPU=false", NULL};
+    assert_int_equal(load_yaml("machine:\n  gpu_count: 2\n", env), KILN_EINVAL);
+    assert_problem("%s:2: machine.gpu_count: expected -1 or 0 when machine.has_gpu is false "
+                   "(environment MACHINE_HAS_GPU), got 2; remove one of the two",
+                   file_path);
+}
+
+static void services_load_with_argv_env_dependencies_readiness_and_restart(void **state)
+{
+    assert_ok(load_yaml("services:\n"
+                        "  web:\n"
+                        "    command: [/usr/bin/web, --port, \"{port}\"]\n"
+                        "    env: {MODE: prod, WORKERS: 4, DEBUG: false}\n"
+                        "    cwd: /srv/web\n"
+                        "    depends_on: [db]\n"
+                        "    ready: {http: \"http://127.0.0.1:{port}/health\"}\n"
+                        "    restart: on-failure\n"
+                        "    port: 3000\n"
+                        "    gpu: 1\n"
+                        "  db:\n"
+                        "    command: [/usr/bin/db]\n"
+                        "    ready: {tcp: \"127.0.0.1:5432\"}\n"
+                        "  probe:\n"
+                        "    command: [/bin/probe]\n"
+                        "    ready: {command: [/bin/check, --quick]}\n",
+                        NULL));
+    assert_int_equal(cfg.n_services, 3);
+    const kiln_service_config_t *web = &cfg.services[0];
+    assert_string_equal(web->name, "web");
+    assert_int_equal(web->n_command, 3);
+    assert_string_equal(web->command[2], "{port}");
+    assert_null(web->command[3]);
+    assert_int_equal(web->n_env, 3);
+    assert_string_equal(web->env[0], "MODE=prod");
+    assert_string_equal(web->env[1], "WORKERS=4");
+    assert_string_equal(web->env[2], "DEBUG=false");
+    assert_string_equal(web->cwd, "/srv/web");
+    assert_int_equal(web->n_depends_on, 1);
+    assert_string_equal(web->depends_on[0], "db");
+    assert_int_equal(web->ready.kind, KILN_READY_HTTP);
+    assert_string_equal(web->ready.target, "http://127.0.0.1:{port}/health");
+    assert_int_equal(web->restart, KILN_RESTART_ON_FAILURE);
+    assert_int_equal(web->port, 3000);
+    assert_int_equal(web->gpu, 1);
+    const kiln_service_config_t *db = &cfg.services[1];
+    assert_int_equal(db->ready.kind, KILN_READY_TCP);
+    assert_int_equal(db->restart, KILN_RESTART_ALWAYS);
+    assert_int_equal(db->port, 0);
+    assert_int_equal(db->gpu, -1);
+    assert_int_equal(cfg.services[2].ready.kind, KILN_READY_COMMAND);
+    assert_string_equal(cfg.services[2].ready.command[1], "--quick");
+}
+
+static void bad_services_are_refused_with_file_and_line(void **state)
+{
+    int rc = load_yaml("services:\n"
+                       "  shell:\n"
+                       "    command: \"python3 app.py && rm -rf /\"\n"
+                       "  noport:\n"
+                       "    command: [/bin/x]\n"
+                       "    port: 80\n"
+                       "  flaky:\n"
+                       "    command: [/bin/x]\n"
+                       "    restart: sometimes\n"
+                       "  ftp:\n"
+                       "    command: [/bin/x]\n"
+                       "    ready: {http: \"ftp://h/\"}\n"
+                       "  nocommand:\n"
+                       "    cwd: /tmp\n"
+                       "  typo:\n"
+                       "    comand: [/bin/x]\n"
+                       "  selfish:\n"
+                       "    command: [/bin/x]\n"
+                       "    depends_on: [selfish]\n"
+                       "  badenv:\n"
+                       "    command: [/bin/x]\n"
+                       "    env: {\"1BAD\": x}\n"
+                       "  Web:\n"
+                       "    command: [/bin/x]\n"
+                       "  emptyarg:\n"
+                       "    command: [/bin/x, \"\"]\n",
+                       NULL);
+    assert_int_equal(rc, KILN_EINVAL);
+    const char *f = file_path;
+    assert_problem("%s:3: services.shell.command: expected a command as a list of 1-256 strings "
+                   "(argv; no shell), e.g. [\"python3\", \"main.py\"], got \"python3 app.py && "
+                   "rm -rf /\"",
+                   f);
+    assert_problem("%s:6: services.noport.port: expected a port 1024-65535, got 80", f);
+    assert_problem("%s:9: services.flaky.restart: expected always, on-failure or never, got "
+                   "\"sometimes\"",
+                   f);
+    assert_problem("%s:12: services.ftp.ready.http: expected an http:// or https:// URL, got "
+                   "\"ftp://h/\"",
+                   f);
+    assert_problem("%s:13: services.nocommand: missing command; add command: [program, args...] "
+                   "(argv, no shell)",
+                   f);
+    assert_problem("%s:16: services.typo.comand: unknown key; expected one of command, env, cwd, "
+                   "depends_on, ready, restart, port, gpu",
+                   f);
+    assert_problem("%s:19: services.selfish.depends_on[0]: \"selfish\" is the service itself; "
+                   "list each other service once",
+                   f);
+    assert_problem_has(":22: services.badenv.env.1BAD: expected a variable name", "\"1BAD\"");
+    assert_problem("%s:23: services.Web: expected a service name matching "
+                   "[a-z0-9][a-z0-9_-]{0,63}, got \"Web\"",
+                   f);
+    assert_problem("%s:26: services.emptyarg.command[1]: expected a non-empty string of at most "
+                   "4096 bytes, got \"\"",
+                   f);
+    assert_int_equal(problems.count, 10);
+}
+
+static void templates_override_ports_and_commands_and_refuse_unknown_keys(void **state)
+{
+    assert_ok(load_yaml("templates:\n"
+                        "  comfyui:\n"
+                        "    base_port: 9188\n"
+                        "    command: [/opt/venv/bin/python, main.py, --port, \"{port}\"]\n"
+                        "    cwd: /opt/ComfyUI\n"
+                        "  setup:\n"
+                        "    command: [/opt/setup.sh]\n"
+                        "  ollama:\n"
+                        "    port: 11500\n",
+                        NULL));
+    assert_int_equal(cfg.templates.comfyui.port, 9188);
+    assert_int_equal(cfg.templates.comfyui.n_command, 4);
+    assert_string_equal(cfg.templates.comfyui.command[0], "/opt/venv/bin/python");
+    assert_string_equal(cfg.templates.comfyui.cwd, "/opt/ComfyUI");
+    assert_string_equal(cfg.templates.setup.command[0], "/opt/setup.sh");
+    assert_int_equal(cfg.templates.ollama.port, 11500);
+    assert_int_equal(cfg.templates.a1111.port, 7860);
+    kiln_config_free(&cfg);
+    int rc = load_yaml("templates:\n"
+                       "  comfyui:\n"
+                       "    port: 9188\n"
+                       "    base_port: 70000\n"
+                       "  invokeai:\n"
+                       "    base_port: 9090\n",
+                       NULL);
+    assert_int_equal(rc, KILN_EINVAL);
+    assert_problem("%s:3: templates.comfyui.port: unknown key; expected one of base_port, "
+                   "command, cwd, env",
+                   file_path);
+    assert_problem("%s:4: templates.comfyui.base_port: expected a port 1024-65535, got 70000",
+                   file_path);
+    assert_problem("%s:5: templates.invokeai: unknown key; expected one of setup, comfyui, "
+                   "a1111, ollama",
+                   file_path);
+    assert_int_equal(problems.count, 3);
+}
+
+static void KILN_CONNECTOR_URLS_points_connectors_at_their_instances(void **state)
+{
+    char *env[] = {"WORKER_CONNECTORS=comfyui,a1111",
+                   "KILN_CONNECTOR_URLS=comfyui=http://127.0.0.1:8189,a1111=http://127.0.0.1:7861",
+                   NULL};
+    assert_ok(load_yaml("connectors:\n  comfyui:\n    type: comfyui\n"
+                        "    base_url: http://127.0.0.1:8188\n    timeout_ms: 5\n",
+                        env));
+    const kiln_connector_config_t *c = kiln_config_connector(&cfg, "comfyui");
+    assert_string_equal(json_string_value(json_object_get(c->options, "base_url")),
+                        "http://127.0.0.1:8189");
+    assert_int_equal(json_integer_value(json_object_get(c->options, "timeout_ms")), 5);
+    const kiln_connector_config_t *a = kiln_config_connector(&cfg, "a1111");
+    assert_string_equal(a->type, "a1111");
+    assert_string_equal(json_string_value(json_object_get(a->options, "base_url")),
+                        "http://127.0.0.1:7861");
+    kiln_config_free(&cfg);
+    char *bad[] = {"KILN_CONNECTOR_URLS=comfyui=ftp://x,=http://y", NULL};
+    assert_int_equal(load_yaml(NULL, bad), KILN_EINVAL);
+    assert_problem("environment KILN_CONNECTOR_URLS: expected NAME=URL entries separated by "
+                   "commas (a connector name, an http:// or https:// URL), got "
+                   "\"comfyui=ftp://x\"");
+    assert_int_equal(problems.count, 2);
+}
+
+static void shown_machine_services_and_templates_load_back(void **state)
+{
+    char *env[] = {"MACHINE_TYPE=hybrid", "MACHINE_POOLS=fast", "MACHINE_HAS_GPU=0", NULL};
+    assert_ok(load_yaml("services:\n"
+                        "  web:\n"
+                        "    command: [/usr/bin/web]\n"
+                        "    env: {PORT: 1}\n"
+                        "    ready: {command: [/bin/true]}\n"
+                        "    depends_on: [db]\n"
+                        "    gpu: 0\n"
+                        "  db:\n"
+                        "    command: [/usr/bin/db]\n"
+                        "    ready: {tcp: \"h:1\"}\n"
+                        "templates:\n  setup:\n    command: [/bin/setup]\n",
+                        env));
+    json_t *first = kiln_config_to_json_redacted(&cfg);
+    assert_string_equal(
+        json_string_value(json_object_get(json_object_get(first, "machine"), "type")), "hybrid");
+    assert_true(json_is_false(json_object_get(json_object_get(first, "machine"), "has_gpu")));
+    char *text = json_dumps(first, JSON_INDENT(2));
+    kiln_config_free(&cfg);
+    const char *path = write_file("shown.json", text);
+    free(text);
+    assert_ok(kiln_config_load(&cfg, path, no_env, &problems));
+    json_t *second = kiln_config_to_json_redacted(&cfg);
+    assert_true(json_equal(first, second));
+    json_decref(first);
+    json_decref(second);
 }
 
 #define TEST(name) cmocka_unit_test_setup_teardown(name, setup, teardown)
@@ -827,6 +1134,16 @@ int main(void)
         TEST(a_file_with_hundreds_of_problems_reports_200_and_counts_the_rest),
         TEST(problems_are_appended_to_a_list_that_already_has_some),
         TEST(control_characters_in_values_are_escaped_in_problems),
+        TEST(machine_settings_default_to_discovery_and_one_instance_per_gpu),
+        TEST(machine_legacy_names_of_the_earlier_system_are_honoured),
+        TEST(machine_KILN_names_win_over_INSTANCES_PER_GPU_over_PM2_INSTANCES_PER_GPU),
+        TEST(bad_machine_values_are_refused_with_file_and_line),
+        TEST(gpu_count_with_has_gpu_false_is_refused),
+        TEST(services_load_with_argv_env_dependencies_readiness_and_restart),
+        TEST(bad_services_are_refused_with_file_and_line),
+        TEST(templates_override_ports_and_commands_and_refuse_unknown_keys),
+        TEST(KILN_CONNECTOR_URLS_points_connectors_at_their_instances),
+        TEST(shown_machine_services_and_templates_load_back),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
