@@ -3,6 +3,7 @@
  * the canonical JSON + hash that group jobs into requirement classes.
  */
 #include <math.h>
+#include <openssl/rand.h>
 #include <openssl/sha.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -377,6 +378,13 @@ int kiln_worker_identity_init(kiln_worker_identity_t *who, const char *worker_id
         return kiln_err_set(err, KILN_ENOMEM, "out of memory building the worker identity");
     snprintf(who->id, sizeof who->id, "%s", worker_id);
     hash16(who->caps_json, who->caps_hash);
+    unsigned char nonce[8];
+    if (RAND_bytes(nonce, sizeof nonce) != 1) {
+        kiln_worker_identity_clear(who);
+        return kiln_err_set(err, KILN_EIO, "cannot draw a random worker session");
+    }
+    for (int i = 0; i < 8; i++)
+        snprintf(who->session + 2 * i, 3, "%02x", nonce[i]);
     return 0;
 }
 

@@ -163,6 +163,7 @@ bool kiln_ops_noscript_fallback(kiln_argv_t *a, const redisReply *reply,
 void kiln_ops_add_claimer(kiln_argv_t *a, const kiln_worker_identity_t *who, int max)
 {
     kiln_argv_add(a, who->id, SIZE_MAX);
+    kiln_argv_add(a, who->session, SIZE_MAX);
     kiln_argv_add(a, who->caps_json, SIZE_MAX);
     kiln_argv_add(a, who->caps_hash, SIZE_MAX);
     kiln_argv_addf(a, "%d", max);

@@ -156,7 +156,11 @@ static void start_claims(kiln_worker_t *w, kiln_step_call_t *call, redisReply *r
     for (int i = 0; i < n; i++) {
         while (next_slot < w->pool.count && w->pool.slots[next_slot].state != KILN_SLOT_IDLE)
             next_slot++;
-        if (next_slot < w->pool.count) {
+        if (w->stopping) {
+            /* Claimed by a step that was out when the stop came: hand back. */
+            add_report(svc, &jobs[i], "release", "", false);
+            kiln_claimed_job_clear(&jobs[i]);
+        } else if (next_slot < w->pool.count) {
             start_job(w, &w->pool.slots[next_slot], &jobs[i], call->service);
         } else if (w->n_prefetched < w->cfg->worker.prefetch) {
             w->prefetched[w->n_prefetched].job = jobs[i];
@@ -355,8 +359,65 @@ void kiln_worker_on_notify(kiln_worker_t *w, const char *channel, const char *me
     }
 }
 
+void kiln_worker_on_subscribed(kiln_worker_t *w)
+{
+    wake_all(w, false);
+}
+
+/* Adds the ids of jobs the worker holds for service s (running, claimed
+ * ahead, finished but not yet reported, or in a step to be sent again). */
+static void add_known_ids(kiln_worker_t *w, int s, kiln_argv_t *a)
+{
+    for (int i = 0; i < w->pool.count; i++) {
+        const kiln_slot_t *slot = &w->pool.slots[i];
+        if (slot->state != KILN_SLOT_IDLE && slot->service == s)
+            kiln_argv_add(a, slot->job.id, SIZE_MAX);
+    }
+    for (int i = 0; i < w->n_prefetched; i++) {
+        if (w->prefetched[i].service == s)
+            kiln_argv_add(a, w->prefetched[i].job.id, SIZE_MAX);
+    }
+    const kiln_service_t *svc = &w->services[s];
+    for (size_t i = 0; i < svc->reports.count; i += 5)
+        kiln_argv_add(a, svc->reports.items[i], svc->reports.lens[i]);
+    for (const kiln_step_call_t *c = w->retry; c; c = c->next) {
+        for (int r = 0; c->service == s && r < c->nreports; r++)
+            kiln_argv_add(a, c->argv.items[c->reports_at + 5 * (size_t)r], SIZE_MAX);
+    }
+}
+
+static void on_release_lost_reply(redisAsyncContext *ac, void *r, void *privdata)
+{
+    redisReply *reply = r;
+    if (reply && reply->type == REDIS_REPLY_INTEGER && reply->integer > 0)
+        KILN_LOG_WARN_("worker",
+                       "handed back %lld jobs claimed by a reply lost with the connection",
+                       reply->integer);
+    else if (reply && reply->type == REDIS_REPLY_ERROR)
+        KILN_LOG_WARN_("worker", "release of lost claims refused: %s", reply->str);
+}
+
+/* After a reconnect: claims whose reply was lost with the connection go
+ * back to their queues at once, not after their lease expires. Sent before
+ * any step, so a step sent again cannot race it. */
+static void release_lost_claims(kiln_worker_t *w)
+{
+    const kiln_script_t *script = kiln_script_get("release_lost");
+    for (int s = 0; s < w->n_services; s++) {
+        kiln_argv_t a;
+        kiln_argv_init(&a);
+        kiln_ops_begin(&a, script, &w->opts, w->services[s].name);
+        kiln_argv_add(&a, w->who.id, SIZE_MAX);
+        kiln_argv_add(&a, w->who.session, SIZE_MAX);
+        add_known_ids(w, s, &a);
+        kiln_worker_send(w, &a, on_release_lost_reply, NULL);
+        kiln_argv_free(&a);
+    }
+}
+
 void kiln_worker_on_connected(kiln_worker_t *w)
 {
+    release_lost_claims(w);
     kiln_worker_register(w);
     kiln_worker_redis_connect(w); /* the subscriber, if it was lost too */
     wake_all(w, true);
@@ -372,10 +433,13 @@ typedef struct lease_call {
     int n;
     int *slots;
     char (*ids)[KILN_JOB_ID_MAX];
+    kiln_argv_t argv; /* kept to send again with the source on NOSCRIPT */
+    const kiln_script_t *script;
 } lease_call_t;
 
 static void lease_call_free(lease_call_t *call)
 {
+    kiln_argv_free(&call->argv);
     free(call->slots);
     free(call->ids);
     free(call);
@@ -387,6 +451,14 @@ static void on_lease_reply(redisAsyncContext *ac, void *r, void *privdata)
     lease_call_t *call = privdata;
     kiln_worker_t *w = call->w;
     redisReply *reply = r;
+    if (reply && reply->type == REDIS_REPLY_ERROR &&
+        kiln_ops_noscript_fallback(&call->argv, reply, call->script)) {
+        /* Redis lost its scripts (SCRIPT FLUSH): send the source, reload. */
+        kiln_worker_load_scripts(w);
+        if (kiln_worker_send(w, &call->argv, on_lease_reply, call) != 0)
+            lease_call_free(call);
+        return;
+    }
     for (size_t i = 0;
          reply && reply->type == REDIS_REPLY_ARRAY && i < reply->elements && (int)i < call->n;
          i++) {
@@ -452,17 +524,16 @@ static void send_lease_call(kiln_worker_t *w, int s, const char *script_name, bo
         if (w->prefetched[i].service == s)
             lease_entry(call, &entries, -1, &w->prefetched[i].job);
     }
-    const kiln_script_t *script = kiln_script_get(script_name);
-    kiln_argv_t a;
-    kiln_argv_init(&a);
-    kiln_ops_begin(&a, script, &w->opts, w->services[s].name);
-    kiln_argv_addf(&a, "%d", call->n);
+    call->script = kiln_script_get(script_name);
+    kiln_argv_t *a = &call->argv;
+    kiln_argv_init(a);
+    kiln_ops_begin(a, call->script, &w->opts, w->services[s].name);
+    kiln_argv_addf(a, "%d", call->n);
     for (size_t i = 0; i < entries.count; i++)
-        kiln_argv_add(&a, entries.items[i], entries.lens[i]);
+        kiln_argv_add(a, entries.items[i], entries.lens[i]);
     kiln_argv_free(&entries);
-    if (call->n == 0 || kiln_worker_send(w, &a, on_lease_reply, call) != 0)
+    if (call->n == 0 || kiln_worker_send(w, a, on_lease_reply, call) != 0)
         lease_call_free(call);
-    kiln_argv_free(&a);
 }
 
 static void on_heartbeat_timer(uv_timer_t *t)
@@ -532,13 +603,13 @@ static void close_handle(uv_handle_t *h)
 }
 
 /* Stops everything; uv_run returns once the connections have flushed. */
-static void finish(kiln_worker_t *w)
+static void finish(kiln_worker_t *w, bool force)
 {
     if (w->closing)
         return;
     KILN_LOG_INFO_("worker", "stopped");
     kiln_worker_deregister(w);
-    kiln_worker_redis_close(w);
+    kiln_worker_redis_close(w, force);
     uv_handle_t *handles[] = {
         (uv_handle_t *)&w->wakeup,          (uv_handle_t *)&w->sigterm,
         (uv_handle_t *)&w->sigint,          (uv_handle_t *)&w->heartbeat_timer,
@@ -559,7 +630,7 @@ static void check_finished(kiln_worker_t *w)
             return;
     }
     if (kiln_slotpool_idle(&w->pool) == w->pool.count)
-        finish(w);
+        finish(w, false);
 }
 
 static void finish_on_timer(uv_timer_t *t)
@@ -568,7 +639,7 @@ static void finish_on_timer(uv_timer_t *t)
     KILN_LOG_WARN_("worker", "jobs or reports still open %d ms after the grace period; exiting",
                    HARD_STOP_MS);
     w->abandoned = kiln_slotpool_idle(&w->pool) < w->pool.count;
-    finish(w);
+    finish(w, true);
 }
 
 /* The grace period is over: running jobs go back to pending (attempt not

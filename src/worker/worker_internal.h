@@ -90,7 +90,10 @@ struct kiln_worker {
 
 /* worker_redis.c */
 void kiln_worker_redis_connect(kiln_worker_t *w);
-void kiln_worker_redis_close(kiln_worker_t *w);
+void kiln_worker_redis_close(kiln_worker_t *w, bool force);
+/* Loads every script on the command connection (after a connect, or when
+ * Redis answered NOSCRIPT). */
+void kiln_worker_load_scripts(kiln_worker_t *w);
 void kiln_worker_redis_lost(kiln_worker_t *w, const char *why);
 void kiln_worker_register(kiln_worker_t *w);
 void kiln_worker_deregister(kiln_worker_t *w);
@@ -99,6 +102,7 @@ int kiln_worker_send(kiln_worker_t *w, kiln_argv_t *argv, redisCallbackFn *cb, v
 
 /* worker.c, called by worker_redis.c */
 void kiln_worker_on_connected(kiln_worker_t *w);
+void kiln_worker_on_subscribed(kiln_worker_t *w);
 void kiln_worker_on_notify(kiln_worker_t *w, const char *channel, const char *message);
 void kiln_worker_pump(kiln_worker_t *w);
 

@@ -28,11 +28,28 @@ static void on_reconnect_timer(uv_timer_t *t)
 {
     kiln_worker_t *w = t->data;
     w->reconnect_armed = false;
+    if (w->cmd && !w->cmd_ready) {
+        /* A command connection that failed a send but is still open: close
+         * it for good; its disconnect callback schedules the next attempt. */
+        redisAsyncFree(w->cmd);
+        return;
+    }
     kiln_worker_redis_connect(w);
 }
 
-/* Drops both connections' pointers (hiredis frees them) and schedules a
- * new attempt after the current backoff. */
+/* Schedules a reconnect attempt after the current backoff. */
+static void arm_reconnect(kiln_worker_t *w)
+{
+    if (w->closing || w->reconnect_armed)
+        return;
+    int delay = w->reconnect_delay_ms ? w->reconnect_delay_ms : RECONNECT_MIN_MS;
+    w->reconnect_delay_ms = delay * 2 > RECONNECT_MAX_MS ? RECONNECT_MAX_MS : delay * 2;
+    delay = delay * 4 / 5 + rand() % (delay * 2 / 5 + 1);
+    w->reconnect_armed = true;
+    uv_timer_start(&w->reconnect_timer, on_reconnect_timer, (uint64_t)delay, 0);
+}
+
+/* The command connection is unusable: stop sending and reconnect. */
 void kiln_worker_redis_lost(kiln_worker_t *w, const char *why)
 {
     if (w->closing)
@@ -40,13 +57,16 @@ void kiln_worker_redis_lost(kiln_worker_t *w, const char *why)
     if (w->cmd_ready)
         KILN_LOG_WARN_("worker", "redis connection lost (%s); reconnecting with backoff", why);
     w->cmd_ready = false;
-    if (w->reconnect_armed)
+    arm_reconnect(w);
+}
+
+/* The subscriber connection is gone: only it is rebuilt; commands go on. */
+static void sub_lost(kiln_worker_t *w, const char *why)
+{
+    if (w->closing)
         return;
-    int delay = w->reconnect_delay_ms ? w->reconnect_delay_ms : RECONNECT_MIN_MS;
-    w->reconnect_delay_ms = delay * 2 > RECONNECT_MAX_MS ? RECONNECT_MAX_MS : delay * 2;
-    delay = delay * 4 / 5 + rand() % (delay * 2 / 5 + 1);
-    w->reconnect_armed = true;
-    uv_timer_start(&w->reconnect_timer, on_reconnect_timer, (uint64_t)delay, 0);
+    KILN_LOG_WARN_("worker", "redis subscriber connection lost (%s); resubscribing", why);
+    arm_reconnect(w);
 }
 
 static void on_setup_reply(redisAsyncContext *ac, void *r, void *privdata)
@@ -59,9 +79,9 @@ static void on_setup_reply(redisAsyncContext *ac, void *r, void *privdata)
 /* Loads every script on a fresh connection. Redis runs a connection's
  * commands in order, so no EVALSHA sent after this meets an empty cache
  * (Redis restarted, or a new server). */
-static void load_scripts(kiln_worker_t *w)
+void kiln_worker_load_scripts(kiln_worker_t *w)
 {
-    static const char *const names[] = {"step", "heartbeat", "progress", NULL};
+    static const char *const names[] = {"step", "heartbeat", "progress", "release_lost", NULL};
     for (size_t i = 0; names[i]; i++) {
         const kiln_script_t *script = kiln_script_get(names[i]);
         const char *argv[] = {"SCRIPT", "LOAD", script->source};
@@ -80,7 +100,7 @@ static void on_cmd_connect(const redisAsyncContext *ac, int status)
     }
     w->cmd_ready = true;
     w->reconnect_delay_ms = 0;
-    load_scripts(w);
+    kiln_worker_load_scripts(w);
     KILN_LOG_INFO_("worker", "connected to redis %s:%d", w->url.host, w->url.port);
     kiln_worker_on_connected(w);
 }
@@ -89,8 +109,7 @@ static void on_cmd_disconnect(const redisAsyncContext *ac, int status)
 {
     kiln_worker_t *w = ac->data;
     w->cmd = NULL;
-    if (status != REDIS_OK)
-        kiln_worker_redis_lost(w, ac->errstr);
+    kiln_worker_redis_lost(w, status == REDIS_OK ? "closed" : ac->errstr);
 }
 
 static void on_sub_connect(const redisAsyncContext *ac, int status)
@@ -98,7 +117,7 @@ static void on_sub_connect(const redisAsyncContext *ac, int status)
     kiln_worker_t *w = ac->data;
     if (status != REDIS_OK) {
         w->sub = NULL;
-        kiln_worker_redis_lost(w, ac->errstr);
+        sub_lost(w, ac->errstr);
     }
 }
 
@@ -106,8 +125,7 @@ static void on_sub_disconnect(const redisAsyncContext *ac, int status)
 {
     kiln_worker_t *w = ac->data;
     w->sub = NULL;
-    if (status != REDIS_OK)
-        kiln_worker_redis_lost(w, ac->errstr);
+    sub_lost(w, status == REDIS_OK ? "closed" : ac->errstr);
 }
 
 static void on_message(redisAsyncContext *ac, void *r, void *privdata)
@@ -120,7 +138,7 @@ static void on_message(redisAsyncContext *ac, void *r, void *privdata)
     if (strcmp(reply->element[0]->str, "message") == 0)
         kiln_worker_on_notify(w, reply->element[1]->str, reply->element[2]->str);
     else if (strcmp(reply->element[0]->str, "subscribe") == 0)
-        kiln_worker_pump(w); /* anything submitted before now is found by a claim */
+        kiln_worker_on_subscribed(w); /* what was submitted meanwhile is found by a claim */
 }
 
 static redisAsyncContext *open_async(kiln_worker_t *w, redisConnectCallback *on_connect,
@@ -135,6 +153,8 @@ static redisAsyncContext *open_async(kiln_worker_t *w, redisConnectCallback *on_
         return NULL;
     }
     ac->data = w;
+    /* A silent Redis (a dead peer, a dropped route) is noticed. */
+    redisEnableKeepAlive(&ac->c);
     if (kiln_redis_uv_attach(ac, &w->loop) != 0) {
         redisAsyncFree(ac);
         return NULL;
@@ -183,14 +203,19 @@ void kiln_worker_redis_connect(kiln_worker_t *w)
     }
 }
 
-void kiln_worker_redis_close(kiln_worker_t *w)
+void kiln_worker_redis_close(kiln_worker_t *w, bool force)
 {
     w->closing = true;
     uv_timer_stop(&w->reconnect_timer);
-    if (w->cmd)
-        redisAsyncDisconnect(w->cmd);
-    if (w->sub)
-        redisAsyncDisconnect(w->sub);
+    /* A clean close waits for the replies in flight; a forced one (the hard
+     * stop, Redis not answering) drops them. */
+    redisAsyncContext *contexts[] = {w->cmd, w->sub};
+    for (int i = 0; i < 2; i++) {
+        if (contexts[i] && force)
+            redisAsyncFree(contexts[i]);
+        else if (contexts[i])
+            redisAsyncDisconnect(contexts[i]);
+    }
 }
 
 int kiln_worker_send(kiln_worker_t *w, kiln_argv_t *argv, redisCallbackFn *cb, void *privdata)

@@ -975,6 +975,117 @@ static void redis_restart_with_aof_under_busy_workers_loses_no_job(void **state)
     f->passed = true;
 }
 
+/* Kills worker id's subscriber connection (subscriber true) or its command
+ * connection, found by the name every worker connection carries. Returns
+ * how many it killed. */
+static int kill_worker_connection(fixture_t *f, const char *id, bool subscriber)
+{
+    redisContext *c = kiln_test_redis_connect(f->redis);
+    redisReply *list = redisCommand(c, "CLIENT LIST");
+    char name[160];
+    snprintf(name, sizeof name, " name=kiln-worker:%s ", id);
+    int killed = 0;
+    for (char *line = list->str; line && *line;) {
+        char *end = strchr(line, '\n');
+        if (end)
+            *end = '\0';
+        bool is_sub = strstr(line, " sub=0 ") == NULL;
+        long long client_id = 0;
+        if (strstr(line, name) && is_sub == subscriber &&
+            sscanf(line, "id=%lld", &client_id) == 1) {
+            freeReplyObject(redisCommand(c, "CLIENT KILL ID %lld", client_id));
+            killed++;
+        }
+        line = end ? end + 1 : NULL;
+    }
+    freeReplyObject(list);
+    redisFree(c);
+    return killed;
+}
+
+static void losing_only_the_subscriber_connection_does_not_stop_the_worker(void **state)
+{
+    fixture_t *f = *state;
+    start_worker(f, &(worker_opts_t){.id = "half", .concurrency = 1});
+    char first[KILN_JOB_ID_MAX], second[KILN_JOB_ID_MAX];
+    submit(f, "{\"service\":\"simulation\",\"payload\":{\"duration_ms\":0}}", first);
+    json_decref(wait_job(f, first, "completed", NULL, 10000));
+    assert_int_equal(kill_worker_connection(f, "half", true), 1);
+    /* Work goes on through the command connection; the subscriber comes
+     * back by itself. Well inside one heartbeat (10 s): not the sweep. */
+    submit(f, "{\"service\":\"simulation\",\"payload\":{\"duration_ms\":0}}", second);
+    json_decref(wait_job(f, second, "completed", NULL, 8000));
+    wait_log(&f->workers[0], "resubscribing", 1000);
+    f->passed = true;
+}
+
+static void script_flush_while_a_job_runs_does_not_lose_its_lease(void **state)
+{
+    fixture_t *f = *state;
+    start_worker(f, &(worker_opts_t){.id = "flushed", .concurrency = 1, .lease_ms = 1500});
+    char id[KILN_JOB_ID_MAX];
+    submit(f,
+           "{\"service\":\"simulation\",\"max_attempts\":1,"
+           "\"payload\":{\"duration_ms\":4000,\"steps\":8}}",
+           id);
+    json_decref(wait_job(f, id, "running", "flushed", 10000));
+    redisContext *c = kiln_test_redis_connect(f->redis);
+    freeReplyObject(redisCommand(c, "SCRIPT FLUSH"));
+    redisFree(c);
+    /* Heartbeats every 500 ms must get through, or the 1.5 s lease expires
+     * and the job dies (one attempt only). */
+    json_t *job = wait_job(f, id, "completed", NULL, 15000);
+    assert_int_equal(jint(job, "attempts"), 1);
+    json_decref(job);
+    f->passed = true;
+}
+
+static void sigterm_under_load_fails_no_job(void **state)
+{
+    fixture_t *f = *state;
+    enum { N = 1000 };
+    worker_proc_t *w = start_worker(f, &(worker_opts_t){.id = "loaded", .grace_ms = 500});
+    char(*ids)[KILN_JOB_ID_MAX] = calloc(N, KILN_JOB_ID_MAX);
+    submit_many(f,
+                "{\"service\":\"simulation\",\"max_attempts\":1,\"payload\":{\"duration_ms\":2}}",
+                N, ids);
+    wait_completed(f, 30, false, 10000);
+    /* Stop while steps are out: their claims must go back, not die. */
+    kill(w->pid, SIGTERM);
+    expect_clean_exit(w, wait_worker_exit(w, 8000));
+    start_worker(f, &(worker_opts_t){.id = "after", .concurrency = 4});
+    wait_completed(f, N, true, 30000);
+    json_t *stats = queue_stats(f);
+    assert_int_equal(jint(stats, "dead"), 0);
+    assert_int_equal(jint(stats, "completed"), N);
+    json_decref(stats);
+    free(ids);
+    f->passed = true;
+}
+
+static void killing_the_command_connection_under_load_loses_no_claim(void **state)
+{
+    fixture_t *f = *state;
+    enum { N = 600 };
+    start_worker(f, &(worker_opts_t){.id = "cut", .concurrency = 4, .lease_ms = 2000});
+    char(*ids)[KILN_JOB_ID_MAX] = calloc(N, KILN_JOB_ID_MAX);
+    submit_many(f,
+                "{\"service\":\"simulation\",\"max_attempts\":1,\"payload\":{\"duration_ms\":1}}",
+                N, ids);
+    for (long long target = 60; target <= 300; target += 60) {
+        wait_completed(f, target, false, 15000);
+        kill_worker_connection(f, "cut", false);
+    }
+    /* A claim whose reply died with the connection is handed back at the
+     * reconnect; without that it would expire and, with one attempt, die. */
+    wait_completed(f, N, true, 30000);
+    json_t *stats = queue_stats(f);
+    assert_int_equal(jint(stats, "dead"), 0);
+    json_decref(stats);
+    free(ids);
+    f->passed = true;
+}
+
 /* Redis accepts connections while it is still loading its data, answering
  * -LOADING to every command until it is done. A worker that reconnects in
  * that window has to keep trying and then work as before. (An earlier
@@ -1157,6 +1268,13 @@ int main(void)
         cmocka_unit_test_setup_teardown(redis_restart_with_aof_under_busy_workers_loses_no_job,
                                         setup, teardown),
         cmocka_unit_test_setup_teardown(worker_reconnecting_while_redis_loads_its_data_resumes_work,
+                                        setup, teardown),
+        cmocka_unit_test_setup_teardown(
+            losing_only_the_subscriber_connection_does_not_stop_the_worker, setup, teardown),
+        cmocka_unit_test_setup_teardown(script_flush_while_a_job_runs_does_not_lose_its_lease,
+                                        setup, teardown),
+        cmocka_unit_test_setup_teardown(sigterm_under_load_fails_no_job, setup, teardown),
+        cmocka_unit_test_setup_teardown(killing_the_command_connection_under_load_loses_no_claim,
                                         setup, teardown),
         cmocka_unit_test_setup_teardown(worker_registers_itself_and_disappears_after_stop, setup,
                                         teardown),

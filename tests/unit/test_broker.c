@@ -4,6 +4,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "broker/ops.h"
 #include "kiln/broker.h"
 #include "kiln_test.h"
 
@@ -448,6 +449,137 @@ static void queue_stats_count_each_state(void **state)
     json_decref(stats);
 }
 
+static void a_job_behind_more_than_a_thousand_classes_is_claimed(void **state)
+{
+    fixture_t *f = *state;
+    kiln_err_t err = {0};
+    static kiln_job_spec_t specs[1001];
+    static char ids[1001][KILN_JOB_ID_MAX];
+    for (int b = 0; b < 2; b++) {
+        int n = b == 0 ? 1000 : 1;
+        for (int i = 0; i < n; i++) {
+            char json[128];
+            snprintf(json, sizeof json,
+                     "{\"service\":\"sim\",\"requirements\":{\"machine\":\"gone-%d\"}}",
+                     b * 1000 + i);
+            assert_int_equal(kiln_job_spec_parse(json, strlen(json), 0, &specs[i], &err), 0);
+        }
+        assert_int_equal(kiln_broker_submit_batch(f->broker, specs, (size_t)n, ids, &err), 0);
+        for (int i = 0; i < n; i++)
+            kiln_job_spec_clear(&specs[i]);
+    }
+    char mine[KILN_JOB_ID_MAX];
+    submit_json(f, "{\"service\":\"sim\"}", mine);
+    kiln_claimed_job_t job;
+    assert_int_equal(claim_one(f, f->broker, &f->worker, "sim", &job), 1);
+    assert_string_equal(job.id, mine);
+    kiln_claimed_job_clear(&job);
+}
+
+typedef struct sweep_ctx {
+    fixture_t *f;
+} sweep_ctx_t;
+
+static long long count_reply(const char *command)
+{
+    redisContext *rc = kiln_test_redis_connect(&redis_server);
+    redisReply *r = redisCommand(rc, command);
+    long long n = r->type == REDIS_REPLY_ARRAY ? (long long)r->elements : r->integer;
+    freeReplyObject(r);
+    redisFree(rc);
+    return n;
+}
+
+static bool a_retention_age_passed(void *ctx)
+{
+    return kiln_test_now_ms() - *(int64_t *)ctx > 1100;
+}
+
+/* Sweeps, then: are the finished jobs gone from the set? */
+static bool aged_out(void *ctx)
+{
+    sweep_ctx_t *c = ctx;
+    kiln_err_t err = {0};
+    kiln_broker_sweep(c->f->broker, "sim", NULL, &err);
+    return count_reply("ZCARD kiln:{sim}:completed") == 0;
+}
+
+static void trimming_by_age_deletes_exactly_the_records_it_unlists(void **state)
+{
+    fixture_t *f = *state;
+    kiln_broker_free(f->broker);
+    f->opts.retention_age_s = 1;
+    f->opts.retention_count = 1000000;
+    kiln_err_t err = {0};
+    assert_int_equal(kiln_broker_connect(&f->opts, &f->broker, &err), 0);
+    /* More than one trim call's bound (1000), so a trim that unlists more
+     * than it deletes would leave records behind. */
+    static kiln_job_spec_t specs[550];
+    static char ids[550][KILN_JOB_ID_MAX];
+    for (int b = 0; b < 2; b++) {
+        for (int i = 0; i < 550; i++)
+            assert_int_equal(kiln_job_spec_parse("{\"service\":\"sim\"}", 17, 0, &specs[i], &err),
+                             0);
+        assert_int_equal(kiln_broker_submit_batch(f->broker, specs, 550, ids, &err), 0);
+        for (int i = 0; i < 550; i++)
+            kiln_job_spec_clear(&specs[i]);
+    }
+    static kiln_claimed_job_t jobs[100];
+    for (int done = 0; done < 1100;) {
+        int n = 0;
+        assert_int_equal(kiln_broker_claim(f->broker, "sim", &f->worker, 100, jobs, &n, NULL, &err),
+                         0);
+        assert_true(n > 0);
+        for (int i = 0; i < n; i++) {
+            assert_int_equal(kiln_broker_complete(f->broker, jobs[i].id, jobs[i].token, "1", &err),
+                             0);
+            kiln_claimed_job_clear(&jobs[i]);
+        }
+        done += n;
+    }
+    assert_int_equal(count_reply("ZCARD kiln:{sim}:completed"), 1100);
+    /* Every job past the retention age before the first sweep. */
+    int64_t finished = kiln_test_now_ms();
+    assert_true(kiln_test_wait_until(a_retention_age_passed, &finished, 5000));
+    sweep_ctx_t c = {f};
+    assert_true(kiln_test_wait_until(aged_out, &c, 10000));
+    /* and no record was left behind without a set pointing at it */
+    assert_int_equal(count_reply("KEYS kiln:{sim}:job:*"), 0);
+}
+
+static void two_reports_for_one_lease_in_one_call_apply_only_the_first(void **state)
+{
+    fixture_t *f = *state;
+    char id[KILN_JOB_ID_MAX], s[32];
+    submit_json(f, "{\"service\":\"sim\",\"max_attempts\":3}", id);
+    kiln_claimed_job_t job;
+    assert_int_equal(claim_one(f, f->broker, &f->worker, "sim", &job), 1);
+    const kiln_script_t *script = kiln_script_get("step");
+    kiln_argv_t a;
+    kiln_argv_init(&a);
+    kiln_ops_begin(&a, script, &f->opts, "sim");
+    kiln_ops_add_claimer(&a, &f->worker, 0);
+    const char *args[] = {"0", "2", id,        job.token,  "fail", "boom",
+                          "1", id,  job.token, "complete", "{}",   "0"};
+    for (size_t i = 0; i < sizeof args / sizeof args[0]; i++)
+        kiln_argv_add(&a, args[i], SIZE_MAX);
+    redisContext *rc = kiln_test_redis_connect(&redis_server);
+    redisReply *r = redisCommandArgv(rc, (int)a.count, (const char **)a.items, a.lens);
+    if (r->type == REDIS_REPLY_ERROR && kiln_ops_noscript_fallback(&a, r, script)) {
+        freeReplyObject(r);
+        r = redisCommandArgv(rc, (int)a.count, (const char **)a.items, a.lens);
+    }
+    assert_int_equal(r->type, REDIS_REPLY_ARRAY);
+    redisReply *statuses = r->element[1];
+    assert_string_equal(statuses->element[0]->str, "ok");
+    assert_string_not_equal(statuses->element[1]->str, "ok");
+    freeReplyObject(r);
+    redisFree(rc);
+    kiln_argv_free(&a);
+    assert_string_equal(job_state(f, id, s), "delayed");
+    kiln_claimed_job_clear(&job);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -473,6 +605,12 @@ int main(void)
             bad_specs_are_refused_naming_the_field_and_nothing_is_written, setup, teardown),
         cmocka_unit_test_setup_teardown(delayed_job_waits_for_its_time, setup, teardown),
         cmocka_unit_test_setup_teardown(queue_stats_count_each_state, setup, teardown),
+        cmocka_unit_test_setup_teardown(a_job_behind_more_than_a_thousand_classes_is_claimed, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(trimming_by_age_deletes_exactly_the_records_it_unlists,
+                                        setup, teardown),
+        cmocka_unit_test_setup_teardown(two_reports_for_one_lease_in_one_call_apply_only_the_first,
+                                        setup, teardown),
     };
     return cmocka_run_group_tests(tests, setup_server, teardown_server);
 }

@@ -1,7 +1,4 @@
 -- release: ARGV[10] job id, ARGV[11] token. Back to pending, the attempt
 -- not counted (a worker shutting down). Returns 'ok' or the lease problem.
 local statuses = apply_reports({{ARGV[OP], ARGV[OP + 1], 'release', '', '0'}}, now_ms())
-if statuses[1] == 'ok' then
-    redis.call('PUBLISH', CHANNEL, 'work')
-end
 return statuses[1]

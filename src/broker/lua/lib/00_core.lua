@@ -118,11 +118,12 @@ local function trim_finished(zkey, now, by_age)
         local cutoff = int(now - RETAIN_AGE_MS)
         local old = redis.call('ZRANGEBYSCORE', zkey, '-inf', cutoff, 'LIMIT', 0, 1000)
         if #old > 0 then
+            -- Exactly the ids whose records are deleted leave the set.
+            redis.call('ZREM', zkey, unpack(old))
             for i = 1, #old do
                 old[i] = jkey(old[i])
             end
             redis.call('DEL', unpack(old))
-            redis.call('ZREMRANGEBYSCORE', zkey, '-inf', cutoff)
         end
     end
 end

@@ -17,6 +17,9 @@ end
 
 local function make_pending(id, now, kind, extra)
     local f = redis.call('HMGET', jkey(id), 'class', 'score', 'classdef')
+    if not f[1] then
+        return -- the record is gone (trimmed); nothing to put back
+    end
     redis.call('HSET', jkey(id), 'state', 'pending', 'worker', '')
     push_pending(id, f[1], f[2], f[3], now)
     emit(id, kind, 'pending', extra)
@@ -42,7 +45,9 @@ local function recover_stalled(now, limit)
         redis.call('ZREM', K_RUNNING, expired[i])
         local f = redis.call('HMGET', jkey(id), 'attempts', 'max_attempts', 'worker')
         local err = 'lease expired: worker ' .. (f[3] or '?') .. ' stopped heartbeating'
-        if tonumber(f[1] or 0) >= tonumber(f[2] or 1) then
+        if not f[2] then
+            -- no record left: the lease alone is dropped
+        elseif tonumber(f[1] or 0) >= tonumber(f[2]) then
             finish(id, 'dead', now, {'error', err, 'retryable', '1'})
             emit(id, 'dead', 'dead', {'error', err})
         else
@@ -64,56 +69,55 @@ end
 
 -- Leases the jobs ids to worker; returns the claims as flat lists
 -- {id, token, attempt, max_attempts, timeout_ms, payload}.
-local function start_jobs(ids, now, worker)
+local function start_jobs(ids, now, worker, session)
     local out = {}
-    if #ids == 0 then
-        return out
-    end
     local lease_until = int(now + LEASE_MS)
     local running = {'ZADD', K_RUNNING}
-    for i, id in ipairs(ids) do
+    for _, id in ipairs(ids) do
         local k = jkey(id)
         local f = redis.call('HMGET', k, 'attempts', 'max_attempts', 'timeout_ms', 'payload',
                              'progress', 'claims')
-        local attempt = (tonumber(f[1]) or 0) + 1
-        local claims = (tonumber(f[6]) or 0) + 1
-        local token = worker .. '/' .. claims
-        if f[5] then
-            redis.call('HSET', k, 'state', 'running', 'worker', worker, 'started', int(now),
-                       'attempts', attempt, 'claims', claims, 'token', token, 'progress', 0,
-                       'progress_msg', '')
-        else
-            redis.call('HSET', k, 'state', 'running', 'worker', worker, 'started', int(now),
-                       'attempts', attempt, 'claims', claims, 'token', token)
+        -- A pending id without a record (trimmed) is skipped.
+        if f[2] then
+            local attempt = (tonumber(f[1]) or 0) + 1
+            local claims = (tonumber(f[6]) or 0) + 1
+            -- The session (one per worker process) lets that process tell its
+            -- own leases from a predecessor's with the same worker id.
+            local token = worker .. '/' .. session .. '/' .. claims
+            if f[5] then
+                redis.call('HSET', k, 'state', 'running', 'worker', worker, 'started', int(now),
+                           'attempts', attempt, 'claims', claims, 'token', token, 'progress', 0,
+                           'progress_msg', '')
+            else
+                redis.call('HSET', k, 'state', 'running', 'worker', worker, 'started', int(now),
+                           'attempts', attempt, 'claims', claims, 'token', token)
+            end
+            emit(id, 'started', 'running', {'worker', worker, 'attempt', attempt})
+            running[#running + 1] = lease_until
+            running[#running + 1] = lease_member(id, token)
+            out[#out + 1] = {id, token, attempt, tonumber(f[2]), tonumber(f[3]) or 0,
+                             f[4] or '{}'}
         end
-        emit(id, 'started', 'running', {'worker', worker, 'attempt', attempt})
-        running[#running + 1] = lease_until
-        running[#running + 1] = lease_member(id, token)
-        out[i] = {id, token, attempt, tonumber(f[2]), tonumber(f[3]) or 0, f[4]}
     end
-    redis.call(unpack(running))
+    if #running > 2 then
+        redis.call(unpack(running))
+    end
     return out
 end
 
 -- The classes of pending jobs this worker can run, best head first.
 -- Matching is evaluated once per (class, capability set) and cached, so a
 -- claim costs one lookup per class, whatever the number of pending jobs.
-local function matching_classes(caps_json, caps_hash)
-    local classes = redis.call('ZRANGE', K_CLASSES, 0, 999)
-    if #classes == 0 then
-        return classes
-    end
+local function match_page(classes, caps_json, caps_hash, matching, state)
     local cache_key = P .. 'match:' .. caps_hash
     local cached = redis.call('HMGET', cache_key, unpack(classes))
-    local caps = nil
-    local matching = {}
     for i, class in ipairs(classes) do
         local m = cached[i]
         if not m then
-            caps = caps or cjson.decode(caps_json)
+            state.caps = state.caps or cjson.decode(caps_json)
             local def = redis.call('GET', P .. 'class:' .. class)
             m = '0'
-            if def and class_matches(cjson.decode(def), caps) then
+            if def and class_matches(cjson.decode(def), state.caps) then
                 m = '1'
             end
             redis.call('HSET', cache_key, class, m)
@@ -123,6 +127,20 @@ local function matching_classes(caps_json, caps_hash)
             matching[#matching + 1] = class
         end
     end
+end
+
+-- Every class is looked at, a page of 1000 at a time, so no class is ever
+-- out of reach; the cost grows with classes, never with jobs.
+local function matching_classes(caps_json, caps_hash)
+    local matching, state = {}, {}
+    local start = 0
+    repeat
+        local classes = redis.call('ZRANGE', K_CLASSES, start, start + 999)
+        if #classes > 0 then
+            match_page(classes, caps_json, caps_hash, matching, state)
+        end
+        start = start + 1000
+    until #classes < 1000
     return matching
 end
 
@@ -168,11 +186,11 @@ local function pick_jobs(classes, max)
     return ids
 end
 
-local function claim_jobs(now, worker, caps_json, caps_hash, max)
+local function claim_jobs(now, worker, session, caps_json, caps_hash, max)
     if max <= 0 then
         return {}
     end
-    return start_jobs(pick_jobs(matching_classes(caps_json, caps_hash), max), now, worker)
+    return start_jobs(pick_jobs(matching_classes(caps_json, caps_hash), max), now, worker, session)
 end
 
 -- Why a token does not hold job id's lease: 'cancelled', 'lost' or 'missing'.
@@ -216,7 +234,7 @@ end
 -- longer holds the lease changes nothing. Returns the statuses ('ok',
 -- 'cancelled', 'lost', 'missing') and whether a retry was scheduled.
 local function apply_reports(reports, now)
-    local statuses, retried = {}, false
+    local statuses, retried, released = {}, false, false
     if #reports == 0 then
         return statuses, retried
     end
@@ -226,11 +244,14 @@ local function apply_reports(reports, now)
     end
     local leases = redis.call('ZMSCORE', K_RUNNING, unpack(members))
     local settled, completed = {'ZREM', K_RUNNING}, {'ZADD', P .. 'completed'}
+    local used = {}
     for i, r in ipairs(reports) do
         local id, kind = r[1], r[3]
-        if not leases[i] then
+        if not leases[i] or used[members[i]] then
+            -- no lease, or a second report for one lease in this batch
             statuses[i] = lease_problem(id)
         else
+            used[members[i]] = true
             settled[#settled + 1] = members[i]
             if kind == 'complete' then
                 redis.call('HSET', jkey(id), 'state', 'completed', 'finished', int(now), 'result',
@@ -243,6 +264,7 @@ local function apply_reports(reports, now)
             else
                 redis.call('HINCRBY', jkey(id), 'attempts', -1)
                 make_pending(id, now, 'released', nil)
+                released = true
             end
             statuses[i] = 'ok'
         end
@@ -253,6 +275,9 @@ local function apply_reports(reports, now)
     if #completed > 2 then
         redis.call(unpack(completed))
         touched_final[P .. 'completed'] = true
+    end
+    if released then
+        redis.call('PUBLISH', CHANNEL, 'work') -- handed back: another worker may take it
     end
     return statuses, retried
 end
