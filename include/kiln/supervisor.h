@@ -118,13 +118,15 @@ int kiln_supervisor_stop(kiln_supervisor_t *sv, const char *name, kiln_err_t *er
 int kiln_supervisor_restart(kiln_supervisor_t *sv, const char *name, kiln_err_t *err);
 
 /* Stops everything in reverse dependency order; done(ctx) is called once
- * every service is down. */
+ * every service is down (from the loop, never from inside this call, so
+ * done may free the supervisor). */
 void kiln_supervisor_shutdown(kiln_supervisor_t *sv, void (*done)(void *ctx), void *ctx);
 
 /* Status of every service (array) or one (object; NULL when unknown):
  * name, state, pid, pgid, uptime_ms, restarts, failures, ready, last_exit
- * (code or signal), rss_mb, cpu_pct (since the last call), oneshot.
- * Caller owns the result. */
+ * (code or signal), rss_mb, cpu_pct (since the last call), oneshot,
+ * last_error (why it failed to start or was stopped; null when none) and,
+ * in backoff, backoff_ms. Caller owns the result. */
 json_t *kiln_supervisor_status(kiln_supervisor_t *sv);
 json_t *kiln_supervisor_service_status(kiln_supervisor_t *sv, const char *name);
 

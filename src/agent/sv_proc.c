@@ -1,0 +1,404 @@
+/*
+ * Spawning a service run: fork + execve (never a shell, never uv_spawn,
+ * whose SIGCHLD handling would fight the supervisor's own reaper), the
+ * child in a new session (so its own process group), stdout/stderr and the
+ * optional readiness fd 3 as pipes read on the loop. Exec failure comes
+ * back through a close-on-exec pipe, as in libuv's process.c: EOF means
+ * execve succeeded; an errno on it means the child failed before or at
+ * execve. Before execve the child also waits for a "go" byte, which the
+ * agent sends only once the new pid is in the state file: a process that
+ * runs is always recorded, so an agent killed -9 at any moment leaves
+ * nothing its successor cannot find (without the byte, the child exits).
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "agent/sv_internal.h"
+
+extern char **environ;
+
+/* What the child reports on the exec pipe when it cannot run the program. */
+typedef struct exec_failure {
+    int stage; /* EXEC_STAGE_* */
+    int err;   /* errno */
+} exec_failure_t;
+
+enum { EXEC_STAGE_SETSID = 1, EXEC_STAGE_FDS, EXEC_STAGE_CWD, EXEC_STAGE_EXEC };
+
+/* Everything the child needs, prepared before fork: after fork, only
+ * async-signal-safe calls are allowed (the agent has other threads). */
+typedef struct spawn_plan {
+    char path[PATH_MAX];
+    char **envp;
+    int out_w, err_w, ready_w, exec_w, go_r; /* -1 when absent */
+} spawn_plan_t;
+
+static void child_fail(int exec_w, int stage)
+{
+    exec_failure_t f = {stage, errno};
+    ssize_t r;
+    do
+        r = write(exec_w, &f, sizeof f);
+    while (r < 0 && errno == EINTR);
+    _exit(127);
+}
+
+/* Moves fd above 3 so dup2 onto 0..3 cannot clobber another one we need. */
+static int child_lift_fd(int fd)
+{
+    if (fd < 0 || fd > 3)
+        return fd;
+    return fcntl(fd, F_DUPFD_CLOEXEC, 4);
+}
+
+static void child_exec(const spawn_plan_t *plan, const kiln_svc_spec_t *spec)
+{
+    struct sigaction dfl;
+    memset(&dfl, 0, sizeof dfl);
+    dfl.sa_handler = SIG_DFL;
+    for (int s = 1; s < NSIG; s++) {
+        if (s != SIGKILL && s != SIGSTOP)
+            sigaction(s, &dfl, NULL);
+    }
+    int exec_w = child_lift_fd(plan->exec_w), go_r = child_lift_fd(plan->go_r);
+    if (exec_w < 0 || go_r < 0)
+        _exit(127);
+    char go;
+    ssize_t r;
+    do
+        r = read(go_r, &go, 1);
+    while (r < 0 && errno == EINTR);
+    if (r != 1)
+        _exit(127); /* the agent died before recording this process */
+    if (setsid() < 0)
+        child_fail(exec_w, EXEC_STAGE_SETSID);
+    int out_w = child_lift_fd(plan->out_w), err_w = child_lift_fd(plan->err_w);
+    int ready_w = child_lift_fd(plan->ready_w);
+    int null_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+    if (out_w < 0 || err_w < 0 || null_fd < 0 || (plan->ready_w >= 0 && ready_w < 0))
+        child_fail(exec_w, EXEC_STAGE_FDS);
+    if (dup2(null_fd, 0) < 0 || dup2(out_w, 1) < 0 || dup2(err_w, 2) < 0 ||
+        (ready_w >= 0 && dup2(ready_w, 3) < 0))
+        child_fail(exec_w, EXEC_STAGE_FDS);
+    /* Nothing but 0..2 (and the readiness fd 3) crosses execve. */
+    unsigned int first = ready_w >= 0 ? 4 : 3;
+    if (close_range(first, ~0U, CLOSE_RANGE_CLOEXEC) < 0) {
+        for (int fd = (int)first; fd < 65536; fd++)
+            fcntl(fd, F_SETFD, FD_CLOEXEC);
+    }
+    if (spec->cwd && chdir(spec->cwd) < 0)
+        child_fail(exec_w, EXEC_STAGE_CWD);
+    sigset_t none;
+    sigemptyset(&none);
+    sigprocmask(SIG_SETMASK, &none, NULL);
+    execve(plan->path, spec->argv, plan->envp);
+    child_fail(exec_w, EXEC_STAGE_EXEC);
+}
+
+static const char *env_lookup(char *const *env, const char *name)
+{
+    size_t len = strlen(name);
+    for (size_t i = 0; env && env[i]; i++) {
+        if (strncmp(env[i], name, len) == 0 && env[i][len] == '=')
+            return env[i] + len + 1;
+    }
+    return NULL;
+}
+
+/* Finds argv[0] on PATH (the service's own PATH first) when it has no '/'. */
+static int resolve_path(const kiln_svc_spec_t *spec, char *out, char *errbuf, size_t errlen)
+{
+    const char *prog = spec->argv[0];
+    if (strchr(prog, '/')) {
+        if (snprintf(out, PATH_MAX, "%s", prog) >= PATH_MAX)
+            return snprintf(errbuf, errlen, "service %s: argv[0] is longer than PATH_MAX",
+                            spec->name),
+                   KILN_EINVAL;
+        return 0;
+    }
+    const char *path = env_lookup(spec->env, "PATH");
+    if (!path)
+        path = getenv("PATH");
+    if (!path)
+        path = "/usr/local/bin:/usr/bin:/bin";
+    for (const char *p = path; *p;) {
+        const char *end = strchr(p, ':');
+        size_t len = end ? (size_t)(end - p) : strlen(p);
+        if (len > 0 && snprintf(out, PATH_MAX, "%.*s/%s", (int)len, p, prog) < PATH_MAX &&
+            access(out, X_OK) == 0)
+            return 0;
+        p += len + (end ? 1 : 0);
+    }
+    snprintf(errbuf, errlen,
+             "service %s: cannot run \"%s\": not found on PATH (%s); give argv[0] as an absolute "
+             "path or install the program",
+             spec->name, prog, path);
+    return KILN_ENOTFOUND;
+}
+
+/* The agent's environment with the service's NAME=value entries on top. */
+static char **build_envp(const kiln_svc_spec_t *spec)
+{
+    size_t n_base = 0, n_extra = 0;
+    while (environ && environ[n_base])
+        n_base++;
+    while (spec->env && spec->env[n_extra])
+        n_extra++;
+    char **envp = calloc(n_base + n_extra + 1, sizeof *envp);
+    if (!envp)
+        return NULL;
+    size_t k = 0;
+    for (size_t i = 0; i < n_base; i++) {
+        const char *eq = strchr(environ[i], '=');
+        size_t name_len = eq ? (size_t)(eq - environ[i]) : strlen(environ[i]);
+        bool overridden = false;
+        for (size_t j = 0; j < n_extra && !overridden; j++)
+            overridden =
+                strncmp(spec->env[j], environ[i], name_len) == 0 && spec->env[j][name_len] == '=';
+        if (!overridden)
+            envp[k++] = environ[i];
+    }
+    for (size_t j = 0; j < n_extra; j++)
+        envp[k++] = spec->env[j];
+    return envp;
+}
+
+static void close_fd(int *fd)
+{
+    if (*fd >= 0)
+        close(*fd);
+    *fd = -1;
+}
+
+static void describe_failure(const sv_service_t *svc, const spawn_plan_t *plan,
+                             const exec_failure_t *f, char *errbuf, size_t errlen)
+{
+    const char *name = svc->spec.name;
+    switch (f->stage) {
+    case EXEC_STAGE_CWD:
+        snprintf(errbuf, errlen, "service %s: cannot enter cwd \"%s\": %s; fix the service's cwd",
+                 name, svc->spec.cwd, strerror(f->err));
+        break;
+    case EXEC_STAGE_EXEC:
+        snprintf(errbuf, errlen,
+                 "service %s: cannot execute \"%s\": %s; argv[0] must be an executable file", name,
+                 plan->path, strerror(f->err));
+        break;
+    default:
+        snprintf(errbuf, errlen, "service %s: cannot set up the child process: %s", name,
+                 strerror(f->err));
+    }
+}
+
+/* Waits (briefly: the child is between fork and execve) for the exec
+ * pipe's verdict. 0 when execve succeeded. */
+static int await_exec(sv_service_t *svc, pid_t pid, int exec_r, const spawn_plan_t *plan,
+                      char *errbuf, size_t errlen)
+{
+    exec_failure_t f;
+    ssize_t r;
+    do
+        r = read(exec_r, &f, sizeof f);
+    while (r < 0 && errno == EINTR);
+    if (r == 0)
+        return 0;
+    if (r != (ssize_t)sizeof f)
+        f = (exec_failure_t){EXEC_STAGE_FDS, r < 0 ? errno : EPROTO};
+    int status;
+    while (waitpid(pid, &status, 0) < 0 && errno == EINTR)
+        ;
+    describe_failure(svc, plan, &f, errbuf, errlen);
+    return KILN_EIO;
+}
+
+static int make_pipe(int fds[2])
+{
+    return pipe2(fds, O_CLOEXEC) < 0 ? -errno : 0;
+}
+
+static void on_pipe_closed(uv_handle_t *h)
+{
+    sv_pipe_t *p = h->data;
+    sv_service_t *svc = p->svc;
+    for (sv_pipe_t **pp = &svc->pipes; *pp; pp = &(*pp)->next) {
+        if (*pp == p) {
+            *pp = p->next;
+            break;
+        }
+    }
+    free(p);
+    sv_service_unref(svc);
+}
+
+static void pipe_close(sv_pipe_t *p)
+{
+    if (!uv_is_closing((uv_handle_t *)&p->handle))
+        uv_close((uv_handle_t *)&p->handle, on_pipe_closed);
+}
+
+static void on_pipe_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
+{
+    sv_pipe_t *p = h->data;
+    *buf = uv_buf_init(p->buf, sizeof p->buf);
+}
+
+static void on_pipe_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
+{
+    sv_pipe_t *p = s->data;
+    sv_service_t *svc = p->svc;
+    if (nread < 0) {
+        pipe_close(p);
+        return;
+    }
+    if (p->stream) {
+        if (svc->log && nread > 0)
+            kiln_svclog_write(svc->log, p->stream, buf->base, (size_t)nread);
+        return;
+    }
+    /* The readiness fd: the first newline means ready; nothing after matters. */
+    if (nread > 0 && memchr(buf->base, '\n', (size_t)nread)) {
+        pipe_close(p);
+        if (p->run_gen == svc->run_gen)
+            sv_dispatch(svc, SV_EV_READY);
+    }
+}
+
+static int pipe_watch(sv_service_t *svc, int *fd, const char *stream)
+{
+    sv_pipe_t *p = calloc(1, sizeof *p);
+    if (!p)
+        return KILN_ENOMEM;
+    p->svc = svc;
+    p->stream = stream;
+    p->run_gen = svc->run_gen;
+    uv_pipe_init(svc->sv->loop, &p->handle, 0);
+    p->handle.data = p;
+    p->next = svc->pipes;
+    svc->pipes = p;
+    svc->refs++;
+    int rc = uv_pipe_open(&p->handle, *fd);
+    if (rc == 0) {
+        *fd = -1; /* the handle owns it now */
+        rc = uv_read_start((uv_stream_t *)&p->handle, on_pipe_alloc, on_pipe_read);
+    }
+    if (rc < 0) {
+        pipe_close(p);
+        return KILN_EIO;
+    }
+    return 0;
+}
+
+/* Closes every pipe of every run of svc (their close callbacks drop the
+ * references they hold). */
+void sv_proc_close_pipes(sv_service_t *svc)
+{
+    for (sv_pipe_t *p = svc->pipes; p; p = p->next)
+        pipe_close(p);
+}
+
+/* Records the forked child (pid, start time) in the state file, then lets
+ * it go on to execve. The start time does not change at execve. */
+static int release_child(sv_service_t *svc, pid_t pid, int go_w, char *errbuf, size_t errlen)
+{
+    sv_procinfo_t info;
+    svc->pid = pid;
+    svc->start_ticks = sv_proc_read(pid, &info) == 0 ? info.start_ticks : 0;
+    sv_state_write(svc->sv);
+    ssize_t r;
+    do /* a socket, so a child already gone means EPIPE, never SIGPIPE */
+        r = send(go_w, "g", 1, MSG_NOSIGNAL);
+    while (r < 0 && errno == EINTR);
+    if (r == 1)
+        return 0;
+    snprintf(errbuf, errlen, "service %s: cannot release the child process: %s", svc->spec.name,
+             strerror(errno));
+    kill(pid, SIGKILL);
+    while (waitpid(pid, NULL, 0) < 0 && errno == EINTR)
+        ;
+    return KILN_EIO;
+}
+
+static pid_t fork_child(spawn_plan_t *plan, const kiln_svc_spec_t *spec)
+{
+    sigset_t all, old;
+    sigfillset(&all);
+    pthread_sigmask(SIG_SETMASK, &all, &old);
+    pid_t pid = fork();
+    if (pid == 0)
+        child_exec(plan, spec);
+    int saved = errno;
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    errno = saved;
+    return pid;
+}
+
+/* Starts a run of svc: on success svc->pid (also its group and session id)
+ * and start_ticks are set and the pipes are read on the loop. On failure
+ * errbuf says why (naming the service and the fix) and no process is left. */
+int sv_proc_spawn(sv_service_t *svc, char *errbuf, size_t errlen)
+{
+    const kiln_svc_spec_t *spec = &svc->spec;
+    spawn_plan_t plan = {.out_w = -1, .err_w = -1, .ready_w = -1, .exec_w = -1, .go_r = -1};
+    int out[2] = {-1, -1}, err[2] = {-1, -1}, rdy[2] = {-1, -1}, ex[2] = {-1, -1};
+    int go[2] = {-1, -1};
+    int rc = resolve_path(spec, plan.path, errbuf, errlen);
+    if (rc)
+        return rc;
+    plan.envp = build_envp(spec);
+    rc = plan.envp ? 0 : -ENOMEM;
+    if (!rc)
+        rc = make_pipe(out);
+    if (!rc)
+        rc = make_pipe(err);
+    if (!rc && spec->ready.kind == KILN_READY_FD)
+        rc = make_pipe(rdy);
+    if (!rc)
+        rc = make_pipe(ex);
+    if (!rc && socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, go) < 0)
+        rc = -errno;
+    if (rc) {
+        snprintf(errbuf, errlen, "service %s: cannot create pipes: %s", spec->name, strerror(-rc));
+        rc = KILN_EIO;
+        goto done;
+    }
+    plan.out_w = out[1], plan.err_w = err[1], plan.ready_w = rdy[1], plan.exec_w = ex[1];
+    plan.go_r = go[0];
+    pid_t pid = fork_child(&plan, spec);
+    if (pid < 0) {
+        snprintf(errbuf, errlen, "service %s: fork failed: %s", spec->name, strerror(errno));
+        rc = KILN_EIO;
+        goto done;
+    }
+    close_fd(&out[1]), close_fd(&err[1]), close_fd(&rdy[1]), close_fd(&ex[1]);
+    close_fd(&go[0]);
+    rc = release_child(svc, pid, go[1], errbuf, errlen);
+    close_fd(&go[1]);
+    if (rc == 0)
+        rc = await_exec(svc, pid, ex[0], &plan, errbuf, errlen);
+    if (rc) {
+        svc->pid = 0;
+        sv_state_write(svc->sv);
+        goto done;
+    }
+    svc->run_gen++;
+    svc->n_desc = 0;
+    /* A pipe that cannot be watched loses output, not the run. */
+    pipe_watch(svc, &out[0], "stdout");
+    pipe_watch(svc, &err[0], "stderr");
+    if (rdy[0] >= 0)
+        pipe_watch(svc, &rdy[0], NULL);
+done:
+    close_fd(&out[0]), close_fd(&out[1]), close_fd(&err[0]), close_fd(&err[1]);
+    close_fd(&rdy[0]), close_fd(&rdy[1]), close_fd(&ex[0]), close_fd(&ex[1]);
+    close_fd(&go[0]), close_fd(&go[1]);
+    free(plan.envp);
+    return rc;
+}

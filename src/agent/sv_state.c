@@ -1,0 +1,184 @@
+/*
+ * The state file: what runs (name, pid, pgid, process start time), written
+ * atomically (temporary file + rename) on every change, so an agent that
+ * was killed -9 and starts again can stop what the previous one left
+ * running before it starts anything: no service ever runs twice. The start
+ * time (/proc/PID/stat field 22) tells a leftover from a reused pid.
+ */
+#include <errno.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "agent/sv_internal.h"
+#include "kiln/log.h"
+
+/* Upper bound on waiting for a leftover to obey its stop signal. */
+#define SV_RECOVER_TERM_MAX_MS 30000
+/* And for the SIGKILL that follows. */
+#define SV_RECOVER_KILL_MS 5000
+
+static json_t *state_json(kiln_supervisor_t *sv)
+{
+    json_t *list = json_array();
+    for (size_t i = 0; i < sv->n_svcs; i++) {
+        const sv_service_t *svc = sv->svcs[i];
+        if (svc->pid <= 0)
+            continue;
+        json_array_append_new(
+            list, json_pack("{s:s,s:i,s:i,s:I,s:i,s:I}", "name", svc->spec.name, "pid",
+                            (int)svc->pid, "pgid", (int)svc->pid, "start_time",
+                            (json_int_t)svc->start_ticks, "stop_signal", svc->spec.stop_signal,
+                            "stop_timeout_ms", (json_int_t)svc->spec.stop_timeout_ms));
+    }
+    return json_pack("{s:i,s:i,s:o}", "version", 1, "agent_pid", (int)sv->self_pid, "services",
+                     list);
+}
+
+/* Rewrites the state file from the services' current runs. Failures are
+ * logged, not returned: supervision goes on without it. */
+void sv_state_write(kiln_supervisor_t *sv)
+{
+    if (!sv->state_file)
+        return;
+    char tmp[4096];
+    if (snprintf(tmp, sizeof tmp, "%s.tmp", sv->state_file) >= (int)sizeof tmp)
+        return;
+    json_t *root = state_json(sv);
+    FILE *f = fopen(tmp, "we");
+    int rc = f ? 0 : -1;
+    if (f) {
+        rc = json_dumpf(root, f, JSON_COMPACT);
+        if (fflush(f) != 0 || fsync(fileno(f)) != 0)
+            rc = -1;
+        if (fclose(f) != 0)
+            rc = -1;
+    }
+    json_decref(root);
+    if (rc == 0 && rename(tmp, sv->state_file) == 0)
+        return;
+    KILN_LOG_WARN_("supervisor",
+                   "cannot write state file %s: %s; check that its folder exists and is writable",
+                   sv->state_file, strerror(errno));
+    unlink(tmp);
+}
+
+static void pause_ms(long ms)
+{
+    struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
+    while (nanosleep(&ts, &ts) < 0 && errno == EINTR)
+        ;
+}
+
+/* True when no live process remains in group/session pgid and pid is
+ * gone; reaps those that are the agent's own children. */
+static bool leftover_gone(pid_t pid, pid_t pgid)
+{
+    while (waitpid(-pgid, NULL, WNOHANG) > 0)
+        ;
+    waitpid(pid, NULL, WNOHANG);
+    sv_procinfo_t *procs;
+    size_t n;
+    if (sv_proc_scan(&procs, &n) != 0)
+        return false;
+    bool gone = true;
+    for (size_t i = 0; i < n && gone; i++) {
+        if (procs[i].state != 'Z' &&
+            (procs[i].pid == pid || procs[i].pgid == pgid || procs[i].sid == pgid))
+            gone = false;
+    }
+    free(procs);
+    return gone;
+}
+
+static bool wait_gone(pid_t pid, pid_t pgid, long bound_ms)
+{
+    uint64_t deadline = sv_now_ms() + (uint64_t)bound_ms;
+    while (!leftover_gone(pid, pgid)) {
+        if (sv_now_ms() > deadline)
+            return false;
+        pause_ms(10);
+    }
+    return true;
+}
+
+/* Stops one leftover run: its stop signal to the group, SIGKILL after its
+ * stop timeout (bounded), and waits until it is gone. */
+static int stop_leftover(const char *name, pid_t pid, pid_t pgid, int sig, long timeout_ms,
+                         kiln_err_t *err)
+{
+    KILN_LOG_WARN_("supervisor",
+                   "service %s: pid %d (group %d) was left running by a previous agent; "
+                   "stopping it before starting anything",
+                   name, (int)pid, (int)pgid);
+    if (timeout_ms < 0 || timeout_ms > SV_RECOVER_TERM_MAX_MS)
+        timeout_ms = SV_RECOVER_TERM_MAX_MS;
+    kill(-pgid, sig);
+    kill(pid, sig);
+    if (wait_gone(pid, pgid, timeout_ms))
+        return 0;
+    kill(-pgid, SIGKILL);
+    kill(pid, SIGKILL);
+    if (wait_gone(pid, pgid, SV_RECOVER_KILL_MS))
+        return 0;
+    return kiln_err_set(err, KILN_ETIMEOUT,
+                        "service %s: pid %d left by a previous agent survives SIGKILL; stop it "
+                        "by hand before starting the agent",
+                        name, (int)pid);
+}
+
+static int recover_entry(json_t *e, const char *file, kiln_err_t *err)
+{
+    const char *name = json_string_value(json_object_get(e, "name"));
+    json_int_t pid = json_integer_value(json_object_get(e, "pid"));
+    json_int_t pgid = json_integer_value(json_object_get(e, "pgid"));
+    json_int_t start = json_integer_value(json_object_get(e, "start_time"));
+    json_t *sig = json_object_get(e, "stop_signal");
+    json_t *timeout = json_object_get(e, "stop_timeout_ms");
+    if (!name || pid <= 1 || pgid <= 1)
+        return kiln_err_set(err, KILN_EINVAL,
+                            "state file %s: an entry lacks name, pid or pgid; fix the file, or "
+                            "delete it once none of its processes runs",
+                            file);
+    sv_procinfo_t info;
+    if (sv_proc_read((pid_t)pid, &info) != 0 || info.state == 'Z' ||
+        info.start_ticks != (unsigned long long)start)
+        return 0; /* gone, or the pid now belongs to another process */
+    return stop_leftover(name, (pid_t)pid, (pid_t)pgid,
+                         sig ? (int)json_integer_value(sig) : SIGTERM,
+                         timeout ? (long)json_integer_value(timeout) : 10000, err);
+}
+
+/* Stops every run the state file names that is still the same process.
+ * 0, or a KILN_E* code when the file is unreadable or a leftover survives. */
+int sv_state_recover(kiln_supervisor_t *sv, kiln_err_t *err)
+{
+    if (!sv->state_file || access(sv->state_file, F_OK) != 0)
+        return 0;
+    json_error_t jerr;
+    json_t *root = json_load_file(sv->state_file, 0, &jerr);
+    json_t *list = json_object_get(root, "services");
+    if (!root || !json_is_array(list)) {
+        json_decref(root);
+        return kiln_err_set(err, KILN_EINVAL,
+                            "state file %s: not a supervisor state (%s); fix it, or delete it "
+                            "once none of its processes runs",
+                            sv->state_file, root ? "no \"services\" array" : jerr.text);
+    }
+    int rc = 0;
+    size_t i;
+    json_t *e;
+    json_array_foreach(list, i, e)
+    {
+        if ((rc = recover_entry(e, sv->state_file, err)) != 0)
+            break;
+    }
+    json_decref(root);
+    if (rc == 0)
+        sv_state_write(sv);
+    return rc;
+}
