@@ -8,6 +8,9 @@ packages=(
   libhiredis-dev libuv1-dev libcivetweb-dev libjansson-dev libyaml-dev
   libcurl4-openssl-dev libssl-dev libcmocka-dev
   redis-server
+  # promtool, which checks GET /metrics in tests/unit/test_machine_api.c
+  # (the server unit the package also brings is disabled below)
+  prometheus
 )
 
 missing=()
@@ -25,3 +28,9 @@ sudo_cmd=()
 export DEBIAN_FRONTEND=noninteractive
 "${sudo_cmd[@]}" apt-get update -qq >/dev/null
 "${sudo_cmd[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+
+# The prometheus package's own server would listen on :9090, the machine
+# API's default port (machine.health_port); kiln needs only its promtool.
+if command -v systemctl >/dev/null 2>&1 && systemctl is-enabled prometheus >/dev/null 2>&1; then
+  "${sudo_cmd[@]}" systemctl disable --now prometheus >/dev/null 2>&1 || true
+fi
