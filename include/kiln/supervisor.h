@@ -43,32 +43,32 @@ const char *kiln_svc_state_name(kiln_svc_state_t state);
 
 typedef struct kiln_ready_check {
     kiln_ready_kind_t kind;
-    char *target;       /* URL or host:port; owned */
-    char **argv;        /* COMMAND; owned, NULL-terminated */
-    long interval_ms;   /* between attempts; default 200 */
-    long timeout_ms;    /* one attempt; default 2000 */
-    long deadline_ms;   /* give up (service failed to start) after; default 120000 */
+    char *target;     /* URL or host:port; owned */
+    char **argv;      /* COMMAND; owned, NULL-terminated */
+    long interval_ms; /* between attempts; default 200 */
+    long timeout_ms;  /* one attempt; default 2000 */
+    long deadline_ms; /* give up (service failed to start) after; default 120000 */
 } kiln_ready_check_t;
 
 /* One service. Every pointer is owned by the spec (kiln_svc_spec_clear). */
 typedef struct kiln_svc_spec {
-    char *name;            /* [a-z0-9][a-z0-9_-]{0,63} */
-    char **argv;           /* NULL-terminated; argv[0] absolute or found on PATH */
-    char **env;            /* extra "NAME=value", NULL-terminated, may be NULL */
-    char *cwd;             /* may be NULL */
-    char **depends_on;     /* names, NULL-terminated, may be NULL */
-    bool oneshot;          /* a step that runs to exit 0 once (install, setup) */
-    char *done_marker;     /* oneshot: skipped when this file exists; created on success */
+    char *name;              /* [a-z0-9][a-z0-9_-]{0,63} */
+    char **argv;             /* NULL-terminated; argv[0] absolute or found on PATH */
+    char **env;              /* extra "NAME=value", NULL-terminated, may be NULL */
+    char *cwd;               /* may be NULL */
+    char **depends_on;       /* names, NULL-terminated, may be NULL */
+    bool oneshot;            /* a step that runs to exit 0 once (install, setup) */
+    char *done_marker;       /* oneshot: skipped when this file exists; created on success */
     long oneshot_timeout_ms; /* oneshot: killed and failed after; 0 = none */
     kiln_restart_t restart;
     kiln_ready_check_t ready;
-    int stop_signal;       /* default SIGTERM */
-    long stop_timeout_ms;  /* then SIGKILL of the whole group; default 10000 */
-    long memory_limit_mb;  /* restart when the group's RSS passes it; 0 = none */
-    long backoff_base_ms;  /* first restart delay; default 100; doubles, with jitter */
-    long backoff_max_ms;   /* default 30000 */
-    long stable_ms;        /* a run this long resets the backoff; default 10000 */
-    int max_failures;      /* this many failures within failure_window_ms: "failed" */
+    int stop_signal;        /* default SIGTERM */
+    long stop_timeout_ms;   /* then SIGKILL of the whole group; default 10000 */
+    long memory_limit_mb;   /* restart when the group's RSS passes it; 0 = none */
+    long backoff_base_ms;   /* first restart delay; default 100; doubles, with jitter */
+    long backoff_max_ms;    /* default 30000 */
+    long stable_ms;         /* a run this long resets the backoff; default 10000 */
+    int max_failures;       /* this many failures within failure_window_ms: "failed" */
     long failure_window_ms; /* defaults 5 and 60000 */
 } kiln_svc_spec_t;
 
@@ -84,14 +84,14 @@ typedef void (*kiln_supervisor_event_cb)(void *ctx, const char *service, const c
                                          json_t *fields);
 
 typedef struct kiln_supervisor_options {
-    const char *state_file;  /* pids and process-start times of what runs; NULL = none */
-    const char *log_dir;     /* <dir>/<service>.log, rotated; NULL = no files */
-    size_t log_ring_lines;   /* in-memory lines per service for the API; default 1000 */
+    const char *state_file;    /* pids and process-start times of what runs; NULL = none */
+    const char *log_dir;       /* <dir>/<service>.log, rotated; NULL = no files */
+    size_t log_ring_lines;     /* in-memory lines per service for the API; default 1000 */
     size_t log_file_max_bytes; /* rotate past this; default 10 MiB */
-    int log_file_keep;       /* rotated files kept; default 5 */
+    int log_file_keep;         /* rotated files kept; default 5 */
     kiln_supervisor_event_cb on_event;
     void *event_ctx;
-    long stats_interval_ms;  /* RSS/CPU sweep and memory_limit_mb check; default 2000 */
+    long stats_interval_ms; /* RSS/CPU sweep and memory_limit_mb check; default 2000 */
 } kiln_supervisor_options_t;
 
 typedef struct kiln_supervisor kiln_supervisor_t;
@@ -133,6 +133,14 @@ json_t *kiln_supervisor_service_status(kiln_supervisor_t *sv, const char *name);
 /* The last lines (at most `lines`) of a service's output as a JSON array
  * of {"time","stream","line"}; NULL for an unknown service. */
 json_t *kiln_supervisor_logs(kiln_supervisor_t *sv, const char *name, size_t lines);
+
+/* Calls cb(ctx, entry) for every new output line of service name (entry
+ * as in kiln_supervisor_logs, borrowed) until unfollowed. KILN_ENOTFOUND
+ * for an unknown name. Unfollow does nothing for an unknown name or pair. */
+int kiln_supervisor_logs_follow(kiln_supervisor_t *sv, const char *name,
+                                void (*cb)(void *ctx, json_t *entry), void *ctx);
+void kiln_supervisor_logs_unfollow(kiln_supervisor_t *sv, const char *name,
+                                   void (*cb)(void *ctx, json_t *entry), void *ctx);
 
 /* Frees the supervisor; services must have been shut down (a run still
  * alive is SIGKILLed, group and all). Handles close asynchronously: run the

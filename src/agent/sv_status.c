@@ -102,3 +102,20 @@ json_t *kiln_supervisor_logs(kiln_supervisor_t *sv, const char *name, size_t lin
         return NULL;
     return svc->log ? kiln_svclog_tail(svc->log, lines) : json_array();
 }
+
+int kiln_supervisor_logs_follow(kiln_supervisor_t *sv, const char *name,
+                                void (*cb)(void *ctx, json_t *entry), void *ctx)
+{
+    sv_service_t *svc = sv_find(sv, name);
+    if (!svc || !svc->log)
+        return KILN_ENOTFOUND;
+    return kiln_svclog_follow(svc->log, cb, ctx);
+}
+
+void kiln_supervisor_logs_unfollow(kiln_supervisor_t *sv, const char *name,
+                                   void (*cb)(void *ctx, json_t *entry), void *ctx)
+{
+    sv_service_t *svc = sv_find(sv, name);
+    if (svc && svc->log)
+        kiln_svclog_unfollow(svc->log, cb, ctx);
+}

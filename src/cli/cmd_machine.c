@@ -17,7 +17,12 @@
 static const char usage_text[] =
     "usage: kiln machine plan [--json] [--gpus N] [global options]\n"
     "       kiln machine gpus [--json] [global options]\n"
+    "       kiln machine run [--state-dir DIR] [--gpus N] [global options]\n"
+    "       kiln machine reload [--state-dir DIR]\n"
     "\n"
+    "  run    run the machine agent: start and supervise the plan, publish\n"
+    "         status and events to Redis (see kiln machine run --help)\n"
+    "  reload make a running agent reload its configuration\n"
     "  plan   print the service plan (shared-setup, comfyui-gpuN, worker-gpuN,\n"
     "         worker-apiN, your services) built from the configuration and the\n"
     "         GPUs; starts nothing\n"
@@ -245,6 +250,10 @@ static int run_gpus(const kiln_cli_globals_t *g)
 
 int kiln_cmd_machine(int argc, char **argv)
 {
+    if (argc > 1 && strcmp(argv[1], "run") == 0)
+        return kiln_cmd_machine_run(argc - 1, argv + 1);
+    if (argc > 1 && strcmp(argv[1], "reload") == 0)
+        return kiln_cmd_machine_reload(argc - 1, argv + 1);
     kiln_cli_globals_t g;
     int rc = kiln_cli_parse_globals(&argc, argv, &g);
     if (rc != 0)

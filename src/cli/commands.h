@@ -32,6 +32,11 @@ int kiln_cmd_retry(int argc, char **argv);
 int kiln_cmd_queues(int argc, char **argv);
 int kiln_cmd_workers(int argc, char **argv);
 int kiln_cmd_machine(int argc, char **argv);
+int kiln_cmd_machine_run(int argc, char **argv);    /* kiln machine run */
+int kiln_cmd_machine_reload(int argc, char **argv); /* kiln machine reload */
+int kiln_cmd_services(int argc, char **argv);
+int kiln_cmd_logs(int argc, char **argv);
+int kiln_cmd_restart(int argc, char **argv);
 
 /* ---- Shared between commands ---------------------------------------------- */
 
@@ -69,5 +74,36 @@ typedef struct kiln_cli_job_op {
  * when all succeeded, 3 when Redis failed, 1 when any other failed, 2 on a
  * usage error. (cmd_cancel.c) */
 int kiln_cli_run_job_op(int argc, char **argv, const kiln_cli_job_op_t *op);
+
+/* ---- The machine API client (cmd_services.c) ------------------------------ */
+
+struct kiln_cli_globals;
+struct json_t;
+
+/* Where the machine API is and the token for its control endpoints. */
+typedef struct kiln_cli_api {
+    char base_url[512];
+    const char *token; /* --token, else KILN_MACHINE_API_TOKEN; may be NULL */
+} kiln_cli_api_t;
+
+/* Takes --api URL and --token TOKEN out of argv (in place, updating *argc)
+ * and fills api: the URL given, else http://127.0.0.1:<machine.health_port>
+ * from the configuration. Prints the problem and returns KILN_EXIT_USAGE
+ * on a bad flag or configuration; 0 on success. */
+int kiln_cli_api_setup(const char *cmd, int *argc, char **argv, const struct kiln_cli_globals *g,
+                       kiln_cli_api_t *api);
+
+/* Called with each line (without its newline) of a streamed reply. */
+typedef void (*kiln_cli_api_stream_cb)(void *ctx, char *line);
+
+/* Sends METHOD path (empty body; the bearer token on POST). With stream,
+ * the 2xx reply's lines go to stream(stream_ctx, line) as they arrive and
+ * there is no overall timeout; else the reply is parsed into *reply
+ * (caller frees; reply may be NULL). Prints any error (the agent's message,
+ * or why it cannot be reached) and returns the exit code: 0, 1 an error
+ * reply, 2 a 400/405/413, 3 unreachable or 503, 4 timed out. */
+int kiln_cli_api_call(const char *cmd, const kiln_cli_api_t *api, const char *method,
+                      const char *path, kiln_cli_api_stream_cb stream, void *stream_ctx,
+                      struct json_t **reply);
 
 #endif

@@ -15,6 +15,9 @@ static const kiln_command_t commands[] = {
     {"queues", "show per-service queue counts and the oldest wait", kiln_cmd_queues},
     {"workers", "list live workers, their services and slots", kiln_cmd_workers},
     {"machine", "show the machine's service plan and GPUs", kiln_cmd_machine},
+    {"services", "list the machine agent's services and their state", kiln_cmd_services},
+    {"logs", "show or follow a service's output on this machine", kiln_cmd_logs},
+    {"restart", "restart a service of the machine agent", kiln_cmd_restart},
 };
 
 static void usage(FILE *out)

@@ -1,0 +1,227 @@
+/*
+ * The machine agent: wires the config, GPU discovery, the service plan, the
+ * supervisor and the status publisher on one libuv loop.
+ */
+#include "kiln/agent.h"
+
+#include <errno.h>
+#include <signal.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+#include <uv.h>
+
+#include "agent/agent_internal.h"
+#include "broker/ops.h"
+#include "kiln/log.h"
+
+static char **strv_dup(char *const *v)
+{
+    size_t n = 0;
+    while (v && v[n])
+        n++;
+    char **out = calloc(n + 1, sizeof *out);
+    for (size_t i = 0; out && i < n; i++) {
+        if (!(out[i] = strdup(v[i]))) {
+            for (size_t j = 0; j < i; j++)
+                free(out[j]);
+            free(out);
+            return NULL;
+        }
+    }
+    return out;
+}
+
+/* One planned service as a supervisor spec (spec owns copies). */
+static int spec_from_plan(const kiln_plan_service_t *ps, kiln_svc_spec_t *spec)
+{
+    kiln_svc_spec_init(spec);
+    spec->name = strdup(ps->name);
+    spec->argv = strv_dup(ps->argv);
+    spec->env = strv_dup(ps->env);
+    spec->cwd = ps->cwd ? strdup(ps->cwd) : NULL;
+    spec->depends_on = strv_dup(ps->depends_on);
+    spec->oneshot = ps->kind == KILN_SERVICE_SETUP || ps->ready.kind == KILN_READY_EXIT;
+    spec->restart = ps->restart;
+    spec->ready.kind = ps->ready.kind == KILN_READY_EXIT ? KILN_READY_NONE : ps->ready.kind;
+    spec->ready.target = ps->ready.target ? strdup(ps->ready.target) : NULL;
+    spec->ready.argv = ps->ready.command ? strv_dup(ps->ready.command) : NULL;
+    if (!spec->name || !spec->argv || !spec->env || !spec->depends_on || (ps->cwd && !spec->cwd) ||
+        (ps->ready.target && !spec->ready.target)) {
+        kiln_svc_spec_clear(spec);
+        return KILN_ENOMEM;
+    }
+    return 0;
+}
+
+int kiln_agent_specs_from_plan(const kiln_plan_t *plan, kiln_svc_spec_t **specs, size_t *n,
+                               kiln_err_t *err)
+{
+    *specs = calloc(plan->count ? plan->count : 1, sizeof **specs);
+    *n = 0;
+    if (!*specs)
+        return kiln_err_set(err, KILN_ENOMEM, "out of memory");
+    for (size_t i = 0; i < plan->count; i++) {
+        if (spec_from_plan(&plan->services[i], &(*specs)[i]) != 0) {
+            kiln_agent_specs_free(*specs, i);
+            *specs = NULL;
+            return kiln_err_set(err, KILN_ENOMEM, "out of memory");
+        }
+        *n = i + 1;
+    }
+    return 0;
+}
+
+void kiln_agent_specs_free(kiln_svc_spec_t *specs, size_t n)
+{
+    for (size_t i = 0; specs && i < n; i++)
+        kiln_svc_spec_clear(&specs[i]);
+    free(specs);
+}
+
+/* Discovers GPUs as the config says (override, has_gpu) and builds the plan. */
+static int build_plan(kiln_agent_t *a, kiln_plan_t *plan, kiln_err_t *err)
+{
+    kiln_gpu_list_free(&a->gpus);
+    kiln_gpu_options_t gopts = {.override_count = a->cfg.machine.gpu_count};
+    if (a->gpu_override >= 0)
+        gopts.override_count = a->gpu_override;
+    if (!a->cfg.machine.has_gpu)
+        gopts.override_count = 0;
+    int rc = kiln_gpu_discover(&gopts, &a->gpus, err);
+    if (rc)
+        return rc;
+    kiln_agent_event(a, "startup",
+                     json_pack("{s:s, s:i, s:s}", "phase", "gpus", "count", (int)a->gpus.count,
+                               "source", a->gpus.source));
+    kiln_plan_options_t popts = {.kiln_path = a->kiln_path};
+    return kiln_plan_build_with(&a->cfg, &a->gpus, &popts, plan, err);
+}
+
+/* Builds the plan and reconciles the supervisor with it. */
+int kiln_agent_apply_plan(kiln_agent_t *a, kiln_err_t *err)
+{
+    kiln_plan_t plan = {0};
+    int rc = build_plan(a, &plan, err);
+    kiln_svc_spec_t *specs = NULL;
+    size_t n = 0;
+    if (!rc)
+        rc = kiln_agent_specs_from_plan(&plan, &specs, &n, err);
+    if (!rc)
+        rc = kiln_supervisor_apply(a->sv, specs, n, err);
+    kiln_agent_specs_free(specs, n);
+    if (rc) {
+        kiln_plan_free(&plan);
+        return rc;
+    }
+    kiln_plan_free(&a->plan);
+    a->plan = plan;
+    kiln_agent_event(a, "startup",
+                     json_pack("{s:s, s:i}", "phase", "plan", "services", (int)plan.count));
+    return 0;
+}
+
+void kiln_agent_event(kiln_agent_t *a, const char *type, json_t *fields)
+{
+    if (a->pub)
+        kiln_publisher_event(a->pub, type, fields);
+    json_decref(fields);
+}
+
+static const char *machine_type_name(kiln_machine_type_t type)
+{
+    static const char *const names[] = {"auto", "gpu", "api", "hybrid"};
+    return type >= KILN_MACHINE_AUTO && type <= KILN_MACHINE_HYBRID ? names[type] : "auto";
+}
+
+json_t *kiln_agent_status(kiln_agent_t *a)
+{
+    json_t *services = a->sv ? kiln_supervisor_status(a->sv) : json_array();
+    return json_pack("{s:s, s:s, s:s, s:o, s:o, s:s, s:I, s:I}", "machine_id",
+                     a->cfg.machine_id ? a->cfg.machine_id : "", "machine_type",
+                     machine_type_name(a->plan.machine_type), "state", a->state, "services",
+                     services ? services : json_array(), "gpus", kiln_gpu_list_to_json(&a->gpus),
+                     "gpu_source", a->gpus.source, "started_at", (json_int_t)a->started_ms,
+                     "updated_at", (json_int_t)kiln_ops_wall_ms());
+}
+
+void kiln_agent_publish_status(kiln_agent_t *a)
+{
+    json_t *status = kiln_agent_status(a);
+    if (status && a->pub)
+        kiln_publisher_status(a->pub, status);
+    json_decref(status);
+}
+
+void kiln_agent_on_status_timer(uv_timer_t *t)
+{
+    kiln_agent_publish_status(t->data);
+}
+
+/* A change publishes the status at once (coalesced within 100 ms). */
+static void publish_soon(kiln_agent_t *a)
+{
+    if (!uv_is_active((uv_handle_t *)&a->publish_soon_timer))
+        uv_timer_start(&a->publish_soon_timer, kiln_agent_on_status_timer, 100, 0);
+}
+
+/* Ready once every service runs (or, for steps, has finished). */
+static void update_readiness(kiln_agent_t *a)
+{
+    if (a->stopping || strcmp(a->state, "ready") == 0)
+        return;
+    json_t *services = kiln_supervisor_status(a->sv);
+    size_t i;
+    json_t *svc;
+    bool all = true;
+    json_array_foreach(services, i, svc)
+    {
+        const char *st = json_string_value(json_object_get(svc, "state"));
+        all = all && st && (!strcmp(st, "running") || !strcmp(st, "exited"));
+    }
+    json_decref(services);
+    if (all) {
+        a->state = "ready";
+        KILN_LOG_INFO_("agent", "machine %s ready", a->cfg.machine_id);
+        kiln_agent_event(a, "startup", json_pack("{s:s}", "phase", "ready"));
+    }
+}
+
+/* A worker's lifecycle as the source documents name it. */
+static const char *worker_phase(const char *state, int *progress)
+{
+    static const struct {
+        const char *state, *phase;
+        int progress;
+    } phases[] = {{"waiting", "configuring", 25}, {"starting", "starting", 60},
+                  {"running", "ready", 100},      {"backoff", "starting", 60},
+                  {"failed", "failed", 0},        {NULL, NULL, 0}};
+    for (size_t i = 0; phases[i].state; i++) {
+        if (state && strcmp(state, phases[i].state) == 0) {
+            *progress = phases[i].progress;
+            return phases[i].phase;
+        }
+    }
+    return NULL;
+}
+
+void kiln_agent_on_supervisor_event(void *ctx, const char *service, const char *event,
+                                    json_t *fields)
+{
+    kiln_agent_t *a = ctx;
+    json_t *copy = fields ? json_deep_copy(fields) : json_object();
+    json_object_set_new(copy, "service", json_string(service));
+    kiln_agent_event(a, strcmp(event, "alert") == 0 ? "alert" : "service_state", copy);
+    const char *to = json_string_value(json_object_get(fields, "to"));
+    int progress = 0;
+    const char *phase = strncmp(service, "worker-", 7) == 0 ? worker_phase(to, &progress) : NULL;
+    if (phase)
+        kiln_agent_event(a, "worker_phase",
+                         json_pack("{s:s, s:s, s:i, s:n}", "worker", service, "phase", phase,
+                                   "progress", progress, "eta_ms"));
+    update_readiness(a);
+    publish_soon(a);
+}

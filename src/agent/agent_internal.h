@@ -1,0 +1,71 @@
+/* Internal: the agent's state, shared by agent.c and agent_run.c. */
+#ifndef KILN_AGENT_INTERNAL_H
+#define KILN_AGENT_INTERNAL_H
+
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <uv.h>
+
+#include "kiln/agent.h"
+#include "kiln/gpu.h"
+#include "kiln/machine_api.h"
+#include "kiln/plan.h"
+#include "kiln/publisher.h"
+#include "kiln/supervisor.h"
+
+struct kiln_agent {
+    kiln_config_t cfg; /* owned */
+    char *config_path;
+    char *state_dir;
+    char *kiln_path;
+    long status_interval_ms;
+    int gpu_override;
+
+    uv_loop_t loop;
+    uv_signal_t sigterm, sigint, sighup;
+    uv_timer_t status_timer, publish_soon_timer;
+    uv_async_t stop_async;
+
+    kiln_supervisor_t *sv;
+    kiln_machine_api_t *api;
+    char *api_listen; /* NULL: 127.0.0.1:<machine.health_port> */
+    kiln_publisher_t *pub;
+    kiln_gpu_list_t gpus;
+    kiln_plan_t plan;
+
+    const char *state; /* "starting", "ready", "stopping" */
+    long long started_ms;
+    atomic_int stop_requested;
+    bool stopping;
+};
+
+/* Builds the plan for the current config and reconciles the supervisor
+ * with it (start and reload). */
+int kiln_agent_apply_plan(kiln_agent_t *a, kiln_err_t *err);
+
+/* Publishes the full status now; the status timer's callback. */
+void kiln_agent_publish_status(kiln_agent_t *a);
+void kiln_agent_on_status_timer(uv_timer_t *t);
+
+/* The supervisor's event callback: lifecycle events, worker phases,
+ * readiness, a status publish. */
+void kiln_agent_on_supervisor_event(void *ctx, const char *service, const char *event,
+                                    json_t *fields);
+
+/* Loads the configuration again and reconciles (SIGHUP, POST /reload).
+ * On a bad config nothing changes and the problems are logged. */
+int kiln_agent_reload(kiln_agent_t *a, kiln_err_t *err);
+
+/* Starts the machine API on machine.health_port (agent_api.c). */
+int kiln_agent_api_start(kiln_agent_t *a, kiln_err_t *err);
+
+/* Queues a lifecycle event; fields (may be NULL) is stolen. */
+void kiln_agent_event(kiln_agent_t *a, const char *type, json_t *fields);
+
+/* The plan's services as supervisor specs (caller frees with
+ * kiln_agent_specs_free). */
+int kiln_agent_specs_from_plan(const kiln_plan_t *plan, kiln_svc_spec_t **specs, size_t *n,
+                               kiln_err_t *err);
+void kiln_agent_specs_free(kiln_svc_spec_t *specs, size_t n);
+
+#endif
