@@ -192,6 +192,15 @@ int kiln_agent_run(kiln_agent_t *a, kiln_err_t *err)
         begin_shutdown(a);
     }
     uv_run(&a->loop, UV_RUN_DEFAULT);
+    /* The supervisor's handles close asynchronously: let them, then close
+     * the loop, so nothing of either is left behind. */
+    if (a->sv) {
+        kiln_supervisor_free(a->sv);
+        a->sv = NULL;
+    }
+    uv_run(&a->loop, UV_RUN_DEFAULT);
+    if (uv_loop_close(&a->loop) != 0)
+        KILN_LOG_WARN_("agent", "event loop closed with handles still open");
     return rc;
 }
 
@@ -225,12 +234,8 @@ void kiln_agent_free(kiln_agent_t *a)
 {
     if (!a)
         return;
-    if (a->sv)
-        kiln_supervisor_free(a->sv);
     if (a->pub)
         kiln_publisher_free(a->pub, true);
-    if (a->loop.data || a->sigterm.loop)
-        uv_loop_close(&a->loop);
     kiln_plan_free(&a->plan);
     kiln_gpu_list_free(&a->gpus);
     kiln_config_free(&a->cfg);
