@@ -46,6 +46,8 @@ static int spec_from_plan(const kiln_plan_service_t *ps, kiln_svc_spec_t *spec)
     spec->depends_on = strv_dup(ps->depends_on);
     spec->oneshot = ps->kind == KILN_SERVICE_SETUP || ps->ready.kind == KILN_READY_EXIT;
     spec->restart = ps->restart;
+    if (ps->backoff_ms >= 0)
+        spec->backoff_base_ms = ps->backoff_ms;
     spec->ready.kind = ps->ready.kind == KILN_READY_EXIT ? KILN_READY_NONE : ps->ready.kind;
     spec->ready.target = ps->ready.target ? strdup(ps->ready.target) : NULL;
     spec->ready.argv = ps->ready.command ? strv_dup(ps->ready.command) : NULL;
@@ -216,8 +218,14 @@ void kiln_agent_on_supervisor_event(void *ctx, const char *service, const char *
     json_object_set_new(copy, "service", json_string(service));
     kiln_agent_event(a, strcmp(event, "alert") == 0 ? "alert" : "service_state", copy);
     const char *to = json_string_value(json_object_get(fields, "to"));
+    const char *from = json_string_value(json_object_get(fields, "from"));
     int progress = 0;
-    const char *phase = strncmp(service, "worker-", 7) == 0 ? worker_phase(to, &progress) : NULL;
+    bool worker = strncmp(service, "worker-", 7) == 0;
+    const char *phase = worker ? worker_phase(to, &progress) : NULL;
+    if (worker && from && strcmp(from, "down") == 0)
+        kiln_agent_event(a, "worker_phase",
+                         json_pack("{s:s, s:s, s:i, s:n}", "worker", service, "phase", "announcing",
+                                   "progress", 0, "eta_ms"));
     if (phase)
         kiln_agent_event(a, "worker_phase",
                          json_pack("{s:s, s:s, s:i, s:n}", "worker", service, "phase", phase,

@@ -209,6 +209,33 @@ static char *event_types(fixture_t *f)
     return out;
 }
 
+/* The phases of worker-api0's worker_phase events, in order, as "a,b,". */
+static char *worker_phases(fixture_t *f)
+{
+    static char out[2048];
+    out[0] = '\0';
+    redisContext *c = kiln_test_redis_connect(&f->redis);
+    redisReply *r = redisCommand(c, "XRANGE %s - +", KILN_MACHINE_EVENTS_STREAM);
+    for (size_t i = 0; r && i < r->elements; i++) {
+        redisReply *fields = r->element[i]->element[1];
+        for (size_t k = 0; k + 1 < fields->elements; k += 2) {
+            json_t *v = strcmp(fields->element[k]->str, "fields") == 0
+                            ? json_loads(fields->element[k + 1]->str, 0, NULL)
+                            : NULL;
+            const char *phase = json_string_value(json_object_get(v, "phase"));
+            if (v && json_object_get(v, "worker") && phase && strlen(out) + 32 < sizeof out) {
+                strcat(out, phase);
+                strcat(out, ",");
+            }
+            json_decref(v);
+        }
+    }
+    if (r)
+        freeReplyObject(r);
+    redisFree(c);
+    return out;
+}
+
 static void agent_runs_the_plan_publishes_status_and_its_worker_runs_jobs(void **state)
 {
     fixture_t *f = *state;
@@ -226,6 +253,9 @@ static void agent_runs_the_plan_publishes_status_and_its_worker_runs_jobs(void *
     const char *types = event_types(f);
     assert_non_null(strstr(types, "startup,"));
     assert_non_null(strstr(types, "worker_phase,"));
+    const char *phases = worker_phases(f);
+    if (strncmp(phases, "announcing,", 11) != 0 || !strstr(phases, "ready,"))
+        fail_msg("worker phases were \"%s\"; expected announcing first and ready later", phases);
     assert_non_null(strstr(types, "service_state,"));
     f->passed = true;
 }
