@@ -9,6 +9,7 @@
 #define KILN_LOG_H
 
 #include <jansson.h>
+#include <stddef.h>
 
 typedef enum { KILN_LOG_DEBUG, KILN_LOG_INFO, KILN_LOG_WARN, KILN_LOG_ERROR } kiln_log_level_t;
 typedef enum { KILN_LOG_JSON, KILN_LOG_TEXT } kiln_log_format_t;
@@ -19,6 +20,10 @@ void kiln_log_configure(kiln_log_format_t format, kiln_log_level_t min_level);
 /* Parses "json"/"text" and "debug"/"info"/"warn"/"error"; returns 0 or KILN_EINVAL. */
 int kiln_log_format_parse(const char *text, kiln_log_format_t *out);
 int kiln_log_level_parse(const char *text, kiln_log_level_t *out);
+
+/* Writes the current UTC time as ISO 8601 with milliseconds
+ * ("2026-11-22T06:00:00.123Z") into buf (size >= 32). */
+void kiln_log_format_time(char *buf, size_t size);
 
 /* Writes one record. job_id (the correlation id) may be NULL; fields may be
  * NULL and is borrowed, not stolen. Secrets must never be passed in fields. */

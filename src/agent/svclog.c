@@ -107,16 +107,6 @@ static int64_t monotonic_ms(void)
     return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
-static void format_time(char *buf, size_t size)
-{
-    struct timeval tv;
-    gettimeofday(&tv, NULL);
-    struct tm tm;
-    gmtime_r(&tv.tv_sec, &tm);
-    size_t n = strftime(buf, size, "%Y-%m-%dT%H:%M:%S", &tm);
-    snprintf(buf + n, size - n, ".%03ldZ", (long)(tv.tv_usec / 1000));
-}
-
 static bool name_is_valid(const char *name)
 {
     if (!name || !((name[0] >= 'a' && name[0] <= 'z') || (name[0] >= '0' && name[0] <= '9')))
@@ -415,7 +405,7 @@ static void emit_line(kiln_svclog_t *log, const char *stream, const char *bytes,
 {
     char time[TIME_CHARS + 1];
     char stream_name[KILN_SVCLOG_STREAM_NAME_MAX + 1];
-    format_time(time, sizeof time);
+    kiln_log_format_time(time, sizeof time);
     snprintf(stream_name, sizeof stream_name, "%s", stream);
     if (len > log->opts.line_max_bytes) {
         len = log->opts.line_max_bytes;

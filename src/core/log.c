@@ -47,7 +47,7 @@ int kiln_log_level_parse(const char *text, kiln_log_level_t *out)
     return KILN_EINVAL;
 }
 
-static void format_time(char *buf, size_t size)
+void kiln_log_format_time(char *buf, size_t size)
 {
     struct timeval tv;
     gettimeofday(&tv, NULL);
@@ -79,7 +79,7 @@ void kiln_log(kiln_log_level_t level, const char *component, const char *job_id,
     vsnprintf(message, sizeof message, fmt, ap);
     va_end(ap);
     char when[40];
-    format_time(when, sizeof when);
+    kiln_log_format_time(when, sizeof when);
 
     char *line = NULL;
     if (log_format == KILN_LOG_JSON) {
