@@ -52,6 +52,7 @@ typedef struct kiln_plan_service {
     size_t n_depends_on;
     kiln_plan_ready_t ready;
     kiln_restart_t restart;
+    long backoff_ms; /* first restart delay; -1: the supervisor's default */
 } kiln_plan_service_t;
 
 typedef struct kiln_plan {

@@ -179,9 +179,11 @@ static int spec_validate_one(const kiln_svc_spec_t *specs, size_t n, size_t i, k
                             s->name);
     if ((s->ready.kind == KILN_READY_HTTP || s->ready.kind == KILN_READY_TCP) && !s->ready.target)
         return kiln_err_set(err, KILN_EINVAL, "service %s: ready check needs a target", s->name);
-    if (s->max_failures < 1 || s->backoff_base_ms < 1 || s->stop_timeout_ms < 0)
+    /* A zero backoff restarts at once; max_failures still ends a crash loop. */
+    if (s->max_failures < 1 || s->backoff_base_ms < 0 || s->stop_timeout_ms < 0)
         return kiln_err_set(err, KILN_EINVAL,
-                            "service %s: max_failures and backoff_base_ms must be at least 1",
+                            "service %s: max_failures must be at least 1 and backoff_base_ms "
+                            "at least 0",
                             s->name);
     for (size_t d = 0; s->depends_on && s->depends_on[d]; d++) {
         if (index_of(specs, n, s->depends_on[d]) < 0)

@@ -14,6 +14,8 @@
 
 #define PATH_MAX_LEN (KILN_YAML_MAX_KEY * 2 + 64)
 #define SUB_PATH_MAX (PATH_MAX_LEN + KILN_YAML_MAX_KEY + 32)
+/* services.NAME.backoff_ms: at most an hour, as broker.backoff_base_ms. */
+#define SERVICE_MAX_BACKOFF_MS 3600000
 
 static const char *const restart_names[] = {"always", "on-failure", "never"};
 
@@ -389,6 +391,21 @@ static bool load_restart(kiln_config_ctx_t *ctx, const kiln_config_origin_t *o, 
     return false;
 }
 
+/* backoff_ms: the first restart delay; 0 restarts at once (the doubling
+ * still applies to repeated failures, and max_failures still stops a
+ * crash loop). */
+static bool load_backoff(kiln_config_ctx_t *ctx, const kiln_config_origin_t *o, const char *path,
+                         const json_t *value, long *out)
+{
+    if (!json_is_integer(value) || json_integer_value(value) < 0 ||
+        json_integer_value(value) > SERVICE_MAX_BACKOFF_MS) {
+        problem_expected(ctx, o, path, "milliseconds 0-3600000", value);
+        return false;
+    }
+    *out = (long)json_integer_value(value);
+    return true;
+}
+
 /* One key of a service body; returns false when it recorded a problem. */
 static bool load_service_key(kiln_config_ctx_t *ctx, const kiln_config_origin_t *o,
                              kiln_service_config_t *s, const char *key, const json_t *value)
@@ -409,6 +426,8 @@ static bool load_service_key(kiln_config_ctx_t *ctx, const kiln_config_origin_t 
         return load_ready(ctx, o, path, value, &s->ready);
     if (strcmp(key, "restart") == 0)
         return load_restart(ctx, o, path, value, &s->restart);
+    if (strcmp(key, "backoff_ms") == 0)
+        return load_backoff(ctx, o, path, value, &s->backoff_ms);
     if (strcmp(key, "port") == 0)
         return load_port(ctx, o, path, value, &s->port);
     if (strcmp(key, "gpu") == 0) {
@@ -420,7 +439,8 @@ static bool load_service_key(kiln_config_ctx_t *ctx, const kiln_config_origin_t 
         s->gpu = (int)json_integer_value(value);
         return true;
     }
-    unknown_in(ctx, o, path, "command, env, cwd, depends_on, ready, restart, port, gpu");
+    unknown_in(ctx, o, path,
+               "command, env, cwd, depends_on, ready, restart, backoff_ms, port, gpu");
     return false;
 }
 
@@ -441,7 +461,7 @@ static void load_service(kiln_config_ctx_t *ctx, const kiln_config_origin_t *o, 
         problem_expected(ctx, o, path, "a mapping with a command", body);
         return;
     }
-    kiln_service_config_t s = {.restart = KILN_RESTART_ALWAYS, .gpu = -1};
+    kiln_service_config_t s = {.restart = KILN_RESTART_ALWAYS, .backoff_ms = -1, .gpu = -1};
     bool ok = (s.name = strdup(name)) != NULL;
     const char *key;
     json_t *value;
@@ -532,6 +552,8 @@ json_t *kiln_config_services_to_json(const kiln_config_t *cfg)
             json_object_set_new(body, "ready",
                                 json_pack("{s:s}", ready_keys[s->ready.kind], s->ready.target));
         json_object_set_new(body, "restart", json_string(restart_names[s->restart]));
+        if (s->backoff_ms >= 0)
+            json_object_set_new(body, "backoff_ms", json_integer(s->backoff_ms));
         if (s->port)
             json_object_set_new(body, "port", json_integer(s->port));
         if (s->gpu >= 0)

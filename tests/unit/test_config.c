@@ -978,7 +978,7 @@ static void bad_services_are_refused_with_file_and_line(void **state)
                    "(argv, no shell)",
                    f);
     assert_problem("%s:16: services.typo.comand: unknown key; expected one of command, env, cwd, "
-                   "depends_on, ready, restart, port, gpu",
+                   "depends_on, ready, restart, backoff_ms, port, gpu",
                    f);
     assert_problem("%s:19: services.selfish.depends_on[0]: \"selfish\" is the service itself; "
                    "list each other service once",
@@ -991,6 +991,54 @@ static void bad_services_are_refused_with_file_and_line(void **state)
                    "4096 bytes, got \"\"",
                    f);
     assert_int_equal(problems.count, 10);
+}
+
+static void service_backoff_ms_sets_the_first_restart_delay_and_zero_is_allowed(void **state)
+{
+    assert_ok(load_yaml("services:\n"
+                        "  fast:\n"
+                        "    command: [/bin/x]\n"
+                        "    backoff_ms: 0\n"
+                        "  slow:\n"
+                        "    command: [/bin/x]\n"
+                        "    backoff_ms: 2500\n"
+                        "  plain:\n"
+                        "    command: [/bin/x]\n",
+                        NULL));
+    assert_int_equal(cfg.n_services, 3);
+    assert_int_equal(cfg.services[0].backoff_ms, 0);
+    assert_int_equal(cfg.services[1].backoff_ms, 2500);
+    assert_int_equal(cfg.services[2].backoff_ms, -1); /* the supervisor's default */
+    json_t *shown = kiln_config_to_json_redacted(&cfg);
+    const json_t *services = json_object_get(shown, "services");
+    const json_t *fast = json_object_get(json_object_get(services, "fast"), "backoff_ms");
+    assert_true(json_is_integer(fast));
+    assert_int_equal(json_integer_value(fast), 0);
+    assert_null(json_object_get(json_object_get(services, "plain"), "backoff_ms"));
+    json_decref(shown);
+}
+
+static void bad_service_backoff_ms_is_refused_with_file_and_line(void **state)
+{
+    int rc = load_yaml("services:\n"
+                       "  negative:\n"
+                       "    command: [/bin/x]\n"
+                       "    backoff_ms: -1\n"
+                       "  text:\n"
+                       "    command: [/bin/x]\n"
+                       "    backoff_ms: soon\n"
+                       "  huge:\n"
+                       "    command: [/bin/x]\n"
+                       "    backoff_ms: 3600001\n",
+                       NULL);
+    assert_int_equal(rc, KILN_EINVAL);
+    assert_problem("%s:4: services.negative.backoff_ms: expected milliseconds 0-3600000, got -1",
+                   file_path);
+    assert_problem("%s:7: services.text.backoff_ms: expected milliseconds 0-3600000, got \"soon\"",
+                   file_path);
+    assert_problem("%s:10: services.huge.backoff_ms: expected milliseconds 0-3600000, got 3600001",
+                   file_path);
+    assert_int_equal(problems.count, 3);
 }
 
 static void templates_override_ports_and_commands_and_refuse_unknown_keys(void **state)
@@ -1141,6 +1189,8 @@ int main(void)
         TEST(gpu_count_with_has_gpu_false_is_refused),
         TEST(services_load_with_argv_env_dependencies_readiness_and_restart),
         TEST(bad_services_are_refused_with_file_and_line),
+        TEST(service_backoff_ms_sets_the_first_restart_delay_and_zero_is_allowed),
+        TEST(bad_service_backoff_ms_is_refused_with_file_and_line),
         TEST(templates_override_ports_and_commands_and_refuse_unknown_keys),
         TEST(KILN_CONNECTOR_URLS_points_connectors_at_their_instances),
         TEST(shown_machine_services_and_templates_load_back),
