@@ -8,6 +8,8 @@ packages=(
   libhiredis-dev libuv1-dev libcivetweb-dev libjansson-dev libyaml-dev
   libcurl4-openssl-dev libssl-dev libcmocka-dev
   redis-server
+  # the render connector runs ffmpeg and ffprobe (tests/unit/test_connector_render.c)
+  ffmpeg
   # promtool, which checks GET /metrics in tests/unit/test_machine_api.c
   # (the server unit the package also brings is disabled below)
   prometheus

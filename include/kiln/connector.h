@@ -150,5 +150,7 @@ void kiln_connector_tail_close(kiln_connector_tail_t *t);
 /* Built-in types (src/connectors/). */
 extern const kiln_connector_ops_t kiln_connector_simulation;
 extern const kiln_connector_ops_t kiln_connector_exec;
+extern const kiln_connector_ops_t kiln_connector_openai;
+extern const kiln_connector_ops_t kiln_connector_render;
 
 #endif

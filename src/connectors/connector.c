@@ -28,6 +28,8 @@ struct kiln_connector {
 static const kiln_connector_ops_t *const builtin_types[] = {
     &kiln_connector_simulation,
     &kiln_connector_exec,
+    &kiln_connector_openai,
+    &kiln_connector_render,
 };
 
 #define N_BUILTIN_TYPES (sizeof builtin_types / sizeof builtin_types[0])

@@ -1,0 +1,125 @@
+/*
+ * The HTTP layer shared by the API connectors (openai, and later replicate,
+ * runpod): JSON requests to one base URL with a bounded response, connect
+ * and total timeouts, retries with exponential backoff and jitter that honour
+ * Retry-After, cancellation during transfers and waits, server-sent events
+ * delivered line by line, and an API key that is read once and never shown.
+ *
+ * A client is built once per connector instance and is read-only afterwards,
+ * so kiln_http_call may run on one client from several threads at once; each
+ * call uses its own libcurl handles.
+ */
+#ifndef KILN_CONNECTORS_HTTP_H
+#define KILN_CONNECTORS_HTTP_H
+
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "kiln/connector.h"
+#include "kiln/err.h"
+
+#define KILN_HTTP_MAX_RESPONSE_DEFAULT (16u * 1024 * 1024) /* bytes of one response body */
+#define KILN_HTTP_MAX_RESPONSE_LIMIT   (1024u * 1024 * 1024)
+#define KILN_HTTP_ERROR_BODY_MAX       (64 * 1024) /* bytes of an error body kept */
+#define KILN_HTTP_SSE_LINE_MAX         (1024 * 1024)
+#define KILN_HTTP_CONNECT_TIMEOUT_MS   10000
+#define KILN_HTTP_RETRIES_MAX          20
+#define KILN_HTTP_BACKOFF_BASE_MS      250 /* first retry waits 125-250 ms, then doubles */
+#define KILN_HTTP_BACKOFF_MAX_MS       30000
+#define KILN_HTTP_RETRY_AFTER_MAX_MS   120000 /* a longer Retry-After is cut to this */
+#define KILN_HTTP_API_KEY_MAX          4096
+#define KILN_HTTP_URL_MAX              2048
+
+typedef struct kiln_http_client kiln_http_client_t;
+
+typedef struct kiln_http_client_options {
+    const char *base_url;      /* http:// or https://; trailing slashes are dropped */
+    const char *api_key;       /* copied; sent as "Authorization: Bearer"; NULL: none */
+    const char *name;          /* for messages: "connectors.<name>" */
+    long connect_timeout_ms;   /* 0: KILN_HTTP_CONNECT_TIMEOUT_MS */
+    long timeout_ms;           /* one attempt, whole transfer; 0: none */
+    int max_retries;           /* 0..KILN_HTTP_RETRIES_MAX */
+    size_t max_response_bytes; /* 0: KILN_HTTP_MAX_RESPONSE_DEFAULT */
+    long backoff_base_ms;      /* 0: KILN_HTTP_BACKOFF_BASE_MS */
+} kiln_http_client_options_t;
+
+/* Called for each server-sent event of a streamed response with the event's
+ * data (its "data:" lines joined by '\n', NUL-terminated; "[DONE]" is not
+ * passed on). Returns 0 to go on, or a negative KILN_E* code to stop the
+ * transfer; kiln_http_call then returns that code with err set by the
+ * callback (through its ctx) left untouched. */
+typedef int (*kiln_http_sse_cb)(void *ctx, const char *data, size_t len);
+
+typedef struct kiln_http_call {
+    const char *method;        /* "GET" or "POST" */
+    const char *path;          /* appended to the base URL, e.g. "/chat/completions" */
+    const char *body_json;     /* the POST body (serialized JSON); NULL for GET */
+    const char *job_id;        /* for log records; may be NULL */
+    const atomic_int *cancel;  /* non-zero: stop at once; may be NULL */
+    int cancel_fd;             /* readable once cancelled; -1: none */
+    int64_t deadline_ms;       /* CLOCK_MONOTONIC ms covering every attempt and wait; 0: none */
+    kiln_http_sse_cb on_event; /* set: a text/event-stream response goes here */
+    void *event_ctx;
+} kiln_http_call_t;
+
+typedef struct kiln_http_result {
+    long status; /* the last response's HTTP status; 0 when none came */
+    char *body;  /* owned, NUL-terminated; the body of a non-streamed response */
+    size_t body_len;
+    bool streamed;    /* the response was an event stream, delivered to on_event */
+    bool stream_done; /* the stream ended with "data: [DONE]" */
+    int attempts;     /* requests made */
+    bool retryable;   /* on failure: whether another try may succeed */
+} kiln_http_result_t;
+
+/* Builds a client from opts (copied; opts may be freed afterwards). Returns 0,
+ * or KILN_EINVAL (the message names connectors.<name>.base_url and the fix)
+ * or KILN_ENOMEM. *out is owned by the caller: kiln_http_client_free. */
+int kiln_http_client_new(const kiln_http_client_options_t *opts, kiln_http_client_t **out,
+                         kiln_err_t *err);
+
+/* Frees the client and wipes its copy of the API key. NULL is a no-op. */
+void kiln_http_client_free(kiln_http_client_t *client);
+
+/* The base URL without userinfo, query or fragment: safe to show. */
+const char *kiln_http_client_url_shown(const kiln_http_client_t *client);
+
+/* Makes the request, retrying on 408, 429, 5xx, timeouts and connection
+ * failures (until max_retries or the deadline), and fills res (owned by the
+ * caller: kiln_http_result_clear; it must hold nothing on entry). Blocking;
+ * returns early on cancellation. Returns 0 when a 2xx response arrived
+ * whole; otherwise a negative code with a message in err and res->retryable
+ * set: KILN_ECANCELLED, KILN_ETIMEOUT (the deadline or a per-attempt
+ * timeout), KILN_ETOOBIG (a body over max_response_bytes; not retryable),
+ * KILN_EIO (an HTTP error status, with the server's own message, or a
+ * network failure), or the code an on_event callback returned. A streamed
+ * response is never retried once an event was delivered. Messages never
+ * hold the API key. */
+int kiln_http_call(const kiln_http_client_t *client, const kiln_http_call_t *call,
+                   kiln_http_result_t *res, kiln_err_t *err);
+
+/* Frees what res owns and zeroes it. */
+void kiln_http_result_clear(kiln_http_result_t *res);
+
+/* Replaces each occurrence of the client's API key in s (NUL-terminated,
+ * edited in place) by "[redacted]" when it fits, else by '*'s. For text a
+ * server sent back that goes into a message or a result. */
+void kiln_http_redact(const kiln_http_client_t *client, char *s);
+
+/* Reads an API key for an API connector from cfg's options, once, at init:
+ * options.api_key_file (a file whose first line is the key) or
+ * options.api_key_env (the name of an environment variable; default
+ * default_env). Giving both is refused. With neither option given and
+ * default_env unset, *key is NULL and 0 is returned when required is false;
+ * otherwise the error names the option and the fix, never the key. A key
+ * with characters outside printable ASCII is refused. *key is malloc'd;
+ * free it with kiln_http_free_secret. */
+int kiln_http_read_api_key(const kiln_connector_config_t *cfg, const char *default_env,
+                           bool required, char **key, kiln_err_t *err);
+
+/* Wipes and frees a secret (NULL is a no-op). */
+void kiln_http_free_secret(char *secret);
+
+#endif
