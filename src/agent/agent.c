@@ -170,21 +170,19 @@ static void publish_soon(kiln_agent_t *a)
         uv_timer_start(&a->publish_soon_timer, kiln_agent_on_status_timer, 100, 0);
 }
 
-/* Ready once every service runs (or, for steps, has finished). */
+/* Ready once every planned service runs (or, for steps, has finished).
+ * Uses the states the supervisor's events reported: a full status would
+ * read /proc for every process, on every state change. */
 static void update_readiness(kiln_agent_t *a)
 {
     if (a->stopping || strcmp(a->state, "ready") == 0)
         return;
-    json_t *services = kiln_supervisor_status(a->sv);
-    size_t i;
-    json_t *svc;
     bool all = true;
-    json_array_foreach(services, i, svc)
-    {
-        const char *st = json_string_value(json_object_get(svc, "state"));
-        all = all && st && (!strcmp(st, "running") || !strcmp(st, "exited"));
+    for (size_t i = 0; all && i < a->plan.count; i++) {
+        const char *st =
+            json_string_value(json_object_get(a->service_states, a->plan.services[i].name));
+        all = st && (!strcmp(st, "running") || !strcmp(st, "exited"));
     }
-    json_decref(services);
     if (all) {
         a->state = "ready";
         KILN_LOG_INFO_("agent", "machine %s ready", a->cfg.machine_id);
@@ -219,6 +217,8 @@ void kiln_agent_on_supervisor_event(void *ctx, const char *service, const char *
     kiln_agent_event(a, strcmp(event, "alert") == 0 ? "alert" : "service_state", copy);
     const char *to = json_string_value(json_object_get(fields, "to"));
     const char *from = json_string_value(json_object_get(fields, "from"));
+    if (to && strcmp(event, "state") == 0)
+        json_object_set_new(a->service_states, service, json_string(to));
     int progress = 0;
     bool worker = strncmp(service, "worker-", 7) == 0;
     const char *phase = worker ? worker_phase(to, &progress) : NULL;

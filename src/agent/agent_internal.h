@@ -32,6 +32,7 @@ struct kiln_agent {
     kiln_publisher_t *pub;
     kiln_gpu_list_t gpus;
     kiln_plan_t plan;
+    json_t *service_states; /* service name -> last state the supervisor reported */
 
     const char *state; /* "starting", "ready", "stopping" */
     long long started_ms;

@@ -226,6 +226,7 @@ int kiln_agent_new(kiln_config_t *cfg, const kiln_agent_options_t *opts, kiln_ag
     a->gpu_override = opts->gpu_override;
     a->api_listen = opts->api_listen ? strdup(opts->api_listen) : NULL;
     a->state = "starting";
+    a->service_states = json_object();
     *out = a;
     return 0;
 }
@@ -237,6 +238,7 @@ void kiln_agent_free(kiln_agent_t *a)
     if (a->pub)
         kiln_publisher_free(a->pub, true);
     kiln_plan_free(&a->plan);
+    json_decref(a->service_states);
     kiln_gpu_list_free(&a->gpus);
     kiln_config_free(&a->cfg);
     free(a->config_path);
