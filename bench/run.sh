@@ -326,3 +326,4 @@ fs.writeFileSync(env.BENCH_OUT_FILE, text);
 process.stdout.write(text);
 EOF
 log "wrote $OUT"
+[ "${BENCH_AGENT:-1}" = 0 ] || BUILD=$BUILD BENCH_OUT=$OUT "$ROOT/bench/agent.sh" || log "bench/agent.sh failed (BENCH_AGENT=0 skips it)"
