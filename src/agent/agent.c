@@ -35,8 +35,24 @@ static char **strv_dup(char *const *v)
     return out;
 }
 
+/* A setup step's done marker names its argv, so a changed step runs again. */
+static char *done_marker(const kiln_agent_t *a, const kiln_plan_service_t *ps)
+{
+    unsigned long hash = 5381;
+    for (size_t i = 0; ps->argv && ps->argv[i]; i++) {
+        for (const char *c = ps->argv[i]; *c; c++)
+            hash = hash * 33 + (unsigned char)*c;
+        hash *= 33; /* an argument boundary counts too */
+    }
+    char *path = NULL;
+    if (asprintf(&path, "%s/%s.%08lx.done", a->state_dir, ps->name, hash & 0xffffffffUL) < 0)
+        return NULL;
+    return path;
+}
+
 /* One planned service as a supervisor spec (spec owns copies). */
-static int spec_from_plan(const kiln_plan_service_t *ps, kiln_svc_spec_t *spec)
+static int spec_from_plan(const kiln_agent_t *a, const kiln_plan_service_t *ps,
+                          kiln_svc_spec_t *spec)
 {
     kiln_svc_spec_init(spec);
     spec->name = strdup(ps->name);
@@ -51,6 +67,17 @@ static int spec_from_plan(const kiln_plan_service_t *ps, kiln_svc_spec_t *spec)
     spec->ready.kind = ps->ready.kind == KILN_READY_EXIT ? KILN_READY_NONE : ps->ready.kind;
     spec->ready.target = ps->ready.target ? strdup(ps->ready.target) : NULL;
     spec->ready.argv = ps->ready.command ? strv_dup(ps->ready.command) : NULL;
+    if (spec->oneshot) {
+        /* Install/setup steps: bounded by machine.install_timeout_s, and
+         * skipped once done (until their command changes). */
+        spec->oneshot_timeout_ms = a->cfg.machine.install_timeout_s * 1000L;
+        spec->done_marker = done_marker(a, ps);
+    }
+    if (ps->kind == KILN_SERVICE_WORKER || ps->kind == KILN_SERVICE_CONNECTOR) {
+        /* A kiln worker given SIGTERM lets running jobs finish for its grace
+         * period, then hands the rest back; SIGKILL must not come sooner. */
+        spec->stop_timeout_ms = a->cfg.worker.shutdown_grace_ms + 15000;
+    }
     if (!spec->name || !spec->argv || !spec->env || !spec->depends_on || (ps->cwd && !spec->cwd) ||
         (ps->ready.target && !spec->ready.target)) {
         kiln_svc_spec_clear(spec);
@@ -59,15 +86,15 @@ static int spec_from_plan(const kiln_plan_service_t *ps, kiln_svc_spec_t *spec)
     return 0;
 }
 
-int kiln_agent_specs_from_plan(const kiln_plan_t *plan, kiln_svc_spec_t **specs, size_t *n,
-                               kiln_err_t *err)
+int kiln_agent_specs_from_plan(const kiln_agent_t *a, const kiln_plan_t *plan,
+                               kiln_svc_spec_t **specs, size_t *n, kiln_err_t *err)
 {
     *specs = calloc(plan->count ? plan->count : 1, sizeof **specs);
     *n = 0;
     if (!*specs)
         return kiln_err_set(err, KILN_ENOMEM, "out of memory");
     for (size_t i = 0; i < plan->count; i++) {
-        if (spec_from_plan(&plan->services[i], &(*specs)[i]) != 0) {
+        if (spec_from_plan(a, &plan->services[i], &(*specs)[i]) != 0) {
             kiln_agent_specs_free(*specs, i);
             *specs = NULL;
             return kiln_err_set(err, KILN_ENOMEM, "out of memory");
@@ -111,7 +138,7 @@ int kiln_agent_apply_plan(kiln_agent_t *a, kiln_err_t *err)
     kiln_svc_spec_t *specs = NULL;
     size_t n = 0;
     if (!rc)
-        rc = kiln_agent_specs_from_plan(&plan, &specs, &n, err);
+        rc = kiln_agent_specs_from_plan(a, &plan, &specs, &n, err);
     if (!rc)
         rc = kiln_supervisor_apply(a->sv, specs, n, err);
     kiln_agent_specs_free(specs, n);

@@ -33,6 +33,7 @@ struct kiln_agent {
     kiln_gpu_list_t gpus;
     kiln_plan_t plan;
     json_t *service_states; /* service name -> last state the supervisor reported */
+    int lock_fd;            /* flock on <state_dir>/agent.lock: one agent per folder */
 
     const char *state; /* "starting", "ready", "stopping" */
     long long started_ms;
@@ -65,8 +66,8 @@ void kiln_agent_event(kiln_agent_t *a, const char *type, json_t *fields);
 
 /* The plan's services as supervisor specs (caller frees with
  * kiln_agent_specs_free). */
-int kiln_agent_specs_from_plan(const kiln_plan_t *plan, kiln_svc_spec_t **specs, size_t *n,
-                               kiln_err_t *err);
+int kiln_agent_specs_from_plan(const kiln_agent_t *a, const kiln_plan_t *plan,
+                               kiln_svc_spec_t **specs, size_t *n, kiln_err_t *err);
 void kiln_agent_specs_free(kiln_svc_spec_t *specs, size_t n);
 
 #endif

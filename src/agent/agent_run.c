@@ -4,6 +4,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <fcntl.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -134,12 +136,45 @@ static void write_pid_file(kiln_agent_t *a)
     }
 }
 
+/* One agent per state folder: two would stop and restart each other's
+ * services. The lock lives as long as the agent (the fd is close-on-exec,
+ * so services do not hold it). */
+static int lock_state_dir(kiln_agent_t *a, kiln_err_t *err)
+{
+    char path[1100];
+    snprintf(path, sizeof path, "%s/agent.lock", a->state_dir);
+    a->lock_fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0640);
+    if (a->lock_fd < 0)
+        return kiln_err_set(err, KILN_EIO, "cannot open %s: %s", path, strerror(errno));
+    if (flock(a->lock_fd, LOCK_EX | LOCK_NB) == 0)
+        return 0;
+    close(a->lock_fd);
+    a->lock_fd = -1;
+    return kiln_err_set(err, KILN_ECONFLICT,
+                        "another agent is running with the state folder %s (see %s/agent.pid); "
+                        "stop it or give this one another --state-dir",
+                        a->state_dir, a->state_dir);
+}
+
+/* What only a running agent should leave: its pid and API port. */
+static void remove_run_files(kiln_agent_t *a)
+{
+    const char *names[] = {"agent.pid", "api.port"};
+    for (int i = 0; i < 2; i++) {
+        char path[1100];
+        snprintf(path, sizeof path, "%s/%s", a->state_dir, names[i]);
+        unlink(path);
+    }
+}
+
 static int start(kiln_agent_t *a, kiln_err_t *err)
 {
     char state_file[1100], log_dir[1100];
     snprintf(state_file, sizeof state_file, "%s/services.json", a->state_dir);
     snprintf(log_dir, sizeof log_dir, "%s/logs", a->state_dir);
     int rc = make_dirs(a->state_dir, err);
+    if (!rc)
+        rc = lock_state_dir(a, err);
     if (!rc)
         rc = kiln_publisher_new(a->cfg.redis_url, a->cfg.machine_id, a->status_interval_ms * 3,
                                 a->cfg.broker.stream_max_len, &a->pub, err);
@@ -201,6 +236,8 @@ int kiln_agent_run(kiln_agent_t *a, kiln_err_t *err)
     uv_run(&a->loop, UV_RUN_DEFAULT);
     if (uv_loop_close(&a->loop) != 0)
         KILN_LOG_WARN_("agent", "event loop closed with handles still open");
+    if (a->lock_fd >= 0)
+        remove_run_files(a);
     return rc;
 }
 
@@ -227,6 +264,7 @@ int kiln_agent_new(kiln_config_t *cfg, const kiln_agent_options_t *opts, kiln_ag
     a->api_listen = opts->api_listen ? strdup(opts->api_listen) : NULL;
     a->state = "starting";
     a->service_states = json_object();
+    a->lock_fd = -1;
     *out = a;
     return 0;
 }
@@ -239,6 +277,8 @@ void kiln_agent_free(kiln_agent_t *a)
         kiln_publisher_free(a->pub, true);
     kiln_plan_free(&a->plan);
     json_decref(a->service_states);
+    if (a->lock_fd >= 0)
+        close(a->lock_fd);
     kiln_gpu_list_free(&a->gpus);
     kiln_config_free(&a->cfg);
     free(a->config_path);

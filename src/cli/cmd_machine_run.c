@@ -1,6 +1,10 @@
 /* kiln machine run | reload: the machine agent in the foreground, and
  * asking a running one to reload its configuration. */
 #include <errno.h>
+#include <fcntl.h>
+#include <stdbool.h>
+#include <sys/file.h>
+#include <unistd.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -128,6 +132,18 @@ int kiln_cmd_machine_reload(int argc, char **argv)
         }
         if (take(&i, argc, argv, &dir))
             return KILN_EXIT_USAGE;
+    }
+    /* Only an agent holding the folder's lock is signalled: a stale pid
+     * file may name another process by now. */
+    char lock_path[1100];
+    snprintf(lock_path, sizeof lock_path, "%s/agent.lock", dir);
+    int lock_fd = open(lock_path, O_RDONLY | O_CLOEXEC);
+    bool held = lock_fd >= 0 && flock(lock_fd, LOCK_SH | LOCK_NB) != 0;
+    if (lock_fd >= 0)
+        close(lock_fd);
+    if (!held) {
+        fprintf(stderr, "kiln machine reload: no agent is running with the state folder %s\n", dir);
+        return KILN_EXIT_FAILED;
     }
     char path[1100];
     snprintf(path, sizeof path, "%s/agent.pid", dir);

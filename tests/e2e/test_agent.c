@@ -400,6 +400,53 @@ static void the_machine_api_serves_services_and_restarts_one_with_the_token(void
     f->passed = true;
 }
 
+static void a_second_agent_on_the_same_state_folder_refuses_to_start(void **state)
+{
+    fixture_t *f = *state;
+    start_agent(f);
+    wait_ready(f);
+    long long a = service_pid(f, "sleeper-a"), w = service_pid(f, "worker-api0");
+    char log[400];
+    snprintf(log, sizeof log, "%s/second.log", f->dir);
+    char *argv[] = {KILN_BIN,      "machine",    "run",   "--config",    f->config,
+                    "--state-dir", f->state_dir, "--api", "127.0.0.1:0", NULL};
+    pid_t second = kiln_test_spawn(argv, NULL, log);
+    int status = kiln_test_wait_exit(second, 15000);
+    assert_true(WIFEXITED(status) && WEXITSTATUS(status) != 0);
+    char *text = NULL;
+    size_t len = 0;
+    FILE *in = fopen(log, "r");
+    assert_non_null(in);
+    assert_true(getdelim(&text, &len, '\0', in) > 0);
+    fclose(in);
+    assert_non_null(strstr(text, "another agent is running"));
+    free(text);
+    /* the first agent's services were not touched */
+    assert_int_equal(service_pid(f, "sleeper-a"), a);
+    assert_int_equal(service_pid(f, "worker-api0"), w);
+    assert_true(pid_alive(a));
+    f->passed = true;
+}
+
+static void reload_without_a_running_agent_signals_nothing(void **state)
+{
+    fixture_t *f = *state;
+    /* A stale pid file naming some other process. */
+    mkdir(f->state_dir, 0750);
+    char *sleeper_argv[] = {"/bin/sleep", "30", NULL};
+    pid_t bystander = kiln_test_spawn(sleeper_argv, NULL, NULL);
+    char path[400];
+    snprintf(path, sizeof path, "%s/agent.pid", f->state_dir);
+    FILE *out = fopen(path, "w");
+    fprintf(out, "%d\n", (int)bystander);
+    fclose(out);
+    char *argv[] = {KILN_BIN, "machine", "reload", "--state-dir", f->state_dir, NULL};
+    assert_int_equal(kiln_test_run(argv, NULL, NULL, 0), 1);
+    assert_true(pid_alive(bystander));
+    kiln_test_kill(bystander, SIGKILL, 5000);
+    f->passed = true;
+}
+
 static void a_bad_config_exits_2_and_starts_nothing(void **state)
 {
     fixture_t *f = *state;
@@ -429,6 +476,10 @@ int main(void)
             sigterm_returns_a_job_in_flight_and_ends_with_an_offline_event, setup, teardown),
         cmocka_unit_test_setup_teardown(
             the_machine_api_serves_services_and_restarts_one_with_the_token, setup, teardown),
+        cmocka_unit_test_setup_teardown(a_second_agent_on_the_same_state_folder_refuses_to_start,
+                                        setup, teardown),
+        cmocka_unit_test_setup_teardown(reload_without_a_running_agent_signals_nothing, setup,
+                                        teardown),
         cmocka_unit_test_setup_teardown(a_bad_config_exits_2_and_starts_nothing, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
