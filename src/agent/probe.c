@@ -460,6 +460,10 @@ static bool try_reap(kiln_probe_t *p, bool *ok, char *detail, size_t size)
     if (got == 0)
         return false;
     p->reaped = true;
+    /* Whatever the command left behind in its session's group (a
+     * background child) goes with it; while any member lives, the group id
+     * cannot have been reused. */
+    kill(-p->pid, SIGKILL);
     if (got < 0) {
         /* Someone else (a waitpid(-1) elsewhere) took the status. */
         *ok = false;
@@ -511,11 +515,12 @@ static int spawn_command(kiln_probe_t *p, char *const argv[], int *spawn_errno)
         goto out_actions;
     sigemptyset(&none);
     sigfillset(&all);
-    /* Its own process group (killed whole at the timeout), an empty signal
-     * mask and default dispositions: the agent's own are none of its business. */
-    if ((rc = posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETPGROUP | POSIX_SPAWN_SETSIGMASK |
+    /* Its own session and process group (killed whole at the timeout or
+     * once it exits; an orphan it leaves falls under the supervisor's rules
+     * for other sessions), an empty signal mask and default dispositions:
+     * the agent's own are none of its business. */
+    if ((rc = posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETSID | POSIX_SPAWN_SETSIGMASK |
                                                   POSIX_SPAWN_SETSIGDEF)) != 0 ||
-        (rc = posix_spawnattr_setpgroup(&attr, 0)) != 0 ||
         (rc = posix_spawnattr_setsigmask(&attr, &none)) != 0 ||
         (rc = posix_spawnattr_setsigdefault(&attr, &all)) != 0 ||
         (rc = posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)) != 0 ||

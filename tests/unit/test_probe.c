@@ -391,6 +391,42 @@ static probe_result_t run_command(char **argv, long timeout_ms, pid_t *pid_out)
     return r;
 }
 
+/* Gone, or a zombie waiting for a reaper that is not us. */
+static bool process_gone(void *ctx)
+{
+    pid_t pid = *(pid_t *)ctx;
+    char path[64], stat[256] = "";
+    snprintf(path, sizeof path, "/proc/%d/stat", (int)pid);
+    FILE *in = fopen(path, "r");
+    if (!in)
+        return true;
+    size_t n = fread(stat, 1, sizeof stat - 1, in);
+    fclose(in);
+    stat[n] = '\0';
+    const char *paren = strrchr(stat, ')');
+    return paren && paren[1] == ' ' && paren[2] == 'Z';
+}
+
+static void a_command_probe_leaves_no_background_child_behind(void **state)
+{
+    char pid_file[] = "/tmp/kiln-probe-bg-XXXXXX";
+    int fd = mkstemp(pid_file);
+    assert_true(fd >= 0);
+    close(fd);
+    char script[256];
+    snprintf(script, sizeof script, "sleep 1000 & echo $! > %s; exit 0", pid_file);
+    char *argv[] = {"/bin/sh", "-c", script, NULL};
+    probe_result_t r = run_command(argv, 2000, NULL);
+    assert_true(r.ok);
+    FILE *in = fopen(pid_file, "r");
+    int bg = 0;
+    assert_true(in && fscanf(in, "%d", &bg) == 1 && bg > 0);
+    fclose(in);
+    unlink(pid_file);
+    pid_t pid = bg;
+    assert_true(kiln_test_wait_until(process_gone, &pid, 5000));
+}
+
 static void command_probe_exit_codes_and_timeout_kills_it(void **state)
 {
     char *yes[] = {"/bin/true", NULL};
@@ -522,6 +558,7 @@ int main(void)
         TEST(http_probe_with_https_url_is_refused_clearly),
         TEST(bad_urls_are_refused),
         TEST(tcp_probe_ok_and_refused),
+        TEST(a_command_probe_leaves_no_background_child_behind),
         TEST(command_probe_exit_codes_and_timeout_kills_it),
         TEST(cancel_before_completion_calls_nothing_and_leaks_nothing),
     };
