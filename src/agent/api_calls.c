@@ -285,6 +285,8 @@ static void do_action(kiln_machine_api_t *api, api_call_t *call)
     reply_from_code(&call->res, rc, &err, ok);
 }
 
+#define API_LOGS_REPLY_MAX_BYTES (4u * 1024 * 1024)
+
 static void do_logs(kiln_machine_api_t *api, api_call_t *call)
 {
     if (!api->hooks.logs) {
@@ -299,6 +301,22 @@ static void do_logs(kiln_machine_api_t *api, api_call_t *call)
     if (!json_is_array(lines)) {
         json_decref(lines);
         lines = json_array();
+    }
+    /* Bounded by bytes too, newest kept: a ring of long lines could make
+     * a reply of a hundred megabytes. */
+    size_t bytes = 0, keep_from = 0;
+    for (size_t i = json_array_size(lines); i > 0 && keep_from == 0; i--) {
+        const char *line = json_string_value(json_object_get(json_array_get(lines, i - 1), "line"));
+        bytes += (line ? strlen(line) : 0) + 64;
+        if (bytes > API_LOGS_REPLY_MAX_BYTES)
+            keep_from = i;
+    }
+    if (keep_from > 0) {
+        json_t *kept = json_array();
+        for (size_t i = keep_from; i < json_array_size(lines); i++)
+            json_array_append(kept, json_array_get(lines, i));
+        json_decref(lines);
+        lines = kept;
     }
     api_response_json(&call->res, 200,
                       json_pack("{s:s, s:o}", "service", call->name, "lines", lines), NULL);

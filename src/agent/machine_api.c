@@ -150,22 +150,26 @@ void api_call_post(kiln_machine_api_t *api, api_call_t *call)
     uv_async_send(&api->wake);
 }
 
-/* Loop thread: runs every queued call. Calls queued while the hooks run are
- * picked up by the next wake-up (uv_async_send coalesces, never loses). */
+/* Loop thread: runs the queued calls one at a time, taking each off the
+ * queue only when its turn comes, so a request that gave up meanwhile has
+ * already removed its call and no hook runs for nobody. */
 static void on_wake(uv_async_t *handle)
 {
     kiln_machine_api_t *api = handle->data;
-    pthread_mutex_lock(&api->mu);
-    api_call_t *batch = api->queue_head;
-    api->queue_head = api->queue_tail = NULL;
-    api->queued = 0;
-    for (api_call_t *c = batch; c; c = c->next)
-        c->state = API_CALL_RUNNING;
-    pthread_mutex_unlock(&api->mu);
-
-    while (batch) {
-        api_call_t *call = batch;
-        batch = call->next;
+    for (;;) {
+        pthread_mutex_lock(&api->mu);
+        api_call_t *call = api->queue_head;
+        if (!call) {
+            pthread_mutex_unlock(&api->mu);
+            return;
+        }
+        api->queue_head = call->next;
+        if (!api->queue_head)
+            api->queue_tail = NULL;
+        api->queued--;
+        call->next = NULL;
+        call->state = API_CALL_RUNNING;
+        pthread_mutex_unlock(&api->mu);
         api_calls_execute(api, call);
         pthread_mutex_lock(&api->mu);
         bool owned_here = call->abandoned || call->detached;
