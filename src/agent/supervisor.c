@@ -99,11 +99,93 @@ static void on_sigchld(uv_signal_t *h, int signum)
     sv_proc_reap(h->data);
 }
 
+/* Before the loop blocks (or before an API call that spawns returns, so
+ * its callers see the runs it started): one state-file write for this
+ * turn's changes, then the release of every child waiting for it. */
+static bool has_launch(const kiln_supervisor_t *sv)
+{
+    for (size_t i = 0; i < sv->n_svcs; i++) {
+        if (sv->svcs[i]->launch)
+            return true;
+    }
+    return false;
+}
+
+void sv_flush(kiln_supervisor_t *sv)
+{
+    uv_prepare_stop(&sv->flush);
+    /* A run that becomes ready at once may start its dependents: release
+     * them too (one more write per level of the dependency graph). */
+    for (size_t round = 0; round <= sv->n_svcs && has_launch(sv); round++) {
+        if (sv->state_dirty)
+            sv_state_write(sv);
+        sv_proc_release_all(sv);
+    }
+    if (sv->state_dirty)
+        sv_state_write(sv); /* exits, or a launch failed */
+    if (has_launch(sv))
+        sv_schedule_flush(sv);
+}
+
+static void on_cleanup_timer(uv_timer_t *t)
+{
+    kiln_supervisor_t *sv = t->data;
+    if (sv->ended)
+        sv_proc_sweep(sv, true);
+}
+
+/* Schedules the cleanup of ended runs (sv->ended), unless one is due. */
+void sv_schedule_cleanup(kiln_supervisor_t *sv)
+{
+    if (!sv->freeing && !uv_is_active((uv_handle_t *)&sv->cleanup_timer))
+        uv_timer_start(&sv->cleanup_timer, on_cleanup_timer, SV_CLEANUP_DELAY_MS, 0);
+}
+
+static void on_flush(uv_prepare_t *h)
+{
+    sv_flush(h->data);
+}
+
+/* Asks for on_flush before the loop next blocks (at most once a turn). */
+void sv_schedule_flush(kiln_supervisor_t *sv)
+{
+    if (!sv->freeing)
+        uv_prepare_start(&sv->flush, on_flush);
+}
+
+static bool memory_limited(const kiln_supervisor_t *sv)
+{
+    for (size_t i = 0; i < sv->n_svcs; i++) {
+        if (sv->svcs[i]->spec.memory_limit_mb > 0 && sv->svcs[i]->pid > 0)
+            return true;
+    }
+    return false;
+}
+
+static void on_stats_timer(uv_timer_t *t);
+
+/* Runs the stats timer only while a running service has a memory limit:
+ * an agent whose services have none does no periodic work at all. */
+void sv_stats_timer_update(kiln_supervisor_t *sv)
+{
+    if (sv->freeing)
+        return;
+    bool want = memory_limited(sv);
+    if (want && !uv_is_active((uv_handle_t *)&sv->stats_timer))
+        uv_timer_start(&sv->stats_timer, on_stats_timer, (uint64_t)sv->stats_interval_ms,
+                       (uint64_t)sv->stats_interval_ms);
+    else if (!want)
+        uv_timer_stop(&sv->stats_timer);
+}
+
 static void on_stats_timer(uv_timer_t *t)
 {
     kiln_supervisor_t *sv = t->data;
     sv_proc_reap(sv);
-    sv_proc_sweep(sv, false);
+    sv_stats_timer_update(sv);
+    if (!uv_is_active((uv_handle_t *)t))
+        return;
+    sv_proc_measure(sv, true);
     for (size_t i = 0; i < sv->n_svcs; i++) {
         sv_service_t *svc = sv->svcs[i];
         long limit = svc->spec.memory_limit_mb;
@@ -118,6 +200,12 @@ static void on_sv_handle_closed(uv_handle_t *h)
     kiln_supervisor_t *sv = h->data;
     if (--sv->open_handles > 0)
         return;
+    while (sv->ended) {
+        sv_ended_run_t *next = sv->ended->next;
+        free(sv->ended);
+        sv->ended = next;
+    }
+    free(sv->pipe_buf);
     free(sv->svcs);
     free(sv->state_file);
     free(sv->log_dir);
@@ -178,12 +266,14 @@ int kiln_supervisor_new(uv_loop_t *loop, const kiln_supervisor_options_t *opts,
     uv_signal_init(loop, &sv->sigchld);
     uv_timer_init(loop, &sv->stats_timer);
     uv_timer_init(loop, &sv->done_timer);
-    sv->sigchld.data = sv->stats_timer.data = sv->done_timer.data = sv;
-    sv->open_handles = 3;
+    uv_prepare_init(loop, &sv->flush);
+    uv_timer_init(loop, &sv->cleanup_timer);
+    sv->sigchld.data = sv->stats_timer.data = sv->done_timer.data = sv->flush.data = sv;
+    sv->cleanup_timer.data = sv;
+    sv->open_handles = 5;
     uv_signal_start(&sv->sigchld, on_sigchld, SIGCHLD);
-    uv_timer_start(&sv->stats_timer, on_stats_timer, (uint64_t)sv->stats_interval_ms,
-                   (uint64_t)sv->stats_interval_ms);
-    /* Neither keeps the loop alive: runs hold it through their pipes and timers. */
+    /* Neither keeps the loop alive: runs hold it through their pipes and
+     * timers. The flush does while it has work: a child waits for it. */
     uv_unref((uv_handle_t *)&sv->sigchld);
     uv_unref((uv_handle_t *)&sv->stats_timer);
     *out = sv;
@@ -196,14 +286,19 @@ void kiln_supervisor_free(kiln_supervisor_t *sv)
 {
     if (!sv)
         return;
-    sv->freeing = true;
     sv->on_event = NULL;
+    if (sv->ended)
+        sv_proc_sweep(sv, true);
+    sv->freeing = true;
     while (sv->n_svcs > 0) {
         sv_service_t *svc = sv->svcs[sv->n_svcs - 1];
+        sv_proc_launch_drop(svc);
         if (svc->pid > 0)
             sv_proc_signal_run(svc, SIGKILL);
         sv_service_remove(svc);
     }
+    uv_close((uv_handle_t *)&sv->flush, on_sv_handle_closed);
+    uv_close((uv_handle_t *)&sv->cleanup_timer, on_sv_handle_closed);
     uv_close((uv_handle_t *)&sv->sigchld, on_sv_handle_closed);
     uv_close((uv_handle_t *)&sv->stats_timer, on_sv_handle_closed);
     uv_close((uv_handle_t *)&sv->done_timer, on_sv_handle_closed);

@@ -169,6 +169,7 @@ int kiln_supervisor_apply(kiln_supervisor_t *sv, const kiln_svc_spec_t *specs, s
     }
     free(fresh);
     free_copies(copies, n);
+    sv_flush(sv); /* one state-file write for the whole burst; children exec */
     return 0;
 }
 
@@ -185,6 +186,7 @@ int kiln_supervisor_start(kiln_supervisor_t *sv, const char *name, kiln_err_t *e
         svc->after_stop = SV_AFTER_RESTART;
     else
         sv_dispatch(svc, SV_EV_START);
+    sv_flush(sv);
     return 0;
 }
 
@@ -212,6 +214,7 @@ int kiln_supervisor_restart(kiln_supervisor_t *sv, const char *name, kiln_err_t 
         stop_then(svc, SV_AFTER_RESTART);
     else
         sv_dispatch(svc, SV_EV_START);
+    sv_flush(sv);
     return 0;
 }
 

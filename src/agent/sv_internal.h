@@ -23,6 +23,9 @@
 #define SV_DESC_MAX 64
 /* Bytes read from a service's pipe at a time. */
 #define SV_PIPE_BUF 16384
+/* Delay of the cleanup of ended runs: long enough that the /proc scan does
+ * not compete with a respawned child's start for the CPU. */
+#define SV_CLEANUP_DELAY_MS 20
 /* Default period of the RSS/CPU/orphan sweep. */
 #define SV_STATS_INTERVAL_MS 2000
 
@@ -49,6 +52,23 @@ typedef struct sv_pid_mark {
 
 typedef struct sv_service sv_service_t;
 
+/* A forked child waiting for its "go" byte: it may exec only once the
+ * state file names it. The fds are the agent's ends (-1 when absent). */
+typedef struct sv_launch {
+    int go_w, exec_r, out_r, err_r, ready_r;
+    bool released; /* the go byte was sent */
+    char path[];   /* the resolved program, for exec failure messages */
+} sv_launch_t;
+
+/* A run whose main process is gone: what is left of it (escaped
+ * descendants) is killed by the next cleanup, off the respawn path. */
+typedef struct sv_ended_run {
+    pid_t pid; /* its group and session id */
+    sv_pid_mark_t desc[SV_DESC_MAX];
+    size_t n_desc;
+    struct sv_ended_run *next;
+} sv_ended_run_t;
+
 /* One of a run's pipes (stdout, stderr, readiness fd). Holds a reference
  * on its service until closed, so output written after the exit is kept. */
 typedef struct sv_pipe {
@@ -57,7 +77,6 @@ typedef struct sv_pipe {
     const char *stream; /* "stdout", "stderr", or NULL for the readiness fd */
     uint64_t run_gen;   /* the run it belongs to */
     struct sv_pipe *next;
-    char buf[SV_PIPE_BUF];
 } sv_pipe_t;
 
 struct sv_service {
@@ -75,6 +94,7 @@ struct sv_service {
     bool ready;
     sv_pid_mark_t desc[SV_DESC_MAX];
     size_t n_desc;
+    sv_launch_t *launch; /* non-NULL while the child waits for release */
 
     /* Stopping. */
     sv_after_t after_stop;
@@ -117,8 +137,20 @@ struct kiln_supervisor {
     size_t n_svcs, cap_svcs;
 
     uv_signal_t sigchld;
-    uv_timer_t stats_timer;
-    uv_timer_t done_timer; /* calls shutdown_done from a clean stack */
+    uv_timer_t stats_timer; /* runs only while a service has a memory limit */
+    uv_timer_t done_timer;  /* calls shutdown_done from a clean stack */
+    /* Runs once before the loop next blocks, when there is work deferred
+     * from this turn: one state-file write for every spawn and exit, then
+     * the release of every waiting child, then the cleanup of ended runs. */
+    uv_prepare_t flush;
+    uv_timer_t cleanup_timer; /* kills what is left of ended runs */
+    bool state_dirty;
+    sv_ended_run_t *ended;
+    /* Every pipe reads into this one buffer: a read is consumed (copied
+     * into the log) before the next one starts, so 50 services do not
+     * keep 100 idle 16 KiB buffers. Allocated with the first read. */
+    char *pipe_buf;
+    unsigned long state_writes; /* for tests: how often the file was written */
     int open_handles;
     bool freeing;
 
@@ -166,10 +198,25 @@ int sv_proc_spawn(sv_service_t *svc, char *errbuf, size_t errlen);
 void sv_proc_signal_run(sv_service_t *svc, int sig);
 void sv_proc_reap(kiln_supervisor_t *sv);
 void sv_proc_sweep(kiln_supervisor_t *sv, bool kill_orphans);
+void sv_proc_measure(kiln_supervisor_t *sv, bool limited_only);
+void sv_proc_end_run(sv_service_t *svc);
 void sv_proc_close_pipes(sv_service_t *svc);
+void sv_proc_release_all(kiln_supervisor_t *sv);
+void sv_proc_launch_drop(sv_service_t *svc);
+
+/* supervisor.c */
+void sv_schedule_flush(kiln_supervisor_t *sv);
+void sv_flush(kiln_supervisor_t *sv);
+void sv_schedule_cleanup(kiln_supervisor_t *sv);
+void sv_stats_timer_update(kiln_supervisor_t *sv);
+
+/* sv_machine.c */
+void sv_on_launch_failed(sv_service_t *svc, const char *reason);
+void sv_on_launched(sv_service_t *svc);
 
 /* sv_state.c */
 void sv_state_write(kiln_supervisor_t *sv);
+void sv_state_mark_dirty(kiln_supervisor_t *sv);
 int sv_state_recover(kiln_supervisor_t *sv, kiln_err_t *err);
 
 #endif

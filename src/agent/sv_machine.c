@@ -200,7 +200,14 @@ static void launch(sv_service_t *svc)
     svc->started_ms = sv_now_ms();
     kiln_svclog_note(svc->log, "started pid %d: %s", (int)svc->pid, spec->argv[0]);
     set_state(svc, KILN_SVC_STARTING, NULL);
-    arm_readiness(svc);
+    /* Readiness is armed once the child has exec'd (sv_on_launched). */
+}
+
+/* The child of svc's run was released and exec'd its program. */
+void sv_on_launched(sv_service_t *svc)
+{
+    if (svc->state == KILN_SVC_STARTING)
+        arm_readiness(svc);
 }
 
 static void begin_run(sv_service_t *svc)
@@ -261,16 +268,34 @@ static void failure(sv_service_t *svc, const char *reason)
 }
 
 /* The run's main process is gone, and the reaper has SIGKILLed the rest
- * of its group and session: no process of the run outlives it. Orphans
- * reparented to the agent that no live run owns go too. */
+ * of its group; the rest of its session, its escaped descendants, and
+ * orphans reparented to the agent that no live run owns go in the cleanup
+ * SV_CLEANUP_DELAY_MS later (sv_proc_end_run), after any respawn's
+ * child is released: no process of the run outlives it for long. */
 static void end_run(sv_service_t *svc)
 {
     stop_helpers(svc);
     svc->ready = false;
     svc->pid = 0;
     svc->n_desc = 0;
-    sv_state_write(svc->sv);
-    sv_proc_sweep(svc->sv, true);
+    sv_state_mark_dirty(svc->sv);
+    sv_stats_timer_update(svc->sv);
+}
+
+/* The child of a launch could not be released or could not exec (it is
+ * reaped, svc->pid is 0); reason names the service and the fix. */
+void sv_on_launch_failed(sv_service_t *svc, const char *reason)
+{
+    if (svc->state != KILN_SVC_STARTING) {
+        /* Stopped before it was released: the stop is what happened. */
+        sv_on_exit(svc, SIGKILL);
+        return;
+    }
+    stop_helpers(svc);
+    svc->ready = false;
+    svc->n_desc = 0;
+    snprintf(svc->last_error, sizeof svc->last_error, "%s", reason);
+    go_failed(svc, reason);
 }
 
 /* An explicit start (operator, apply) forgets earlier failures. */

@@ -9,6 +9,8 @@
  * agent sends only once the new pid is in the state file: a process that
  * runs is always recorded, so an agent killed -9 at any moment leaves
  * nothing its successor cannot find (without the byte, the child exits).
+ * Release is deferred to the end of the loop turn, so a burst of spawns
+ * costs one state-file write (sv_proc_release_all).
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -39,6 +41,7 @@ typedef struct spawn_plan {
     char path[PATH_MAX];
     char **envp;
     int out_w, err_w, ready_w, exec_w, go_r; /* -1 when absent */
+    int go_w; /* the agent's end: closed in the child, so EOF reaches it */
 } spawn_plan_t;
 
 static void child_fail(int exec_w, int stage)
@@ -68,6 +71,7 @@ static void child_exec(const spawn_plan_t *plan, const kiln_svc_spec_t *spec)
         if (s != SIGKILL && s != SIGSTOP)
             sigaction(s, &dfl, NULL);
     }
+    close(plan->go_w);
     int exec_w = child_lift_fd(plan->exec_w), go_r = child_lift_fd(plan->go_r);
     if (exec_w < 0 || go_r < 0)
         _exit(127);
@@ -178,8 +182,8 @@ static void close_fd(int *fd)
     *fd = -1;
 }
 
-static void describe_failure(const sv_service_t *svc, const spawn_plan_t *plan,
-                             const exec_failure_t *f, char *errbuf, size_t errlen)
+static void describe_failure(const sv_service_t *svc, const char *path, const exec_failure_t *f,
+                             char *errbuf, size_t errlen)
 {
     const char *name = svc->spec.name;
     switch (f->stage) {
@@ -189,8 +193,8 @@ static void describe_failure(const sv_service_t *svc, const spawn_plan_t *plan,
         break;
     case EXEC_STAGE_EXEC:
         snprintf(errbuf, errlen,
-                 "service %s: cannot execute \"%s\": %s; argv[0] must be an executable file", name,
-                 plan->path, strerror(f->err));
+                 "service %s: cannot execute \"%.512s\": %s; argv[0] must be an executable file",
+                 name, path, strerror(f->err));
         break;
     default:
         snprintf(errbuf, errlen, "service %s: cannot set up the child process: %s", name,
@@ -200,8 +204,8 @@ static void describe_failure(const sv_service_t *svc, const spawn_plan_t *plan,
 
 /* Waits (briefly: the child is between fork and execve) for the exec
  * pipe's verdict. 0 when execve succeeded. */
-static int await_exec(sv_service_t *svc, pid_t pid, int exec_r, const spawn_plan_t *plan,
-                      char *errbuf, size_t errlen)
+static int await_exec(sv_service_t *svc, pid_t pid, int exec_r, const char *path, char *errbuf,
+                      size_t errlen)
 {
     exec_failure_t f;
     ssize_t r;
@@ -215,7 +219,7 @@ static int await_exec(sv_service_t *svc, pid_t pid, int exec_r, const spawn_plan
     int status;
     while (waitpid(pid, &status, 0) < 0 && errno == EINTR)
         ;
-    describe_failure(svc, plan, &f, errbuf, errlen);
+    describe_failure(svc, path, &f, errbuf, errlen);
     return KILN_EIO;
 }
 
@@ -247,7 +251,11 @@ static void pipe_close(sv_pipe_t *p)
 static void on_pipe_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
 {
     sv_pipe_t *p = h->data;
-    *buf = uv_buf_init(p->buf, sizeof p->buf);
+    kiln_supervisor_t *sv = p->svc->sv;
+    if (!sv->pipe_buf)
+        sv->pipe_buf = malloc(SV_PIPE_BUF);
+    /* A NULL buffer makes libuv report UV_ENOBUFS: the pipe closes. */
+    *buf = uv_buf_init(sv->pipe_buf, sv->pipe_buf ? SV_PIPE_BUF : 0);
 }
 
 static void on_pipe_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
@@ -304,28 +312,6 @@ void sv_proc_close_pipes(sv_service_t *svc)
         pipe_close(p);
 }
 
-/* Records the forked child (pid, start time) in the state file, then lets
- * it go on to execve. The start time does not change at execve. */
-static int release_child(sv_service_t *svc, pid_t pid, int go_w, char *errbuf, size_t errlen)
-{
-    sv_procinfo_t info;
-    svc->pid = pid;
-    svc->start_ticks = sv_proc_read(pid, &info) == 0 ? info.start_ticks : 0;
-    sv_state_write(svc->sv);
-    ssize_t r;
-    do /* a socket, so a child already gone means EPIPE, never SIGPIPE */
-        r = send(go_w, "g", 1, MSG_NOSIGNAL);
-    while (r < 0 && errno == EINTR);
-    if (r == 1)
-        return 0;
-    snprintf(errbuf, errlen, "service %s: cannot release the child process: %s", svc->spec.name,
-             strerror(errno));
-    kill(pid, SIGKILL);
-    while (waitpid(pid, NULL, 0) < 0 && errno == EINTR)
-        ;
-    return KILN_EIO;
-}
-
 static pid_t fork_child(spawn_plan_t *plan, const kiln_svc_spec_t *spec)
 {
     sigset_t all, old;
@@ -340,20 +326,124 @@ static pid_t fork_child(spawn_plan_t *plan, const kiln_svc_spec_t *spec)
     return pid;
 }
 
-/* Starts a run of svc: on success svc->pid (also its group and session id)
- * and start_ticks are set and the pipes are read on the loop. On failure
- * errbuf says why (naming the service and the fix) and no process is left. */
+static sv_launch_t *launch_new(const char *path)
+{
+    size_t len = strlen(path);
+    sv_launch_t *l = malloc(sizeof *l + len + 1);
+    if (!l)
+        return NULL;
+    *l = (sv_launch_t){.go_w = -1, .exec_r = -1, .out_r = -1, .err_r = -1, .ready_r = -1};
+    memcpy(l->path, path, len + 1);
+    return l;
+}
+
+static void launch_free(sv_launch_t *l)
+{
+    close_fd(&l->go_w), close_fd(&l->exec_r), close_fd(&l->out_r), close_fd(&l->err_r);
+    close_fd(&l->ready_r);
+    free(l);
+}
+
+/* Forgets svc's waiting child's release (its run ended, or the agent is
+ * going away): closing the go socket makes a child still waiting exit. */
+void sv_proc_launch_drop(sv_service_t *svc)
+{
+    if (!svc->launch)
+        return;
+    launch_free(svc->launch);
+    svc->launch = NULL;
+}
+
+static void send_go(sv_launch_t *l)
+{
+    ssize_t r;
+    do /* a socket, so a child already gone means EPIPE, never SIGPIPE */
+        r = send(l->go_w, "g", 1, MSG_NOSIGNAL);
+    while (r < 0 && errno == EINTR);
+    l->released = r == 1;
+    close_fd(&l->go_w);
+}
+
+/* Finishes one released launch: the exec verdict, then the pipes. On
+ * failure the child is reaped, svc->pid is 0, and errbuf says why. */
+static int finish_launch(sv_service_t *svc, sv_launch_t *l, char *errbuf, size_t errlen)
+{
+    if (!l->released) {
+        snprintf(errbuf, errlen, "service %s: cannot release the child process: %s", svc->spec.name,
+                 strerror(EPIPE));
+        kill(svc->pid, SIGKILL);
+        while (waitpid(svc->pid, NULL, 0) < 0 && errno == EINTR)
+            ;
+        return KILN_EIO;
+    }
+    int rc = await_exec(svc, svc->pid, l->exec_r, l->path, errbuf, errlen);
+    if (rc)
+        return rc;
+    /* A pipe that cannot be watched loses output, not the run. */
+    pipe_watch(svc, &l->out_r, "stdout");
+    pipe_watch(svc, &l->err_r, "stderr");
+    if (l->ready_r >= 0)
+        pipe_watch(svc, &l->ready_r, NULL);
+    return 0;
+}
+
+static sv_service_t *next_released(kiln_supervisor_t *sv)
+{
+    for (size_t i = 0; i < sv->n_svcs; i++) {
+        if (sv->svcs[i]->launch && sv->svcs[i]->launch->go_w < 0)
+            return sv->svcs[i];
+    }
+    return NULL;
+}
+
+/* Releases every child waiting for its go byte. The state file must
+ * already name them (the caller wrote it). All bytes go out first, so the
+ * children exec in parallel; then each exec verdict is collected, and a
+ * launch that failed is reported to the state machine. */
+void sv_proc_release_all(kiln_supervisor_t *sv)
+{
+    for (size_t i = 0; i < sv->n_svcs; i++) {
+        if (sv->svcs[i]->launch)
+            send_go(sv->svcs[i]->launch);
+    }
+    /* One at a time, from the list each time: a failure's events may
+     * change the service list. */
+    for (sv_service_t *svc; (svc = next_released(sv));) {
+        sv_launch_t *l = svc->launch;
+        svc->launch = NULL;
+        char errbuf[sizeof svc->last_error];
+        int rc = finish_launch(svc, l, errbuf, sizeof errbuf);
+        launch_free(l);
+        if (rc) {
+            svc->pid = 0;
+            sv->state_dirty = sv->state_file != NULL;
+            sv_on_launch_failed(svc, errbuf);
+        } else {
+            sv_on_launched(svc);
+        }
+    }
+}
+
+/* Starts a run of svc: the child is forked and recorded (svc->pid, also
+ * its group and session id once it runs, and start_ticks), and waits for
+ * its release, which sv_proc_release_all sends before the loop next
+ * blocks; an exec failure is reported then (sv_on_launch_failed). On
+ * failure here errbuf says why (naming the service and the fix) and no
+ * process is left. */
 int sv_proc_spawn(sv_service_t *svc, char *errbuf, size_t errlen)
 {
     const kiln_svc_spec_t *spec = &svc->spec;
-    spawn_plan_t plan = {.out_w = -1, .err_w = -1, .ready_w = -1, .exec_w = -1, .go_r = -1};
+    spawn_plan_t plan = {
+        .out_w = -1, .err_w = -1, .ready_w = -1, .exec_w = -1, .go_r = -1, .go_w = -1};
     int out[2] = {-1, -1}, err[2] = {-1, -1}, rdy[2] = {-1, -1}, ex[2] = {-1, -1};
     int go[2] = {-1, -1};
+    sv_launch_t *launch = NULL;
     int rc = resolve_path(spec, plan.path, errbuf, errlen);
     if (rc)
         return rc;
     plan.envp = build_envp(spec);
-    rc = plan.envp ? 0 : -ENOMEM;
+    launch = launch_new(plan.path);
+    rc = plan.envp && launch ? 0 : -ENOMEM;
     if (!rc)
         rc = make_pipe(out);
     if (!rc)
@@ -370,35 +460,33 @@ int sv_proc_spawn(sv_service_t *svc, char *errbuf, size_t errlen)
         goto done;
     }
     plan.out_w = out[1], plan.err_w = err[1], plan.ready_w = rdy[1], plan.exec_w = ex[1];
-    plan.go_r = go[0];
+    plan.go_r = go[0], plan.go_w = go[1];
     pid_t pid = fork_child(&plan, spec);
     if (pid < 0) {
         snprintf(errbuf, errlen, "service %s: fork failed: %s", spec->name, strerror(errno));
         rc = KILN_EIO;
         goto done;
     }
-    close_fd(&out[1]), close_fd(&err[1]), close_fd(&rdy[1]), close_fd(&ex[1]);
-    close_fd(&go[0]);
-    rc = release_child(svc, pid, go[1], errbuf, errlen);
-    close_fd(&go[1]);
-    if (rc == 0)
-        rc = await_exec(svc, pid, ex[0], &plan, errbuf, errlen);
-    if (rc) {
-        svc->pid = 0;
-        sv_state_write(svc->sv);
-        goto done;
-    }
+    sv_procinfo_t info;
+    svc->pid = pid;
+    svc->start_ticks = sv_proc_read(pid, &info) == 0 ? info.start_ticks : 0;
     svc->run_gen++;
     svc->n_desc = 0;
-    /* A pipe that cannot be watched loses output, not the run. */
-    pipe_watch(svc, &out[0], "stdout");
-    pipe_watch(svc, &err[0], "stderr");
-    if (rdy[0] >= 0)
-        pipe_watch(svc, &rdy[0], NULL);
+    launch->go_w = go[1], launch->exec_r = ex[0], launch->out_r = out[0];
+    launch->err_r = err[0], launch->ready_r = rdy[0];
+    go[1] = ex[0] = out[0] = err[0] = rdy[0] = -1;
+    sv_proc_launch_drop(svc);
+    svc->launch = launch;
+    launch = NULL;
+    svc->sv->state_dirty = svc->sv->state_file != NULL;
+    sv_schedule_flush(svc->sv);
+    sv_stats_timer_update(svc->sv);
 done:
     close_fd(&out[0]), close_fd(&out[1]), close_fd(&err[0]), close_fd(&err[1]);
     close_fd(&rdy[0]), close_fd(&rdy[1]), close_fd(&ex[0]), close_fd(&ex[1]);
     close_fd(&go[0]), close_fd(&go[1]);
+    if (launch)
+        launch_free(launch);
     free(plan.envp);
     return rc;
 }

@@ -99,31 +99,38 @@ static const sv_procinfo_t *find_pid(const sv_procinfo_t *procs, size_t n, pid_t
     return bsearch(&key, procs, n, sizeof *procs, by_pid);
 }
 
-static bool tracked(const sv_service_t *svc, const sv_procinfo_t *p)
+/* The processes attributed to a run beyond its group and session. */
+typedef struct run_marks {
+    pid_t run; /* main pid: also its group and session id */
+    sv_pid_mark_t *desc;
+    size_t *n_desc;
+} run_marks_t;
+
+static bool tracked(const run_marks_t *r, const sv_procinfo_t *p)
 {
-    for (size_t i = 0; i < svc->n_desc; i++) {
-        if (svc->desc[i].pid == p->pid && svc->desc[i].start_ticks == p->start_ticks)
+    for (size_t i = 0; i < *r->n_desc; i++) {
+        if (r->desc[i].pid == p->pid && r->desc[i].start_ticks == p->start_ticks)
             return true;
     }
     return false;
 }
 
-static void track(sv_service_t *svc, const sv_procinfo_t *p)
+static void track(const run_marks_t *r, const sv_procinfo_t *p)
 {
-    if (tracked(svc, p) || svc->n_desc >= SV_DESC_MAX)
+    if (tracked(r, p) || *r->n_desc >= SV_DESC_MAX)
         return;
-    svc->desc[svc->n_desc++] = (sv_pid_mark_t){p->pid, p->start_ticks};
+    r->desc[(*r->n_desc)++] = (sv_pid_mark_t){p->pid, p->start_ticks};
 }
 
-/* Marks member[i] for every process of svc's run: its session and group,
+/* Marks member[i] for every process of a run: its session and group,
  * processes it was seen to own before, and their descendants. Remembers
  * those outside session and group, which signals to the group would miss. */
-static void run_members(sv_service_t *svc, const sv_procinfo_t *procs, size_t n, bool *member)
+static void members_of(const run_marks_t *r, const sv_procinfo_t *procs, size_t n, bool *member)
 {
-    pid_t run = svc->pid;
+    pid_t run = r->run;
     for (size_t i = 0; i < n; i++)
         member[i] = run > 0 && (procs[i].sid == run || procs[i].pgid == run ||
-                                procs[i].pid == run || tracked(svc, &procs[i]));
+                                procs[i].pid == run || tracked(r, &procs[i]));
     for (bool grew = run > 0; grew;) {
         grew = false;
         for (size_t i = 0; i < n; i++) {
@@ -132,10 +139,16 @@ static void run_members(sv_service_t *svc, const sv_procinfo_t *procs, size_t n,
             const sv_procinfo_t *parent = find_pid(procs, n, procs[i].ppid);
             if (parent && member[parent - procs]) {
                 member[i] = grew = true;
-                track(svc, &procs[i]);
+                track(r, &procs[i]);
             }
         }
     }
+}
+
+static void run_members(sv_service_t *svc, const sv_procinfo_t *procs, size_t n, bool *member)
+{
+    run_marks_t r = {svc->pid, svc->desc, &svc->n_desc};
+    members_of(&r, procs, n, member);
 }
 
 /* Sends sig to every process of svc's current run (group, session, and
@@ -179,10 +192,33 @@ static bool run_exited(const sv_service_t *svc)
            si.si_pid == svc->pid;
 }
 
+/* Ends what is left of svc's run, whose main process has exited but is
+ * not yet reaped: its group is SIGKILLed now, while the zombie holds the
+ * pid (so the group id cannot have been reused). Members outside the group
+ * (another group in its session, escaped descendants) are found by one
+ * /proc scan SV_CLEANUP_DELAY_MS later (sv_proc_sweep), off the respawn path:
+ * the scan matches the session id and the tracked descendants' start
+ * times, and never touches a current run's processes. */
+void sv_proc_end_run(sv_service_t *svc)
+{
+    if (svc->pid <= 0)
+        return;
+    kill(-svc->pid, SIGKILL);
+    sv_ended_run_t *e = malloc(sizeof *e);
+    if (!e) { /* fall back to the scan now */
+        sv_proc_signal_run(svc, SIGKILL);
+        return;
+    }
+    e->pid = svc->pid;
+    e->n_desc = svc->n_desc;
+    memcpy(e->desc, svc->desc, svc->n_desc * sizeof *svc->desc);
+    e->next = svc->sv->ended;
+    svc->sv->ended = e;
+    sv_schedule_cleanup(svc->sv);
+}
+
 /* Reaps exited runs (dispatching their exits) one at a time, since an
- * exit may change the service list. What is left of a run is SIGKILLed
- * while its main process is still a zombie: the zombie holds the pid, so
- * the group and session ids cannot have been reused by then. */
+ * exit may change the service list. */
 static void reap_runs(kiln_supervisor_t *sv)
 {
     for (bool found = true; found;) {
@@ -193,7 +229,8 @@ static void reap_runs(kiln_supervisor_t *sv)
             if (!run_exited(svc))
                 continue;
             found = true;
-            sv_proc_signal_run(svc, SIGKILL);
+            sv_proc_launch_drop(svc);
+            sv_proc_end_run(svc);
             while (waitpid(svc->pid, &status, 0) < 0 && errno == EINTR)
                 ;
             sv_on_exit(svc, status);
@@ -243,8 +280,9 @@ void sv_proc_reap(kiln_supervisor_t *sv)
 }
 
 /* Updates rss_kb and cpu_ticks of every run from one /proc scan. With
- * kill_orphans, also SIGKILLs orphans of ended runs: processes reparented
- * to the agent that belong to no current run. */
+ * kill_orphans, also SIGKILLs what is left of ended runs (sv->ended, then
+ * emptied) and orphans: processes reparented to the agent that belong to
+ * no current run. */
 void sv_proc_sweep(kiln_supervisor_t *sv, bool kill_orphans)
 {
     sv_procinfo_t *procs;
@@ -269,6 +307,18 @@ void sv_proc_sweep(kiln_supervisor_t *sv, bool kill_orphans)
             svc->cpu_ticks += procs[i].cpu_ticks;
         }
     }
+    while (kill_orphans && member && owned && sv->ended) {
+        sv_ended_run_t *e = sv->ended;
+        run_marks_t r = {e->pid, e->desc, &e->n_desc};
+        members_of(&r, procs, n, member);
+        for (size_t i = 0; i < n; i++) {
+            if (member[i] && !owned[i] && procs[i].state != 'Z' && procs[i].pid != sv->self_pid &&
+                !service_of_main(sv, procs[i].pid))
+                kill(procs[i].pid, SIGKILL);
+        }
+        sv->ended = e->next;
+        free(e);
+    }
     for (size_t i = 0; kill_orphans && owned && i < n; i++) {
         const sv_procinfo_t *p = &procs[i];
         if (!owned[i] && p->ppid == sv->self_pid && p->sid != sv->self_sid && p->state != 'Z' &&
@@ -278,4 +328,133 @@ void sv_proc_sweep(kiln_supervisor_t *sv, bool kill_orphans)
     free(member);
     free(owned);
     free(procs);
+}
+
+/* Processes measured per run at most; past it the figures are low. */
+#define SV_MEASURE_MAX 512
+
+/* Appends the children of every thread of pid (/proc/PID/task/TID/children)
+ * to list, up to SV_MEASURE_MAX. -1 when the kernel lacks these files. */
+static int append_children(pid_t pid, pid_t *list, size_t *n)
+{
+    char path[96];
+    snprintf(path, sizeof path, "/proc/%d/task", (int)pid);
+    DIR *d = opendir(path);
+    if (!d)
+        return 0; /* gone */
+    int rc = 0;
+    struct dirent *e;
+    while ((e = readdir(d)) && *n < SV_MEASURE_MAX) {
+        if (!isdigit((unsigned char)e->d_name[0]))
+            continue;
+        snprintf(path, sizeof path, "/proc/%d/task/%.20s/children", (int)pid, e->d_name);
+        FILE *f = fopen(path, "re");
+        if (!f) {
+            if (errno == ENOENT && kill(pid, 0) == 0)
+                rc = -1;
+            continue;
+        }
+        int child;
+        while (*n < SV_MEASURE_MAX && fscanf(f, "%d", &child) == 1)
+            list[(*n)++] = (pid_t)child;
+        fclose(f);
+    }
+    closedir(d);
+    return rc;
+}
+
+static bool in_list(const pid_t *list, size_t n, pid_t pid)
+{
+    for (size_t i = 0; i < n; i++) {
+        if (list[i] == pid)
+            return true;
+    }
+    return false;
+}
+
+/* Sums RSS and CPU of svc's run: the main process and its descendants
+ * (through the children files), tracked processes that escaped, and
+ * orphans of the run now parented by the agent (agent_children). Reads
+ * only these processes, never all of /proc. -1: no children files. */
+static int measure_run(sv_service_t *svc, const sv_procinfo_t *orphans, size_t n_orphans,
+                       pid_t *list)
+{
+    size_t n = 0;
+    list[n++] = svc->pid;
+    for (size_t i = 0; i < svc->n_desc && n < SV_MEASURE_MAX; i++)
+        list[n++] = svc->desc[i].pid;
+    for (size_t i = 0; i < n_orphans && n < SV_MEASURE_MAX; i++) {
+        if (orphans[i].sid == svc->pid || orphans[i].pgid == svc->pid)
+            list[n++] = orphans[i].pid;
+    }
+    long page_kb = sysconf(_SC_PAGESIZE) / 1024;
+    svc->rss_kb = 0;
+    svc->cpu_ticks = 0;
+    for (size_t i = 0; i < n; i++) {
+        sv_procinfo_t info;
+        if (sv_proc_read(list[i], &info) != 0 || info.state == 'Z')
+            continue;
+        bool is_desc = false;
+        for (size_t k = 0; k < svc->n_desc && !is_desc; k++)
+            is_desc = svc->desc[k].pid == list[i];
+        if (is_desc && !tracked(&(run_marks_t){svc->pid, svc->desc, &svc->n_desc}, &info))
+            continue; /* a reused pid */
+        svc->rss_kb += info.rss_pages * page_kb;
+        svc->cpu_ticks += info.cpu_ticks;
+        size_t before = n;
+        if (append_children(list[i], list, &n) != 0)
+            return -1;
+        /* Drop duplicates (a tracked process is also someone's child). */
+        size_t kept = before;
+        for (size_t k = before; k < n; k++) {
+            if (!in_list(list, kept, list[k]))
+                list[kept++] = list[k];
+        }
+        n = kept;
+    }
+    return 0;
+}
+
+/* Updates rss_kb and cpu_ticks of every run (with limited_only, only of
+ * runs with a memory limit) from their own processes' /proc entries. */
+void sv_proc_measure(kiln_supervisor_t *sv, bool limited_only)
+{
+    static bool no_children_files;
+    pid_t *list = malloc(2 * SV_MEASURE_MAX * sizeof *list);
+    sv_procinfo_t *orphans = malloc(SV_MEASURE_MAX * sizeof *orphans);
+    if (!list || !orphans || no_children_files) {
+        free(list);
+        free(orphans);
+        sv_proc_sweep(sv, false);
+        return;
+    }
+    /* The agent's children other than the runs' main processes: orphans
+     * of services, reparented to the agent (a child subreaper). */
+    pid_t *agent_children = list + SV_MEASURE_MAX;
+    size_t n_agent = 0, n_orphans = 0;
+    append_children(sv->self_pid, agent_children, &n_agent);
+    for (size_t i = 0; i < n_agent; i++) {
+        if (!service_of_main(sv, agent_children[i]) &&
+            sv_proc_read(agent_children[i], &orphans[n_orphans]) == 0 &&
+            orphans[n_orphans].sid != sv->self_sid)
+            n_orphans++;
+    }
+    for (size_t s = 0; s < sv->n_svcs; s++) {
+        sv_service_t *svc = sv->svcs[s];
+        if (limited_only && svc->spec.memory_limit_mb <= 0)
+            continue;
+        if (svc->pid <= 0) {
+            svc->rss_kb = 0;
+            svc->cpu_ticks = 0;
+            continue;
+        }
+        if (measure_run(svc, orphans, n_orphans, list) != 0) {
+            no_children_files = true;
+            break;
+        }
+    }
+    free(list);
+    free(orphans);
+    if (no_children_files)
+        sv_proc_sweep(sv, false);
 }

@@ -1,6 +1,7 @@
 /*
  * Status and logs of supervised services, for the machine API and the
- * published machine status. RSS and CPU come from one /proc sweep per call.
+ * published machine status. RSS and CPU are read per call from each run's
+ * own processes (sv_proc_measure), never from a scan of all of /proc.
  */
 #include <sys/wait.h>
 #include <unistd.h>
@@ -76,7 +77,7 @@ static json_t *service_json(sv_service_t *svc, uint64_t now)
 /* See supervisor.h. */
 json_t *kiln_supervisor_status(kiln_supervisor_t *sv)
 {
-    sv_proc_sweep(sv, false);
+    sv_proc_measure(sv, false);
     uint64_t now = sv_now_ms();
     json_t *list = json_array();
     for (size_t i = 0; i < sv->n_svcs; i++)
@@ -90,7 +91,7 @@ json_t *kiln_supervisor_service_status(kiln_supervisor_t *sv, const char *name)
     sv_service_t *svc = sv_find(sv, name);
     if (!svc)
         return NULL;
-    sv_proc_sweep(sv, false);
+    sv_proc_measure(sv, false);
     return service_json(svc, sv_now_ms());
 }
 

@@ -29,7 +29,9 @@
 
 #include "kiln/log.h"
 
-#define DEFAULT_RING_LINES     1000
+#define DEFAULT_RING_LINES 1000
+/* Ring entries allocated with the first line; doubled as lines come. */
+#define RING_INITIAL_LINES     16
 #define DEFAULT_FILE_MAX_BYTES (10u * 1024 * 1024)
 #define DEFAULT_FILE_KEEP      5
 #define DEFAULT_LINE_MAX_BYTES (16u * 1024)
@@ -87,7 +89,10 @@ struct kiln_svclog {
     char *linebuf;
     size_t linebuf_size;
 
+    /* Grown on demand (doubling up to opts.ring_lines), so an idle
+     * service's log costs a few hundred bytes, not the whole ring. */
     ring_entry_t *ring;
+    size_t ring_cap;
     size_t ring_head; /* index of the oldest entry */
     size_t ring_count;
 
@@ -341,6 +346,30 @@ static json_t *entry_json(const char *time, const char *stream, const char *line
     return json_pack("{s:s, s:s, s:s%}", "time", time, "stream", stream, "line", line, len);
 }
 
+/* Doubles the ring (up to ring_lines), keeping entries oldest first. */
+static int ring_grow(kiln_svclog_t *log)
+{
+    size_t cap = log->ring_cap ? log->ring_cap * 2 : RING_INITIAL_LINES;
+    if (cap > log->opts.ring_lines)
+        cap = log->opts.ring_lines;
+    ring_entry_t *grown = calloc(cap, sizeof *grown);
+    if (!grown)
+        return KILN_ENOMEM;
+    for (size_t i = 0; i < log->ring_count; i++)
+        grown[i] = log->ring[(log->ring_head + i) % log->ring_cap];
+    free(log->ring);
+    log->ring = grown;
+    log->ring_cap = cap;
+    log->ring_head = 0;
+    return 0;
+}
+
+/* Entries the ring has room for now (for tests). */
+size_t kiln_svclog_ring_capacity(const kiln_svclog_t *log)
+{
+    return log->ring_cap;
+}
+
 static void ring_push(kiln_svclog_t *log, const char *time, const char *stream, const char *line,
                       size_t len)
 {
@@ -349,7 +378,12 @@ static void ring_push(kiln_svclog_t *log, const char *time, const char *stream, 
         return; /* the line is still in the file; the ring just misses it */
     memcpy(copy, line, len);
     copy[len] = '\0';
-    size_t cap = log->opts.ring_lines;
+    if (log->ring_count == log->ring_cap && log->ring_cap < log->opts.ring_lines &&
+        ring_grow(log) != 0) {
+        free(copy);
+        return;
+    }
+    size_t cap = log->ring_cap;
     ring_entry_t *e;
     if (log->ring_count < cap) {
         e = &log->ring[(log->ring_head + log->ring_count) % cap];
@@ -416,6 +450,8 @@ static void emit_line(kiln_svclog_t *log, const char *stream, const char *bytes,
 
     /* linebuf is free again once the file write is done: the ring and the
      * followers get copies, so a callback may append a line of its own. */
+    if (!log->linebuf && !(log->linebuf = malloc(log->linebuf_size)))
+        return; /* out of memory: the line is lost, the service goes on */
     char *buf = log->linebuf;
     int header = snprintf(buf, HEADER_MAX + 1, "%s %s ", time, stream_name);
     char *text = buf + header;
@@ -565,10 +601,7 @@ int kiln_svclog_open(const char *name, const kiln_svclog_options_t *opts, kiln_s
     log->opts.dir = NULL;
     snprintf(log->name, sizeof log->name, "%s", name);
     log->linebuf_size = HEADER_MAX + 1 + 3 * o.line_max_bytes + sizeof KILN_SVCLOG_CUT_MARK + 1;
-    log->linebuf = malloc(log->linebuf_size);
-    log->ring = calloc(o.ring_lines, sizeof *log->ring);
-    if (!log->linebuf || !log->ring)
-        goto nomem;
+    /* linebuf and the ring are allocated with the first line. */
     if (o.dir) {
         log->dir = strdup(o.dir);
         log->path = malloc(strlen(o.dir) + strlen(name) + 6);
@@ -646,7 +679,7 @@ json_t *kiln_svclog_tail(kiln_svclog_t *log, size_t n)
     size_t count = n < log->ring_count ? n : log->ring_count;
     size_t first = log->ring_count - count;
     for (size_t i = first; i < log->ring_count; i++) {
-        const ring_entry_t *e = &log->ring[(log->ring_head + i) % log->opts.ring_lines];
+        const ring_entry_t *e = &log->ring[(log->ring_head + i) % log->ring_cap];
         json_t *entry = entry_json(e->time, e->stream, e->line, e->len);
         if (!entry || json_array_append_new(lines, entry) < 0) {
             json_decref(lines);
@@ -697,15 +730,14 @@ void kiln_svclog_close(kiln_svclog_t *log)
         return;
     for (size_t i = 0; i < PENDING_SLOTS; i++) {
         pending_line_t *p = &log->pending[i];
-        if (log->linebuf && log->ring && p->stream[0] && !p->discarding &&
-            (p->len > 0 || p->cr_held))
+        if (p->stream[0] && !p->discarding && (p->len > 0 || p->cr_held))
             emit_line(log, p->stream, p->buf ? p->buf : "", p->len, false, true);
         free(p->buf);
     }
     if (log->fd >= 0)
         close(log->fd);
     if (log->ring) {
-        for (size_t i = 0; i < log->opts.ring_lines; i++)
+        for (size_t i = 0; i < log->ring_cap; i++)
             free(log->ring[i].line);
     }
     free(log->ring);

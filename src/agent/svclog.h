@@ -70,6 +70,10 @@ void kiln_svclog_unfollow(kiln_svclog_t *log, kiln_svclog_follow_cb cb, void *ct
  * Lines are still kept in the ring while the file cannot be written. */
 size_t kiln_svclog_write_errors(const kiln_svclog_t *log);
 
+/* How many lines the ring has room for now: 0 before the first line, then
+ * doubling as lines come, never past ring_lines (for tests). */
+size_t kiln_svclog_ring_capacity(const kiln_svclog_t *log);
+
 /* Flushes a held partial line and closes the file. */
 void kiln_svclog_close(kiln_svclog_t *log);
 

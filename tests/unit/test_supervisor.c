@@ -536,6 +536,37 @@ static void no_grandchild_outlives_its_service(void **state)
     wait_gone(fx, grandchild);
 }
 
+static void state_file_is_written_once_for_a_burst_of_spawns(void **state)
+{
+    fixture_t *fx = *state;
+    const char *argv[] = {HELPER("svc_sleeper"), NULL};
+    enum { N = 8 };
+    kiln_svc_spec_t specs[N];
+    char name[16];
+    for (int i = 0; i < N; i++) {
+        snprintf(name, sizeof name, "burst%d", i);
+        specs[i] = make_spec(name, argv);
+    }
+    unsigned long before = fx->sv->state_writes;
+    apply_ok(fx, specs, N);
+    clear_specs(specs, N);
+    /* One write names every child, and every child was released after it. */
+    assert_int_equal(fx->sv->state_writes - before, 1);
+    json_error_t jerr;
+    json_t *saved = json_load_file(fx->state_file, 0, &jerr);
+    assert_non_null(saved);
+    assert_int_equal(json_array_size(json_object_get(saved, "services")), N);
+    json_decref(saved);
+    for (int i = 0; i < N; i++) {
+        snprintf(name, sizeof name, "burst%d", i);
+        wait_state(fx, name, "running");
+        json_t *st = status_of(fx, name);
+        assert_true(json_integer_value(json_object_get(st, "pid")) > 0);
+        json_decref(st);
+    }
+    assert_int_equal(fx->sv->state_writes - before, 1);
+}
+
 static void exec_failure_is_reported_clearly(void **state)
 {
     fixture_t *fx = *state;
@@ -886,6 +917,7 @@ int main(void)
         TEST(restart_policy_never_and_on_failure),
         TEST(stop_sigterm_then_sigkill_after_timeout_kills_the_whole_group),
         TEST(no_grandchild_outlives_its_service),
+        TEST(state_file_is_written_once_for_a_burst_of_spawns),
         TEST(exec_failure_is_reported_clearly),
         TEST(oneshot_runs_once_and_marker_skips_it_next_time),
         TEST(oneshot_timeout_fails_it),

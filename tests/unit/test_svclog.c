@@ -209,6 +209,26 @@ static void ring_keeps_only_the_last_lines(void **state)
     json_decref(tail);
 }
 
+static void ring_grows_lazily_and_keeps_lines_across_growth(void **state)
+{
+    open_log(NULL, 100, 0, 0, 0);
+    assert_int_equal(kiln_svclog_ring_capacity(svclog), 0);
+    write_str("stdout", "first\n");
+    size_t small = kiln_svclog_ring_capacity(svclog);
+    assert_true(small > 0 && small < 100);
+    for (int i = 2; i <= 150; i++) {
+        char line[32];
+        snprintf(line, sizeof line, "line %d\n", i);
+        write_str("stdout", line);
+    }
+    assert_int_equal(kiln_svclog_ring_capacity(svclog), 100);
+    json_t *tail = kiln_svclog_tail(svclog, 1000);
+    assert_int_equal(json_array_size(tail), 100);
+    assert_string_equal(tail_line(tail, 0), "line 51");
+    assert_string_equal(tail_line(tail, 99), "line 150");
+    json_decref(tail);
+}
+
 static void files_rotate_and_keep_a_bounded_count(void **state)
 {
     mode_t old_umask = umask(022);
@@ -462,6 +482,7 @@ int main(void)
         TEST(partial_line_is_flushed_on_close),
         TEST(long_lines_are_cut_and_marked),
         TEST(ring_keeps_only_the_last_lines),
+        TEST(ring_grows_lazily_and_keeps_lines_across_growth),
         TEST(files_rotate_and_keep_a_bounded_count),
         TEST(invalid_utf8_is_replaced_and_tail_is_valid_json),
         TEST(hostile_names_are_refused),
