@@ -131,6 +131,8 @@ static int build_plan(kiln_agent_t *a, kiln_plan_t *plan, kiln_err_t *err)
 }
 
 /* Builds the plan and reconciles the supervisor with it. */
+static void update_readiness(kiln_agent_t *a);
+
 int kiln_agent_apply_plan(kiln_agent_t *a, kiln_err_t *err)
 {
     kiln_plan_t plan = {0};
@@ -139,17 +141,25 @@ int kiln_agent_apply_plan(kiln_agent_t *a, kiln_err_t *err)
     size_t n = 0;
     if (!rc)
         rc = kiln_agent_specs_from_plan(a, &plan, &specs, &n, err);
-    if (!rc)
-        rc = kiln_supervisor_apply(a->sv, specs, n, err);
-    kiln_agent_specs_free(specs, n);
     if (rc) {
         kiln_plan_free(&plan);
         return rc;
     }
-    kiln_plan_free(&a->plan);
+    /* The new plan is in place while the supervisor applies it: readiness,
+     * judged from its events, must count the new services, not the old. */
+    kiln_plan_t old = a->plan;
     a->plan = plan;
+    rc = kiln_supervisor_apply(a->sv, specs, n, err);
+    kiln_agent_specs_free(specs, n);
+    if (rc) {
+        a->plan = old;
+        kiln_plan_free(&plan);
+        return rc;
+    }
+    kiln_plan_free(&old);
     kiln_agent_event(a, "startup",
                      json_pack("{s:s, s:i}", "phase", "plan", "services", (int)plan.count));
+    update_readiness(a);
     return 0;
 }
 
