@@ -180,7 +180,7 @@ int kiln_broker_sweep(kiln_broker_t *broker, const char *service, int *recovered
 typedef struct kiln_worker_identity {
     char id[128];
     char session[17]; /* random per identity: claims of this process, not a predecessor's */
-    char *caps_json; /* owned; canonical */
+    char *caps_json;  /* owned; canonical */
     char caps_hash[17];
 } kiln_worker_identity_t;
 
