@@ -125,11 +125,13 @@ static void pause_ms(long ms)
 
 /* True when no live process remains in group/session pgid and pid is
  * gone; reaps those that are the agent's own children. */
+/* pid 0: the run's main process is gone; only its group is waited for. */
 static bool leftover_gone(pid_t pid, pid_t pgid)
 {
     while (waitpid(-pgid, NULL, WNOHANG) > 0)
         ;
-    waitpid(pid, NULL, WNOHANG);
+    if (pid > 0)
+        waitpid(pid, NULL, WNOHANG);
     sv_procinfo_t *procs;
     size_t n;
     if (sv_proc_scan(&procs, &n) != 0)
@@ -167,17 +169,36 @@ static int stop_leftover(const char *name, pid_t pid, pid_t pgid, int sig, long 
     if (timeout_ms < 0 || timeout_ms > SV_RECOVER_TERM_MAX_MS)
         timeout_ms = SV_RECOVER_TERM_MAX_MS;
     kill(-pgid, sig);
-    kill(pid, sig);
+    if (pid > 0)
+        kill(pid, sig);
     if (wait_gone(pid, pgid, timeout_ms))
         return 0;
     kill(-pgid, SIGKILL);
-    kill(pid, SIGKILL);
+    if (pid > 0)
+        kill(pid, SIGKILL);
     if (wait_gone(pid, pgid, SV_RECOVER_KILL_MS))
         return 0;
     return kiln_err_set(err, KILN_ETIMEOUT,
                         "service %s: pid %d left by a previous agent survives SIGKILL; stop it "
                         "by hand before starting the agent",
                         name, (int)pid);
+}
+
+/* Whether a recorded run whose main process is gone left members behind:
+ * live processes of its group or session started no earlier than the run.
+ * While one of them lives, the group id cannot have been reused. */
+static bool group_has_leftovers(pid_t pgid, unsigned long long start)
+{
+    sv_procinfo_t *procs;
+    size_t n;
+    if (sv_proc_scan(&procs, &n) != 0)
+        return false;
+    bool found = false;
+    for (size_t i = 0; i < n && !found; i++)
+        found = procs[i].state != 'Z' && (procs[i].pgid == pgid || procs[i].sid == pgid) &&
+                procs[i].start_ticks >= start;
+    free(procs);
+    return found;
 }
 
 static int recover_entry(json_t *e, const char *file, kiln_err_t *err)
@@ -195,8 +216,13 @@ static int recover_entry(json_t *e, const char *file, kiln_err_t *err)
                             file);
     sv_procinfo_t info;
     if (sv_proc_read((pid_t)pid, &info) != 0 || info.state == 'Z' ||
-        info.start_ticks != (unsigned long long)start)
-        return 0; /* gone, or the pid now belongs to another process */
+        info.start_ticks != (unsigned long long)start) {
+        /* The main process is gone (or its pid now belongs to another):
+         * never signal that pid, but stop what is left of its group. */
+        if (!group_has_leftovers((pid_t)pgid, (unsigned long long)start))
+            return 0;
+        pid = 0;
+    }
     return stop_leftover(name, (pid_t)pid, (pid_t)pgid,
                          sig ? (int)json_integer_value(sig) : SIGTERM,
                          timeout ? (long)json_integer_value(timeout) : 10000, err);

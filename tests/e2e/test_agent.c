@@ -19,6 +19,7 @@ typedef struct fixture {
     char state_dir[320];
     char log[320];
     char pids[320];
+    char children[320];
     pid_t agent;
     bool passed;
 } fixture_t;
@@ -33,11 +34,11 @@ static void write_config(fixture_t *f, bool third_service)
             "worker: {connectors: [simulation], concurrency: 1, shutdown_grace_ms: 200}\n"
             "services:\n"
             "  sleeper-a:\n"
-            "    command: [%s/svc_sleeper, --pidfile, %s]\n"
+            "    command: [%s/svc_sleeper, --pidfile, %s, --child, %s]\n"
             "  sleeper-b:\n"
             "    command: [%s/svc_sleeper]\n"
             "    depends_on: [sleeper-a]\n",
-            f->redis.url, KILN_TEST_HELPERS_DIR, f->pids, KILN_TEST_HELPERS_DIR);
+            f->redis.url, KILN_TEST_HELPERS_DIR, f->pids, f->children, KILN_TEST_HELPERS_DIR);
     if (third_service)
         fprintf(out, "  sleeper-c:\n    command: [%s/svc_sleeper]\n", KILN_TEST_HELPERS_DIR);
     fclose(out);
@@ -52,6 +53,7 @@ static int setup(void **state)
     snprintf(f->state_dir, sizeof f->state_dir, "%s/state", f->dir);
     snprintf(f->log, sizeof f->log, "%s/agent.log", f->dir);
     snprintf(f->pids, sizeof f->pids, "%s/sleeper-a.pids", f->dir);
+    snprintf(f->children, sizeof f->children, "%s/sleeper-a.children", f->dir);
     write_config(f, false);
     *state = f;
     return 0;
@@ -318,6 +320,45 @@ static void kill_9_of_the_agent_then_a_restart_runs_no_service_twice(void **stat
     f->passed = true;
 }
 
+static long long first_line_pid(const char *path)
+{
+    FILE *in = fopen(path, "r");
+    long long pid = 0;
+    if (in && fscanf(in, "%lld", &pid) != 1)
+        pid = 0;
+    if (in)
+        fclose(in);
+    return pid;
+}
+
+static bool children_recorded(void *ctx)
+{
+    return first_line_pid(ctx) > 0;
+}
+
+/* The agent is killed, then the service's main process too: what is left
+ * of its group (a child) is an orphan the next agent must stop. */
+static void a_restart_stops_the_group_of_a_service_whose_main_process_died(void **state)
+{
+    fixture_t *f = *state;
+    start_agent(f);
+    wait_ready(f);
+    assert_true(kiln_test_wait_until(children_recorded, f->children, 10000));
+    long long child = first_line_pid(f->children);
+    long long main_pid = service_pid(f, "sleeper-a");
+    kill(f->agent, SIGKILL);
+    kiln_test_wait_exit(f->agent, 5000);
+    kill((pid_t)main_pid, SIGKILL);
+    assert_true(pid_alive(child));
+    redisContext *c = kiln_test_redis_connect(&f->redis);
+    freeReplyObject(redisCommand(c, "DEL kiln:machine:agent-e2e"));
+    redisFree(c);
+    start_agent(f);
+    wait_ready(f);
+    assert_false(pid_alive(child));
+    f->passed = true;
+}
+
 static void sigterm_returns_a_job_in_flight_and_ends_with_an_offline_event(void **state)
 {
     fixture_t *f = *state;
@@ -472,6 +513,8 @@ int main(void)
                                         setup, teardown),
         cmocka_unit_test_setup_teardown(kill_9_of_the_agent_then_a_restart_runs_no_service_twice,
                                         setup, teardown),
+        cmocka_unit_test_setup_teardown(
+            a_restart_stops_the_group_of_a_service_whose_main_process_died, setup, teardown),
         cmocka_unit_test_setup_teardown(
             sigterm_returns_a_job_in_flight_and_ends_with_an_offline_event, setup, teardown),
         cmocka_unit_test_setup_teardown(
