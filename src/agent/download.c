@@ -20,12 +20,13 @@
 #include "kiln/log.h"
 
 #include <curl/curl.h>
+
+#include "core/curl_util.h"
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
 #include <limits.h>
 #include <openssl/evp.h>
-#include <pthread.h>
 #include <stdarg.h>
 #include <stdbool.h>
 #include <stdio.h>
@@ -87,34 +88,6 @@ static int64_t now_ms(void)
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
-static pthread_once_t curl_once = PTHREAD_ONCE_INIT;
-static CURLcode curl_init_result = CURLE_FAILED_INIT;
-
-static void curl_init_once(void)
-{
-    curl_init_result = curl_global_init(CURL_GLOBAL_DEFAULT);
-}
-
-/* The URL without userinfo, with any query or fragment replaced, cut to fit. */
-static void redact_url(const char *url, char *out, size_t size)
-{
-    const char *sep = strstr(url, "://");
-    const char *authority = sep ? sep + 3 : url;
-    size_t authority_len = strcspn(authority, "/?#");
-    const char *at = memrchr(authority, '@', authority_len);
-    const char *host = at ? at + 1 : authority;
-    const char *rest = authority + authority_len;
-    size_t path_len = strcspn(rest, "?#");
-    snprintf(out, size, "%.*s%.*s%.*s%s", (int)(authority - url), url,
-             (int)(authority + authority_len - host), host, (int)path_len, rest,
-             rest[path_len] ? "?[redacted]" : "");
-}
-
-static bool scheme_allowed(const char *url)
-{
-    return strncasecmp(url, "http://", 7) == 0 || strncasecmp(url, "https://", 8) == 0;
 }
 
 static void hex_encode(const unsigned char *bytes, size_t n, char *out)
@@ -217,8 +190,8 @@ static int check_options(const kiln_download_options_t *opts, dl_job_t *job, kil
     if (url_len > KILN_DOWNLOAD_URL_MAX)
         return kiln_err_set(err, KILN_EINVAL, "download: url is longer than %d bytes; shorten it",
                             KILN_DOWNLOAD_URL_MAX);
-    redact_url(opts->url, job->url_shown, sizeof job->url_shown);
-    if (!scheme_allowed(opts->url))
+    kiln_url_redact(opts->url, job->url_shown, sizeof job->url_shown);
+    if (!kiln_url_is_http(opts->url))
         return kiln_err_set(err, KILN_EINVAL,
                             "download %s: only http:// and https:// URLs are allowed",
                             job->url_shown);
@@ -326,12 +299,6 @@ static size_t on_final_headers(dl_attempt_t *a)
     return 1;
 }
 
-static bool header_is(const char *line, size_t len, const char *name)
-{
-    size_t n = strlen(name);
-    return len > n && strncasecmp(line, name, n) == 0;
-}
-
 static uint64_t parse_u64(const char *s, const char **end)
 {
     char *stop = (char *)s;
@@ -353,18 +320,18 @@ static size_t on_header(char *buffer, size_t size, size_t nitems, void *userdata
     memcpy(line, buffer, keep);
     line[keep] = '\0';
 
-    if (header_is(line, keep, "HTTP/")) {
+    if (kiln_http_header_is(line, keep, "HTTP/")) {
         /* A new response (a redirect hop, 100 Continue, or the final one). */
         const char *sp = strchr(line, ' ');
         a->status = sp ? strtol(sp + 1, NULL, 10) : 0;
         a->retry_after_s = -1;
         a->have_length = a->have_range = a->headers_done = a->accepting = false;
         a->range_start = a->range_total = 0;
-    } else if (header_is(line, keep, "Content-Length:")) {
+    } else if (kiln_http_header_is(line, keep, "Content-Length:")) {
         const char *v = line + 15 + strspn(line + 15, " \t"), *end;
         a->content_length = parse_u64(v, &end);
         a->have_length = end != v;
-    } else if (header_is(line, keep, "Content-Range:")) {
+    } else if (kiln_http_header_is(line, keep, "Content-Range:")) {
         /* "bytes 100-199/1000", or with a 416 an asterisk for the range */
         const char *v = line + 14 + strspn(line + 14, " \t");
         if (strncasecmp(v, "bytes ", 6) == 0) {
@@ -374,7 +341,7 @@ static size_t on_header(char *buffer, size_t size, size_t nitems, void *userdata
             const char *slash = strchr(p, '/');
             a->range_total = slash ? parse_u64(slash + 1, NULL) : 0;
         }
-    } else if (header_is(line, keep, "Retry-After:")) {
+    } else if (kiln_http_header_is(line, keep, "Retry-After:")) {
         const char *v = line + 12 + strspn(line + 12, " \t"), *end;
         uint64_t s = parse_u64(v, &end);
         if (end != v) /* seconds; the HTTP-date form is left to our own backoff */
@@ -489,27 +456,6 @@ static int setup_easy(CURL *curl, dl_attempt_t *a, char *errbuf, kiln_err_t *err
     return 0;
 }
 
-static bool curl_code_retryable(CURLcode c)
-{
-    switch (c) {
-    case CURLE_COULDNT_RESOLVE_HOST:
-    case CURLE_COULDNT_RESOLVE_PROXY:
-    case CURLE_COULDNT_CONNECT:
-    case CURLE_OPERATION_TIMEDOUT:
-    case CURLE_SEND_ERROR:
-    case CURLE_RECV_ERROR:
-    case CURLE_PARTIAL_FILE:
-    case CURLE_GOT_NOTHING:
-    case CURLE_SSL_CONNECT_ERROR:
-    case CURLE_HTTP2:
-    case CURLE_HTTP2_STREAM:
-    case CURLE_HTTP3:
-        return true;
-    default:
-        return false;
-    }
-}
-
 /* Turns a failed transfer (no usable 2xx) into a code, a message and whether to retry. */
 static int classify_failure(dl_attempt_t *a, CURLcode c, const char *errbuf, bool *retryable,
                             kiln_err_t *err)
@@ -543,7 +489,7 @@ static int classify_failure(dl_attempt_t *a, CURLcode c, const char *errbuf, boo
         return kiln_err_set(err, KILN_ETIMEOUT,
                             "download %s: not finished within timeout_ms=%ld; raise it",
                             job->url_shown, job->opts->timeout_ms);
-    *retryable = curl_code_retryable(c);
+    *retryable = kiln_curl_code_retryable(c);
     if (c == CURLE_OK) /* a 2xx ended without our callbacks accepting it */
         return kiln_err_set(err, KILN_EIO, "download %s: unexpected HTTP %ld", job->url_shown, s);
     return kiln_err_set(err, c == CURLE_OPERATION_TIMEDOUT ? KILN_ETIMEOUT : KILN_EIO,
@@ -754,10 +700,10 @@ int kiln_download(const kiln_download_options_t *opts, kiln_err_t *err)
     int rc = check_options(opts, &job, err);
     if (rc < 0)
         return rc;
-    pthread_once(&curl_once, curl_init_once);
-    if (curl_init_result != CURLE_OK)
+    CURLcode curl_init = kiln_curl_global_init();
+    if (curl_init != CURLE_OK)
         return kiln_err_set(err, KILN_EIO, "download: curl_global_init failed: %s",
-                            curl_easy_strerror(curl_init_result));
+                            curl_easy_strerror(curl_init));
     if (cancel_requested(&job))
         return kiln_err_set(err, KILN_ECANCELLED, "download %s: cancelled", job.url_shown);
 

@@ -21,12 +21,13 @@
 #include "kiln/log.h"
 
 #include <curl/curl.h>
+
+#include "core/curl_util.h"
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
 #include <jansson.h>
 #include <poll.h>
-#include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -79,14 +80,6 @@ typedef struct attempt {
     buf_t line;  /* SSE: the line being read */
     buf_t event; /* SSE: the event's data so far */
 } attempt_t;
-
-static pthread_once_t curl_once = PTHREAD_ONCE_INIT;
-static CURLcode curl_init_result = CURLE_FAILED_INIT;
-
-static void curl_init_once(void)
-{
-    curl_init_result = curl_global_init(CURL_GLOBAL_DEFAULT);
-}
 
 static int64_t now_ms(void)
 {
@@ -145,21 +138,6 @@ static void buf_free(buf_t *b)
 }
 
 /* ---- URLs and secrets ------------------------------------------------------ */
-
-/* The URL without userinfo, with any query or fragment replaced. */
-static void redact_url(const char *url, char *out, size_t size)
-{
-    const char *sep = strstr(url, "://");
-    const char *authority = sep ? sep + 3 : url;
-    size_t authority_len = strcspn(authority, "/?#");
-    const char *at = memrchr(authority, '@', authority_len);
-    const char *host = at ? at + 1 : authority;
-    const char *rest = authority + authority_len;
-    size_t path_len = strcspn(rest, "?#");
-    snprintf(out, size, "%.*s%.*s%.*s%s", (int)(authority - url), url,
-             (int)(authority + authority_len - host), host, (int)path_len, rest,
-             rest[path_len] ? "?[redacted]" : "");
-}
 
 /* Replaces each occurrence of the client's API key in s (contract in http.h). */
 void kiln_http_redact(const kiln_http_client_t *client, char *s)
@@ -289,11 +267,6 @@ int kiln_http_read_api_key(const kiln_connector_config_t *cfg, const char *defau
 
 /* ---- the client ------------------------------------------------------------ */
 
-static bool scheme_allowed(const char *url)
-{
-    return strncasecmp(url, "http://", 7) == 0 || strncasecmp(url, "https://", 8) == 0;
-}
-
 /* Builds a client (contract in http.h). */
 int kiln_http_client_new(const kiln_http_client_options_t *opts, kiln_http_client_t **out,
                          kiln_err_t *err)
@@ -305,21 +278,21 @@ int kiln_http_client_new(const kiln_http_client_options_t *opts, kiln_http_clien
     while (url_len > 0 && url[url_len - 1] == '/')
         url_len--;
     const char *host = strstr(url, "://");
-    if (url_len == 0 || url_len > KILN_HTTP_URL_MAX || !scheme_allowed(url) ||
+    if (url_len == 0 || url_len > KILN_HTTP_URL_MAX || !kiln_url_is_http(url) ||
         strpbrk(url, " \t\r\n?#") || !host || (size_t)(host + 3 - url) >= url_len || host[3] == '/')
         return kiln_err_set(err, KILN_EINVAL,
                             "connectors.%s.base_url: expected an http:// or https:// URL without "
                             "query or spaces (at most %d characters), got \"%.80s\"",
                             name, KILN_HTTP_URL_MAX, url);
-    pthread_once(&curl_once, curl_init_once);
-    if (curl_init_result != CURLE_OK)
+    CURLcode curl_init = kiln_curl_global_init();
+    if (curl_init != CURLE_OK)
         return kiln_err_set(err, KILN_EIO, "connectors.%s: curl_global_init failed: %s", name,
-                            curl_easy_strerror(curl_init_result));
+                            curl_easy_strerror(curl_init));
 
     kiln_http_client_t *c = calloc(1, sizeof *c);
     if (!c || !(c->base_url = strndup(url, url_len)))
         goto nomem;
-    redact_url(c->base_url, c->url_shown, sizeof c->url_shown);
+    kiln_url_redact(c->base_url, c->url_shown, sizeof c->url_shown);
     snprintf(c->name, sizeof c->name, "%s", name);
     if (opts->api_key) {
         static const char prefix[] = "Authorization: Bearer ";
@@ -434,12 +407,6 @@ static int sse_feed(attempt_t *a, const char *data, size_t len)
 
 /* ---- curl callbacks -------------------------------------------------------- */
 
-static bool header_is(const char *line, size_t len, const char *name)
-{
-    size_t n = strlen(name);
-    return len > n && strncasecmp(line, name, n) == 0;
-}
-
 /* Retry-After as seconds or an HTTP date, in ms from now (-1 when unreadable). */
 static long parse_retry_after(const char *value)
 {
@@ -470,11 +437,11 @@ static size_t on_header(char *buffer, size_t size, size_t nitems, void *userdata
     size_t keep = len < sizeof line - 1 ? len : sizeof line - 1;
     memcpy(line, buffer, keep);
     line[keep] = '\0';
-    if (header_is(line, keep, "HTTP/")) {
+    if (kiln_http_header_is(line, keep, "HTTP/")) {
         const char *sp = strchr(line, ' ');
         a->status = sp ? strtol(sp + 1, NULL, 10) : 0;
         a->retry_after_ms = -1;
-    } else if (header_is(line, keep, "Retry-After:")) {
+    } else if (kiln_http_header_is(line, keep, "Retry-After:")) {
         char *v = line + 12;
         v += strspn(v, " \t");
         v[strcspn(v, "\r\n")] = '\0';
@@ -643,26 +610,6 @@ static CURLcode perform(CURL *curl, attempt_t *a)
     return result;
 }
 
-static bool curl_code_retryable(CURLcode c)
-{
-    switch (c) {
-    case CURLE_COULDNT_RESOLVE_HOST:
-    case CURLE_COULDNT_RESOLVE_PROXY:
-    case CURLE_COULDNT_CONNECT:
-    case CURLE_OPERATION_TIMEDOUT:
-    case CURLE_SEND_ERROR:
-    case CURLE_RECV_ERROR:
-    case CURLE_PARTIAL_FILE:
-    case CURLE_GOT_NOTHING:
-    case CURLE_SSL_CONNECT_ERROR:
-    case CURLE_HTTP2:
-    case CURLE_HTTP2_STREAM:
-        return true;
-    default:
-        return false;
-    }
-}
-
 static bool status_retryable(long status)
 {
     return status == 408 || status == 429 || status >= 500;
@@ -729,7 +676,7 @@ static int classify(attempt_t *a, CURLcode cc, const char *errbuf, kiln_http_res
                                 ? "; check the API key (api_key_env / api_key_file)"
                                 : "");
     }
-    res->retryable = curl_code_retryable(cc);
+    res->retryable = kiln_curl_code_retryable(cc);
     char why[CURL_ERROR_SIZE + 1];
     snprintf(why, sizeof why, "%s", errbuf[0] ? errbuf : curl_easy_strerror(cc));
     kiln_http_redact(a->client, why);
