@@ -18,23 +18,6 @@
 #include "broker/ops.h"
 #include "kiln/log.h"
 
-static char **strv_dup(char *const *v)
-{
-    size_t n = 0;
-    while (v && v[n])
-        n++;
-    char **out = calloc(n + 1, sizeof *out);
-    for (size_t i = 0; out && i < n; i++) {
-        if (!(out[i] = strdup(v[i]))) {
-            for (size_t j = 0; j < i; j++)
-                free(out[j]);
-            free(out);
-            return NULL;
-        }
-    }
-    return out;
-}
-
 /* A setup step's done marker names its argv, so a changed step runs again. */
 static char *done_marker(const kiln_agent_t *a, const kiln_plan_service_t *ps)
 {
@@ -50,38 +33,36 @@ static char *done_marker(const kiln_agent_t *a, const kiln_plan_service_t *ps)
     return path;
 }
 
-/* One planned service as a supervisor spec (spec owns copies). */
+/* One planned service as a supervisor spec. The spec borrows the plan's
+ * strings (kiln_supervisor_apply copies what it keeps); only its done
+ * marker is its own (kiln_agent_specs_free). */
 static int spec_from_plan(const kiln_agent_t *a, const kiln_plan_service_t *ps,
                           kiln_svc_spec_t *spec)
 {
     kiln_svc_spec_init(spec);
-    spec->name = strdup(ps->name);
-    spec->argv = strv_dup(ps->argv);
-    spec->env = strv_dup(ps->env);
-    spec->cwd = ps->cwd ? strdup(ps->cwd) : NULL;
-    spec->depends_on = strv_dup(ps->depends_on);
+    spec->name = ps->name;
+    spec->argv = ps->argv;
+    spec->env = ps->env;
+    spec->cwd = ps->cwd;
+    spec->depends_on = ps->depends_on;
     spec->oneshot = ps->kind == KILN_SERVICE_SETUP || ps->ready.kind == KILN_READY_EXIT;
     spec->restart = ps->restart;
     if (ps->backoff_ms >= 0)
         spec->backoff_base_ms = ps->backoff_ms;
     spec->ready.kind = ps->ready.kind == KILN_READY_EXIT ? KILN_READY_NONE : ps->ready.kind;
-    spec->ready.target = ps->ready.target ? strdup(ps->ready.target) : NULL;
-    spec->ready.argv = ps->ready.command ? strv_dup(ps->ready.command) : NULL;
-    if (spec->oneshot) {
-        /* Install/setup steps: bounded by machine.install_timeout_s, and
-         * skipped once done (until their command changes). */
-        spec->oneshot_timeout_ms = a->cfg.machine.install_timeout_s * 1000L;
-        spec->done_marker = done_marker(a, ps);
-    }
+    spec->ready.target = ps->ready.target;
+    spec->ready.argv = ps->ready.command;
     if (ps->kind == KILN_SERVICE_WORKER || ps->kind == KILN_SERVICE_CONNECTOR) {
         /* A kiln worker given SIGTERM lets running jobs finish for its grace
          * period, then hands the rest back; SIGKILL must not come sooner. */
         spec->stop_timeout_ms = a->cfg.worker.shutdown_grace_ms + 15000;
     }
-    if (!spec->name || !spec->argv || !spec->env || !spec->depends_on || (ps->cwd && !spec->cwd) ||
-        (ps->ready.target && !spec->ready.target)) {
-        kiln_svc_spec_clear(spec);
-        return KILN_ENOMEM;
+    if (spec->oneshot) {
+        /* Install/setup steps: bounded by machine.install_timeout_s, and
+         * skipped once done (until their command changes). */
+        spec->oneshot_timeout_ms = a->cfg.machine.install_timeout_s * 1000L;
+        if (!(spec->done_marker = done_marker(a, ps)))
+            return KILN_ENOMEM;
     }
     return 0;
 }
@@ -107,7 +88,7 @@ int kiln_agent_specs_from_plan(const kiln_agent_t *a, const kiln_plan_t *plan,
 void kiln_agent_specs_free(kiln_svc_spec_t *specs, size_t n)
 {
     for (size_t i = 0; specs && i < n; i++)
-        kiln_svc_spec_clear(&specs[i]);
+        free(specs[i].done_marker);
     free(specs);
 }
 

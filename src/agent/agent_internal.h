@@ -64,8 +64,8 @@ int kiln_agent_api_start(kiln_agent_t *a, kiln_err_t *err);
 /* Queues a lifecycle event; fields (may be NULL) is stolen. */
 void kiln_agent_event(kiln_agent_t *a, const char *type, json_t *fields);
 
-/* The plan's services as supervisor specs (caller frees with
- * kiln_agent_specs_free). */
+/* The plan's services as supervisor specs, borrowing the plan's strings
+ * (plan must outlive them; free with kiln_agent_specs_free). */
 int kiln_agent_specs_from_plan(const kiln_agent_t *a, const kiln_plan_t *plan,
                                kiln_svc_spec_t **specs, size_t *n, kiln_err_t *err);
 void kiln_agent_specs_free(kiln_svc_spec_t *specs, size_t n);
