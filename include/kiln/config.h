@@ -165,6 +165,15 @@ void kiln_config_init_defaults(kiln_config_t *cfg);
  * kiln_config_free releases. */
 int kiln_config_load(kiln_config_t *cfg, const char *path, char **envp, kiln_problems_t *problems);
 
+/* Sets the setting at path (e.g. "worker.concurrency") from a command-line
+ * flag's text, parsed and checked as its environment variable would be
+ * (KILN_WORKER_CONCURRENCY), and re-applies the rule that a listed
+ * connector without a definition is of the type of its name. Returns 0,
+ * or KILN_EINVAL with the problem, naming flag, in problems; the setting
+ * then keeps its earlier value. */
+int kiln_config_set_flag(kiln_config_t *cfg, const char *path, const char *flag, const char *text,
+                         kiln_problems_t *problems);
+
 /* Looks up a connector instance by name, resolving the implicit
  * "name = type" rule. Returns NULL when unknown. The returned pointer is
  * owned by cfg. */

@@ -27,75 +27,28 @@ static const char usage_text[] =
     "exit codes: 0 stopped cleanly, 2 bad configuration, 3 redis unreachable at start,\n"
     "            1 jobs did not stop in time\n";
 
-static int set_connectors(kiln_config_t *cfg, const char *list)
-{
-    for (size_t i = 0; i < cfg->worker.n_connectors; i++)
-        free(cfg->worker.connectors[i]);
-    free(cfg->worker.connectors);
-    cfg->worker.connectors = NULL;
-    cfg->worker.n_connectors = 0;
-    char *copy = strdup(list), *save = NULL;
-    size_t cap = strlen(list) / 2 + 1;
-    cfg->worker.connectors = calloc(cap, sizeof(char *));
-    for (char *tok = strtok_r(copy, ",", &save); tok && cfg->worker.n_connectors < cap;
-         tok = strtok_r(NULL, ",", &save)) {
-        while (*tok == ' ')
-            tok++;
-        if (*tok)
-            cfg->worker.connectors[cfg->worker.n_connectors++] = strdup(tok);
-    }
-    free(copy);
-    return cfg->worker.n_connectors > 0 ? 0 : -1;
-}
-
-static int parse_long(const char *flag, const char *text, long min, long max, long *out)
-{
-    char *end;
-    long v = strtol(text, &end, 10);
-    if (!*text || *end || v < min || v > max) {
-        fprintf(stderr, "kiln worker: %s: expected an integer %ld-%ld, got \"%s\"\n", flag, min,
-                max, text);
-        return KILN_EXIT_USAGE;
-    }
-    *out = v;
-    return 0;
-}
-
+/* Each flag sets a config setting, checked as its environment variable. */
 static int apply_flag(kiln_config_t *cfg, const char *flag, const char *value)
 {
-    long n;
-    if (!strcmp(flag, "--connectors")) {
-        if (set_connectors(cfg, value) != 0) {
-            fprintf(stderr, "kiln worker: --connectors: expected a comma list of names\n");
-            return KILN_EXIT_USAGE;
-        }
-    } else if (!strcmp(flag, "--concurrency")) {
-        if (parse_long(flag, value, 1, 1024, &n))
-            return KILN_EXIT_USAGE;
-        cfg->worker.concurrency = (int)n;
-    } else if (!strcmp(flag, "--grace-ms")) {
-        if (parse_long(flag, value, 0, 3600000, &n))
-            return KILN_EXIT_USAGE;
-        cfg->worker.shutdown_grace_ms = n;
-    } else if (!strcmp(flag, "--id")) {
-        free(cfg->worker.id);
-        cfg->worker.id = strdup(value);
-    } else if (!strcmp(flag, "--capabilities")) {
-        json_error_t jerr;
-        json_t *caps = json_loads(value, 0, &jerr);
-        if (!json_is_object(caps)) {
-            fprintf(stderr, "kiln worker: --capabilities: expected a JSON object (%s)\n",
-                    caps ? "got another JSON value" : jerr.text);
-            json_decref(caps);
-            return KILN_EXIT_USAGE;
-        }
-        json_decref(cfg->worker.capabilities);
-        cfg->worker.capabilities = caps;
-    } else {
-        fprintf(stderr, "kiln worker: unknown option %s (see kiln worker --help)\n", flag);
-        return KILN_EXIT_USAGE;
+    static const struct {
+        const char *flag, *path;
+    } flags[] = {{"--connectors", "worker.connectors"},
+                 {"--concurrency", "worker.concurrency"},
+                 {"--grace-ms", "worker.shutdown_grace_ms"},
+                 {"--id", "worker.id"},
+                 {"--capabilities", "worker.capabilities"}};
+    for (size_t i = 0; i < sizeof flags / sizeof flags[0]; i++) {
+        if (strcmp(flag, flags[i].flag) != 0)
+            continue;
+        kiln_problems_t problems = {0};
+        int rc = kiln_config_set_flag(cfg, flags[i].path, flag, value, &problems);
+        for (size_t k = 0; k < problems.count; k++)
+            fprintf(stderr, "kiln worker: %s\n", problems.items[k]);
+        kiln_problems_clear(&problems);
+        return rc ? KILN_EXIT_USAGE : 0;
     }
-    return 0;
+    fprintf(stderr, "kiln worker: unknown option %s (see kiln worker --help)\n", flag);
+    return KILN_EXIT_USAGE;
 }
 
 int kiln_cmd_worker(int argc, char **argv)

@@ -527,6 +527,24 @@ int kiln_config_load(kiln_config_t *cfg, const char *path, char **envp, kiln_pro
     return rc;
 }
 
+int kiln_config_set_flag(kiln_config_t *cfg, const char *path, const char *flag, const char *text,
+                         kiln_problems_t *problems)
+{
+    const kiln_config_field_t *f = kiln_config_field_find(path);
+    if (!f) {
+        kiln_problems_add(problems, "%s: no setting %s", flag, path);
+        return KILN_EINVAL;
+    }
+    kiln_config_ctx_t ctx = {.cfg = cfg, .problems = problems};
+    kiln_config_origin_t o = {.flag = flag};
+    bool ok = kiln_config_field_set_text(&ctx, f, text, &o);
+    for (size_t i = 0; i < KILN_CONFIG_N_FIELDS; i++)
+        free(ctx.set_at[i]);
+    if (ok)
+        add_implicit_connectors(cfg);
+    return ok ? 0 : KILN_EINVAL;
+}
+
 const kiln_connector_config_t *kiln_config_connector(const kiln_config_t *cfg, const char *name)
 {
     for (size_t i = 0; cfg && name && i < cfg->n_connectors; i++) {

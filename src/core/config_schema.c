@@ -118,7 +118,9 @@ const kiln_config_field_t *kiln_config_field_find(const char *path)
 void kiln_config_where(const kiln_config_origin_t *o, const char *path, char *buf, size_t size)
 {
     int line = o->doc ? kiln_yaml_line(o->doc, path) : 0;
-    if (o->env)
+    if (o->flag)
+        snprintf(buf, size, "%s", o->flag);
+    else if (o->env)
         snprintf(buf, size, "environment %s", o->env);
     else if (line > 0)
         snprintf(buf, size, "%s:%d: %s", o->file, line, path);
@@ -549,6 +551,12 @@ static bool field_set(kiln_config_ctx_t *ctx, const kiln_config_field_t *f, cons
         ctx->set_at[index] = strdup(where);
     }
     return ok;
+}
+
+bool kiln_config_field_set_text(kiln_config_ctx_t *ctx, const kiln_config_field_t *f,
+                                const char *text, const kiln_config_origin_t *o)
+{
+    return field_set(ctx, f, NULL, text, o);
 }
 
 bool kiln_config_field_set_json(kiln_config_ctx_t *ctx, const kiln_config_field_t *f,

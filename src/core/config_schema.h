@@ -72,6 +72,7 @@ typedef struct kiln_config_origin {
     const char *file;
     const kiln_yaml_doc_t *doc;
     const char *env;
+    const char *flag; /* a command-line flag (kiln_config_set_flag) */
 } kiln_config_origin_t;
 
 /* The row for a file path such as "broker.lease_ms", or NULL. */
@@ -94,6 +95,11 @@ bool kiln_config_valid_name(const char *name);
 
 /* Validates value (from the file at o) against f and stores it in ctx->cfg.
  * Records each problem in ctx->problems. Returns true when stored. */
+/* Sets f from text as its environment variable would be parsed and
+ * checked; false when it recorded a problem (the field is unchanged). */
+bool kiln_config_field_set_text(kiln_config_ctx_t *ctx, const kiln_config_field_t *f,
+                                const char *text, const kiln_config_origin_t *o);
+
 bool kiln_config_field_set_json(kiln_config_ctx_t *ctx, const kiln_config_field_t *f,
                                 const json_t *value, const kiln_config_origin_t *o);
 

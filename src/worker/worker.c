@@ -707,22 +707,14 @@ static int add_services(kiln_worker_t *w, const kiln_config_t *cfg, kiln_err_t *
         return kiln_err_set(err, KILN_ENOMEM, "out of memory");
     for (size_t i = 0; i < cfg->worker.n_connectors; i++) {
         const char *name = cfg->worker.connectors[i];
+        /* The config defines every listed name (a name without a definition
+         * is a connector of that type: kiln_config_load, kiln_config_set_flag). */
         const kiln_connector_config_t *cc = kiln_config_connector(cfg, name);
-        /* A name given by flag after loading: a built-in type of that name. */
-        json_t *no_options = json_object();
-        kiln_connector_config_t implicit = {(char *)name, (char *)name, no_options};
-        if (!cc && kiln_connector_find_type(name))
-            cc = &implicit;
-        int rc = cc ? 0 : KILN_EINVAL;
-        kiln_service_t *svc = &w->services[w->n_services];
-        if (cc)
-            rc = kiln_connector_new(cc, &svc->connector, err);
-        json_decref(no_options);
         if (!cc)
             return kiln_err_set(err, KILN_EINVAL,
-                                "worker.connectors: \"%s\" is neither defined under connectors nor "
-                                "a built-in connector type",
-                                name);
+                                "worker.connectors: \"%s\" has no connector definition", name);
+        kiln_service_t *svc = &w->services[w->n_services];
+        int rc = kiln_connector_new(cc, &svc->connector, err);
         if (rc != 0)
             return rc;
         svc->name = strdup(name);

@@ -1222,6 +1222,9 @@ static void bad_worker_config_exits_2_and_names_the_problem(void **state)
                           "--concurrency");
     expect_worker_refuses(f, "unknown-connector", (char *[]){"--connectors", "warpdrive", NULL},
                           NULL, "warpdrive");
+    /* checked by the same rules as WORKER_CONNECTORS */
+    expect_worker_refuses(f, "bad-connector-name", (char *[]){"--connectors", "Bad_Name", NULL},
+                          NULL, "--connectors");
     expect_worker_refuses(f, "no-connectors", (char *[]){NULL},
                           (char *[]){"KILN_WORKER_CONNECTORS=", "WORKER_CONNECTORS=", NULL},
                           "connectors");
