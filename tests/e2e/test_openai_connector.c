@@ -1,7 +1,7 @@
 /*
  * End to end: a real `kiln worker` serving an openai connector (configured
  * in kiln.yaml, its key in an environment variable) against a real
- * redis-server and fake_openai (tests/helpers/fake_openai.c) as the API.
+ * redis-server and fake_openai (tests/fakes/fake_openai.c) as the API.
  * The test submits jobs through the broker's API and waits for their final
  * state; the logs are printed when a test fails.
  */
@@ -15,7 +15,7 @@
 #include "kiln/broker.h"
 #include "kiln_test.h"
 
-#define HELPER(name) KILN_TEST_HELPERS_DIR "/" name
+#define FAKE(name)   KILN_TEST_FAKES_DIR "/" name
 #define KEY          "sk-kiln-e2e-Hq4rT8wZ2xC6vB1n"
 #define LOG_MAX      (4 * 1024 * 1024)
 
@@ -63,7 +63,7 @@ static int setup(void **state)
     snprintf(f->log_path, sizeof f->log_path, "%s/worker.log", f->dir);
     snprintf(f->fake_log, sizeof f->fake_log, "%s/fake_openai.log", f->dir);
 
-    char *fake_argv[] = {HELPER("fake_openai"), "0", "--key", KEY, NULL};
+    char *fake_argv[] = {FAKE("fake_openai"), "0", "--key", KEY, NULL};
     f->fake = kiln_test_spawn(fake_argv, NULL, f->fake_log);
     if (!kiln_test_wait_until(fake_listening, f, 10000)) {
         kiln_test_dump_file("fake_openai log", f->fake_log);

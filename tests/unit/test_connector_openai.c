@@ -1,6 +1,6 @@
 /*
  * The openai connector and the HTTP layer under it, against fake_openai
- * (tests/helpers/fake_openai.c), a real HTTP server in a child process that
+ * (tests/fakes/fake_openai.c), a real HTTP server in a child process that
  * follows OpenAI's API shapes and injects faults chosen by the model name.
  * Each test starts its own fake, so request counts start at zero.
  */
@@ -22,7 +22,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#define HELPER(name) KILN_TEST_HELPERS_DIR "/" name
+#define FAKE(name)   KILN_TEST_FAKES_DIR "/" name
 #define KEY          "sk-kiln-test-Zq8wX3vB7nM2pL5rT9yU"
 #define KEY_ENV      "KILN_TEST_OPENAI_KEY"
 #define MAX_PERCENTS 64
@@ -69,7 +69,7 @@ static int fake_start(void **state)
     static fake_t fake;
     memset(&fake, 0, sizeof fake);
     snprintf(fake.log_path, sizeof fake.log_path, "%s/fake-%02d.log", tmp_root, ++test_seq);
-    char *argv[] = {HELPER("fake_openai"), "0", "--key", KEY, NULL};
+    char *argv[] = {FAKE("fake_openai"), "0", "--key", KEY, NULL};
     fake.pid = kiln_test_spawn(argv, NULL, fake.log_path);
     if (!kiln_test_wait_until(fake_listening, &fake, 10000)) {
         kiln_test_dump_file("fake_openai log", fake.log_path);

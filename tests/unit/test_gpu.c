@@ -1,7 +1,7 @@
 /*
  * GPU discovery against a fake NVML (tests/fakes/fake_nvml.c, loaded with
  * dlopen exactly as libnvidia-ml.so.1 would be) and a fake nvidia-smi
- * (tests/helpers/fake_nvidia_smi.c, run as a real child process).
+ * (tests/fakes/fake_nvidia_smi.c, run as a real child process).
  */
 #include "kiln/gpu.h"
 #include "kiln_test.h"
@@ -17,7 +17,7 @@
 
 #define FAKE_NVML         KILN_TEST_FAKES_DIR "/fake_nvml.so"
 #define FAKE_NVML_MINIMAL KILN_TEST_FAKES_DIR "/fake_nvml_minimal.so"
-#define FAKE_SMI          KILN_TEST_HELPERS_DIR "/fake_nvidia_smi"
+#define FAKE_SMI          KILN_TEST_FAKES_DIR "/fake_nvidia_smi"
 #define MISSING_NVML      "/nonexistent/kiln-test/libnvidia-ml.so.1"
 #define MISSING_SMI       "/nonexistent/kiln-test/nvidia-smi"
 
