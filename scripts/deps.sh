@@ -13,6 +13,8 @@ packages=(
   # promtool, which checks GET /metrics in tests/unit/test_machine_api.c
   # (the server unit the package also brings is disabled below)
   prometheus
+  # the playwright service's browser: Debian's chromium (never a downloaded one)
+  chromium
 )
 
 missing=()
@@ -21,6 +23,12 @@ for pkg in "${packages[@]}"; do
     missing+=("$pkg")
   fi
 done
+
+# The playwright service runs on node and installs playwright-core with npm.
+# A node from elsewhere (NodeSource ships npm inside its nodejs) is kept:
+# Debian's packages are added only for a command that is missing.
+command -v node >/dev/null 2>&1 || missing+=(nodejs)
+command -v npm >/dev/null 2>&1 || missing+=(npm)
 
 [ ${#missing[@]} -eq 0 ] && exit 0
 
