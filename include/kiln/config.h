@@ -152,6 +152,8 @@ typedef struct kiln_config {
         kiln_template_config_t comfyui; /* base_port 8188 */
         kiln_template_config_t a1111;   /* base_port 7860 */
         kiln_template_config_t ollama;  /* port 11434 */
+        /* port 3100; cwd: the service's folder */
+        kiln_template_config_t playwright;
     } templates;
 } kiln_config_t;
 

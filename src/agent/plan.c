@@ -329,6 +329,10 @@ static conn_class_t connector_class(const kiln_config_t *cfg, const char *name,
         *tpl = &cfg->templates.ollama, *tpl_field = "templates.ollama";
         return CONN_LOCAL;
     }
+    if (strcmp(type, "playwright") == 0) {
+        *tpl = &cfg->templates.playwright, *tpl_field = "templates.playwright";
+        return CONN_LOCAL;
+    }
     *tpl = NULL, *tpl_field = NULL;
     return CONN_API;
 }
@@ -342,6 +346,8 @@ static const char *template_ready(const char *tpl_field, kiln_ready_kind_t *kind
         return "http://127.0.0.1:{port}/system_stats";
     if (strcmp(tpl_field, "templates.ollama") == 0)
         return "http://127.0.0.1:{port}/api/version";
+    if (strcmp(tpl_field, "templates.playwright") == 0)
+        return "http://127.0.0.1:{port}/health"; /* 200 once chromium runs */
     *kind = KILN_READY_TCP;
     return "127.0.0.1:{port}";
 }

@@ -210,6 +210,10 @@ void kiln_config_templates_defaults(kiln_config_t *cfg)
     template_set(&cfg->templates.comfyui, 8188, comfyui, 6, NULL, 0);
     template_set(&cfg->templates.a1111, 7860, a1111, 5, NULL, 0);
     template_set(&cfg->templates.ollama, 11434, ollama, 2, ollama_env, 1);
+    static const char *const playwright[] = {"node", "server.mjs", "--port", "{port}"};
+    template_set(&cfg->templates.playwright, 3100, playwright, 4, NULL, 0);
+    /* Where the build installed the service's node_modules (CMake's KILN_PLAYWRIGHT_DIR). */
+    cfg->templates.playwright.cwd = strdup(KILN_PLAYWRIGHT_DIR);
 }
 
 typedef struct template_row {
@@ -223,6 +227,7 @@ static const template_row_t template_rows[] = {
     {"comfyui", offsetof(kiln_config_t, templates.comfyui), "base_port"},
     {"a1111", offsetof(kiln_config_t, templates.a1111), "base_port"},
     {"ollama", offsetof(kiln_config_t, templates.ollama), "port"},
+    {"playwright", offsetof(kiln_config_t, templates.playwright), "port"},
 };
 #define N_TEMPLATES (sizeof template_rows / sizeof template_rows[0])
 
@@ -264,8 +269,8 @@ void kiln_config_load_templates(kiln_config_ctx_t *ctx, const kiln_config_origin
     if (json_is_null(section))
         return;
     if (!json_is_object(section)) {
-        problem_expected(ctx, o, "templates", "a mapping of setup, comfyui, a1111, ollama",
-                         section);
+        problem_expected(ctx, o, "templates",
+                         "a mapping of setup, comfyui, a1111, ollama, playwright", section);
         return;
     }
     const char *key;
@@ -280,7 +285,7 @@ void kiln_config_load_templates(kiln_config_ctx_t *ctx, const kiln_config_origin
         char path[PATH_MAX_LEN];
         snprintf(path, sizeof path, "templates.%s", key);
         if (!row)
-            unknown_in(ctx, o, path, "setup, comfyui, a1111, ollama");
+            unknown_in(ctx, o, path, "setup, comfyui, a1111, ollama, playwright");
         else if (!json_is_null(body))
             load_template(ctx, o, row, body);
     }

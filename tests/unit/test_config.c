@@ -1075,7 +1075,7 @@ static void templates_override_ports_and_commands_and_refuse_unknown_keys(void *
     assert_problem("%s:4: templates.comfyui.base_port: expected a port 1024-65535, got 70000",
                    file_path);
     assert_problem("%s:5: templates.invokeai: unknown key; expected one of setup, comfyui, "
-                   "a1111, ollama",
+                   "a1111, ollama, playwright",
                    file_path);
     assert_int_equal(problems.count, 3);
 }

@@ -269,6 +269,29 @@ static void ollama_runs_once_per_machine_and_the_api_worker_gets_its_url(void **
     assert_depends(w, deps, 1);
 }
 
+static void playwright_service_runs_once_per_machine_ready_on_its_health(void **state)
+{
+    char *env[] = {"WORKER_CONNECTORS=playwright,openai", NULL};
+    load("templates:\n  playwright:\n    port: 3200\n", env);
+    make_gpus(0, 0);
+    build_ok();
+    static const char *const names[] = {"playwright", "worker-api0"};
+    assert_names(names, 2);
+    assert_int_equal(plan.machine_type, KILN_MACHINE_API);
+    const kiln_plan_service_t *p = service("playwright"), *w = service("worker-api0");
+    assert_int_equal(p->kind, KILN_SERVICE_INFERENCE);
+    assert_int_equal(p->port, 3200);
+    const char *argv[] = {"node", "server.mjs", "--port", "3200"};
+    assert_argv(p, argv, 4);
+    assert_string_equal(p->cwd, KILN_SOURCE_DIR "/services/playwright");
+    assert_int_equal(p->ready.kind, KILN_READY_HTTP);
+    assert_string_equal(p->ready.target, "http://127.0.0.1:3200/health");
+    assert_string_equal(env_of(w, "KILN_CONNECTOR_URLS"), "playwright=http://127.0.0.1:3200");
+    assert_string_equal(w->argv[3], "openai,playwright");
+    const char *const deps[] = {"playwright"};
+    assert_depends(w, deps, 1);
+}
+
 static void shared_setup_comes_first_and_everything_waits_for_it(void **state)
 {
     char *env[] = {"WORKER_CONNECTORS=comfyui,openai", NULL};
@@ -488,6 +511,7 @@ int main(void)
         TEST(instances_per_gpu_multiplies_instances_and_ports),
         TEST(api_connectors_get_api_workers_and_no_gpu_services),
         TEST(ollama_runs_once_per_machine_and_the_api_worker_gets_its_url),
+        TEST(playwright_service_runs_once_per_machine_ready_on_its_health),
         TEST(shared_setup_comes_first_and_everything_waits_for_it),
         TEST(port_collision_is_refused_naming_both_services),
         TEST(gpu_connector_on_a_machine_without_gpus_is_refused),
