@@ -188,7 +188,7 @@ function checkJob(body) {
 let browser = null;
 let launching = null;
 let stopping = false;
-const jobs = new Map(); // id -> {context, cancelled}
+const jobs = new Map(); // id -> the running job
 const counters = { started: 0, completed: 0, failed: 0, cancelled: 0 };
 let pagesOpen = 0;
 
@@ -236,7 +236,7 @@ async function navigate(page, job, url, field) {
   try {
     response = await page.goto(url, { waitUntil: job.waitUntil });
   } catch (e) {
-    if (job.cancelled) throw e;
+    if (job.stopReason) throw e;
     const timeout = e.name === 'TimeoutError';
     throw new JobError(timeout ? 'timeout' : 'navigation', `${field}: navigating to ${url} failed: ${firstLine(e)}`, {
       retryable: timeout,
@@ -263,42 +263,76 @@ async function runStep(page, job, step, i) {
     else if (step.kind === 'press') await target.press(step.key, options);
     else await target.waitFor({ state: step.state, ...options });
   } catch (e) {
-    if (e instanceof JobError || job.cancelled) throw e;
+    if (e instanceof JobError || job.stopReason) throw e;
     if (e.name === 'TimeoutError')
       throw new JobError('selector_timeout', `${at}.${step.kind}: no element matched "${step.selector}" within ${step.timeoutMs || job.timeoutMs} ms`);
     throw new JobError('step', `${at}.${step.kind}: ${firstLine(e)}`);
   }
 }
 
+// Settles with promise, or rejects as soon as the job is cancelled or out of
+// time, so no browser call can keep a stopped job waiting.
+function guard(job, promise) {
+  return Promise.race([promise, job.stopped]);
+}
+
+// Stops job: its pending browser call rejects and its context closes.
+function stopJob(job, reason) {
+  if (job.stopReason) return;
+  job.stopReason = reason;
+  job.stop(reason);
+  if (job.context) job.context.close().catch(() => {});
+}
+
+// A context for job; counted in pagesOpen until it closes, and closed at
+// once should the job have stopped while it was being created.
+async function openContext(b, job) {
+  const creating = b.newContext({ viewport: job.viewport });
+  creating.then(
+    (context) => {
+      pagesOpen++;
+      context.on('close', () => pagesOpen--);
+      job.context = context;
+      if (job.stopReason) context.close().catch(() => {});
+    },
+    () => {},
+  );
+  return guard(job, creating);
+}
+
 // Runs job, calling send(event) for each event; resolves once the last one was sent.
 async function runJob(job, send) {
-  const b = await getBrowser().catch((e) => {
-    throw new JobError('browser', `chromium (${opts.chromium}) did not start: ${firstLine(e)}`, { retryable: true });
+  job.stopped = new Promise((_, reject) => {
+    job.stop = reject;
   });
-  const context = await b.newContext({ viewport: job.viewport });
-  job.context = context;
-  const timer = setTimeout(() => {
-    job.timedOut = true;
-    context.close().catch(() => {});
-  }, job.timeoutMs);
-  pagesOpen++;
+  job.stopped.catch(() => {});
+  const timer = setTimeout(() => stopJob(job, 'timeout'), job.timeoutMs);
+  let b = null;
   try {
+    b = await guard(job, getBrowser()).catch((e) => {
+      if (job.stopReason) throw e;
+      throw new JobError('browser', `chromium (${opts.chromium}) did not start: ${firstLine(e)}`, { retryable: true });
+    });
+    const context = await openContext(b, job);
     context.setDefaultTimeout(job.timeoutMs);
-    const page = await context.newPage();
+    const page = await guard(job, context.newPage());
     send({ type: 'progress', percent: 5, message: `opening ${job.url}` });
-    await navigate(page, job, job.url, 'url');
+    await guard(job, navigate(page, job, job.url, 'url'));
     send({ type: 'progress', percent: 40, message: `loaded ${job.url}` });
     for (let i = 0; i < job.steps.length; i++) {
       send({ type: 'progress', percent: 40 + (40 * i) / job.steps.length, message: `step ${i + 1}/${job.steps.length}: ${describeStep(job.steps[i])}` });
-      await runStep(page, job, job.steps[i], i);
+      await guard(job, runStep(page, job, job.steps[i], i));
     }
     send({ type: 'progress', percent: 80, message: job.action === 'pdf' ? 'printing the PDF' : 'taking the screenshot' });
-    const bytes =
+    const bytes = await guard(
+      job,
       job.action === 'pdf'
-        ? await page.pdf({ format: job.paper, landscape: job.landscape, printBackground: true })
-        : await page.screenshot({ fullPage: job.fullPage, type: 'png' });
+        ? page.pdf({ format: job.paper, landscape: job.landscape, printBackground: true })
+        : page.screenshot({ fullPage: job.fullPage, type: 'png' }),
+    );
     if (bytes.length > job.maxBytes)
       throw new JobError('too_big', `the ${job.action} is ${bytes.length} bytes, over max_bytes (${job.maxBytes})`);
+    const title = (await guard(job, page.title())).slice(0, 1024);
     for (let at = 0; at < bytes.length; at += LIMITS.chunkBytes)
       send({ type: 'chunk', data: bytes.subarray(at, at + LIMITS.chunkBytes).toString('base64') });
     send({
@@ -309,17 +343,17 @@ async function runJob(job, send) {
       bytes: bytes.length,
       sha256: createHash('sha256').update(bytes).digest('hex'),
       url: page.url(),
-      title: (await page.title()).slice(0, 1024),
+      title,
     });
   } catch (e) {
-    if (job.cancelled) throw new JobError('cancelled', 'cancelled; the page was closed');
-    if (job.timedOut) throw new JobError('timeout', `the job took longer than timeout_ms (${job.timeoutMs} ms)`, { retryable: true });
+    if (job.stopReason === 'timeout')
+      throw new JobError('timeout', `the job took longer than timeout_ms (${job.timeoutMs} ms)`, { retryable: true });
+    if (job.stopReason) throw new JobError('cancelled', 'cancelled; the page was closed');
     if (e instanceof JobError) throw e;
-    throw new JobError('browser', firstLine(e), { retryable: !b.isConnected() });
+    throw new JobError('browser', firstLine(e), { retryable: !(b && b.isConnected()) });
   } finally {
     clearTimeout(timer);
-    await context.close().catch(() => {});
-    pagesOpen--;
+    if (job.context) await job.context.close().catch(() => {});
   }
 }
 
@@ -409,10 +443,9 @@ async function postJob(req, res) {
 }
 
 function cancelJob(job, why) {
-  if (job.cancelled) return;
-  job.cancelled = true;
+  if (job.stopReason) return;
   log('info', 'job cancelled', { id: job.id, why });
-  if (job.context) job.context.close().catch(() => {});
+  stopJob(job, 'cancelled');
 }
 
 async function route(req, res) {
