@@ -3,14 +3,18 @@
  * kiln.yaml) against a real redis-server, the real browser-automation
  * service (node + Debian's chromium) and pages served on loopback. The test
  * submits jobs through the broker's API and waits for their final state;
- * the logs are printed when a test fails. Without node, chromium or
+ * the logs are printed when a test fails. The last test lets `kiln machine
+ * run` start the service itself, as WORKER_CONNECTORS=playwright does. Without node, chromium or
  * playwright-core the tests are skipped, saying what is missing.
  */
+#include <arpa/inet.h>
 #include <jansson.h>
+#include <netinet/in.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -25,8 +29,8 @@ typedef struct fixture {
     char config[320], log_path[320], outputs[320];
     kiln_broker_options_t opts;
     kiln_broker_t *broker;
-    pid_t worker;
-    bool passed; /* set by the test's last line; otherwise teardown dumps the logs */
+    pid_t worker; /* or the agent */
+    bool passed;  /* set by the test's last line; otherwise teardown dumps the logs */
 } fixture_t;
 
 static void write_config(const fixture_t *f)
@@ -45,12 +49,9 @@ static void write_config(const fixture_t *f)
     fclose(fp);
 }
 
-static int setup(void **state)
+/* The fixture without its processes: folders, redis, a broker. */
+static fixture_t *fixture_new(void)
 {
-    if (kiln_test_pw_missing()) {
-        *state = NULL;
-        return 0;
-    }
     fixture_t *f = calloc(1, sizeof *f);
     assert_non_null(f);
     kiln_test_tmpdir(f->dir, sizeof f->dir);
@@ -58,9 +59,6 @@ static int setup(void **state)
     snprintf(f->log_path, sizeof f->log_path, "%s/worker.log", f->dir);
     snprintf(f->outputs, sizeof f->outputs, "%s/outputs", f->dir);
     assert_int_equal(mkdir(f->outputs, 0755), 0);
-    kiln_test_pw_start(&f->pw, f->dir);
-    write_config(f);
-
     kiln_test_redis_start(&f->redis, false);
     f->opts = (kiln_broker_options_t){
         .redis_url = f->redis.url,
@@ -76,6 +74,17 @@ static int setup(void **state)
     kiln_err_t err = {0};
     if (kiln_broker_connect(&f->opts, &f->broker, &err) != 0)
         fail_msg("kiln_broker_connect %s: %s", f->redis.url, err.msg);
+    return f;
+}
+
+static int setup(void **state)
+{
+    *state = NULL;
+    if (kiln_test_pw_missing())
+        return 0;
+    fixture_t *f = fixture_new();
+    kiln_test_pw_start(&f->pw, f->dir);
+    write_config(f);
     char *argv[] = {KILN_BIN,       "worker",       "--config", f->config,       "--redis",
                     f->redis.url,   "--connectors", "browser",  "--concurrency", "2",
                     "--log-format", "text",         "--id",     "browser-1",     NULL};
@@ -93,8 +102,9 @@ static int teardown(void **state)
         kiln_test_kill(f->worker, SIGTERM, 10000);
     kiln_test_pw_stop(&f->pw);
     if (!f->passed) {
-        kiln_test_dump_file("worker log", f->log_path);
-        kiln_test_dump_file("playwright service log", f->pw.service_log);
+        kiln_test_dump_file("worker or agent log", f->log_path);
+        if (f->pw.service_log[0])
+            kiln_test_dump_file("playwright service log", f->pw.service_log);
     }
     kiln_broker_free(f->broker);
     kiln_test_redis_destroy(&f->redis);
@@ -246,12 +256,77 @@ static void cancelling_a_running_job_closes_its_page(void **state)
     f->passed = true;
 }
 
+/* A loopback port nothing listens on: it was free a moment ago. */
+static int free_port(void)
+{
+    int s = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in addr = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    socklen_t len = sizeof addr;
+    assert_int_equal(bind(s, (struct sockaddr *)&addr, sizeof addr), 0);
+    assert_int_equal(getsockname(s, (struct sockaddr *)&addr, &len), 0);
+    close(s);
+    return ntohs(addr.sin_port);
+}
+
+/* The agent, told only that the machine serves playwright, starts the
+ * service (node, its chromium) and a worker pointed at it. */
+static int agent_setup(void **state)
+{
+    *state = NULL;
+    if (kiln_test_pw_missing())
+        return 0;
+    fixture_t *f = fixture_new();
+    kiln_test_pw_start_pages(&f->pw, f->dir);
+    FILE *fp = fopen(f->config, "w");
+    assert_non_null(fp);
+    fprintf(fp,
+            "redis: {url: \"%s\"}\n"
+            "machine: {id: pw-e2e, type: api, health_port: %d}\n"
+            "worker: {connectors: [playwright], concurrency: 1, shutdown_grace_ms: 200}\n"
+            "templates:\n  playwright: {port: %d}\n"
+            "connectors:\n  playwright: {type: playwright, outputs_dir: %s}\n",
+            f->redis.url, free_port(), free_port(), f->outputs);
+    fclose(fp);
+    char state_dir[320];
+    snprintf(state_dir, sizeof state_dir, "%s/state", f->dir);
+    char *argv[] = {KILN_BIN,  "machine", "run",         "--config",     f->config, "--state-dir",
+                    state_dir, "--api",   "127.0.0.1:0", "--log-format", "text",    NULL};
+    f->worker = kiln_test_spawn(argv, NULL, f->log_path);
+    *state = f;
+    return 0;
+}
+
+static void the_agent_runs_the_service_for_a_playwright_connector(void **state)
+{
+    fixture_t *f = *state;
+    NEEDS_BROWSER(f);
+    char id[KILN_JOB_ID_MAX];
+    char json[512];
+    snprintf(json, sizeof json,
+             "{\"service\":\"playwright\",\"payload\":{\"url\":\"%s/form.html\"}}",
+             f->pw.pages_url);
+    kiln_job_spec_t spec;
+    kiln_err_t err = {0};
+    assert_int_equal(
+        kiln_job_spec_parse(json, strlen(json), f->opts.max_payload_bytes, &spec, &err), 0);
+    assert_int_equal(kiln_broker_submit(f->broker, &spec, id, NULL, &err), 0);
+    kiln_job_spec_clear(&spec);
+    json_t *job = wait_state(f, id, "completed");
+    const char *path = json_string_value(json_object_get(json_object_get(job, "result"), "path"));
+    assert_non_null(path);
+    expect_file_starts_with(path, "\x89PNG\r\n\x1a\n", 8);
+    json_decref(job);
+    f->passed = true;
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(
             screenshot_and_pdf_jobs_through_a_worker_complete_with_their_files, setup, teardown),
         cmocka_unit_test_setup_teardown(cancelling_a_running_job_closes_its_page, setup, teardown),
+        cmocka_unit_test_setup_teardown(the_agent_runs_the_service_for_a_playwright_connector,
+                                        agent_setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

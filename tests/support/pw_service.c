@@ -56,13 +56,25 @@ static int wait_port(const char *log_path, const char *marker)
     return kiln_test_wait_until(port_printed, &w, 20000) ? w.port : 0;
 }
 
-void kiln_test_pw_start(kiln_test_pw_t *pw, const char *dir)
+void kiln_test_pw_start_pages(kiln_test_pw_t *pw, const char *dir)
 {
     memset(pw, 0, sizeof *pw);
     snprintf(pw->pages_log, sizeof pw->pages_log, "%s/pw_pages.log", dir);
-    snprintf(pw->service_log, sizeof pw->service_log, "%s/playwright.log", dir);
     char *pages_argv[] = {KILN_TEST_HELPERS_DIR "/pw_pages", "0", NULL};
     pw->pages_pid = kiln_test_spawn(pages_argv, NULL, pw->pages_log);
+    pw->pages_port = wait_port(pw->pages_log, "listening on 127.0.0.1:");
+    snprintf(pw->pages_url, sizeof pw->pages_url, "http://127.0.0.1:%d", pw->pages_port);
+    if (!pw->pages_port) {
+        kiln_test_dump_file("pw_pages log", pw->pages_log);
+        kiln_test_pw_stop(pw);
+        fail_msg("the page server did not start");
+    }
+}
+
+void kiln_test_pw_start(kiln_test_pw_t *pw, const char *dir)
+{
+    kiln_test_pw_start_pages(pw, dir);
+    snprintf(pw->service_log, sizeof pw->service_log, "%s/playwright.log", dir);
     char *service_argv[] = {KILN_TEST_NODE,
                             KILN_TEST_PW_DIR "/server.mjs",
                             "--port",
@@ -71,11 +83,9 @@ void kiln_test_pw_start(kiln_test_pw_t *pw, const char *dir)
                             KILN_TEST_CHROMIUM,
                             NULL};
     pw->service_pid = kiln_test_spawn(service_argv, NULL, pw->service_log);
-    pw->pages_port = wait_port(pw->pages_log, "listening on 127.0.0.1:");
     pw->service_port = wait_port(pw->service_log, "\"port\":");
-    snprintf(pw->pages_url, sizeof pw->pages_url, "http://127.0.0.1:%d", pw->pages_port);
     snprintf(pw->service_url, sizeof pw->service_url, "http://127.0.0.1:%d", pw->service_port);
-    if (!pw->pages_port || !pw->service_port || !kiln_test_wait_until(service_healthy, pw, 30000)) {
+    if (!pw->service_port || !kiln_test_wait_until(service_healthy, pw, 30000)) {
         kiln_test_dump_file("pw_pages log", pw->pages_log);
         kiln_test_dump_file("playwright service log", pw->service_log);
         kiln_test_pw_stop(pw);

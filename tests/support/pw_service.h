@@ -26,6 +26,10 @@ typedef struct kiln_test_pw {
  * what is missing and how to install it (`make test` does). */
 const char *kiln_test_pw_missing(void);
 
+/* Starts only the page server (logs under dir) and waits for its port;
+ * fails the test when it does not start. */
+void kiln_test_pw_start_pages(kiln_test_pw_t *pw, const char *dir);
+
 /* Starts the page server and the service, logs under dir, and waits until
  * the service's GET /health answers 200 (its browser is up). Fails the
  * test, dumping the logs, when either does not start. */
