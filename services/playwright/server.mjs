@@ -348,6 +348,7 @@ async function runJob(job, send) {
   } catch (e) {
     if (job.stopReason === 'timeout')
       throw new JobError('timeout', `the job took longer than timeout_ms (${job.timeoutMs} ms)`, { retryable: true });
+    if (job.stopReason === 'shutdown') throw new JobError('shutdown', 'the playwright service is shutting down', { retryable: true });
     if (job.stopReason) throw new JobError('cancelled', 'cancelled; the page was closed');
     if (e instanceof JobError) throw e;
     throw new JobError('browser', firstLine(e), { retryable: !(b && b.isConnected()) });
@@ -413,6 +414,7 @@ async function postJob(req, res) {
     if (!(e instanceof BadRequest)) throw e;
     return reply(res, e.field === 'body' && /bytes/.test(e.message) ? 413 : 400, { error: { message: e.message, field: e.field } });
   }
+  if (stopping) return reply(res, 503, { error: { message: 'the playwright service is shutting down' } });
   if (jobs.has(job.id)) return reply(res, 409, { error: { message: `id: job ${job.id} is already running` } });
   if (jobs.size >= opts.maxConcurrency)
     return reply(res, 503, { error: { message: `busy: ${jobs.size} jobs running (max concurrency ${opts.maxConcurrency})` } }, { 'Retry-After': '1' });
@@ -484,7 +486,10 @@ async function shutdown(signal) {
   stopping = true;
   log('info', `${signal}: shutting down`, { running: jobs.size });
   server.close();
-  for (const job of jobs.values()) cancelJob(job, signal);
+  // Running jobs end with a retryable error their clients still receive.
+  for (const job of jobs.values()) stopJob(job, 'shutdown');
+  const deadline = Date.now() + 5000;
+  while (jobs.size > 0 && Date.now() < deadline) await new Promise((resolve) => setTimeout(resolve, 20));
   server.closeAllConnections();
   if (browser) await browser.close().catch(() => {});
   process.exit(0);

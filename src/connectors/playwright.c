@@ -211,7 +211,6 @@ typedef struct stream {
     char error[PW_TEXT_MAX + 128];
     bool failed; /* error holds the job's failure */
     bool retryable;
-    bool service_cancel; /* the service reported the job cancelled */
 } stream_t;
 
 static int stream_fail(stream_t *s, bool retryable, const char *fmt, ...)
@@ -264,7 +263,6 @@ static int on_error_event(stream_t *s, const json_t *event)
 {
     const char *code = json_string_value(json_object_get(event, "code"));
     const char *message = json_string_value(json_object_get(event, "message"));
-    s->service_cancel = code && strcmp(code, "cancelled") == 0;
     return stream_fail(s, json_is_true(json_object_get(event, "retryable")), "%s: %.*s",
                        code ? code : "error", PW_TEXT_MAX, message ? message : "(no message)");
 }

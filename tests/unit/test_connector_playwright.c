@@ -20,7 +20,9 @@
 #include <string.h>
 #include <sys/eventfd.h>
 #include <sys/socket.h>
+#include <signal.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 static kiln_test_pw_t pw;
@@ -47,6 +49,8 @@ static int group_teardown(void **state)
     (void)state;
     if (started)
         kiln_test_pw_stop(&pw);
+    char *rm[] = {"/bin/rm", "-rf", tmp_root, NULL};
+    kiln_test_run(rm, NULL, NULL, 0);
     return 0;
 }
 
@@ -410,6 +414,54 @@ static void service_down_is_a_retryable_failure_and_unhealthy(void **state)
     kiln_connector_free(c);
 }
 
+typedef struct background_job {
+    kiln_connector_t *connector;
+    const char *payload;
+    run_t run;
+    pthread_t thread;
+} background_job_t;
+
+static void *background_main(void *ctx)
+{
+    background_job_t *b = ctx;
+    run_job(b->connector, "browser.13", b->payload, &b->run);
+    return NULL;
+}
+
+static bool one_page_open(void *ctx)
+{
+    return kiln_test_pw_health(ctx, "pages_open") == 1;
+}
+
+static void sigterm_ends_running_jobs_retryably_and_exits_zero(void **state)
+{
+    NEEDS_BROWSER();
+    /* A service of its own, as this one goes away. */
+    char dir[256];
+    kiln_test_tmpdir(dir, sizeof dir);
+    kiln_test_pw_t own;
+    kiln_test_pw_start(&own, dir);
+    background_job_t b = {.connector = connector_for(own.service_url, "{\"max_retries\": 0}"),
+                          .payload = "{\"url\": \"$PAGES/form.html\", \"steps\": "
+                                     "[{\"wait_for\": \"#never\"}]}"};
+    assert_int_equal(pthread_create(&b.thread, NULL, background_main, &b), 0);
+    assert_true(kiln_test_wait_until(one_page_open, &own, 30000));
+    kill(own.service_pid, SIGTERM);
+    int status = kiln_test_wait_exit(own.service_pid, 15000);
+    pthread_join(b.thread, NULL);
+    if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
+        kiln_test_dump_file("playwright service log", own.service_log);
+        fail_msg("the service did not exit 0 on SIGTERM (wait status %d)", status);
+    }
+    own.service_pid = 0;
+    expect_failed(&b.run, true, "shutdown: the playwright service is shutting down");
+    run_clear(&b.run);
+    kiln_connector_free(b.connector);
+    kiln_test_pw_stop(&own);
+    char *rm[] = {"/bin/rm", "-rf", dir, NULL};
+    kiln_test_run(rm, NULL, NULL, 0);
+}
+
 static void health_is_ok_while_the_browser_runs(void **state)
 {
     NEEDS_BROWSER();
@@ -455,6 +507,7 @@ int main(void)
         cmocka_unit_test(artefact_over_max_bytes_fails_naming_the_limit),
         cmocka_unit_test(hostile_payloads_are_refused_naming_the_field),
         cmocka_unit_test(service_down_is_a_retryable_failure_and_unhealthy),
+        cmocka_unit_test(sigterm_ends_running_jobs_retryably_and_exits_zero),
         cmocka_unit_test(health_is_ok_while_the_browser_runs),
         cmocka_unit_test(bad_options_are_refused_naming_them),
     };
