@@ -373,8 +373,10 @@ function readBody(req) {
     req.on('data', (part) => {
       size += part.length;
       if (size > LIMITS.bodyBytes) {
+        // Stop reading; the 413 goes out with Connection: close.
+        req.removeAllListeners('data');
+        req.pause();
         reject(new BadRequest('body', `at most ${LIMITS.bodyBytes} bytes`, `${size}+ bytes`));
-        req.destroy();
       } else parts.push(part);
     });
     req.on('end', () => resolve(Buffer.concat(parts).toString('utf8')));
@@ -412,7 +414,8 @@ async function postJob(req, res) {
     job = checkJob(body);
   } catch (e) {
     if (!(e instanceof BadRequest)) throw e;
-    return reply(res, e.field === 'body' && /bytes/.test(e.message) ? 413 : 400, { error: { message: e.message, field: e.field } });
+    const tooBig = e.field === 'body' && /bytes/.test(e.message);
+    return reply(res, tooBig ? 413 : 400, { error: { message: e.message, field: e.field } }, tooBig ? { Connection: 'close' } : {});
   }
   if (stopping) return reply(res, 503, { error: { message: 'the playwright service is shutting down' } });
   if (jobs.has(job.id)) return reply(res, 409, { error: { message: `id: job ${job.id} is already running` } });

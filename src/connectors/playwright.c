@@ -235,7 +235,8 @@ static int on_chunk(stream_t *s, const char *data)
     size_t len = strlen(data);
     if (len > INT_MAX)
         return stream_fail(s, false, "the service sent a chunk larger than 2 GiB");
-    unsigned char *bytes = malloc(len / 4 * 3 + 3);
+    /* EVP_DecodeUpdate also flushes what it kept from the last chunk (< 80 characters). */
+    unsigned char *bytes = malloc(len / 4 * 3 + 128);
     if (!bytes)
         return KILN_ENOMEM;
     int n = 0;

@@ -6,6 +6,7 @@
  * Without node, chromium or playwright-core every test is skipped, saying
  * what is missing (`make test` installs them).
  */
+#include "connectors/http.h"
 #include "kiln/connector.h"
 #include "kiln_test.h"
 #include "pw_service.h"
@@ -386,6 +387,30 @@ static void hostile_payloads_are_refused_naming_the_field(void **state)
     kiln_connector_free(c);
 }
 
+static void oversized_request_body_is_refused_with_413(void **state)
+{
+    NEEDS_BROWSER();
+    size_t size = 2 * 1024 * 1024;
+    char *body = malloc(size + 16);
+    assert_non_null(body);
+    strcpy(body, "{\"url\": \"");
+    memset(body + strlen(body), 'a', size);
+    strcpy(body + size, "\"}");
+    kiln_http_client_options_t opts = {
+        .base_url = pw.service_url, .name = "big", .timeout_ms = 10000};
+    kiln_http_client_t *client = NULL;
+    kiln_err_t err = {0};
+    assert_int_equal(kiln_http_client_new(&opts, &client, &err), 0);
+    kiln_http_call_t call = {.method = "POST", .path = "/jobs", .body_json = body, .cancel_fd = -1};
+    kiln_http_result_t res = {0};
+    assert_true(kiln_http_call(client, &call, &res, &err) < 0);
+    assert_int_equal(res.status, 413);
+    assert_non_null(strstr(err.msg, "body: expected at most 1048576 bytes"));
+    kiln_http_result_clear(&res);
+    kiln_http_client_free(client);
+    free(body);
+}
+
 /* A loopback port nothing listens on: it was free a moment ago. */
 static int closed_port(void)
 {
@@ -506,6 +531,7 @@ int main(void)
         cmocka_unit_test(cancel_mid_job_ends_cancelled_and_the_service_closes_the_page),
         cmocka_unit_test(artefact_over_max_bytes_fails_naming_the_limit),
         cmocka_unit_test(hostile_payloads_are_refused_naming_the_field),
+        cmocka_unit_test(oversized_request_body_is_refused_with_413),
         cmocka_unit_test(service_down_is_a_retryable_failure_and_unhealthy),
         cmocka_unit_test(sigterm_ends_running_jobs_retryably_and_exits_zero),
         cmocka_unit_test(health_is_ok_while_the_browser_runs),
