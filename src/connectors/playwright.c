@@ -367,7 +367,13 @@ static json_t *build_request(const playwright_t *pw, const kiln_job_context_t *j
 static int artefact_open(const playwright_t *pw, const kiln_job_context_t *job, artefact_t *a,
                          kiln_job_outcome_t *out)
 {
-    snprintf(a->temp_path, sizeof a->temp_path, "%s/.%s.tmp", pw->outputs_dir, job->job_id);
+    /* The final name (<job id>.png / .pdf) is one character shorter. */
+    if ((size_t)snprintf(a->temp_path, sizeof a->temp_path, "%s/.%s.tmp", pw->outputs_dir,
+                         job->job_id) >= sizeof a->temp_path) {
+        a->temp_path[0] = '\0';
+        return kiln_job_outcome_fail(out, false, "connectors.%s.outputs_dir: the path is too long",
+                                     pw->name);
+    }
     a->fd = open(a->temp_path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0644);
     if (a->fd < 0) {
         int e = errno;

@@ -85,7 +85,7 @@ void kiln_test_pw_start(kiln_test_pw_t *pw, const char *dir)
     pw->service_pid = kiln_test_spawn(service_argv, NULL, pw->service_log);
     pw->service_port = wait_port(pw->service_log, "\"port\":");
     snprintf(pw->service_url, sizeof pw->service_url, "http://127.0.0.1:%d", pw->service_port);
-    if (!pw->service_port || !kiln_test_wait_until(service_healthy, pw, 30000)) {
+    if (!pw->service_port || !kiln_test_wait_until(service_healthy, pw, 60000)) {
         kiln_test_dump_file("pw_pages log", pw->pages_log);
         kiln_test_dump_file("playwright service log", pw->service_log);
         kiln_test_pw_stop(pw);
