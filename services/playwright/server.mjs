@@ -82,10 +82,11 @@ function log(level, msg, fields = {}) {
 // ---- validation -------------------------------------------------------------
 
 class BadRequest extends Error {
-  constructor(field, expected, got) {
+  constructor(field, expected, got, status = 400) {
     const shown = got === undefined ? 'nothing' : JSON.stringify(got);
     super(`${field}: expected ${expected}, got ${shown && shown.length > 60 ? `${shown.slice(0, 57)}...` : shown}`);
     this.field = field;
+    this.status = status;
   }
 }
 
@@ -195,6 +196,7 @@ let pagesOpen = 0;
 // The running browser, launched on first use and again after it went away.
 async function getBrowser() {
   if (browser && browser.isConnected()) return browser;
+  if (stopping) throw new Error('the service is shutting down');
   if (!launching) {
     launching = chromium
       .launch({ executablePath: opts.chromium, headless: true, args: ['--disable-dev-shm-usage'] })
@@ -376,7 +378,7 @@ function readBody(req) {
         // Stop reading; the 413 goes out with Connection: close.
         req.removeAllListeners('data');
         req.pause();
-        reject(new BadRequest('body', `at most ${LIMITS.bodyBytes} bytes`, `${size}+ bytes`));
+        reject(new BadRequest('body', `at most ${LIMITS.bodyBytes} bytes`, `${size}+ bytes`, 413));
       } else parts.push(part);
     });
     req.on('end', () => resolve(Buffer.concat(parts).toString('utf8')));
@@ -414,8 +416,8 @@ async function postJob(req, res) {
     job = checkJob(body);
   } catch (e) {
     if (!(e instanceof BadRequest)) throw e;
-    const tooBig = e.field === 'body' && /bytes/.test(e.message);
-    return reply(res, tooBig ? 413 : 400, { error: { message: e.message, field: e.field } }, tooBig ? { Connection: 'close' } : {});
+    const close = e.status === 413 ? { Connection: 'close' } : {};
+    return reply(res, e.status, { error: { message: e.message, field: e.field } }, close);
   }
   if (stopping) return reply(res, 503, { error: { message: 'the playwright service is shutting down' } });
   if (jobs.has(job.id)) return reply(res, 409, { error: { message: `id: job ${job.id} is already running` } });
