@@ -352,8 +352,10 @@ async function runJob(job, send) {
       throw new JobError('timeout', `the job took longer than timeout_ms (${job.timeoutMs} ms)`, { retryable: true });
     if (job.stopReason === 'shutdown') throw new JobError('shutdown', 'the playwright service is shutting down', { retryable: true });
     if (job.stopReason) throw new JobError('cancelled', 'cancelled; the page was closed');
+    // A step fails too when chromium dies under it; that is no fault of the step.
+    if (b && !b.isConnected()) throw new JobError('browser', `chromium went away during the job: ${firstLine(e)}`, { retryable: true });
     if (e instanceof JobError) throw e;
-    throw new JobError('browser', firstLine(e), { retryable: !(b && b.isConnected()) });
+    throw new JobError('browser', firstLine(e));
   } finally {
     clearTimeout(timer);
     if (job.context) await job.context.close().catch(() => {});

@@ -487,6 +487,49 @@ static void sigterm_ends_running_jobs_retryably_and_exits_zero(void **state)
     kiln_test_run(rm, NULL, NULL, 0);
 }
 
+/* The pid of the service's first child, its chromium; 0 when none. */
+static pid_t chromium_pid(pid_t service)
+{
+    char path[64];
+    snprintf(path, sizeof path, "/proc/%d/task/%d/children", (int)service, (int)service);
+    FILE *fp = fopen(path, "r");
+    int pid = 0;
+    if (fp) {
+        if (fscanf(fp, "%d", &pid) != 1)
+            pid = 0;
+        fclose(fp);
+    }
+    return (pid_t)pid;
+}
+
+static void a_browser_crash_fails_the_job_retryably_and_the_next_job_relaunches_it(void **state)
+{
+    NEEDS_BROWSER();
+    char dir[256];
+    kiln_test_tmpdir(dir, sizeof dir);
+    kiln_test_pw_t own;
+    kiln_test_pw_start(&own, dir);
+    background_job_t b = {.connector = connector_for(own.service_url, "{\"max_retries\": 0}"),
+                          .payload = "{\"url\": \"$PAGES/form.html\", \"steps\": "
+                                     "[{\"wait_for\": \"#never\"}]}"};
+    assert_int_equal(pthread_create(&b.thread, NULL, background_main, &b), 0);
+    assert_true(kiln_test_wait_until(one_page_open, &own, 30000));
+    pid_t chromium = chromium_pid(own.service_pid);
+    assert_true(chromium > 0);
+    assert_int_equal(kill(chromium, SIGKILL), 0);
+    pthread_join(b.thread, NULL);
+    expect_failed(&b.run, true, "browser: chromium went away during the job");
+    run_clear(&b.run);
+    run_t again = {0};
+    run_job(b.connector, "browser.14", "{\"url\": \"$PAGES/form.html\"}", &again);
+    expect_completed(&again);
+    run_clear(&again);
+    kiln_connector_free(b.connector);
+    kiln_test_pw_stop(&own);
+    char *rm[] = {"/bin/rm", "-rf", dir, NULL};
+    kiln_test_run(rm, NULL, NULL, 0);
+}
+
 static void health_is_ok_while_the_browser_runs(void **state)
 {
     NEEDS_BROWSER();
@@ -534,6 +577,7 @@ int main(void)
         cmocka_unit_test(oversized_request_body_is_refused_with_413),
         cmocka_unit_test(service_down_is_a_retryable_failure_and_unhealthy),
         cmocka_unit_test(sigterm_ends_running_jobs_retryably_and_exits_zero),
+        cmocka_unit_test(a_browser_crash_fails_the_job_retryably_and_the_next_job_relaunches_it),
         cmocka_unit_test(health_is_ok_while_the_browser_runs),
         cmocka_unit_test(bad_options_are_refused_naming_them),
     };
