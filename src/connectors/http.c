@@ -791,6 +791,15 @@ int kiln_http_call(const kiln_http_client_t *client, const kiln_http_call_t *cal
                 return kiln_err_set(err, KILN_ENOMEM, "%s: out of memory", call->path);
             return 0;
         }
+        if (rc < 0 && a.status >= 300 && a.body.data) {
+            /* The last error body stays for callers that read a service's
+             * details from it (ComfyUI's node_errors); bounded by
+             * KILN_HTTP_ERROR_BODY_MAX. */
+            free(res->body);
+            res->body = a.body.data;
+            res->body_len = a.body.len;
+            a.body.data = NULL;
+        }
         buf_free(&a.body);
         if (rc == 0)
             return 0;
