@@ -104,7 +104,7 @@ static void record_interrupted(comfyui_track_t *t, const json_t *data)
 static void on_executing(comfyui_track_t *t, const json_t *data)
 {
     json_t *node = json_object_get(data, "node");
-    if (json_is_null(node) || !node) {
+    if (json_is_null(node)) {
         t->finished = true;
         return;
     }
