@@ -390,6 +390,7 @@ typedef struct run {
     comfyui_track_t track;
     int vanished;      /* polls in a row that found the prompt nowhere */
     size_t messages;   /* taken from the socket */
+    int cancel_fd;     /* the job's, or -1 once it proved to be readable without a cancel */
     int64_t budget_ms; /* the job's time: its timeout_ms, at most the option's */
 } run_t;
 
@@ -507,19 +508,20 @@ static void drain_socket(run_t *r)
     }
 }
 
-/* Sleeps until wake_at, the socket has news or the job is cancelled. */
-static void wait_for_news(run_t *r, int64_t wake_at)
-{
-    struct pollfd fds[2] = {{.fd = r->job->cancel_fd, .events = POLLIN},
-                            {.fd = r->ws ? kiln_comfyui_ws_fd(r->ws) : -1, .events = POLLIN}};
-    int64_t left = wake_at - now_ms();
-    if (left > 0)
-        poll(fds, 2, left > 1000 ? 1000 : (int)left);
-}
-
 static bool cancelled(const kiln_job_context_t *job)
 {
     return job->cancel && atomic_load_explicit(job->cancel, memory_order_acquire);
+}
+
+/* Sleeps until wake_at, the socket has news or the job is cancelled. */
+static void wait_for_news(run_t *r, int64_t wake_at)
+{
+    struct pollfd fds[2] = {{.fd = r->cancel_fd, .events = POLLIN},
+                            {.fd = r->ws ? kiln_comfyui_ws_fd(r->ws) : -1, .events = POLLIN}};
+    int64_t left = wake_at - now_ms();
+    if (left > 0 && poll(fds, 2, left > 1000 ? 1000 : (int)left) > 0 && fds[0].revents &&
+        !cancelled(r->job))
+        r->cancel_fd = -1; /* readable without a cancel: rely on the flag (as http.c does) */
 }
 
 /* Follows the prompt until its history entry is final: on the socket,
@@ -675,7 +677,7 @@ static int comfyui_run(void *state, const kiln_job_context_t *job, kiln_job_outc
     int rc = read_payload(job, &workflow, out);
     if (rc < 0 || !workflow)
         return rc;
-    run_t r = {.cf = cf, .job = job};
+    run_t r = {.cf = cf, .job = job, .cancel_fd = job->cancel_fd};
     r.budget_ms =
         job->timeout_ms > 0 && job->timeout_ms < cf->timeout_ms ? job->timeout_ms : cf->timeout_ms;
     r.call = (kiln_http_call_t){.job_id = job->job_id,

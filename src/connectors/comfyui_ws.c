@@ -23,6 +23,7 @@
 typedef struct message {
     struct message *next;
     char *text;
+    size_t len;
 } message_t;
 
 struct kiln_comfyui_ws {
@@ -30,7 +31,7 @@ struct kiln_comfyui_ws {
     int event_fd;
     pthread_mutex_t lock;
     message_t *head, *tail;
-    size_t queued;
+    size_t queued, queued_bytes;
     char *partial; /* a text message arriving in fragments */
     size_t partial_len;
     bool in_binary; /* the fragments arriving belong to a binary message */
@@ -79,11 +80,15 @@ static bool append_partial(kiln_comfyui_ws_t *ws, const char *data, size_t len)
 /* Queues the assembled message; false when the queue is full. */
 static bool queue_partial(kiln_comfyui_ws_t *ws)
 {
-    message_t *m = ws->queued < KILN_COMFYUI_WS_QUEUE_MAX ? malloc(sizeof *m) : NULL;
+    bool room = ws->queued < KILN_COMFYUI_WS_QUEUE_MAX &&
+                ws->partial_len <= KILN_COMFYUI_WS_QUEUE_BYTES_MAX - ws->queued_bytes;
+    message_t *m = room ? malloc(sizeof *m) : NULL;
     if (!m)
         return false;
     m->next = NULL;
     m->text = ws->partial;
+    m->len = ws->partial_len;
+    ws->queued_bytes += m->len;
     ws->partial = NULL;
     ws->partial_len = 0;
     if (ws->tail)
@@ -224,6 +229,7 @@ int kiln_comfyui_ws_next(kiln_comfyui_ws_t *ws, char **msg, char *why, size_t wh
         if (!ws->head)
             ws->tail = NULL;
         ws->queued--;
+        ws->queued_bytes -= m->len;
         *msg = m->text;
         free(m);
         rc = 1;

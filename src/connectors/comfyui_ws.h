@@ -11,8 +11,9 @@
 
 #include <stddef.h>
 
-#define KILN_COMFYUI_WS_MESSAGE_MAX (1024 * 1024) /* bytes of one text message */
-#define KILN_COMFYUI_WS_QUEUE_MAX   4096          /* messages not yet taken */
+#define KILN_COMFYUI_WS_MESSAGE_MAX     (1024 * 1024)      /* bytes of one text message */
+#define KILN_COMFYUI_WS_QUEUE_MAX       4096               /* messages not yet taken */
+#define KILN_COMFYUI_WS_QUEUE_BYTES_MAX (16 * 1024 * 1024) /* their bytes */
 
 typedef struct kiln_comfyui_ws kiln_comfyui_ws_t;
 

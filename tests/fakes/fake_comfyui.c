@@ -27,6 +27,7 @@
  *   slow               the sampler stops at step 5 until interrupted
  *   execution-error    the sampler fails with a RuntimeError
  *   hostile-names      outputs are named "../../escape.png" in "../.."
+ *   noise              junk on the socket, then a message over 1 MiB
  *
  *   fake_comfyui PORT [--ws ok|refuse|drop]   (PORT 0: pick one)
  *
@@ -303,9 +304,39 @@ static bool sample(prompt_t *p, const char *node, json_t *messages)
     return true;
 }
 
+/* The "noise" fault: text that is not JSON, messages of the wrong shape or
+ * about another prompt, then one message over the client's 1 MiB limit. */
+static void send_noise(prompt_t *p)
+{
+    static const char *const junk[] = {
+        "not json",
+        "[1,2]",
+        "{\"type\": 42}",
+        "{\"type\": \"progress\", \"data\": \"x\"}",
+        "{\"type\": \"executing\", \"data\": {\"node\": null, \"prompt_id\": \"other\"}}",
+        "{\"type\": \"progress\", \"data\": {\"value\": 5, \"max\": -1}}"};
+    pthread_mutex_lock(&sockets.mu);
+    for (int i = 0; i < MAX_SOCKETS; i++) {
+        if (!sockets.conn[i] || strcmp(sockets.client_id[i], p->client_id) != 0)
+            continue;
+        for (size_t k = 0; k < sizeof junk / sizeof junk[0]; k++)
+            mg_websocket_write(sockets.conn[i], MG_WEBSOCKET_OPCODE_TEXT, junk[k], strlen(junk[k]));
+        size_t huge = 2 * 1024 * 1024;
+        char *big = malloc(huge);
+        if (big) {
+            memset(big, 'x', huge);
+            mg_websocket_write(sockets.conn[i], MG_WEBSOCKET_OPCODE_TEXT, big, huge);
+            free(big);
+        }
+    }
+    pthread_mutex_unlock(&sockets.mu);
+}
+
 /* Runs every node of p in id order and writes its history entry. */
 static void execute(prompt_t *p)
 {
+    if (strcmp(p->mode, "noise") == 0)
+        send_noise(p);
     size_t n = json_object_size(p->graph), k = 0;
     const char **ids = calloc(n ? n : 1, sizeof *ids);
     const char *key;

@@ -637,6 +637,21 @@ static void falls_back_to_polling_when_the_socket_drops(void **state)
     kiln_connector_free(c);
 }
 
+static void junk_and_oversized_socket_messages_fall_back_to_polling(void **state)
+{
+    fake_t *f = *state;
+    kiln_connector_t *c = connector_for(f, NULL);
+    char *payload = workflow_payload(4, "noise", NULL);
+    run_t r;
+    run_job(c, payload, &r);
+    expect_completed(&r);
+    assert_string_equal(jstr(r.result, "progress"), "polling");
+    assert_true(progress_says(&r.progress, "larger than 1 MiB"));
+    run_clear(&r);
+    free(payload);
+    kiln_connector_free(c);
+}
+
 static void hostile_output_names_stay_in_the_outputs_folder(void **state)
 {
     fake_t *f = *state;
@@ -793,6 +808,7 @@ int main(void)
                                         fake_start_refusing_sockets, fake_stop),
         cmocka_unit_test_setup_teardown(falls_back_to_polling_when_the_socket_drops,
                                         fake_start_dropping_sockets, fake_stop),
+        WITH_FAKE(junk_and_oversized_socket_messages_fall_back_to_polling),
         WITH_FAKE(hostile_output_names_stay_in_the_outputs_folder),
         WITH_FAKE(output_over_max_output_bytes_fails_not_retryable),
         WITH_FAKE(health_reads_system_stats),
