@@ -107,6 +107,13 @@ static void send_json(struct mg_connection *conn, int status, const char *reason
 }
 
 /* ComfyUI's error shape: {"error": {type, message, details, extra_info}, "node_errors"}. */
+/* ComfyUI answers POST /queue and /interrupt with an empty 200. */
+static int send_empty_ok(struct mg_connection *conn)
+{
+    mg_printf(conn, "HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+    return 200;
+}
+
 static int send_error(struct mg_connection *conn, int status, const char *reason,
                       const char *extra_headers, const char *type, const char *message,
                       const char *details, json_t *node_errors)
@@ -620,7 +627,7 @@ static int on_queue(struct mg_connection *conn, void *cbdata)
     if (post) {
         json_decref(running);
         json_decref(pending);
-        send_json(conn, 200, "OK", NULL, json_object());
+        send_empty_ok(conn);
     } else {
         send_json(conn, 200, "OK", NULL,
                   json_pack("{s:o, s:o}", "queue_running", running, "queue_pending", pending));
@@ -640,8 +647,7 @@ static int on_interrupt(struct mg_connection *conn, void *cbdata)
     pthread_cond_broadcast(&fake.changed);
     pthread_mutex_unlock(&fake.mu);
     json_decref(req);
-    send_json(conn, 200, "OK", NULL, json_object());
-    return 200;
+    return send_empty_ok(conn);
 }
 
 static int on_system_stats(struct mg_connection *conn, void *cbdata)
