@@ -153,5 +153,6 @@ extern const kiln_connector_ops_t kiln_connector_exec;
 extern const kiln_connector_ops_t kiln_connector_openai;
 extern const kiln_connector_ops_t kiln_connector_render;
 extern const kiln_connector_ops_t kiln_connector_playwright;
+extern const kiln_connector_ops_t kiln_connector_comfyui;
 
 #endif

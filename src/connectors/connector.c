@@ -31,6 +31,7 @@ static const kiln_connector_ops_t *const builtin_types[] = {
     &kiln_connector_openai,
     &kiln_connector_render,
     &kiln_connector_playwright,
+    &kiln_connector_comfyui,
 };
 
 #define N_BUILTIN_TYPES (sizeof builtin_types / sizeof builtin_types[0])

@@ -785,15 +785,29 @@ int kiln_http_call(const kiln_http_client_t *client, const kiln_http_call_t *cal
         buf_free(&a.line);
         buf_free(&a.event);
         if (rc == 0 && !a.is_stream) {
+            free(res->body); /* an earlier attempt's error body */
             res->body = a.body.data ? a.body.data : strdup("");
             res->body_len = a.body.len;
             if (!res->body)
                 return kiln_err_set(err, KILN_ENOMEM, "%s: out of memory", call->path);
             return 0;
         }
+        if (rc < 0 && a.status >= 300 && a.body.data) {
+            /* The last error body stays for callers that read a service's
+             * details from it (ComfyUI's node_errors); bounded by
+             * KILN_HTTP_ERROR_BODY_MAX. */
+            free(res->body);
+            res->body = a.body.data;
+            res->body_len = a.body.len;
+            a.body.data = NULL;
+        }
         buf_free(&a.body);
-        if (rc == 0)
+        if (rc == 0) { /* a stream: no body, not even an earlier attempt's error */
+            free(res->body);
+            res->body = NULL;
+            res->body_len = 0;
             return 0;
+        }
         if (rc == KILN_ETIMEOUT)
             res->retryable = true; /* the deadline's or an attempt's: another run may be faster */
         if (!res->retryable || a.events > 0 || retry >= client->max_retries)

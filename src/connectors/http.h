@@ -94,7 +94,9 @@ const char *kiln_http_client_url_shown(const kiln_http_client_t *client);
  * set: KILN_ECANCELLED, KILN_ETIMEOUT (the deadline or a per-attempt
  * timeout), KILN_ETOOBIG (a body over max_response_bytes; not retryable),
  * KILN_EIO (an HTTP error status, with the server's own message, or a
- * network failure), or the code an on_event callback returned. A streamed
+ * network failure), or the code an on_event callback returned. After an
+ * HTTP error status res->body holds that response's body (its first
+ * KILN_HTTP_ERROR_BODY_MAX bytes), NULL when it had none. A streamed
  * response is never retried once an event was delivered. Messages never
  * hold the API key. */
 int kiln_http_call(const kiln_http_client_t *client, const kiln_http_call_t *call,
