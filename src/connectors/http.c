@@ -72,9 +72,11 @@ typedef struct attempt {
     bool is_stream; /* decided at the first body byte */
     bool body_started;
     bool too_big;
-    bool sse_too_long; /* an event or line over KILN_HTTP_SSE_LINE_MAX */
-    int events;        /* delivered to on_event */
-    int callback_rc;   /* non-zero: on_event stopped the transfer */
+    bool sse_too_long;  /* an event or line over KILN_HTTP_SSE_LINE_MAX */
+    bool is_lines;      /* NDJSON, delivered to on_line (is_stream is set too) */
+    bool line_too_long; /* an NDJSON line over KILN_HTTP_NDJSON_LINE_MAX */
+    int events;         /* delivered to on_event */
+    int callback_rc;    /* non-zero: on_event stopped the transfer */
     bool stream_done;
     buf_t body;
     buf_t line;  /* SSE: the line being read */
@@ -279,11 +281,16 @@ int kiln_http_client_new(const kiln_http_client_options_t *opts, kiln_http_clien
         url_len--;
     const char *host = strstr(url, "://");
     if (url_len == 0 || url_len > KILN_HTTP_URL_MAX || !kiln_url_is_http(url) ||
-        strpbrk(url, " \t\r\n?#") || !host || (size_t)(host + 3 - url) >= url_len || host[3] == '/')
+        strpbrk(url, " \t\r\n?#") || !host || (size_t)(host + 3 - url) >= url_len ||
+        host[3] == '/') {
+        char shown[HTTP_URL_SHOWN_MAX]; /* a password in the URL stays out of the message */
+        kiln_url_redact(url, shown, sizeof shown);
         return kiln_err_set(err, KILN_EINVAL,
-                            "connectors.%s.base_url: expected an http:// or https:// URL without "
+                            "connectors.%s.%s: expected an http:// or https:// URL without "
                             "query or spaces (at most %d characters), got \"%.80s\"",
-                            name, KILN_HTTP_URL_MAX, url);
+                            name, opts->url_option ? opts->url_option : "base_url",
+                            KILN_HTTP_URL_MAX, shown);
+    }
     CURLcode curl_init = kiln_curl_global_init();
     if (curl_init != CURLE_OK)
         return kiln_err_set(err, KILN_EIO, "connectors.%s: curl_global_init failed: %s", name,
@@ -405,6 +412,43 @@ static int sse_feed(attempt_t *a, const char *data, size_t len)
     return 0;
 }
 
+/* ---- NDJSON ---------------------------------------------------------------- */
+
+/* Delivers the line gathered in a->line, unless it is blank. */
+static int ndjson_dispatch(attempt_t *a)
+{
+    size_t n = a->line.len;
+    if (n > 0 && a->line.data[n - 1] == '\r')
+        a->line.data[--n] = '\0';
+    int rc = 0;
+    if (n > 0 && a->line.data[strspn(a->line.data, " \t")] != '\0') {
+        a->events++;
+        rc = a->call->on_line(a->call->line_ctx, a->line.data, n);
+    }
+    buf_reset(&a->line);
+    return rc;
+}
+
+static int ndjson_feed(attempt_t *a, const char *data, size_t len)
+{
+    while (len > 0) {
+        const char *nl = memchr(data, '\n', len);
+        size_t take = nl ? (size_t)(nl - data) : len;
+        if (buf_append(&a->line, data, take) < 0) {
+            a->line_too_long = true;
+            return KILN_ETOOBIG;
+        }
+        if (!nl)
+            break;
+        int rc = ndjson_dispatch(a);
+        if (rc != 0)
+            return rc;
+        data += take + 1;
+        len -= take + 1;
+    }
+    return 0;
+}
+
 /* ---- curl callbacks -------------------------------------------------------- */
 
 /* Retry-After as seconds or an HTTP date, in ms from now (-1 when unreadable). */
@@ -459,6 +503,14 @@ static void on_body_start(attempt_t *a, CURL *curl)
     bool ok = a->status >= 200 && a->status < 300;
     a->is_stream = ok && a->call->on_event && type &&
                    strncasecmp(type, "text/event-stream", strlen("text/event-stream")) == 0;
+    a->is_lines =
+        ok && !a->is_stream && a->call->on_line &&
+        (a->call->lines_always ||
+         (type && strncasecmp(type, "application/x-ndjson", strlen("application/x-ndjson")) == 0));
+    if (a->is_lines) {
+        a->is_stream = true;
+        a->line.max = KILN_HTTP_NDJSON_LINE_MAX;
+    }
     size_t max = ok ? a->client->max_response_bytes : KILN_HTTP_ERROR_BODY_MAX;
     buf_init(&a->body, max);
 }
@@ -476,7 +528,7 @@ static size_t on_body(char *ptr, size_t size, size_t nmemb, void *userdata)
     if (!a->body_started)
         on_body_start(a, ctx->curl);
     if (a->is_stream) {
-        int rc = sse_feed(a, ptr, len);
+        int rc = a->is_lines ? ndjson_feed(a, ptr, len) : sse_feed(a, ptr, len);
         if (rc == KILN_ETOOBIG) {
             a->too_big = true;
             return 0;
@@ -522,7 +574,7 @@ static int setup_easy(CURL *curl, attempt_t *a, body_ctx_t *body, struct curl_sl
             goto nomem;                                                                            \
         h = next;                                                                                  \
     } while (0)
-    ADD_HEADER("Accept: application/json, text/event-stream");
+    ADD_HEADER("Accept: application/json, text/event-stream, application/x-ndjson");
     if (a->call->body_json)
         ADD_HEADER("Content-Type: application/json");
     ADD_HEADER("Expect:"); /* no 100-continue round trip for large bodies */
@@ -654,6 +706,11 @@ static int classify(attempt_t *a, CURLcode cc, const char *errbuf, kiln_http_res
         return kiln_err_set(err, KILN_ECANCELLED, "%s %s: cancelled", method, what);
     if (a->callback_rc)
         return a->callback_rc;
+    if (a->too_big && a->line_too_long)
+        return kiln_err_set(err, KILN_ETOOBIG,
+                            "%s %s: a streamed line is longer than %d bytes; the server is not "
+                            "sending NDJSON as expected",
+                            method, what, KILN_HTTP_NDJSON_LINE_MAX);
     if (a->too_big && a->sse_too_long)
         return kiln_err_set(err, KILN_ETOOBIG,
                             "%s %s: a stream event is longer than %d bytes; the server is not "
@@ -703,7 +760,10 @@ static int attempt_once(attempt_t *a, long timeout_ms, kiln_http_result_t *res, 
         rc = kiln_err_set(err, rc, "%s: libcurl refused an option", a->call->path);
     } else {
         CURLcode cc = perform(curl, a);
-        if (a->is_stream && cc == CURLE_OK && a->callback_rc == 0) {
+        if (a->is_lines && cc == CURLE_OK && a->callback_rc == 0) {
+            /* A last line without its newline still counts. */
+            a->callback_rc = ndjson_dispatch(a);
+        } else if (a->is_stream && cc == CURLE_OK && a->callback_rc == 0) {
             /* A last event without its blank line still counts. */
             if (a->line.len > 0)
                 a->callback_rc = sse_line(a, a->line.data, a->line.len);

@@ -10,6 +10,7 @@
  * the instance holds is fixed at init, so run() needs no lock.
  */
 #include "http.h"
+#include "outputs.h"
 
 #include "kiln/connector.h"
 #include "kiln/log.h"
@@ -18,7 +19,6 @@
 #include <fcntl.h>
 #include <inttypes.h>
 #include <limits.h>
-#include <openssl/evp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -75,29 +75,6 @@ static int api_root(const kiln_connector_config_t *cfg, const char *base_url, ch
     return 0;
 }
 
-static int check_outputs_dir(const kiln_connector_config_t *cfg, const char *dir, kiln_err_t *err)
-{
-    struct stat st;
-    if (dir[0] != '/')
-        return kiln_err_set(err, KILN_EINVAL,
-                            "connectors.%s.outputs_dir: expected an absolute path, got \"%s\"",
-                            cfg->name, dir);
-    if (stat(dir, &st) != 0)
-        return kiln_err_set(err, KILN_EINVAL,
-                            "connectors.%s.outputs_dir: %s: %s; create the folder", cfg->name, dir,
-                            strerror(errno));
-    if (!S_ISDIR(st.st_mode))
-        return kiln_err_set(err, KILN_EINVAL,
-                            "connectors.%s.outputs_dir: %s is not a folder; give a folder",
-                            cfg->name, dir);
-    if (access(dir, W_OK | X_OK) != 0)
-        return kiln_err_set(err, KILN_EINVAL,
-                            "connectors.%s.outputs_dir: %s is not writable: %s; fix its "
-                            "permissions",
-                            cfg->name, dir, strerror(errno));
-    return 0;
-}
-
 static void openai_free(void *state)
 {
     openai_t *oa = state;
@@ -138,7 +115,7 @@ static int read_options(const kiln_connector_config_t *cfg, openai_t *oa,
         return kiln_err_set(err, KILN_EINVAL,
                             "connectors.%s.model: expected a model name of 1-%d characters",
                             cfg->name, OPENAI_MODEL_MAX);
-    if (outputs && (rc = check_outputs_dir(cfg, outputs, err)) < 0)
+    if (outputs && (rc = kiln_outputs_check_dir(cfg, outputs, err)) < 0)
         return rc;
     if ((model && !(oa->model = strdup(model))) ||
         (outputs && !(oa->outputs_dir = strdup(outputs))))
@@ -500,78 +477,6 @@ static int run_chat(const openai_t *oa, const kiln_job_context_t *job, json_t *p
 
 /* ---- images ---------------------------------------------------------------- */
 
-/* The job id as one safe path component. */
-static void safe_component(const char *id, char *out, size_t size)
-{
-    snprintf(out, size, "%s", id && id[0] ? id : "job");
-    for (char *p = out; *p; p++)
-        if (!((*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') || (*p >= '0' && *p <= '9') ||
-              *p == '-' || *p == '_' || *p == '.'))
-            *p = '_';
-    if (out[0] == '.')
-        out[0] = '_';
-}
-
-static const char *image_extension(const unsigned char *b, size_t n)
-{
-    if (n >= 8 && memcmp(b, "\x89PNG\r\n\x1a\n", 8) == 0)
-        return "png";
-    if (n >= 3 && b[0] == 0xff && b[1] == 0xd8 && b[2] == 0xff)
-        return "jpg";
-    if (n >= 12 && memcmp(b, "RIFF", 4) == 0 && memcmp(b + 8, "WEBP", 4) == 0)
-        return "webp";
-    return "bin";
-}
-
-/* Decodes base64 text into a malloc'd buffer; NULL when it is not base64. */
-static unsigned char *b64_decode(const char *text, size_t len, size_t *out_len)
-{
-    if (len == 0 || len % 4 != 0 || len > INT_MAX)
-        return NULL;
-    unsigned char *bytes = malloc(len / 4 * 3 + 1);
-    if (!bytes)
-        return NULL;
-    int n = EVP_DecodeBlock(bytes, (const unsigned char *)text, (int)len);
-    if (n < 0) {
-        free(bytes);
-        return NULL;
-    }
-    size_t pad = (text[len - 1] == '=') + (text[len - 2] == '=');
-    *out_len = (size_t)n - pad;
-    return bytes;
-}
-
-/* Writes bytes to path through path.tmp and a rename. */
-static int write_file(const char *path, const unsigned char *bytes, size_t len, char *why,
-                      size_t why_size)
-{
-    char tmp[PATH_MAX + 8];
-    snprintf(tmp, sizeof tmp, "%s.tmp", path);
-    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0644);
-    if (fd < 0) {
-        snprintf(why, why_size, "cannot create %s: %s", tmp, strerror(errno));
-        return -1;
-    }
-    for (size_t done = 0; done < len;) {
-        ssize_t n = write(fd, bytes + done, len - done);
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n < 0) {
-            snprintf(why, why_size, "writing %s: %s", tmp, strerror(errno));
-            close(fd);
-            unlink(tmp);
-            return -1;
-        }
-        done += (size_t)n;
-    }
-    if (close(fd) != 0 || rename(tmp, path) != 0) {
-        snprintf(why, why_size, "saving %s: %s", path, strerror(errno));
-        unlink(tmp);
-        return -1;
-    }
-    return 0;
-}
-
 /* Saves one base64 image as outputs_dir/<job>/image-<i>.<ext>; *path_out malloc'd. */
 static int save_image(const openai_t *oa, const kiln_job_context_t *job, size_t i, const char *b64,
                       char **path_out, kiln_job_outcome_t *out)
@@ -582,29 +487,18 @@ static int save_image(const openai_t *oa, const kiln_job_context_t *job, size_t 
                                      "connectors.%s.outputs_dir is not set; set it to a folder",
                                      oa->name);
     size_t len = 0;
-    unsigned char *bytes = b64_decode(b64, strlen(b64), &len);
+    unsigned char *bytes = kiln_outputs_decode_base64(b64, strlen(b64), &len);
     if (!bytes)
         return kiln_job_outcome_fail(out, false,
                                      "/images/generations: data[%zu].b64_json is not "
                                      "base64",
                                      i);
-    char dir[PATH_MAX], id[128], path[PATH_MAX], why[PATH_MAX + 64];
-    safe_component(job->job_id, id, sizeof id);
-    snprintf(dir, sizeof dir, "%s/%s", oa->outputs_dir, id);
-    int rc = 0;
-    if (mkdir(dir, 0755) != 0 && errno != EEXIST) {
-        rc = kiln_job_outcome_fail(out, true, "/images/generations: cannot create %s: %s", dir,
-                                   strerror(errno));
-    } else if ((size_t)snprintf(path, sizeof path, "%s/image-%zu.%s", dir, i,
-                                image_extension(bytes, len)) >= sizeof path - 4) {
-        rc = kiln_job_outcome_fail(out, false, "/images/generations: the path under %s is too long",
-                                   dir);
-    } else if (write_file(path, bytes, len, why, sizeof why) < 0) {
-        rc = kiln_job_outcome_fail(out, true, "/images/generations: %s", why);
-    } else if (!(*path_out = strdup(path))) {
-        rc = KILN_ENOMEM;
-    }
+    char why[PATH_MAX + 64];
+    int rc = kiln_outputs_save(oa->outputs_dir, job->job_id, "image", i, bytes, len, path_out, why,
+                               sizeof why);
     free(bytes);
+    if (rc < 0 && rc != KILN_ENOMEM)
+        rc = kiln_job_outcome_fail(out, rc == KILN_EIO, "/images/generations: %s", why);
     return rc;
 }
 

@@ -1,0 +1,136 @@
+/*
+ * Output files of the API connectors (contract in outputs.h).
+ */
+#include "outputs.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <openssl/evp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+/* Checks the outputs folder (contract in outputs.h). */
+int kiln_outputs_check_dir(const kiln_connector_config_t *cfg, const char *dir, kiln_err_t *err)
+{
+    struct stat st;
+    if (dir[0] != '/')
+        return kiln_err_set(err, KILN_EINVAL,
+                            "connectors.%s.outputs_dir: expected an absolute path, got \"%s\"",
+                            cfg->name, dir);
+    if (stat(dir, &st) != 0)
+        return kiln_err_set(err, KILN_EINVAL,
+                            "connectors.%s.outputs_dir: %s: %s; create the folder", cfg->name, dir,
+                            strerror(errno));
+    if (!S_ISDIR(st.st_mode))
+        return kiln_err_set(err, KILN_EINVAL,
+                            "connectors.%s.outputs_dir: %s is not a folder; give a folder",
+                            cfg->name, dir);
+    if (access(dir, W_OK | X_OK) != 0)
+        return kiln_err_set(err, KILN_EINVAL,
+                            "connectors.%s.outputs_dir: %s is not writable: %s; fix its "
+                            "permissions",
+                            cfg->name, dir, strerror(errno));
+    return 0;
+}
+
+/* Decodes base64 text (contract in outputs.h). */
+unsigned char *kiln_outputs_decode_base64(const char *text, size_t len, size_t *out_len)
+{
+    if (len == 0 || len % 4 != 0 || len > INT_MAX)
+        return NULL;
+    unsigned char *bytes = malloc(len / 4 * 3 + 1);
+    if (!bytes)
+        return NULL;
+    int n = EVP_DecodeBlock(bytes, (const unsigned char *)text, (int)len);
+    if (n < 0) {
+        free(bytes);
+        return NULL;
+    }
+    size_t pad = (text[len - 1] == '=') + (text[len - 2] == '=');
+    *out_len = (size_t)n - pad;
+    return bytes;
+}
+
+/* The job id as one safe path component. */
+static void safe_component(const char *id, char *out, size_t size)
+{
+    snprintf(out, size, "%s", id && id[0] ? id : "job");
+    for (char *p = out; *p; p++)
+        if (!((*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') || (*p >= '0' && *p <= '9') ||
+              *p == '-' || *p == '_' || *p == '.'))
+            *p = '_';
+    if (out[0] == '.')
+        out[0] = '_';
+}
+
+static const char *image_extension(const unsigned char *b, size_t n)
+{
+    if (n >= 8 && memcmp(b, "\x89PNG\r\n\x1a\n", 8) == 0)
+        return "png";
+    if (n >= 3 && b[0] == 0xff && b[1] == 0xd8 && b[2] == 0xff)
+        return "jpg";
+    if (n >= 12 && memcmp(b, "RIFF", 4) == 0 && memcmp(b + 8, "WEBP", 4) == 0)
+        return "webp";
+    return "bin";
+}
+
+/* Writes bytes to path through path.tmp and a rename. */
+static int write_file(const char *path, const unsigned char *bytes, size_t len, char *why,
+                      size_t why_size)
+{
+    char tmp[PATH_MAX + 8];
+    snprintf(tmp, sizeof tmp, "%s.tmp", path);
+    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0644);
+    if (fd < 0) {
+        snprintf(why, why_size, "cannot create %s: %s", tmp, strerror(errno));
+        return -1;
+    }
+    for (size_t done = 0; done < len;) {
+        ssize_t n = write(fd, bytes + done, len - done);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0) {
+            snprintf(why, why_size, "writing %s: %s", tmp, strerror(errno));
+            close(fd);
+            unlink(tmp);
+            return -1;
+        }
+        done += (size_t)n;
+    }
+    if (close(fd) != 0 || rename(tmp, path) != 0) {
+        snprintf(why, why_size, "saving %s: %s", path, strerror(errno));
+        unlink(tmp);
+        return -1;
+    }
+    return 0;
+}
+
+/* Saves one output file of a job (contract in outputs.h). */
+int kiln_outputs_save(const char *outputs_dir, const char *job_id, const char *stem, size_t index,
+                      const unsigned char *bytes, size_t len, char **path_out, char *why,
+                      size_t why_size)
+{
+    char dir[PATH_MAX], id[128], path[PATH_MAX];
+    safe_component(job_id, id, sizeof id);
+    snprintf(dir, sizeof dir, "%s/%s", outputs_dir, id);
+    if (mkdir(dir, 0755) != 0 && errno != EEXIST) {
+        snprintf(why, why_size, "cannot create %s: %s", dir, strerror(errno));
+        return KILN_EIO;
+    }
+    if ((size_t)snprintf(path, sizeof path, "%s/%s-%zu.%s", dir, stem, index,
+                         image_extension(bytes, len)) >= sizeof path - 4) {
+        snprintf(why, why_size, "the path under %s is too long", dir);
+        return KILN_EINVAL;
+    }
+    if (write_file(path, bytes, len, why, why_size) < 0)
+        return KILN_EIO;
+    if (!(*path_out = strdup(path))) {
+        snprintf(why, why_size, "out of memory");
+        return KILN_ENOMEM;
+    }
+    return 0;
+}

@@ -1,0 +1,35 @@
+/*
+ * Files a connector writes for a job (images that come back as base64 from
+ * openai and a1111): the outputs_dir option checked at init, base64 decoded,
+ * and each file written under outputs_dir/<job id>/ through a temporary
+ * name and a rename, so a reader never sees half a file.
+ */
+#ifndef KILN_CONNECTORS_OUTPUTS_H
+#define KILN_CONNECTORS_OUTPUTS_H
+
+#include <stdbool.h>
+#include <stddef.h>
+
+#include "kiln/connector.h"
+#include "kiln/err.h"
+
+/* Checks that dir (options.outputs_dir of cfg) is an absolute path to an
+ * existing, writable folder. Returns 0, or KILN_EINVAL with a message naming
+ * connectors.<name>.outputs_dir and the fix. */
+int kiln_outputs_check_dir(const kiln_connector_config_t *cfg, const char *dir, kiln_err_t *err);
+
+/* Decodes len bytes of base64 text into a malloc'd buffer (caller frees) of
+ * *out_len bytes. NULL when the text is empty, not base64, or out of memory. */
+unsigned char *kiln_outputs_decode_base64(const char *text, size_t len, size_t *out_len);
+
+/* Writes bytes as outputs_dir/<job id>/<stem>-<index>.<ext>, the extension
+ * from the bytes' signature (png, jpg, webp, else bin); the job id is made a
+ * safe path component. On success *path_out is the malloc'd path (caller
+ * frees) and 0 is returned; otherwise the reason is in why and the code
+ * says what it was: KILN_EIO (the file system; another try may work),
+ * KILN_EINVAL (the path would be too long) or KILN_ENOMEM. */
+int kiln_outputs_save(const char *outputs_dir, const char *job_id, const char *stem, size_t index,
+                      const unsigned char *bytes, size_t len, char **path_out, char *why,
+                      size_t why_size);
+
+#endif
