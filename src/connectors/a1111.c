@@ -51,7 +51,8 @@ typedef struct a1111 {
     int64_t max_images;
 } a1111_t;
 
-static const char *const known_options[] = {"url",
+static const char *const known_options[] = {"base_url",
+                                            "url",
                                             "outputs_dir",
                                             "timeout_ms",
                                             "connect_timeout_ms",
@@ -81,7 +82,7 @@ static int read_options(const kiln_connector_config_t *cfg, a1111_t *a,
 {
     int64_t timeout_ms = 0, connect_ms = 0, retries = 0, max_bytes = 0;
     const char *outputs = NULL;
-    int rc = kiln_connector_option_string(cfg, "url", &hopts->base_url, err);
+    int rc = kiln_http_option_base_url(cfg, A1111_DEFAULT_URL, hopts, err);
     if (rc == 0)
         rc = kiln_connector_option_string(cfg, "outputs_dir", &outputs, err);
     if (rc == 0)
@@ -117,8 +118,6 @@ static int read_options(const kiln_connector_config_t *cfg, a1111_t *a,
         return rc;
     if (!(a->outputs_dir = strdup(outputs)))
         return kiln_err_set(err, KILN_ENOMEM, "connectors.%s: out of memory", cfg->name);
-    if (!hopts->base_url)
-        hopts->base_url = A1111_DEFAULT_URL;
     hopts->timeout_ms = (long)timeout_ms;
     hopts->connect_timeout_ms = (long)connect_ms;
     hopts->max_retries = (int)retries;
@@ -132,7 +131,7 @@ static int a1111_init(const kiln_connector_config_t *cfg, void **state, kiln_err
     if (!a)
         return kiln_err_set(err, KILN_ENOMEM, "connectors.%s: out of memory", cfg->name);
     snprintf(a->name, sizeof a->name, "%s", cfg->name);
-    kiln_http_client_options_t hopts = {.name = cfg->name, .url_option = "url"};
+    kiln_http_client_options_t hopts = {.name = cfg->name};
     int64_t poll_timeout_ms = 0;
     int rc = read_options(cfg, a, &hopts, &poll_timeout_ms, err);
     if (rc == 0)

@@ -267,6 +267,21 @@ int kiln_http_read_api_key(const kiln_connector_config_t *cfg, const char *defau
     return 0;
 }
 
+/* Reads base_url or url (contract in http.h). */
+int kiln_http_option_base_url(const kiln_connector_config_t *cfg, const char *default_url,
+                              kiln_http_client_options_t *opts, kiln_err_t *err)
+{
+    opts->url_option = "base_url";
+    int rc = kiln_connector_option_string(cfg, "base_url", &opts->base_url, err);
+    if (rc == 0 && !opts->base_url) {
+        opts->url_option = "url";
+        rc = kiln_connector_option_string(cfg, "url", &opts->base_url, err);
+    }
+    if (rc == 0 && !opts->base_url)
+        opts->base_url = default_url;
+    return rc;
+}
+
 /* ---- the client ------------------------------------------------------------ */
 
 /* Builds a client (contract in http.h). */

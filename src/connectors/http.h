@@ -133,6 +133,13 @@ void kiln_http_redact(const kiln_http_client_t *client, char *s);
 int kiln_http_read_api_key(const kiln_connector_config_t *cfg, const char *default_env,
                            bool required, char **key, kiln_err_t *err);
 
+/* Reads the server's URL of a local-service connector into opts: option
+ * base_url (what KILN_CONNECTOR_URLS sets, so it wins), else url, else
+ * default_url; opts->url_option names the option used, for messages. The
+ * string is borrowed from cfg. Returns 0 or KILN_EINVAL (not a string). */
+int kiln_http_option_base_url(const kiln_connector_config_t *cfg, const char *default_url,
+                              kiln_http_client_options_t *opts, kiln_err_t *err);
+
 /* Wipes and frees a secret (NULL is a no-op). */
 void kiln_http_free_secret(char *secret);
 

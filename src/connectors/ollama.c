@@ -46,8 +46,9 @@ typedef struct ollama {
 } ollama_t;
 
 static const char *const known_options[] = {
-    "url",          "model",           "timeout_ms",      "connect_timeout_ms", "max_retries",
-    "pull_missing", "pull_timeout_ms", "expected_tokens", "max_response_bytes", NULL};
+    "base_url",    "url",          "model",           "timeout_ms",      "connect_timeout_ms",
+    "max_retries", "pull_missing", "pull_timeout_ms", "expected_tokens", "max_response_bytes",
+    NULL};
 
 /* ---- init ------------------------------------------------------------------ */
 
@@ -86,7 +87,7 @@ static int read_options(const kiln_connector_config_t *cfg, ollama_t *ol,
 {
     int64_t timeout_ms = 0, connect_ms = 0, retries = 0, max_bytes = 0;
     const char *model = NULL;
-    int rc = kiln_connector_option_string(cfg, "url", &hopts->base_url, err);
+    int rc = kiln_http_option_base_url(cfg, OLLAMA_DEFAULT_URL, hopts, err);
     if (rc == 0)
         rc = kiln_connector_option_string(cfg, "model", &model, err);
     if (rc == 0)
@@ -118,8 +119,6 @@ static int read_options(const kiln_connector_config_t *cfg, ollama_t *ol,
                             cfg->name, OLLAMA_MODEL_MAX);
     if (model && !(ol->model = strdup(model)))
         return kiln_err_set(err, KILN_ENOMEM, "connectors.%s: out of memory", cfg->name);
-    if (!hopts->base_url)
-        hopts->base_url = OLLAMA_DEFAULT_URL;
     hopts->timeout_ms = (long)timeout_ms;
     hopts->connect_timeout_ms = (long)connect_ms;
     hopts->max_retries = (int)retries;
@@ -134,7 +133,7 @@ static int ollama_init(const kiln_connector_config_t *cfg, void **state, kiln_er
     if (!ol)
         return kiln_err_set(err, KILN_ENOMEM, "connectors.%s: out of memory", cfg->name);
     snprintf(ol->name, sizeof ol->name, "%s", cfg->name);
-    kiln_http_client_options_t hopts = {.name = cfg->name, .url_option = "url"};
+    kiln_http_client_options_t hopts = {.name = cfg->name};
     int64_t pull_timeout_ms = 0;
     int rc = read_options(cfg, ol, &hopts, &pull_timeout_ms, err);
     if (rc == 0)

@@ -1,8 +1,9 @@
 /*
  * End to end: a real `kiln worker` serving an ollama connector (configured
- * in kiln.yaml) against a real redis-server and fake_ollama
- * (tests/fakes/fake_ollama.c) as the Ollama server. Jobs are submitted
- * through the broker's API and their final state read back from Redis.
+ * in kiln.yaml, its URL from KILN_CONNECTOR_URLS) against a real
+ * redis-server and fake_ollama (tests/fakes/fake_ollama.c) as the Ollama
+ * server. Jobs are submitted through the broker's API and their final state
+ * read back from Redis.
  */
 #include <jansson.h>
 #include <stdio.h>
@@ -21,16 +22,18 @@ static int setup(void **state)
     char fake_log[320];
     snprintf(fake_log, sizeof fake_log, "%s/fake_ollama.log", worker.dir);
     kiln_test_fake_start(&fake, "fake_ollama", NULL, fake_log);
-    char yaml[600];
-    snprintf(yaml, sizeof yaml,
-             "connectors:\n"
-             "  ollama:\n"
-             "    type: ollama\n"
-             "    url: %s\n"
-             "    model: llama3\n"
-             "    max_retries: 2\n",
-             fake.url);
-    kiln_test_worker_start(&worker, yaml, "ollama", NULL);
+    /* The file's url leads nowhere: the machine agent's KILN_CONNECTOR_URLS
+     * (base_url) points the worker at the server, as on a machine. */
+    const char *yaml = "connectors:\n"
+                       "  ollama:\n"
+                       "    type: ollama\n"
+                       "    url: http://127.0.0.1:1\n"
+                       "    model: llama3\n"
+                       "    max_retries: 2\n";
+    static char urls[128];
+    snprintf(urls, sizeof urls, "KILN_CONNECTOR_URLS=ollama=%s", fake.url);
+    char *env[] = {urls, NULL};
+    kiln_test_worker_start(&worker, yaml, "ollama", env);
     return 0;
 }
 

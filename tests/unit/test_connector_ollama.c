@@ -311,6 +311,14 @@ static void health_reads_the_model_list(void **state)
     assert_int_equal(kiln_connector_health(c, &err), 0);
     assert_int_equal(kiln_test_fake_stat(f, "requests"), 1);
     kiln_connector_free(c);
+
+    /* base_url, which KILN_CONNECTOR_URLS sets, wins over url. */
+    char options[200];
+    snprintf(options, sizeof options, "{\"base_url\": \"%s\"}", f->url);
+    c = connector_for("http://127.0.0.1:1", options);
+    assert_int_equal(kiln_connector_health(c, &err), 0);
+    assert_int_equal(kiln_test_fake_stat(f, "requests"), 2);
+    kiln_connector_free(c);
 }
 
 static void bad_payloads_fail_naming_the_field(void **state)
@@ -349,6 +357,7 @@ static void bad_options_are_refused_naming_them(void **state)
         {"{\"url\": \"ftp://example.com\"}", "connectors.ollama.url"},
         {"{\"url\": \"http://user:hunter2@bad host\"}", "connectors.ollama.url"},
         {"{\"url\": 42}", "connectors.ollama.url"},
+        {"{\"base_url\": \"gopher://h\"}", "connectors.ollama.base_url"},
         {"{\"max_retries\": 99}", "connectors.ollama.max_retries"},
         {"{\"timeout_ms\": \"soon\"}", "connectors.ollama.timeout_ms"},
         {"{\"pull_timeout_ms\": 0}", "connectors.ollama.pull_timeout_ms"},
