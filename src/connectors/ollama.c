@@ -369,8 +369,8 @@ static int on_pull_line(void *ctx, const char *line, size_t len)
 }
 
 /* Turns a failed kiln_http_call (and what the stream noted) into the outcome. */
-static int failure(const stream_t *st, int rc, const kiln_http_result_t *res, const kiln_err_t *err,
-                   kiln_job_outcome_t *out)
+static int fail_from_call(const stream_t *st, int rc, const kiln_http_result_t *res,
+                          const kiln_err_t *err, kiln_job_outcome_t *out)
 {
     if (rc == KILN_ECANCELLED) {
         out->status = KILN_OUTCOME_CANCELLED;
@@ -417,7 +417,7 @@ static int pull_model(const ollama_t *ol, const kiln_job_context_t *job, const c
     else if (rc < 0 && st.error[0] && rc != KILN_ECANCELLED)
         rc = kiln_job_outcome_fail(out, false, "model %s could not be pulled: %s", model, st.error);
     else if (rc < 0)
-        rc = failure(&st, rc, &res, &err, out);
+        rc = fail_from_call(&st, rc, &res, &err, out);
     kiln_http_result_clear(&res);
     json_decref(st.final);
     return rc;
@@ -501,7 +501,7 @@ static int stream_request(const ollama_t *ol, const kiln_job_context_t *job, boo
                                        "set connectors.%s.pull_missing: true",
                                        err.msg, model, ol->name);
         else if (!pull)
-            rc = failure(&st, rc, &res, &err, out);
+            rc = fail_from_call(&st, rc, &res, &err, out);
         kiln_http_result_clear(&res);
         json_decref(st.final);
         free(st.text);
