@@ -32,7 +32,8 @@
 
 #define A1111_LOG              "a1111"
 #define A1111_DEFAULT_URL      "http://127.0.0.1:7860"
-#define A1111_TIMEOUT_DEFAULT  600000 /* ms, one generation */
+#define A1111_OUTPUTS_DEFAULT  "./outputs" /* as render's: relative to the worker's folder */
+#define A1111_TIMEOUT_DEFAULT  600000      /* ms, one generation */
 #define A1111_TIMEOUT_MAX      86400000
 #define A1111_RETRIES_DEFAULT  2
 #define A1111_POLL_DEFAULT_MS  500
@@ -81,10 +82,10 @@ static int read_options(const kiln_connector_config_t *cfg, a1111_t *a,
                         kiln_err_t *err)
 {
     int64_t timeout_ms = 0, connect_ms = 0, retries = 0, max_bytes = 0;
-    const char *outputs = NULL;
     int rc = kiln_http_option_base_url(cfg, A1111_DEFAULT_URL, hopts, err);
     if (rc == 0)
-        rc = kiln_connector_option_string(cfg, "outputs_dir", &outputs, err);
+        rc = kiln_outputs_option_dir(cfg, "outputs_dir", A1111_OUTPUTS_DEFAULT, true,
+                                     &a->outputs_dir, err);
     if (rc == 0)
         rc = kiln_connector_option_int(cfg, "timeout_ms", 1, A1111_TIMEOUT_MAX,
                                        A1111_TIMEOUT_DEFAULT, &timeout_ms, err);
@@ -109,15 +110,6 @@ static int read_options(const kiln_connector_config_t *cfg, a1111_t *a,
                                       A1111_RESPONSE_DEFAULT, &max_bytes, err);
     if (rc < 0)
         return rc;
-    if (!outputs)
-        return kiln_err_set(err, KILN_EINVAL,
-                            "connectors.%s.outputs_dir: required; give the folder the images are "
-                            "written to",
-                            cfg->name);
-    if ((rc = kiln_outputs_check_dir(cfg, outputs, err)) < 0)
-        return rc;
-    if (!(a->outputs_dir = strdup(outputs)))
-        return kiln_err_set(err, KILN_ENOMEM, "connectors.%s: out of memory", cfg->name);
     hopts->timeout_ms = (long)timeout_ms;
     hopts->connect_timeout_ms = (long)connect_ms;
     hopts->max_retries = (int)retries;

@@ -37,6 +37,48 @@ int kiln_outputs_check_dir(const kiln_connector_config_t *cfg, const char *dir, 
     return 0;
 }
 
+static int mkdir_p(const char *path)
+{
+    char buf[PATH_MAX];
+    if (snprintf(buf, sizeof buf, "%s", path) >= (int)sizeof buf)
+        return ENAMETOOLONG;
+    for (char *p = buf + 1;; p++) {
+        if (*p != '/' && *p != '\0')
+            continue;
+        char saved = *p;
+        *p = '\0';
+        if (mkdir(buf, 0755) < 0 && errno != EEXIST)
+            return errno;
+        if (!(*p = saved))
+            break;
+    }
+    return 0;
+}
+
+/* Reads a folder option (contract in outputs.h). */
+int kiln_outputs_option_dir(const kiln_connector_config_t *cfg, const char *key, const char *def,
+                            bool create, char **out, kiln_err_t *err)
+{
+    const char *dir;
+    int rc = kiln_connector_option_string(cfg, key, &dir, err);
+    if (rc < 0 || !(dir = dir ? dir : def))
+        return rc;
+    int e = create ? mkdir_p(dir) : 0;
+    char resolved[PATH_MAX];
+    struct stat sb;
+    if (!e && (!realpath(dir, resolved) || stat(resolved, &sb) < 0))
+        e = errno;
+    if (!e && !S_ISDIR(sb.st_mode))
+        e = ENOTDIR;
+    if (!e && create && access(resolved, W_OK | X_OK) < 0)
+        e = errno;
+    if (e)
+        return kiln_err_set(err, KILN_EINVAL, "connectors.%s.%s: \"%s\": %s; expected a %sfolder",
+                            cfg->name, key, dir, strerror(e), create ? "writable " : "");
+    *out = strdup(resolved);
+    return *out ? 0 : kiln_err_set(err, KILN_ENOMEM, "connectors.%s: out of memory", cfg->name);
+}
+
 /* Decodes base64 text (contract in outputs.h). */
 unsigned char *kiln_outputs_decode_base64(const char *text, size_t len, size_t *out_len)
 {

@@ -18,6 +18,13 @@
  * connectors.<name>.outputs_dir and the fix. */
 int kiln_outputs_check_dir(const kiln_connector_config_t *cfg, const char *dir, kiln_err_t *err);
 
+/* Reads folder option key of cfg (def when absent; def may be NULL, then
+ * *out stays NULL) into a malloc'd absolute, resolved path (caller frees).
+ * With create, the folder and its parents are made and it must be
+ * writable. Returns 0, or KILN_EINVAL naming connectors.<name>.<key>. */
+int kiln_outputs_option_dir(const kiln_connector_config_t *cfg, const char *key, const char *def,
+                            bool create, char **out, kiln_err_t *err);
+
 /* Decodes len bytes of base64 text into a malloc'd buffer (caller frees) of
  * *out_len bytes. NULL when the text is empty, not base64, or out of memory. */
 unsigned char *kiln_outputs_decode_base64(const char *text, size_t len, size_t *out_len);

@@ -335,15 +335,15 @@ static void bad_options_are_refused_naming_them(void **state)
     FILE *fp = fopen(not_a_dir, "w");
     assert_non_null(fp);
     fclose(fp);
-    char file_option[400];
+    char file_option[400], under_file[400];
     snprintf(file_option, sizeof file_option, "{\"outputs_dir\": \"%s\"}", not_a_dir);
+    snprintf(under_file, sizeof under_file, "{\"outputs_dir\": \"%s/sub\"}", not_a_dir);
     const struct {
         const char *options, *needle;
     } bad[] = {
-        {"{\"outputs_dir\": null}", "connectors.a1111.outputs_dir: required"},
-        {"{\"outputs_dir\": \"relative/dir\"}", "connectors.a1111.outputs_dir"},
-        {"{\"outputs_dir\": \"/no/such/folder\"}", "connectors.a1111.outputs_dir"},
+        {"{\"outputs_dir\": 7}", "connectors.a1111.outputs_dir"},
         {file_option, "connectors.a1111.outputs_dir"},
+        {under_file, "connectors.a1111.outputs_dir"},
         {"{\"url\": \"http://kiln:hunter2@bad host\"}", "connectors.a1111.url"},
         {"{\"url\": \"file:///etc/passwd\"}", "connectors.a1111.url"},
         {"{\"poll_interval_ms\": 10}", "connectors.a1111.poll_interval_ms"},
@@ -372,6 +372,16 @@ static void bad_options_are_refused_naming_them(void **state)
         if (strstr(err.msg, "hunter2"))
             fail_msg("options %s: the password is shown: %s", bad[i].options, err.msg);
     }
+    /* A folder that is not there yet is made, parents included. */
+    char fresh[400], options_text[500];
+    snprintf(fresh, sizeof fresh, "%s/made/by/init", tmp_root);
+    snprintf(options_text, sizeof options_text, "{\"outputs_dir\": \"%s\"}", fresh);
+    json_t *options = json_loads(options_text, 0, NULL);
+    kiln_connector_free(kiln_test_connector_new("a1111", "a1111", options));
+    json_decref(options);
+    struct stat st;
+    assert_int_equal(stat(fresh, &st), 0);
+    assert_true(S_ISDIR(st.st_mode));
 }
 
 int main(void)
