@@ -24,6 +24,7 @@
  *   error-stream   one good line, then {"error": "..."} as Ollama sends on a crash
  *   hang           two tokens, then blank lines every 50 ms until the client
  *                  goes away (counted in "disconnects")
+ *   huge-line      one line of 2 MiB without a newline, as a broken proxy might send
  *
  *   fake_ollama PORT     (PORT 0: pick one)
  */
@@ -98,6 +99,13 @@ static void stream_reply(struct mg_connection *conn, const char *model, bool cha
     char text[8192];
     snprintf(text, sizeof text, "Hello! You said: %s", said);
     start_ndjson(conn);
+    if (fake_starts_with(model, "huge-line")) {
+        static char chunk[64 * 1024];
+        memset(chunk, 'x', sizeof chunk);
+        for (int i = 0; i < 32 && mg_write(conn, chunk, sizeof chunk) > 0; i++)
+            ;
+        return;
+    }
     int sent = 0;
     for (const char *p = text; *p;) {
         size_t n = strcspn(p + 1, " ") + 1; /* a word with its leading space */

@@ -155,6 +155,13 @@ static void img2img_is_chosen_by_init_images(void **state)
     assert_int_equal(json_array_size(images), 1);
     expect_png_under_outputs(json_string_value(json_array_get(images, 0)), "a1111.2");
     kiln_test_job_clear(&j);
+
+    /* A hostile job id stays one folder inside outputs_dir. */
+    run_job(c, "../../escape", "{\"prompt\":\"x\",\"steps\":1}", &j);
+    kiln_test_expect_completed(&j);
+    const char *path = json_string_value(json_array_get(json_object_get(j.result, "images"), 0));
+    expect_png_under_outputs(path, "_._.._escape");
+    kiln_test_job_clear(&j);
     kiln_connector_free(c);
 }
 
@@ -207,7 +214,13 @@ static void malformed_answers_fail_not_retryable(void **state)
     run_job(c, "a1111.8", "{\"prompt\":\"bad-base64\",\"steps\":1}", &j);
     kiln_test_expect_failed(&j, false, "images[0] is not base64");
     kiln_test_job_clear(&j);
-    assert_int_equal(kiln_test_fake_stat(f, "generations"), 1);
+    kiln_connector_free(c);
+    /* An answer over max_response_bytes (16 images of ~90 bytes > 1 KiB). */
+    c = connector_for_fake(f, "{\"max_response_bytes\": 1024}");
+    run_job(c, "a1111.9", "{\"prompt\":\"many\",\"steps\":1,\"batch_size\":16}", &j);
+    kiln_test_expect_failed(&j, false, "larger than 1024 bytes");
+    kiln_test_job_clear(&j);
+    assert_int_equal(kiln_test_fake_stat(f, "generations"), 2);
     kiln_connector_free(c);
 }
 

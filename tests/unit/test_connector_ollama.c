@@ -232,6 +232,10 @@ static void malformed_or_failing_streams_fail_the_job(void **state)
     kiln_test_job_clear(&j);
     /* Neither was retried: a stream that delivered lines is never replayed. */
     assert_int_equal(kiln_test_fake_stat(f, "requests"), 2);
+    /* A line past the 1 MiB bound is cut off, not buffered without end. */
+    run_job(c, "{\"model\":\"huge-line\",\"prompt\":\"x\"}", &j);
+    kiln_test_expect_failed(&j, false, "a streamed line is longer than 1048576 bytes");
+    kiln_test_job_clear(&j);
     kiln_connector_free(c);
 }
 
