@@ -154,5 +154,7 @@ extern const kiln_connector_ops_t kiln_connector_openai;
 extern const kiln_connector_ops_t kiln_connector_render;
 extern const kiln_connector_ops_t kiln_connector_playwright;
 extern const kiln_connector_ops_t kiln_connector_comfyui;
+extern const kiln_connector_ops_t kiln_connector_ollama;
+extern const kiln_connector_ops_t kiln_connector_a1111;
 
 #endif

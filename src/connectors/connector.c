@@ -32,6 +32,8 @@ static const kiln_connector_ops_t *const builtin_types[] = {
     &kiln_connector_render,
     &kiln_connector_playwright,
     &kiln_connector_comfyui,
+    &kiln_connector_ollama,
+    &kiln_connector_a1111,
 };
 
 #define N_BUILTIN_TYPES (sizeof builtin_types / sizeof builtin_types[0])

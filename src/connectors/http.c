@@ -24,7 +24,6 @@
 
 #include "core/curl_util.h"
 #include <errno.h>
-#include <fcntl.h>
 #include <inttypes.h>
 #include <jansson.h>
 #include <poll.h>
@@ -72,9 +71,11 @@ typedef struct attempt {
     bool is_stream; /* decided at the first body byte */
     bool body_started;
     bool too_big;
-    bool sse_too_long; /* an event or line over KILN_HTTP_SSE_LINE_MAX */
-    int events;        /* delivered to on_event */
-    int callback_rc;   /* non-zero: on_event stopped the transfer */
+    bool sse_too_long;  /* an event or line over KILN_HTTP_SSE_LINE_MAX */
+    bool is_lines;      /* NDJSON, delivered to on_line (is_stream is set too) */
+    bool line_too_long; /* an NDJSON line over KILN_HTTP_NDJSON_LINE_MAX */
+    int events;         /* delivered to on_event */
+    int callback_rc;    /* non-zero: on_event stopped the transfer */
     bool stream_done;
     buf_t body;
     buf_t line;  /* SSE: the line being read */
@@ -157,114 +158,6 @@ void kiln_http_redact(const kiln_http_client_t *client, char *s)
     }
 }
 
-/* Wipes and frees a secret (contract in http.h). */
-void kiln_http_free_secret(char *secret)
-{
-    if (!secret)
-        return;
-    explicit_bzero(secret, strlen(secret));
-    free(secret);
-}
-
-static bool key_is_printable(const char *key)
-{
-    for (const unsigned char *p = (const unsigned char *)key; *p; p++)
-        if (*p < 0x21 || *p > 0x7e)
-            return false;
-    return key[0] != '\0';
-}
-
-/* Reads the first line of path into a malloc'd, trimmed key. */
-static int read_key_file(const kiln_connector_config_t *cfg, const char *path, char **key,
-                         kiln_err_t *err)
-{
-    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY);
-    if (fd < 0)
-        return kiln_err_set(err, KILN_EINVAL,
-                            "connectors.%s.api_key_file: cannot open %s: %s; give a readable file "
-                            "holding the API key",
-                            cfg->name, path, strerror(errno));
-    char text[KILN_HTTP_API_KEY_MAX + 2];
-    size_t got = 0;
-    while (got < sizeof text - 1) {
-        ssize_t n = read(fd, text + got, sizeof text - 1 - got);
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n <= 0)
-            break;
-        got += (size_t)n;
-    }
-    close(fd);
-    text[got] = '\0';
-    text[strcspn(text, "\r\n")] = '\0';
-    size_t start = strspn(text, " \t");
-    size_t len = strlen(text + start);
-    while (len > 0 && (text[start + len - 1] == ' ' || text[start + len - 1] == '\t'))
-        len--;
-    text[start + len] = '\0';
-    int rc = 0;
-    if (len == 0)
-        rc = kiln_err_set(err, KILN_EINVAL,
-                          "connectors.%s.api_key_file: %s holds no key on its first line; write "
-                          "the API key there",
-                          cfg->name, path);
-    else if (len > KILN_HTTP_API_KEY_MAX || !key_is_printable(text + start))
-        rc = kiln_err_set(err, KILN_EINVAL,
-                          "connectors.%s.api_key_file: the key in %s is not printable ASCII of at "
-                          "most %d characters; check the file",
-                          cfg->name, path, KILN_HTTP_API_KEY_MAX);
-    else if (!(*key = strdup(text + start)))
-        rc = kiln_err_set(err, KILN_ENOMEM, "connectors.%s: out of memory", cfg->name);
-    explicit_bzero(text, sizeof text);
-    return rc;
-}
-
-/* Reads an API key from api_key_file or api_key_env (contract in http.h). */
-int kiln_http_read_api_key(const kiln_connector_config_t *cfg, const char *default_env,
-                           bool required, char **key, kiln_err_t *err)
-{
-    *key = NULL;
-    const char *file = NULL, *env = NULL;
-    int rc = kiln_connector_option_string(cfg, "api_key_file", &file, err);
-    if (rc == 0)
-        rc = kiln_connector_option_string(cfg, "api_key_env", &env, err);
-    if (rc < 0)
-        return rc;
-    if (file && env)
-        return kiln_err_set(err, KILN_EINVAL,
-                            "connectors.%s: api_key_file and api_key_env are both set; keep one",
-                            cfg->name);
-    if (file && file[0] != '/')
-        return kiln_err_set(err, KILN_EINVAL,
-                            "connectors.%s.api_key_file: expected an absolute path, got \"%s\"",
-                            cfg->name, file);
-    if (file)
-        return read_key_file(cfg, file, key, err);
-    const char *var = env ? env : default_env;
-    if (!var || !var[0])
-        return kiln_err_set(err, KILN_EINVAL,
-                            "connectors.%s.api_key_env: expected the name of an environment "
-                            "variable, got an empty string",
-                            cfg->name);
-    const char *value = getenv(var);
-    if (!value || !value[0]) {
-        if (!env && !required)
-            return 0;
-        return kiln_err_set(err, KILN_EINVAL,
-                            "connectors.%s.api_key_env: the environment variable %s is not set or "
-                            "empty; export the API key in it or give api_key_file",
-                            cfg->name, var);
-    }
-    if (strlen(value) > KILN_HTTP_API_KEY_MAX || !key_is_printable(value))
-        return kiln_err_set(err, KILN_EINVAL,
-                            "connectors.%s.api_key_env: the value of %s is not printable ASCII "
-                            "of at most %d characters; check it",
-                            cfg->name, var, KILN_HTTP_API_KEY_MAX);
-    if (!(*key = strdup(value)))
-        return kiln_err_set(err, KILN_ENOMEM, "connectors.%s: out of memory", cfg->name);
-    return 0;
-}
-
 /* ---- the client ------------------------------------------------------------ */
 
 /* Builds a client (contract in http.h). */
@@ -279,11 +172,16 @@ int kiln_http_client_new(const kiln_http_client_options_t *opts, kiln_http_clien
         url_len--;
     const char *host = strstr(url, "://");
     if (url_len == 0 || url_len > KILN_HTTP_URL_MAX || !kiln_url_is_http(url) ||
-        strpbrk(url, " \t\r\n?#") || !host || (size_t)(host + 3 - url) >= url_len || host[3] == '/')
+        strpbrk(url, " \t\r\n?#") || !host || (size_t)(host + 3 - url) >= url_len ||
+        host[3] == '/') {
+        char shown[HTTP_URL_SHOWN_MAX]; /* a password in the URL stays out of the message */
+        kiln_url_redact(url, shown, sizeof shown);
         return kiln_err_set(err, KILN_EINVAL,
-                            "connectors.%s.base_url: expected an http:// or https:// URL without "
+                            "connectors.%s.%s: expected an http:// or https:// URL without "
                             "query or spaces (at most %d characters), got \"%.80s\"",
-                            name, KILN_HTTP_URL_MAX, url);
+                            name, opts->url_option ? opts->url_option : "base_url",
+                            KILN_HTTP_URL_MAX, shown);
+    }
     CURLcode curl_init = kiln_curl_global_init();
     if (curl_init != CURLE_OK)
         return kiln_err_set(err, KILN_EIO, "connectors.%s: curl_global_init failed: %s", name,
@@ -405,6 +303,43 @@ static int sse_feed(attempt_t *a, const char *data, size_t len)
     return 0;
 }
 
+/* ---- NDJSON ---------------------------------------------------------------- */
+
+/* Delivers the line gathered in a->line, unless it is blank. */
+static int ndjson_dispatch(attempt_t *a)
+{
+    size_t n = a->line.len;
+    if (n > 0 && a->line.data[n - 1] == '\r')
+        a->line.data[--n] = '\0';
+    int rc = 0;
+    if (n > 0 && a->line.data[strspn(a->line.data, " \t")] != '\0') {
+        a->events++;
+        rc = a->call->on_line(a->call->line_ctx, a->line.data, n);
+    }
+    buf_reset(&a->line);
+    return rc;
+}
+
+static int ndjson_feed(attempt_t *a, const char *data, size_t len)
+{
+    while (len > 0) {
+        const char *nl = memchr(data, '\n', len);
+        size_t take = nl ? (size_t)(nl - data) : len;
+        if (buf_append(&a->line, data, take) < 0) {
+            a->line_too_long = true;
+            return KILN_ETOOBIG;
+        }
+        if (!nl)
+            break;
+        int rc = ndjson_dispatch(a);
+        if (rc != 0)
+            return rc;
+        data += take + 1;
+        len -= take + 1;
+    }
+    return 0;
+}
+
 /* ---- curl callbacks -------------------------------------------------------- */
 
 /* Retry-After as seconds or an HTTP date, in ms from now (-1 when unreadable). */
@@ -459,6 +394,14 @@ static void on_body_start(attempt_t *a, CURL *curl)
     bool ok = a->status >= 200 && a->status < 300;
     a->is_stream = ok && a->call->on_event && type &&
                    strncasecmp(type, "text/event-stream", strlen("text/event-stream")) == 0;
+    a->is_lines =
+        ok && !a->is_stream && a->call->on_line &&
+        (a->call->lines_always ||
+         (type && strncasecmp(type, "application/x-ndjson", strlen("application/x-ndjson")) == 0));
+    if (a->is_lines) {
+        a->is_stream = true;
+        a->line.max = KILN_HTTP_NDJSON_LINE_MAX;
+    }
     size_t max = ok ? a->client->max_response_bytes : KILN_HTTP_ERROR_BODY_MAX;
     buf_init(&a->body, max);
 }
@@ -476,7 +419,7 @@ static size_t on_body(char *ptr, size_t size, size_t nmemb, void *userdata)
     if (!a->body_started)
         on_body_start(a, ctx->curl);
     if (a->is_stream) {
-        int rc = sse_feed(a, ptr, len);
+        int rc = a->is_lines ? ndjson_feed(a, ptr, len) : sse_feed(a, ptr, len);
         if (rc == KILN_ETOOBIG) {
             a->too_big = true;
             return 0;
@@ -522,7 +465,7 @@ static int setup_easy(CURL *curl, attempt_t *a, body_ctx_t *body, struct curl_sl
             goto nomem;                                                                            \
         h = next;                                                                                  \
     } while (0)
-    ADD_HEADER("Accept: application/json, text/event-stream");
+    ADD_HEADER("Accept: application/json, text/event-stream, application/x-ndjson");
     if (a->call->body_json)
         ADD_HEADER("Content-Type: application/json");
     ADD_HEADER("Expect:"); /* no 100-continue round trip for large bodies */
@@ -654,6 +597,11 @@ static int classify(attempt_t *a, CURLcode cc, const char *errbuf, kiln_http_res
         return kiln_err_set(err, KILN_ECANCELLED, "%s %s: cancelled", method, what);
     if (a->callback_rc)
         return a->callback_rc;
+    if (a->too_big && a->line_too_long)
+        return kiln_err_set(err, KILN_ETOOBIG,
+                            "%s %s: a streamed line is longer than %d bytes; the server is not "
+                            "sending NDJSON as expected",
+                            method, what, KILN_HTTP_NDJSON_LINE_MAX);
     if (a->too_big && a->sse_too_long)
         return kiln_err_set(err, KILN_ETOOBIG,
                             "%s %s: a stream event is longer than %d bytes; the server is not "
@@ -703,7 +651,10 @@ static int attempt_once(attempt_t *a, long timeout_ms, kiln_http_result_t *res, 
         rc = kiln_err_set(err, rc, "%s: libcurl refused an option", a->call->path);
     } else {
         CURLcode cc = perform(curl, a);
-        if (a->is_stream && cc == CURLE_OK && a->callback_rc == 0) {
+        if (a->is_lines && cc == CURLE_OK && a->callback_rc == 0) {
+            /* A last line without its newline still counts. */
+            a->callback_rc = ndjson_dispatch(a);
+        } else if (a->is_stream && cc == CURLE_OK && a->callback_rc == 0) {
             /* A last event without its blank line still counts. */
             if (a->line.len > 0)
                 a->callback_rc = sse_line(a, a->line.data, a->line.len);

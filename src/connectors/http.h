@@ -24,6 +24,7 @@
 #define KILN_HTTP_MAX_RESPONSE_LIMIT   (1024u * 1024 * 1024)
 #define KILN_HTTP_ERROR_BODY_MAX       (64 * 1024) /* bytes of an error body kept */
 #define KILN_HTTP_SSE_LINE_MAX         (1024 * 1024)
+#define KILN_HTTP_NDJSON_LINE_MAX      (1024 * 1024) /* bytes of one NDJSON line */
 #define KILN_HTTP_CONNECT_TIMEOUT_MS   10000
 #define KILN_HTTP_RETRIES_MAX          20
 #define KILN_HTTP_BACKOFF_BASE_MS      250 /* first retry waits 125-250 ms, then doubles */
@@ -43,6 +44,7 @@ typedef struct kiln_http_client_options {
     int max_retries;           /* 0..KILN_HTTP_RETRIES_MAX */
     size_t max_response_bytes; /* 0: KILN_HTTP_MAX_RESPONSE_DEFAULT */
     long backoff_base_ms;      /* 0: KILN_HTTP_BACKOFF_BASE_MS */
+    const char *url_option;    /* the option named in a base_url error; NULL: "base_url" */
 } kiln_http_client_options_t;
 
 /* Called for each server-sent event of a streamed response with the event's
@@ -51,6 +53,12 @@ typedef struct kiln_http_client_options {
  * transfer; kiln_http_call then returns that code with err set by the
  * callback (through its ctx) left untouched. */
 typedef int (*kiln_http_sse_cb)(void *ctx, const char *data, size_t len);
+
+/* Called for each line of a streamed NDJSON response (one JSON document a
+ * line, as Ollama streams): the line without its ending, NUL-terminated;
+ * blank lines are skipped. Returns 0 to go on, or a negative KILN_E* code
+ * to stop the transfer, as kiln_http_sse_cb. */
+typedef int (*kiln_http_line_cb)(void *ctx, const char *line, size_t len);
 
 typedef struct kiln_http_call {
     const char *method;        /* "GET" or "POST" */
@@ -62,13 +70,19 @@ typedef struct kiln_http_call {
     int64_t deadline_ms;       /* CLOCK_MONOTONIC ms covering every attempt and wait; 0: none */
     kiln_http_sse_cb on_event; /* set: a text/event-stream response goes here */
     void *event_ctx;
+    /* Set: a 2xx application/x-ndjson response (any 2xx one with
+     * lines_always) goes here line by line, each at most
+     * KILN_HTTP_NDJSON_LINE_MAX bytes. */
+    kiln_http_line_cb on_line;
+    void *line_ctx;
+    bool lines_always;
 } kiln_http_call_t;
 
 typedef struct kiln_http_result {
     long status; /* the last response's HTTP status; 0 when none came */
     char *body;  /* owned, NUL-terminated; the body of a non-streamed response */
     size_t body_len;
-    bool streamed;    /* the response was an event stream, delivered to on_event */
+    bool streamed;    /* the response was an event stream or NDJSON, delivered to its callback */
     bool stream_done; /* the stream ended with "data: [DONE]" */
     int attempts;     /* requests made */
     bool retryable;   /* on failure: whether another try may succeed */
@@ -120,6 +134,13 @@ void kiln_http_redact(const kiln_http_client_t *client, char *s);
  * free it with kiln_http_free_secret. */
 int kiln_http_read_api_key(const kiln_connector_config_t *cfg, const char *default_env,
                            bool required, char **key, kiln_err_t *err);
+
+/* Reads the server's URL of a local-service connector into opts: option
+ * base_url (what KILN_CONNECTOR_URLS sets, so it wins), else url, else
+ * default_url; opts->url_option names the option used, for messages. The
+ * string is borrowed from cfg. Returns 0 or KILN_EINVAL (not a string). */
+int kiln_http_option_base_url(const kiln_connector_config_t *cfg, const char *default_url,
+                              kiln_http_client_options_t *opts, kiln_err_t *err);
 
 /* Wipes and frees a secret (NULL is a no-op). */
 void kiln_http_free_secret(char *secret);

@@ -18,7 +18,6 @@
 #include <errno.h>
 #include <inttypes.h>
 #include <limits.h>
-#include <openssl/evp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -477,35 +476,6 @@ static int run_chat(const openai_t *oa, const kiln_job_context_t *job, json_t *p
 
 /* ---- images ---------------------------------------------------------------- */
 
-static const char *image_extension(const unsigned char *b, size_t n)
-{
-    if (n >= 8 && memcmp(b, "\x89PNG\r\n\x1a\n", 8) == 0)
-        return "png";
-    if (n >= 3 && b[0] == 0xff && b[1] == 0xd8 && b[2] == 0xff)
-        return "jpg";
-    if (n >= 12 && memcmp(b, "RIFF", 4) == 0 && memcmp(b + 8, "WEBP", 4) == 0)
-        return "webp";
-    return "bin";
-}
-
-/* Decodes base64 text into a malloc'd buffer; NULL when it is not base64. */
-static unsigned char *b64_decode(const char *text, size_t len, size_t *out_len)
-{
-    if (len == 0 || len % 4 != 0 || len > INT_MAX)
-        return NULL;
-    unsigned char *bytes = malloc(len / 4 * 3 + 1);
-    if (!bytes)
-        return NULL;
-    int n = EVP_DecodeBlock(bytes, (const unsigned char *)text, (int)len);
-    if (n < 0) {
-        free(bytes);
-        return NULL;
-    }
-    size_t pad = (text[len - 1] == '=') + (text[len - 2] == '=');
-    *out_len = (size_t)n - pad;
-    return bytes;
-}
-
 /* Saves one base64 image as outputs_dir/<job>/image-<i>.<ext>; *path_out malloc'd. */
 static int save_image(const openai_t *oa, const kiln_job_context_t *job, size_t i, const char *b64,
                       char **path_out, kiln_job_outcome_t *out)
@@ -516,29 +486,18 @@ static int save_image(const openai_t *oa, const kiln_job_context_t *job, size_t 
                                      "connectors.%s.outputs_dir is not set; set it to a folder",
                                      oa->name);
     size_t len = 0;
-    unsigned char *bytes = b64_decode(b64, strlen(b64), &len);
+    unsigned char *bytes = kiln_outputs_decode_base64(b64, strlen(b64), &len);
     if (!bytes)
         return kiln_job_outcome_fail(out, false,
                                      "/images/generations: data[%zu].b64_json is not "
                                      "base64",
                                      i);
-    char dir[PATH_MAX], id[128], path[PATH_MAX], why[PATH_MAX + 64];
-    kiln_outputs_safe_name(job->job_id, "job", id, sizeof id);
-    snprintf(dir, sizeof dir, "%s/%s", oa->outputs_dir, id);
-    int rc = 0;
-    if (mkdir(dir, 0755) != 0 && errno != EEXIST) {
-        rc = kiln_job_outcome_fail(out, true, "/images/generations: cannot create %s: %s", dir,
-                                   strerror(errno));
-    } else if ((size_t)snprintf(path, sizeof path, "%s/image-%zu.%s", dir, i,
-                                image_extension(bytes, len)) >= sizeof path - 4) {
-        rc = kiln_job_outcome_fail(out, false, "/images/generations: the path under %s is too long",
-                                   dir);
-    } else if (kiln_outputs_write_file(path, bytes, len, why, sizeof why) < 0) {
-        rc = kiln_job_outcome_fail(out, true, "/images/generations: %s", why);
-    } else if (!(*path_out = strdup(path))) {
-        rc = KILN_ENOMEM;
-    }
+    char why[PATH_MAX + 64];
+    int rc = kiln_outputs_save(oa->outputs_dir, job->job_id, "image", i, bytes, len, path_out, why,
+                               sizeof why);
     free(bytes);
+    if (rc < 0 && rc != KILN_ENOMEM)
+        rc = kiln_job_outcome_fail(out, rc == KILN_EIO, "/images/generations: %s", why);
     return rc;
 }
 

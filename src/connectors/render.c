@@ -8,6 +8,7 @@
  * written to a temporary name and renamed into the outputs folder only on
  * success; every other end removes it.
  */
+#include "outputs.h"
 #include "kiln/connector.h"
 #include "kiln/log.h"
 
@@ -302,56 +303,13 @@ static void render_free(void *state)
     free(st);
 }
 
-static int mkdir_p(const char *path)
-{
-    char buf[PATH_MAX];
-    if (snprintf(buf, sizeof buf, "%s", path) >= (int)sizeof buf)
-        return ENAMETOOLONG;
-    for (char *p = buf + 1;; p++) {
-        if (*p != '/' && *p != '\0')
-            continue;
-        char saved = *p;
-        *p = '\0';
-        if (mkdir(buf, 0755) < 0 && errno != EEXIST)
-            return errno;
-        if (!(*p = saved))
-            break;
-    }
-    return 0;
-}
-
-/* Reads a folder option into an absolute, resolved path; creates it when
- * create is set. def may be NULL (then *out stays NULL when absent). */
-static int read_dir(const kiln_connector_config_t *cfg, const char *key, const char *def,
-                    bool create, char **out, kiln_err_t *err)
-{
-    const char *dir;
-    int rc = kiln_connector_option_string(cfg, key, &dir, err);
-    if (rc < 0 || !(dir = dir ? dir : def))
-        return rc;
-    int e = create ? mkdir_p(dir) : 0;
-    char resolved[PATH_MAX];
-    struct stat sb;
-    if (!e && (!realpath(dir, resolved) || stat(resolved, &sb) < 0))
-        e = errno;
-    if (!e && !S_ISDIR(sb.st_mode))
-        e = ENOTDIR;
-    if (!e && create && access(resolved, W_OK | X_OK) < 0)
-        e = errno;
-    if (e)
-        return kiln_err_set(err, KILN_EINVAL, "connectors.%s.%s: \"%s\": %s; expected a %sfolder",
-                            cfg->name, key, dir, strerror(e), create ? "writable " : "");
-    *out = strdup(resolved);
-    return *out ? 0 : kiln_err_set(err, KILN_ENOMEM, "connectors.%s: out of memory", cfg->name);
-}
-
 static int read_dirs(const kiln_connector_config_t *cfg, render_state_t *st, kiln_err_t *err)
 {
-    int rc = read_dir(cfg, "outputs_dir", "./outputs", true, &st->outputs_dir, err);
+    int rc = kiln_outputs_option_dir(cfg, "outputs_dir", "./outputs", true, &st->outputs_dir, err);
     if (rc == 0)
-        rc = read_dir(cfg, "temp_dir", NULL, true, &st->temp_dir, err);
+        rc = kiln_outputs_option_dir(cfg, "temp_dir", NULL, true, &st->temp_dir, err);
     if (rc == 0)
-        rc = read_dir(cfg, "inputs_dir", NULL, false, &st->inputs_dir, err);
+        rc = kiln_outputs_option_dir(cfg, "inputs_dir", NULL, false, &st->inputs_dir, err);
     if (rc < 0)
         return rc;
     if (!st->temp_dir && !(st->temp_dir = strdup(st->outputs_dir)))

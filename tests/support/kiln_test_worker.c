@@ -1,0 +1,134 @@
+/*
+ * End-to-end worker fixture (contract in kiln_test_worker.h).
+ */
+#include "kiln_test_worker.h"
+
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* Makes the fixture's folder (contract in kiln_test_worker.h). */
+void kiln_test_worker_init(kiln_test_worker_t *w)
+{
+    memset(w, 0, sizeof *w);
+    kiln_test_tmpdir(w->dir, sizeof w->dir);
+    snprintf(w->config, sizeof w->config, "%s/kiln.yaml", w->dir);
+    snprintf(w->log_path, sizeof w->log_path, "%s/worker.log", w->dir);
+}
+
+/* Starts redis, the broker and the worker (contract in kiln_test_worker.h). */
+void kiln_test_worker_start(kiln_test_worker_t *w, const char *yaml, const char *connector,
+                            char *const env_extra[])
+{
+    FILE *fp = fopen(w->config, "w");
+    assert_non_null(fp);
+    fputs(yaml, fp);
+    fclose(fp);
+
+    kiln_test_redis_start(&w->redis, false);
+    w->opts = (kiln_broker_options_t){
+        .redis_url = w->redis.url,
+        .max_payload_bytes = 1024 * 1024,
+        .stream_max_len = 10000,
+        .retention_age_s = 3600,
+        .retention_count = 10000,
+        .default_max_attempts = 3,
+        .backoff_base_ms = 50,
+        .backoff_max_ms = 200,
+        .lease_ms = 30000,
+    };
+    kiln_err_t err = {0};
+    if (kiln_broker_connect(&w->opts, &w->broker, &err) != 0)
+        fail_msg("kiln_broker_connect %s: %s", w->redis.url, err.msg);
+    char id[64];
+    snprintf(id, sizeof id, "%s-1", connector);
+    char *argv[] = {KILN_BIN,
+                    "worker",
+                    "--config",
+                    w->config,
+                    "--redis",
+                    w->redis.url,
+                    "--connectors",
+                    (char *)connector,
+                    "--concurrency",
+                    "2",
+                    "--log-format",
+                    "text",
+                    "--log-level",
+                    "debug",
+                    "--id",
+                    id,
+                    NULL};
+    w->pid = kiln_test_spawn(argv, env_extra, w->log_path);
+}
+
+/* Stops everything (contract in kiln_test_worker.h). */
+void kiln_test_worker_stop(kiln_test_worker_t *w, const char *extra_log)
+{
+    if (w->pid > 0)
+        kiln_test_kill(w->pid, SIGTERM, 10000);
+    if (!w->passed) {
+        kiln_test_dump_file("worker log", w->log_path);
+        if (extra_log)
+            kiln_test_dump_file(extra_log, extra_log);
+    }
+    kiln_broker_free(w->broker);
+    kiln_test_redis_destroy(&w->redis);
+    char *rm[] = {"/bin/rm", "-rf", w->dir, NULL};
+    kiln_test_run(rm, NULL, NULL, 0);
+}
+
+/* Submits a job (contract in kiln_test_worker.h). */
+void kiln_test_worker_submit(kiln_test_worker_t *w, const char *spec_json, char *id)
+{
+    kiln_job_spec_t spec;
+    kiln_err_t err = {0};
+    if (kiln_job_spec_parse(spec_json, strlen(spec_json), w->opts.max_payload_bytes, &spec, &err) !=
+        0)
+        fail_msg("job spec %s refused: %s", spec_json, err.msg);
+    int rc = kiln_broker_submit(w->broker, &spec, id, NULL, &err);
+    kiln_job_spec_clear(&spec);
+    if (rc != 0)
+        fail_msg("submit %s: %s", spec_json, err.msg);
+}
+
+/* The job's record (contract in kiln_test_worker.h). */
+json_t *kiln_test_worker_job(kiln_test_worker_t *w, const char *id)
+{
+    json_t *job = NULL;
+    kiln_err_t err = {0};
+    if (kiln_broker_get_job(w->broker, id, &job, &err) != 0)
+        fail_msg("get_job %s: %s", id, err.msg);
+    return job;
+}
+
+typedef struct job_cond {
+    kiln_test_worker_t *w;
+    const char *id;
+} job_cond_t;
+
+static bool job_finished(void *ctx)
+{
+    job_cond_t *c = ctx;
+    json_t *job = kiln_test_worker_job(c->w, c->id);
+    const char *st = json_string_value(json_object_get(job, "state"));
+    bool done = st && (!strcmp(st, "completed") || !strcmp(st, "failed") || !strcmp(st, "dead") ||
+                       !strcmp(st, "cancelled"));
+    json_decref(job);
+    return done;
+}
+
+/* Waits for the final state (contract in kiln_test_worker.h). */
+json_t *kiln_test_worker_wait_final(kiln_test_worker_t *w, const char *id, const char *want)
+{
+    job_cond_t c = {w, id};
+    kiln_test_wait_until(job_finished, &c, 60000);
+    json_t *job = kiln_test_worker_job(w, id);
+    const char *st = json_string_value(json_object_get(job, "state"));
+    if (!st || strcmp(st, want) != 0) {
+        char *text = json_dumps(job, JSON_INDENT(1));
+        fail_msg("job %s is not %s: %s", id, want, text ? text : "(null)");
+    }
+    return job;
+}
