@@ -1,0 +1,22 @@
+/* Internal: helpers the hub library modules share. */
+#ifndef KILN_HUB_INTERNAL_H
+#define KILN_HUB_INTERNAL_H
+
+#include <hiredis/hiredis.h>
+#include <stdbool.h>
+
+#include "kiln/hub_machines.h"
+
+/* A machine id: letters, digits, '.', '_', '-', 1-128 characters. */
+bool kiln_hub_machine_id_ok(const char *id);
+
+/* Runs a formatted command on the broker's connection; NULL (e: 503) on a
+ * connection or Redis error. Caller frees the reply. */
+redisReply *kiln_hub_command(kiln_broker_t *b, kiln_hub_error_t *e, const char *fmt, ...);
+
+/* Every known machine as listed (unsorted) in *machines, and the registry
+ * records {id: record} in *records; caller owns both. */
+int kiln_hub_machines_snapshot(kiln_broker_t *b, json_t **machines, json_t **records,
+                               kiln_hub_error_t *e);
+
+#endif
