@@ -169,6 +169,10 @@ static json_t *machine_view(const char *id, json_t *status, json_t *record, json
                              jobs, "wake", json_object_get(record, "wake"));
     if (view && live)
         json_object_set_new(view, "last_seen", json_integer(kiln_ops_wall_ms()));
+    static const char *const lists[] = {"gpus", "services"};
+    for (int k = 0; view && k < 2; k++)
+        if (!json_is_array(json_object_get(view, lists[k])))
+            json_object_set_new(view, lists[k], json_array());
     return view;
 }
 
