@@ -4,6 +4,7 @@
 
 #include <hiredis/hiredis.h>
 #include <stdbool.h>
+#include <stddef.h>
 
 #include "kiln/hub_machines.h"
 
@@ -18,5 +19,9 @@ redisReply *kiln_hub_command(kiln_broker_t *b, kiln_hub_error_t *e, const char *
  * records {id: record} in *records; caller owns both. */
 int kiln_hub_machines_snapshot(kiln_broker_t *b, json_t **machines, json_t **records,
                                kiln_hub_error_t *e);
+
+/* The key of job_id's webhook state (kiln:{service}:webhook:<id>) into
+ * key; 404 when job_id is not a job id. */
+int kiln_webhook_key(const char *job_id, char *key, size_t size, kiln_hub_error_t *e);
 
 #endif
