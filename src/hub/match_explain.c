@@ -198,7 +198,8 @@ bool kiln_hub_match(json_t *req, const char *customer_id, json_t *caps, char *re
         ok = models_met(models, json_object_get(caps, "models"), reason, size);
     json_t *machine = json_object_get(req, "machine");
     if (ok && machine && !lua_equal(json_object_get(caps, "machine_id"), machine)) {
-        snprintf(reason, size, "machine: pinned to %.128s", json_string_value(machine) ?: "?");
+        const char *pinned = json_string_value(machine);
+        snprintf(reason, size, "machine: pinned to %.128s", pinned ? pinned : "?");
         ok = false;
     }
     json_t *pool = json_object_get(req, "pool");

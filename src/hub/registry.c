@@ -156,8 +156,8 @@ static json_t *machine_view(const char *id, json_t *status, json_t *record, json
     json_array_foreach(live_workers, i, w)
     {
         json_array_append_new(workers, worker_summary(w, false));
-        json_array_extend(jobs, json_object_get(jobs_by_worker,
-                                                json_string_value(json_object_get(w, "id")) ?: ""));
+        const char *worker_id = json_string_value(json_object_get(w, "id"));
+        json_array_extend(jobs, json_object_get(jobs_by_worker, worker_id ? worker_id : ""));
     }
     const char *state = !live ? "offline" : all_workers_busy(live_workers) ? "busy" : "online";
     json_t *view = json_pack("{s:s, s:s, s:O?, s:O?, s:O?, s:o, s:O?, s:O?, s:o, s:o, s:O?}", "id",
@@ -184,7 +184,10 @@ static json_t *remember(kiln_broker_t *b, const char *id, json_t *status, json_t
     json_t *workers = json_array();
     size_t i;
     json_t *w;
-    json_array_foreach(live_workers, i, w) json_array_append_new(workers, worker_summary(w, true));
+    json_array_foreach(live_workers, i, w)
+    {
+        json_array_append_new(workers, worker_summary(w, true));
+    }
     json_t *rec = json_pack("{s:O?, s:I, s:o, s:O?}", "last_status",
                             status ? status : json_object_get(record, "last_status"), "last_seen",
                             (json_int_t)kiln_ops_wall_ms(), "workers", workers, "wake",

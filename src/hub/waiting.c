@@ -32,9 +32,9 @@ static json_t *judge_worker(json_t *w, json_t *req, const char *customer, bool *
     if (match) {
         json_int_t busy = json_integer_value(json_object_get(w, "busy"));
         json_int_t slots = json_integer_value(json_object_get(w, "concurrency"));
+        const char *windows = json_string_value(json_object_get(w, "active_windows"));
         if (json_is_false(json_object_get(w, "claiming")))
-            snprintf(reason, sizeof reason, "outside active window %.200s",
-                     json_string_value(json_object_get(w, "active_windows")) ?: "");
+            snprintf(reason, sizeof reason, "outside active window %.200s", windows ? windows : "");
         else if (slots > 0 && busy >= slots)
             snprintf(reason, sizeof reason, "busy: all %lld slots running", (long long)slots);
         else

@@ -281,6 +281,13 @@ static void read_once(kiln_webhooks_t *w)
     for (size_t i = 0; i < n; i++)
         kiln_argv_addf(&a, "%s", w->read_backlog ? "0" : ">");
     redisReply *r = kiln_broker_command(w->broker, &a, NULL);
+    if (!r) {
+        /* NOGROUP (a stream deleted and made again) or a lost connection:
+         * join the streams afresh after a short pause. */
+        json_object_clear(w->streams);
+        pause_ms(w, REDIS_RETRY_MS / 5);
+        return;
+    }
     bool any = false;
     for (size_t s = 0; r && r->type == REDIS_REPLY_ARRAY && s < r->elements; s++) {
         redisReply *stream = r->element[s], *entries = stream->element[1];
