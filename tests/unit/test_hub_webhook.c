@@ -286,6 +286,15 @@ static void job_webhook_field_is_taken_out_and_checked(void **state)
     assert_string_equal(e.field, "webhook");
     json_object_set_new(job, "webhook", json_integer(3));
     assert_int_equal(kiln_webhook_take_from_job(job, &url, &e), KILN_EINVAL);
+    char huge[4096] = "https://x.test/";
+    memset(huge + 15, 'a', sizeof huge - 16);
+    huge[sizeof huge - 1] = '\0';
+    json_object_set_new(job, "webhook", json_string(huge));
+    assert_int_equal(kiln_webhook_take_from_job(job, &url, &e), KILN_EINVAL);
+    assert_non_null(strstr(e.message, "at most 2048 bytes"));
+    json_object_set_new(job, "webhook", json_string("https://x.test/a\r\nX-Evil: 1"));
+    assert_int_equal(kiln_webhook_take_from_job(job, &url, &e), KILN_EINVAL);
+    assert_null(url);
     json_decref(job);
 
     kiln_webhook_options_t o = {.redis_url = redis_server.url};
