@@ -21,7 +21,8 @@
 #include "kiln/hub_error.h"
 
 #define KILN_HUB_REGISTRY_KEY   "kiln:machine-registry"
-#define KILN_HUB_MACHINES_MAX   1000 /* machines listed; the newest seen first */
+#define KILN_HUB_MACHINES_MAX   1000  /* machines listed; the newest seen first */
+#define KILN_HUB_WORKERS_MAX    10000 /* live workers read per call */
 #define KILN_HUB_MACHINE_ID_MAX 128
 
 /* Every known machine as a JSON array sorted by id; each

@@ -200,14 +200,50 @@ static json_t *remember(kiln_broker_t *b, const char *id, json_t *status, json_t
 }
 
 /* Live workers grouped by machine id: {machine: [worker records]}. */
-static json_t *workers_by_machine(kiln_broker_t *b, kiln_hub_error_t *e)
+/* The live worker records, read in two round trips (ZRANGE, then one MGET
+ * of every record) rather than one GET per worker; an expired record is
+ * skipped (kiln_broker_list_workers prunes the set). */
+static json_t *live_workers(kiln_broker_t *b, kiln_hub_error_t *e)
 {
-    json_t *workers = NULL;
+    redisReply *ids = kiln_hub_command(b, e, "ZRANGE kiln:workers 0 %d", KILN_HUB_WORKERS_MAX - 1);
+    if (!ids)
+        return NULL;
+    json_t *workers = json_array();
+    kiln_argv_t a;
+    kiln_argv_init(&a);
+    kiln_argv_addf(&a, "MGET");
+    for (size_t i = 0; ids->type == REDIS_REPLY_ARRAY && i < ids->elements; i++)
+        kiln_argv_addf(&a, "kiln:worker:%s", ids->element[i]->str);
+    size_t n = ids->type == REDIS_REPLY_ARRAY ? ids->elements : 0;
+    freeReplyObject(ids);
+    if (n == 0) {
+        kiln_argv_free(&a);
+        return workers;
+    }
     kiln_err_t err = {0};
-    if (kiln_broker_list_workers(b, &workers, &err) != 0) {
+    redisReply *r = kiln_broker_command(b, &a, &err);
+    if (!r) {
+        json_decref(workers);
         kiln_hub_error_from(e, &err, NULL);
         return NULL;
     }
+    for (size_t i = 0; r->type == REDIS_REPLY_ARRAY && i < r->elements; i++) {
+        json_t *w = r->element[i]->type == REDIS_REPLY_STRING
+                        ? json_loads(r->element[i]->str, 0, NULL)
+                        : NULL;
+        if (json_is_object(w))
+            json_array_append(workers, w);
+        json_decref(w);
+    }
+    freeReplyObject(r);
+    return workers;
+}
+
+static json_t *workers_by_machine(kiln_broker_t *b, kiln_hub_error_t *e)
+{
+    json_t *workers = live_workers(b, e);
+    if (!workers)
+        return NULL;
     json_t *by_machine = json_object();
     size_t i;
     json_t *w;
@@ -225,16 +261,52 @@ static json_t *workers_by_machine(kiln_broker_t *b, kiln_hub_error_t *e)
     return by_machine;
 }
 
-int kiln_hub_machines_snapshot(kiln_broker_t *b, json_t **machines, json_t **records,
-                               kiln_hub_error_t *e)
+/* Only machine id's registry record, as {id: record} (or {}). */
+static json_t *registry_record_of(kiln_broker_t *b, const char *id, kiln_hub_error_t *e)
+{
+    redisReply *r = kiln_hub_command(b, e, "HGET %s %s", KILN_HUB_REGISTRY_KEY, id);
+    if (!r)
+        return NULL;
+    json_t *records = json_object();
+    json_t *rec = r->type == REDIS_REPLY_STRING ? json_loads(r->str, 0, NULL) : NULL;
+    if (json_is_object(rec))
+        json_object_set_new(records, id, rec);
+    else
+        json_decref(rec);
+    freeReplyObject(r);
+    return records;
+}
+
+/* Whether machine id has ever published a status. */
+static int published_one(kiln_broker_t *b, const char *id, json_t *ids, kiln_hub_error_t *e)
+{
+    redisReply *r = kiln_hub_command(b, e, "ZSCORE kiln:machines %s", id);
+    if (!r)
+        return KILN_EREDIS;
+    if (r->type == REDIS_REPLY_STRING)
+        json_object_set_new(ids, id, json_true());
+    freeReplyObject(r);
+    return 0;
+}
+
+int kiln_hub_machines_snapshot(kiln_broker_t *b, const char *only_id, json_t **machines,
+                               json_t **records, kiln_hub_error_t *e)
 {
     *machines = *records = NULL;
     json_t *ids = json_object(), *by_machine = NULL, *jobs = NULL, *list = NULL;
-    json_t *regs = registry_records(b, e);
-    if (!regs || published_ids(b, ids, e) != 0 || !(by_machine = workers_by_machine(b, e)))
+    json_t *regs = only_id ? registry_record_of(b, only_id, e) : registry_records(b, e);
+    int rc = !regs     ? KILN_EREDIS
+             : only_id ? published_one(b, only_id, ids, e)
+                       : published_ids(b, ids, e);
+    if (rc != 0 || !(by_machine = workers_by_machine(b, e)))
         goto error;
     json_object_update(ids, regs);
-    json_object_update(ids, by_machine);
+    if (only_id) {
+        if (json_object_get(by_machine, only_id))
+            json_object_set_new(ids, only_id, json_true());
+    } else {
+        json_object_update(ids, by_machine);
+    }
     jobs = running_by_worker(b);
     list = json_array();
     const char *id;
@@ -267,6 +339,42 @@ error:
     return e ? (e->status == 503 ? KILN_EREDIS : KILN_EIO) : KILN_EREDIS;
 }
 
+int kiln_hub_machine_state(kiln_broker_t *b, const char *id, char state[16], kiln_hub_error_t *e)
+{
+    if (!kiln_hub_machine_id_ok(id))
+        return kiln_hub_error_set(e, 404, "not_found", "machine", "machine '%.128s' is unknown",
+                                  id ? id : "");
+    json_t *by_machine = workers_by_machine(b, e);
+    if (!by_machine)
+        return KILN_EREDIS;
+    json_t *workers = json_object_get(by_machine, id);
+    redisReply *live = kiln_hub_command(b, e, "EXISTS kiln:machine:%s", id);
+    redisReply *known =
+        live ? kiln_hub_command(b, e, "HEXISTS %s %s", KILN_HUB_REGISTRY_KEY, id) : NULL;
+    redisReply *seen = known ? kiln_hub_command(b, e, "ZSCORE kiln:machines %s", id) : NULL;
+    int rc = seen ? 0 : KILN_EREDIS;
+    if (rc == 0) {
+        bool online = live->integer == 1 || json_array_size(workers) > 0;
+        if (!online && known->integer == 0 && seen->type == REDIS_REPLY_NIL)
+            rc = kiln_hub_error_set(e, 404, "not_found", "machine",
+                                    "machine '%s' is unknown: no agent or worker has reported it; "
+                                    "`kiln machines` lists the known ones",
+                                    id);
+        snprintf(state, 16, "%s",
+                 !online                     ? "offline"
+                 : all_workers_busy(workers) ? "busy"
+                                             : "online");
+    }
+    if (live)
+        freeReplyObject(live);
+    if (known)
+        freeReplyObject(known);
+    if (seen)
+        freeReplyObject(seen);
+    json_decref(by_machine);
+    return rc;
+}
+
 static int by_id(const void *a, const void *b)
 {
     return strcmp(json_string_value(json_object_get(*(json_t *const *)a, "id")),
@@ -276,7 +384,7 @@ static int by_id(const void *a, const void *b)
 int kiln_hub_machines_list(kiln_broker_t *b, json_t **out, kiln_hub_error_t *e)
 {
     json_t *machines, *records;
-    int rc = kiln_hub_machines_snapshot(b, &machines, &records, e);
+    int rc = kiln_hub_machines_snapshot(b, NULL, &machines, &records, e);
     if (rc)
         return rc;
     json_decref(records);
@@ -301,7 +409,7 @@ int kiln_hub_machines_get(kiln_broker_t *b, const char *id, json_t **out, kiln_h
         return kiln_hub_error_set(e, 404, "not_found", "machine", "machine '%.128s' is unknown",
                                   id ? id : "");
     json_t *machines, *records;
-    int rc = kiln_hub_machines_snapshot(b, &machines, &records, e);
+    int rc = kiln_hub_machines_snapshot(b, id, &machines, &records, e);
     if (rc)
         return rc;
     json_decref(records);

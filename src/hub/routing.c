@@ -41,17 +41,13 @@ int kiln_hub_route_job(kiln_broker_t *b, json_t *job, kiln_hub_route_t *decision
         return kiln_hub_error_set(e, 400, "invalid_request", "requirements.machine",
                                   "requirements.machine: expected a machine id (letters, digits, "
                                   "'.', '_' or '-', 1-128)");
-    json_t *view = NULL;
-    rc = kiln_hub_machines_get(b, machine, &view, e);
+    rc = kiln_hub_machine_state(b, machine, decision->state, e);
     if (rc) {
         if (e && e->status == 404)
             snprintf(e->field, sizeof e->field, "requirements.machine");
         return rc;
     }
     snprintf(decision->machine, sizeof decision->machine, "%s", machine);
-    snprintf(decision->state, sizeof decision->state, "%s",
-             json_string_value(json_object_get(view, "state")));
-    json_decref(view);
     if (strcmp(decision->state, "offline") != 0 || (policy && !strcmp(policy, "wait"))) {
         decision->waits = strcmp(decision->state, "offline") == 0;
     } else if (!policy) {

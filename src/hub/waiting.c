@@ -117,7 +117,7 @@ int kiln_hub_explain_waiting(kiln_broker_t *b, const char *job_id, json_t **out,
         json_decref(job);
         return kiln_hub_error_from(e, &err, NULL);
     }
-    if ((rc = kiln_hub_machines_snapshot(b, &machines, &records, e)) != 0) {
+    if ((rc = kiln_hub_machines_snapshot(b, NULL, &machines, &records, e)) != 0) {
         json_decref(job);
         json_decref(workers);
         return rc;
