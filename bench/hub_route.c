@@ -87,7 +87,7 @@ int main(int argc, char **argv)
     snprintf(pinned, sizeof pinned, "m%03d", machines / 2);
     for (int i = 0; i < calls; i++) {
         json_t *job =
-            json_pack("{s:s, s:{s:s}}", "service", "comfyui", "requirements", "machine", "m042");
+            json_pack("{s:s, s:{s:s}}", "service", "comfyui", "requirements", "machine", pinned);
         kiln_hub_route_t d;
         int64_t t0 = now_ns();
         int rc = kiln_hub_route_job(b, job, &d, &e);
