@@ -117,6 +117,9 @@ typedef struct kiln_config {
         long registry_ttl_ms;   /* worker.registry_ttl_ms; default 15000, 1000-3600000 */
         int prefetch;           /* worker.prefetch: jobs claimed ahead while jobs are short;
                                    default 1, 0-1024 */
+        char *active_windows;   /* worker.active_windows | KILN_WORKER_ACTIVE_WINDOWS: claim only
+                                   inside these local-time windows ("22:00-06:00,12:00-13:00",
+                                   canonical); NULL or "" = always; owned */
     } worker;
 
     /* connectors: { NAME: { type: TYPE, ...options } }. A name listed in

@@ -37,6 +37,8 @@ int kiln_cmd_machine_reload(int argc, char **argv); /* kiln machine reload */
 int kiln_cmd_services(int argc, char **argv);
 int kiln_cmd_logs(int argc, char **argv);
 int kiln_cmd_restart(int argc, char **argv);
+int kiln_cmd_machines(int argc, char **argv); /* cmd_machines.c */
+int kiln_cmd_wake(int argc, char **argv);     /* cmd_machines.c */
 
 /* ---- Shared between commands ---------------------------------------------- */
 

@@ -18,6 +18,8 @@ static const kiln_command_t commands[] = {
     {"services", "list the machine agent's services and their state", kiln_cmd_services},
     {"logs", "show or follow a service's output on this machine", kiln_cmd_logs},
     {"restart", "restart a service of the machine agent", kiln_cmd_restart},
+    {"machines", "list the fleet's machines: online, busy or offline", kiln_cmd_machines},
+    {"wake", "send a machine a Wake-on-LAN packet", kiln_cmd_wake},
 };
 
 static void usage(FILE *out)

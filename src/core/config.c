@@ -142,6 +142,7 @@ void kiln_config_free(kiln_config_t *cfg)
         free(cfg->worker.connectors[i]);
     free(cfg->worker.connectors);
     json_decref(cfg->worker.capabilities);
+    free(cfg->worker.active_windows);
     for (size_t i = 0; i < cfg->n_connectors; i++) {
         free(cfg->connectors[i].name);
         free(cfg->connectors[i].type);

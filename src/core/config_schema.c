@@ -14,6 +14,7 @@
 
 #include "core/redis_url.h"
 #include "kiln/err.h"
+#include "kiln/windows.h"
 
 extern char **environ;
 
@@ -91,6 +92,8 @@ const kiln_config_field_t kiln_config_fields[KILN_CONFIG_N_FIELDS] = {
                      "SERVICE_INSTALL_TIMEOUT", NULL, 1, 86400, machine.install_timeout_s),
     NAMES_FIELD("machine.pools", "KILN_MACHINE_POOLS", "MACHINE_POOLS", machine.pools,
                 machine.n_pools),
+    FIELD("worker.active_windows", "KILN_WORKER_ACTIVE_WINDOWS", NULL, KILN_FIELD_WINDOWS,
+          worker.active_windows),
 };
 
 /* Indexes of the rows that kiln_config_check_across relates. */
@@ -403,6 +406,40 @@ static bool add_comma_list(kiln_config_ctx_t *ctx, name_list_t *l, const char *t
     return ok;
 }
 
+/* Active windows: a comma list, or a list of "HH:MM-HH:MM" strings; stored
+ * as canonical text. */
+static bool set_windows(kiln_config_ctx_t *ctx, const kiln_config_field_t *f, const json_t *value,
+                        const char *env_text, const char *where)
+{
+    char text[KILN_WINDOWS_TEXT_MAX + 2] = "", got[384];
+    got_text(value, env_text, got, sizeof got);
+    if (env_text || json_is_string(value)) {
+        snprintf(text, sizeof text, "%s", env_text ? env_text : json_string_value(value));
+    } else if (json_is_array(value)) {
+        for (size_t i = 0; i < json_array_size(value); i++) {
+            const char *item = json_string_value(json_array_get(value, i));
+            if (!item)
+                return expected(ctx, where, "a list of windows like \"22:00-06:00\"", got);
+            size_t used = strlen(text);
+            snprintf(text + used, sizeof text - used, "%s%s", i ? "," : "", item);
+        }
+    } else {
+        return expected(ctx, where, "windows like \"22:00-06:00,12:00-13:00\"", got);
+    }
+    kiln_windows_t windows;
+    kiln_err_t err = {0};
+    if (kiln_windows_parse(text, where, &windows, &err) != 0) {
+        kiln_problems_add(ctx->problems, "%s", err.msg);
+        return false;
+    }
+    char canonical[KILN_WINDOWS_TEXT_MAX + 1];
+    kiln_windows_format(&windows, canonical, sizeof canonical);
+    char **member = (char **)((char *)ctx->cfg + f->offset);
+    free(*member);
+    *member = strdup(canonical);
+    return *member != NULL;
+}
+
 static bool set_names(kiln_config_ctx_t *ctx, const kiln_config_field_t *f, const json_t *value,
                       const char *env_text, const kiln_config_origin_t *o, const char *where)
 {
@@ -543,6 +580,8 @@ static bool field_set(kiln_config_ctx_t *ctx, const kiln_config_field_t *f, cons
         ok = set_bool(ctx, f, value, env_text, where);
     else if (f->kind == KILN_FIELD_OBJECT)
         ok = set_object(ctx, f, value, env_text, where);
+    else if (f->kind == KILN_FIELD_WINDOWS)
+        ok = set_windows(ctx, f, value, env_text, where);
     else
         ok = set_text(ctx, f, value, env_text, where);
     size_t index = (size_t)(f - kiln_config_fields);

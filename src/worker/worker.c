@@ -116,7 +116,10 @@ static void start_prefetched(kiln_worker_t *w)
 static kiln_step_call_t *build_step(kiln_worker_t *w, int s)
 {
     kiln_service_t *svc = &w->services[s];
-    int max_claim = (w->stopping || !svc->maybe_work) ? 0 : claim_capacity(w);
+    /* Outside its active windows the worker claims nothing but still reports,
+     * heartbeats and maintains; the heartbeat tick re-checks the window. */
+    int max_claim =
+        (w->stopping || !svc->maybe_work || !kiln_worker_window_open(w)) ? 0 : claim_capacity(w);
     bool maintain = svc->maintain && !w->stopping;
     if (svc->nreports == 0 && max_claim == 0 && !maintain)
         return NULL;
@@ -186,6 +189,11 @@ static void wake_all(kiln_worker_t *w, bool maintain)
         w->services[i].maintain = w->services[i].maintain || maintain;
     }
     kiln_worker_pump(w);
+}
+
+bool kiln_worker_window_open(const kiln_worker_t *w)
+{
+    return kiln_windows_open_now(&w->windows, time(NULL));
 }
 
 static void on_due_timer(uv_timer_t *t)
@@ -746,6 +754,9 @@ int kiln_worker_new(const kiln_config_t *cfg, kiln_worker_t **out, kiln_err_t *e
         rc = kiln_worker_identity_init(&w->who, id, cfg->machine_id, cfg->worker.capabilities, err);
     if (!rc)
         rc = add_services(w, cfg, err);
+    if (!rc && cfg->worker.active_windows)
+        rc = kiln_windows_parse(cfg->worker.active_windows, "worker.active_windows", &w->windows,
+                                err);
     if (!rc && cfg->worker.prefetch > 0 &&
         !(w->prefetched = calloc((size_t)cfg->worker.prefetch, sizeof *w->prefetched)))
         rc = kiln_err_set(err, KILN_ENOMEM, "out of memory");

@@ -12,6 +12,7 @@
 #include "broker/ops.h"
 #include "core/redis_url.h"
 #include "kiln/connector.h"
+#include "kiln/windows.h"
 #include "kiln/worker.h"
 #include "worker/slots.h"
 
@@ -55,7 +56,8 @@ struct kiln_worker {
     kiln_worker_identity_t who;
     kiln_service_t *services;
     int n_services;
-    int next_service; /* round robin for claims */
+    int next_service;       /* round robin for claims */
+    kiln_windows_t windows; /* worker.active_windows: claims only inside (none: always) */
 
     uv_loop_t loop;
     uv_async_t wakeup; /* slots finished or reported progress; stop asked */
@@ -107,5 +109,8 @@ void kiln_worker_on_notify(kiln_worker_t *w, const char *channel, const char *me
 void kiln_worker_pump(kiln_worker_t *w);
 
 int64_t kiln_worker_now_ms(void);
+
+/* Whether the worker's active windows allow claiming now (worker.c). */
+bool kiln_worker_window_open(const kiln_worker_t *w);
 
 #endif

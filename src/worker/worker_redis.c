@@ -255,6 +255,14 @@ void kiln_worker_register(kiln_worker_t *w)
     if (!w->cmd_ready)
         return;
     json_t *info = worker_info(w);
+    /* The windows and whether they are open now, so the hub can say why a
+     * job waits ("outside active window 22:00-06:00"). */
+    char windows[KILN_WINDOWS_TEXT_MAX + 1];
+    kiln_windows_format(&w->windows, windows, sizeof windows);
+    if (info) {
+        json_object_set_new(info, "active_windows", json_string(windows));
+        json_object_set_new(info, "claiming", json_boolean(kiln_worker_window_open(w)));
+    }
     char *text = info ? json_dumps(info, JSON_COMPACT) : NULL;
     json_decref(info);
     if (!text)

@@ -377,10 +377,10 @@ static void unknown_keys_are_refused_with_a_did_you_mean(void **state)
     assert_problem("%s:1: wroker: unknown key; did you mean worker?", f);
     assert_problem("%s:4: worker.concurency: unknown key; did you mean worker.concurrency?", f);
     assert_problem("%s:5: worker.lease_ms: unknown key; did you mean broker.lease_ms?", f);
-    assert_problem(
-        "%s:6: worker.colour: unknown key; expected one of id, connectors, "
-        "capabilities, concurrency, heartbeat_ms, shutdown_grace_ms, registry_ttl_ms, prefetch",
-        f);
+    assert_problem("%s:6: worker.colour: unknown key; expected one of id, connectors, "
+                   "capabilities, concurrency, heartbeat_ms, shutdown_grace_ms, registry_ttl_ms, "
+                   "prefetch, active_windows",
+                   f);
     assert_problem("%s:7: concurrency: unknown key; did you mean worker.concurrency?", f);
     assert_int_equal(problems.count, 5);
 }
@@ -672,6 +672,17 @@ static void capabilities_from_the_environment_must_be_a_JSON_object(void **state
     assert_problem_has("environment KILN_WORKER_CAPABILITIES: expected a JSON object, got "
                        "\"{gpu: 1}\" (",
                        NULL);
+}
+
+static void active_windows_load_canonical_and_bad_ones_name_the_setting(void **state)
+{
+    assert_ok(load_yaml("worker:\n  active_windows: [\"22:00-06:00\", \" 12:00-13:00\"]\n", NULL));
+    assert_string_equal(cfg.worker.active_windows, "22:00-06:00,12:00-13:00");
+    kiln_config_free(&cfg);
+    char *env[] = {"KILN_WORKER_ACTIVE_WINDOWS=22:00-25:00", NULL};
+    assert_int_equal(load_yaml(NULL, env), KILN_EINVAL);
+    assert_problem_has("environment KILN_WORKER_ACTIVE_WINDOWS: expected windows like",
+                       "got \"22:00-25:00\"");
 }
 
 static void redacted_show_hides_password_in_redis_url_and_secret_options(void **state)
@@ -1176,6 +1187,7 @@ int main(void)
         TEST(worker_connector_names_are_checked_and_duplicates_refused),
         TEST(names_without_a_definition_are_connectors_of_that_type),
         TEST(capabilities_from_the_environment_must_be_a_JSON_object),
+        TEST(active_windows_load_canonical_and_bad_ones_name_the_setting),
         TEST(redacted_show_hides_password_in_redis_url_and_secret_options),
         TEST(shown_config_loads_back_as_a_config_file),
         TEST(problems_are_bounded_at_200_then_counted),
