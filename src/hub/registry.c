@@ -11,7 +11,7 @@
 #include <string.h>
 
 #include "broker/broker_internal.h"
-#include "hub/hub_internal.h"
+#include "hub/registry_internal.h"
 #include "kiln/hub_wol.h"
 
 bool kiln_hub_machine_id_ok(const char *id)

@@ -2,7 +2,7 @@
 #include <stdio.h>
 #include <string.h>
 
-#include "hub/hub_internal.h"
+#include "hub/registry_internal.h"
 
 /* on_offline: NULL (refuse), "wait", "wake" or "any". */
 static int read_on_offline(json_t *job, const char **policy, kiln_hub_error_t *e)

@@ -3,7 +3,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "hub/hub_internal.h"
+#include "hub/registry_internal.h"
 #include "kiln/hub_match.h"
 
 #define REASON_MAX 256

@@ -9,7 +9,7 @@
 #include <string.h>
 
 #include "core/curl_util.h"
-#include "hub/hub_internal.h"
+#include "hub/registry_internal.h"
 
 void kiln_webhook_sign(const char *secret, long long t, const char *body, size_t len,
                        char out[KILN_WEBHOOK_SIGNATURE_MAX])

@@ -14,7 +14,7 @@
 #include "broker/broker_internal.h"
 #include "core/curl_util.h"
 #include "core/redis_url.h"
-#include "hub/hub_internal.h"
+#include "hub/registry_internal.h"
 #include "kiln/hub_webhook.h"
 #include "kiln/log.h"
 

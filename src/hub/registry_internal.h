@@ -1,6 +1,6 @@
 /* Internal: helpers the hub library modules share. */
-#ifndef KILN_HUB_INTERNAL_H
-#define KILN_HUB_INTERNAL_H
+#ifndef KILN_HUB_REGISTRY_INTERNAL_H
+#define KILN_HUB_REGISTRY_INTERNAL_H
 
 #include <hiredis/hiredis.h>
 #include <stdbool.h>
