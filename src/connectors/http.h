@@ -33,6 +33,7 @@
 #define KILN_HTTP_URL_MAX              2048
 
 typedef struct kiln_http_client kiln_http_client_t;
+struct kiln_ratelimit;
 
 typedef struct kiln_http_client_options {
     const char *base_url;      /* http:// or https://; trailing slashes are dropped */
@@ -43,6 +44,9 @@ typedef struct kiln_http_client_options {
     int max_retries;           /* 0..KILN_HTTP_RETRIES_MAX */
     size_t max_response_bytes; /* 0: KILN_HTTP_MAX_RESPONSE_DEFAULT */
     long backoff_base_ms;      /* 0: KILN_HTTP_BACKOFF_BASE_MS */
+    /* Borrowed (outlives the client); NULL: none. Each request, retries and
+     * polls included, first takes a slot of this fleet-wide budget. */
+    struct kiln_ratelimit *ratelimit;
 } kiln_http_client_options_t;
 
 /* Called for each server-sent event of a streamed response with the event's
@@ -55,13 +59,15 @@ typedef int (*kiln_http_sse_cb)(void *ctx, const char *data, size_t len);
 typedef struct kiln_http_call {
     const char *method;        /* "GET" or "POST" */
     const char *path;          /* appended to the base URL, e.g. "/chat/completions" */
-    const char *body_json;     /* the POST body (serialized JSON); NULL for GET */
+    const char *body_json;     /* the POST body (serialized JSON); NULL: GET, or an empty POST */
     const char *job_id;        /* for log records; may be NULL */
     const atomic_int *cancel;  /* non-zero: stop at once; may be NULL */
     int cancel_fd;             /* readable once cancelled; -1: none */
     int64_t deadline_ms;       /* CLOCK_MONOTONIC ms covering every attempt and wait; 0: none */
     kiln_http_sse_cb on_event; /* set: a text/event-stream response goes here */
     void *event_ctx;
+    /* Extra request header lines ("Prefer: wait=5"), NULL-terminated; may be NULL. */
+    const char *const *headers;
 } kiln_http_call_t;
 
 typedef struct kiln_http_result {
@@ -94,7 +100,9 @@ const char *kiln_http_client_url_shown(const kiln_http_client_t *client);
  * set: KILN_ECANCELLED, KILN_ETIMEOUT (the deadline or a per-attempt
  * timeout), KILN_ETOOBIG (a body over max_response_bytes; not retryable),
  * KILN_EIO (an HTTP error status, with the server's own message, or a
- * network failure), or the code an on_event callback returned. A streamed
+ * network failure), the code of the client's rate limit (KILN_EREDIS, or
+ * KILN_ETIMEOUT when no slot frees before the deadline), or the code an
+ * on_event callback returned. A streamed
  * response is never retried once an event was delivered. Messages never
  * hold the API key. */
 int kiln_http_call(const kiln_http_client_t *client, const kiln_http_call_t *call,

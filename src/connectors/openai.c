@@ -10,6 +10,7 @@
  * the instance holds is fixed at init, so run() needs no lock.
  */
 #include "http.h"
+#include "ratelimit.h"
 
 #include "kiln/connector.h"
 #include "kiln/log.h"
@@ -43,11 +44,13 @@ typedef struct openai {
     char *model;       /* the default model, or NULL */
     char *outputs_dir; /* where base64 images go, or NULL */
     size_t max_response_bytes;
+    kiln_ratelimit_t *ratelimit; /* NULL: no fleet-wide rate limit */
 } openai_t;
 
 static const char *const known_options[] = {
-    "base_url",    "api_key_env", "api_key_file",       "model", "timeout_ms", "connect_timeout_ms",
-    "max_retries", "outputs_dir", "max_response_bytes", NULL};
+    "base_url",           "api_key_env",           "api_key_file",   "model",
+    "timeout_ms",         "connect_timeout_ms",    "max_retries",    "outputs_dir",
+    "max_response_bytes", "rate_limit_per_minute", "rate_limit_key", NULL};
 
 /* ---- init ------------------------------------------------------------------ */
 
@@ -104,6 +107,7 @@ static void openai_free(void *state)
     if (!oa)
         return;
     kiln_http_client_free(oa->http);
+    kiln_ratelimit_free(oa->ratelimit);
     free(oa->model);
     free(oa->outputs_dir);
     free(oa);
@@ -170,9 +174,12 @@ static int openai_init(const kiln_connector_config_t *cfg, void **state, kiln_er
         rc = kiln_http_read_api_key(cfg, OPENAI_DEFAULT_KEY_ENV, official, &key, err);
     if (rc == 0)
         rc = api_root(cfg, base_url, &root, err);
+    if (rc == 0)
+        rc = kiln_ratelimit_from_config(cfg, &oa->ratelimit, err);
     if (rc == 0) {
         hopts.base_url = root;
         hopts.api_key = key;
+        hopts.ratelimit = oa->ratelimit;
         rc = kiln_http_client_new(&hopts, &oa->http, err);
     }
     kiln_http_free_secret(key);
