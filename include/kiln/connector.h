@@ -152,5 +152,7 @@ extern const kiln_connector_ops_t kiln_connector_simulation;
 extern const kiln_connector_ops_t kiln_connector_exec;
 extern const kiln_connector_ops_t kiln_connector_openai;
 extern const kiln_connector_ops_t kiln_connector_render;
+extern const kiln_connector_ops_t kiln_connector_replicate;
+extern const kiln_connector_ops_t kiln_connector_runpod;
 
 #endif

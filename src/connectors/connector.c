@@ -30,6 +30,8 @@ static const kiln_connector_ops_t *const builtin_types[] = {
     &kiln_connector_exec,
     &kiln_connector_openai,
     &kiln_connector_render,
+    &kiln_connector_replicate,
+    &kiln_connector_runpod,
 };
 
 #define N_BUILTIN_TYPES (sizeof builtin_types / sizeof builtin_types[0])

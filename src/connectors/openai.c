@@ -9,6 +9,7 @@
  * name first and renamed, so a reader never sees half a file. Everything
  * the instance holds is fixed at init, so run() needs no lock.
  */
+#include "api_job.h"
 #include "http.h"
 #include "ratelimit.h"
 
@@ -78,29 +79,6 @@ static int api_root(const kiln_connector_config_t *cfg, const char *base_url, ch
     return 0;
 }
 
-static int check_outputs_dir(const kiln_connector_config_t *cfg, const char *dir, kiln_err_t *err)
-{
-    struct stat st;
-    if (dir[0] != '/')
-        return kiln_err_set(err, KILN_EINVAL,
-                            "connectors.%s.outputs_dir: expected an absolute path, got \"%s\"",
-                            cfg->name, dir);
-    if (stat(dir, &st) != 0)
-        return kiln_err_set(err, KILN_EINVAL,
-                            "connectors.%s.outputs_dir: %s: %s; create the folder", cfg->name, dir,
-                            strerror(errno));
-    if (!S_ISDIR(st.st_mode))
-        return kiln_err_set(err, KILN_EINVAL,
-                            "connectors.%s.outputs_dir: %s is not a folder; give a folder",
-                            cfg->name, dir);
-    if (access(dir, W_OK | X_OK) != 0)
-        return kiln_err_set(err, KILN_EINVAL,
-                            "connectors.%s.outputs_dir: %s is not writable: %s; fix its "
-                            "permissions",
-                            cfg->name, dir, strerror(errno));
-    return 0;
-}
-
 static void openai_free(void *state)
 {
     openai_t *oa = state;
@@ -142,7 +120,7 @@ static int read_options(const kiln_connector_config_t *cfg, openai_t *oa,
         return kiln_err_set(err, KILN_EINVAL,
                             "connectors.%s.model: expected a model name of 1-%d characters",
                             cfg->name, OPENAI_MODEL_MAX);
-    if (outputs && (rc = check_outputs_dir(cfg, outputs, err)) < 0)
+    if (outputs && (rc = kiln_api_check_outputs_dir(cfg, outputs, err)) < 0)
         return rc;
     if ((model && !(oa->model = strdup(model))) ||
         (outputs && !(oa->outputs_dir = strdup(outputs))))
@@ -212,13 +190,6 @@ static int bad_field(kiln_job_outcome_t *out, const char *field, const char *exp
                                  got);
 }
 
-static int64_t now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
 /* Serializes result (stolen) into out as a completed outcome, with the key
  * redacted should a server have echoed it. */
 static int complete(const openai_t *oa, json_t *result, kiln_job_outcome_t *out)
@@ -231,39 +202,6 @@ static int complete(const openai_t *oa, json_t *result, kiln_job_outcome_t *out)
     out->status = KILN_OUTCOME_COMPLETED;
     out->result_json = text;
     return 0;
-}
-
-/* Turns a failed kiln_http_call into the outcome. */
-static int http_failure(const openai_t *oa, const kiln_job_context_t *job, int rc,
-                        const kiln_http_result_t *res, const kiln_err_t *err,
-                        kiln_job_outcome_t *out)
-{
-    if (rc == KILN_ECANCELLED) {
-        out->status = KILN_OUTCOME_CANCELLED;
-        return 0;
-    }
-    if (rc == KILN_ENOMEM)
-        return rc;
-    if (rc == KILN_ETIMEOUT && job->timeout_ms > 0)
-        return kiln_job_outcome_fail(out, true, "timed out after %" PRId64 " ms: %s",
-                                     job->timeout_ms, err->msg);
-    return kiln_job_outcome_fail(out, res->retryable, "%s", err->msg);
-}
-
-/* Parses a 2xx body; a body that is not a JSON object fails the job (not
- * retryable: the same server will answer the same way). */
-static json_t *parse_body(const kiln_http_result_t *res, const char *path, kiln_job_outcome_t *out)
-{
-    json_error_t jerr;
-    json_t *doc = json_loadb(res->body, res->body_len, 0, &jerr);
-    if (!json_is_object(doc)) {
-        json_decref(doc);
-        kiln_job_outcome_fail(out, false,
-                              "%s: the server's response is not a JSON object (%s at byte %d)",
-                              path, doc ? "another JSON value" : jerr.text, jerr.position);
-        return NULL;
-    }
-    return doc;
 }
 
 /* ---- chat ------------------------------------------------------------------ */
@@ -393,7 +331,7 @@ static json_t *chat_result(const char *text, const char *finish_reason, json_t *
 static int chat_from_body(const openai_t *oa, const kiln_http_result_t *res, const char *req_model,
                           kiln_job_outcome_t *out)
 {
-    json_t *doc = parse_body(res, "/chat/completions", out);
+    json_t *doc = kiln_api_parse_object(res, "/chat/completions", out);
     if (!doc)
         return 0;
     json_t *choice = json_array_get(json_object_get(doc, "choices"), 0);
@@ -497,7 +435,7 @@ static int run_chat(const openai_t *oa, const kiln_job_context_t *job, json_t *p
          * server error (retryable), or the text grew past its limit. */
         rc = rc == KILN_ENOMEM ? rc : kiln_job_outcome_fail(out, cs.retryable, "%s", cs.error);
     } else {
-        rc = http_failure(oa, job, rc, &res, &err, out);
+        rc = kiln_api_http_failure(job, rc, &res, &err, out);
     }
     kiln_http_result_clear(&res);
     json_decref(cs.usage);
@@ -506,18 +444,6 @@ static int run_chat(const openai_t *oa, const kiln_job_context_t *job, json_t *p
 }
 
 /* ---- images ---------------------------------------------------------------- */
-
-/* The job id as one safe path component. */
-static void safe_component(const char *id, char *out, size_t size)
-{
-    snprintf(out, size, "%s", id && id[0] ? id : "job");
-    for (char *p = out; *p; p++)
-        if (!((*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') || (*p >= '0' && *p <= '9') ||
-              *p == '-' || *p == '_' || *p == '.'))
-            *p = '_';
-    if (out[0] == '.')
-        out[0] = '_';
-}
 
 static const char *image_extension(const unsigned char *b, size_t n)
 {
@@ -596,7 +522,7 @@ static int save_image(const openai_t *oa, const kiln_job_context_t *job, size_t 
                                      "base64",
                                      i);
     char dir[PATH_MAX], id[128], path[PATH_MAX], why[PATH_MAX + 64];
-    safe_component(job->job_id, id, sizeof id);
+    kiln_api_safe_component(job->job_id, id, sizeof id);
     snprintf(dir, sizeof dir, "%s/%s", oa->outputs_dir, id);
     int rc = 0;
     if (mkdir(dir, 0755) != 0 && errno != EEXIST) {
@@ -620,7 +546,7 @@ static int images_from_body(const openai_t *oa, const kiln_job_context_t *job,
                             const kiln_http_result_t *res, const char *req_model,
                             kiln_job_outcome_t *out)
 {
-    json_t *doc = parse_body(res, "/images/generations", out);
+    json_t *doc = kiln_api_parse_object(res, "/images/generations", out);
     if (!doc)
         return 0;
     json_t *data = json_object_get(doc, "data");
@@ -681,7 +607,7 @@ static int images_from_body(const openai_t *oa, const kiln_job_context_t *job,
 static int embeddings_from_body(const openai_t *oa, const kiln_http_result_t *res,
                                 const char *req_model, kiln_job_outcome_t *out)
 {
-    json_t *doc = parse_body(res, "/embeddings", out);
+    json_t *doc = kiln_api_parse_object(res, "/embeddings", out);
     if (!doc)
         return 0;
     json_t *data = json_object_get(doc, "data");
@@ -755,7 +681,7 @@ static int run_simple(const openai_t *oa, const kiln_job_context_t *job, endpoin
     free(body);
     const char *req_model = json_string_value(json_object_get(request, "model"));
     if (rc < 0)
-        rc = http_failure(oa, job, rc, &res, &err, out);
+        rc = kiln_api_http_failure(job, rc, &res, &err, out);
     else if (ep == EP_IMAGES)
         rc = images_from_body(oa, job, &res, req_model, out);
     else
@@ -817,7 +743,7 @@ static int openai_run(void *state, const kiln_job_context_t *job, kiln_job_outco
             .job_id = job->job_id,
             .cancel = job->cancel,
             .cancel_fd = job->cancel_fd,
-            .deadline_ms = job->timeout_ms > 0 ? now_ms() + job->timeout_ms : 0,
+            .deadline_ms = job->timeout_ms > 0 ? kiln_api_now_ms() + job->timeout_ms : 0,
         };
         rc = ep == EP_CHAT ? run_chat(oa, job, payload, request, &call, out)
                            : run_simple(oa, job, ep, payload, request, &call, out);

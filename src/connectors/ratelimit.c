@@ -9,12 +9,12 @@
  * the wait, not after it.
  */
 #include "ratelimit.h"
+#include "api_job.h"
 
 #include "kiln/log.h"
 
 #include <hiredis/hiredis.h>
 #include <inttypes.h>
-#include <poll.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -25,10 +25,9 @@
 #include "broker/scripts.h"
 #include "core/redis_url.h"
 
-#define RATELIMIT_LOG         "ratelimit"
-#define RATELIMIT_WINDOW_MAX  3600000
-#define RATELIMIT_MINUTE_MS   60000
-#define RATELIMIT_POLL_MAX_MS 1000
+#define RATELIMIT_LOG        "ratelimit"
+#define RATELIMIT_WINDOW_MAX 3600000
+#define RATELIMIT_MINUTE_MS  60000
 
 extern const kiln_embedded_script_t kiln_connector_scripts[];
 
@@ -44,13 +43,6 @@ struct kiln_ratelimit {
     int64_t limit, window_ms;
     uint64_t nonce, seq;
 };
-
-static int64_t now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
 
 static bool cancelled(const atomic_int *cancel)
 {
@@ -235,21 +227,6 @@ static int try_take(kiln_ratelimit_t *rl, int64_t *wait_ms, kiln_err_t *err)
     return rc;
 }
 
-/* Sleeps ms in poll(2) on cancel_fd; false when cancelled meanwhile. */
-static bool wait_cancellable(const atomic_int *cancel, int cancel_fd, int64_t ms)
-{
-    int64_t until = now_ms() + ms;
-    struct pollfd pfd = {.fd = cancel_fd, .events = POLLIN};
-    for (int64_t left; (left = until - now_ms()) > 0;) {
-        if (cancelled(cancel))
-            return false;
-        int n = poll(&pfd, 1, left > RATELIMIT_POLL_MAX_MS ? RATELIMIT_POLL_MAX_MS : (int)left);
-        if (n > 0 && !cancelled(cancel))
-            pfd.fd = -1; /* readable without a cancel: rely on the flag */
-    }
-    return !cancelled(cancel);
-}
-
 /* Takes one slot, waiting for it (contract in ratelimit.h). */
 int kiln_ratelimit_acquire(kiln_ratelimit_t *rl, const atomic_int *cancel, int cancel_fd,
                            int64_t deadline_ms, kiln_err_t *err)
@@ -264,7 +241,7 @@ int kiln_ratelimit_acquire(kiln_ratelimit_t *rl, const atomic_int *cancel, int c
         int rc = try_take(rl, &wait_ms, err);
         if (rc < 0 || rc == 1)
             return rc < 0 ? rc : 0;
-        if (deadline_ms && now_ms() + wait_ms >= deadline_ms)
+        if (deadline_ms && kiln_api_now_ms() + wait_ms >= deadline_ms)
             return kiln_err_set(err, KILN_ETIMEOUT,
                                 "connectors.%s: the rate limit (%" PRId64 " requests per %" PRId64
                                 " s, key \"%s\") has no free slot before the job's deadline",
@@ -275,7 +252,7 @@ int kiln_ratelimit_acquire(kiln_ratelimit_t *rl, const atomic_int *cancel, int c
                      rl->key, wait_ms);
             logged = true;
         }
-        if (!wait_cancellable(cancel, cancel_fd, wait_ms))
+        if (!kiln_api_sleep(cancel, cancel_fd, wait_ms))
             return kiln_err_set(err, KILN_ECANCELLED, "cancelled while waiting for the rate limit");
     }
 }
