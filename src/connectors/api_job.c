@@ -27,6 +27,7 @@
 
 #define API_LOG         "connector"
 #define API_POLL_MAX_MS 1000 /* longest single poll(2) between flag checks */
+#define API_URL_DEPTH   3    /* levels of arrays and objects searched for output URLs */
 
 int64_t kiln_api_now_ms(void)
 {
@@ -262,27 +263,28 @@ static bool is_http_url(const json_t *v)
     return s && (strncmp(s, "http://", 7) == 0 || strncmp(s, "https://", 8) == 0);
 }
 
-/* Collects the URLs of output (borrowed references) into urls. */
-static void collect_urls(const json_t *output, json_t *urls)
+/* Collects the URLs in output into urls, looking into arrays and objects
+ * down to depth levels (RunPod workers often answer {"images": [...]}). */
+static void collect_urls(const json_t *output, json_t *urls, int depth)
 {
     if (is_http_url(output)) {
         json_array_append(urls, (json_t *)output);
         return;
     }
+    if (depth <= 0)
+        return;
     size_t i;
     const char *key;
     json_t *v;
     if (json_is_array(output)) {
         json_array_foreach(output, i, v)
         {
-            if (is_http_url(v))
-                json_array_append(urls, v);
+            collect_urls(v, urls, depth - 1);
         }
     } else if (json_is_object(output)) {
         json_object_foreach((json_t *)output, key, v)
         {
-            if (is_http_url(v))
-                json_array_append(urls, v);
+            collect_urls(v, urls, depth - 1);
         }
     }
 }
@@ -358,7 +360,7 @@ int kiln_api_download_outputs(const json_t *output, const char *outputs_dir, uin
         json_decref(urls);
         return KILN_ENOMEM;
     }
-    collect_urls(output, urls);
+    collect_urls(output, urls, API_URL_DEPTH);
     int rc = 0;
     if (json_array_size(urls) > KILN_API_OUTPUT_FILES_MAX) {
         rc = kiln_job_outcome_fail(out, false,

@@ -91,8 +91,8 @@ int kiln_api_check_outputs_dir(const kiln_connector_config_t *cfg, const char *d
 /* The job id as one safe path component ([A-Za-z0-9_.-], not starting with '.'). */
 void kiln_api_safe_component(const char *id, char *out, size_t size);
 
-/* Downloads every http(s) URL in output (a URL string, an array of them,
- * or an object whose values are; other values are left alone) into
+/* Downloads every http(s) URL in output (a URL string, or one found in
+ * arrays and objects up to three levels down; other values are left alone) into
  * outputs_dir/<job id>/, each through a ".part" file renamed when whole, at
  * most max_bytes each and KILN_API_OUTPUT_FILES_MAX in all. *files is set
  * to a new array of {"url","path","bytes"} (owned by the caller). Returns 0
