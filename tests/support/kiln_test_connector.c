@@ -266,3 +266,114 @@ void kiln_test_capture_end(int saved)
     dup2(saved, 2);
     close(saved);
 }
+
+/* ---- end to end ---------------------------------------------------------------- */
+
+void kiln_test_api_e2e_start(kiln_test_api_e2e_t *e, const char *fake_name,
+                             const char *const fake_args[], const char *yaml, const char *connector,
+                             char *const env[])
+{
+    memset(e, 0, sizeof *e);
+    kiln_test_tmpdir(e->dir, sizeof e->dir);
+    snprintf(e->config, sizeof e->config, "%s/kiln.yaml", e->dir);
+    snprintf(e->log_path, sizeof e->log_path, "%s/worker.log", e->dir);
+    kiln_test_fake_start(&e->fake, fake_name, fake_args, e->dir);
+    FILE *fp = fopen(e->config, "w");
+    assert_non_null(fp);
+    /* Each "@FAKE@" in the text is the fake's URL. */
+    for (const char *p = yaml; *p;) {
+        const char *at = strstr(p, "@FAKE@");
+        size_t n = at ? (size_t)(at - p) : strlen(p);
+        fwrite(p, 1, n, fp);
+        if (!at)
+            break;
+        fputs(e->fake.url, fp);
+        p = at + strlen("@FAKE@");
+    }
+    fclose(fp);
+    kiln_test_redis_start(&e->redis, false);
+    e->opts = (kiln_broker_options_t){
+        .redis_url = e->redis.url,
+        .max_payload_bytes = 1024 * 1024,
+        .stream_max_len = 10000,
+        .retention_age_s = 3600,
+        .retention_count = 10000,
+        .default_max_attempts = 3,
+        .backoff_base_ms = 50,
+        .backoff_max_ms = 200,
+        .lease_ms = 30000,
+    };
+    kiln_err_t err = {0};
+    if (kiln_broker_connect(&e->opts, &e->broker, &err) != 0)
+        fail_msg("kiln_broker_connect %s: %s", e->redis.url, err.msg);
+    char *argv[] = {KILN_BIN,       "worker",       "--config",        e->config,       "--redis",
+                    e->redis.url,   "--connectors", (char *)connector, "--concurrency", "2",
+                    "--log-format", "text",         "--log-level",     "debug",         NULL};
+    e->worker = kiln_test_spawn(argv, env, e->log_path);
+}
+
+void kiln_test_api_e2e_stop(kiln_test_api_e2e_t *e)
+{
+    if (e->worker > 0)
+        kiln_test_kill(e->worker, SIGTERM, 10000);
+    kiln_test_fake_stop(&e->fake);
+    if (!e->passed) {
+        kiln_test_dump_file("worker log", e->log_path);
+        kiln_test_dump_file("fake log", e->fake.log_path);
+    }
+    kiln_broker_free(e->broker);
+    kiln_test_redis_destroy(&e->redis);
+    char *rm[] = {"/bin/rm", "-rf", e->dir, NULL};
+    kiln_test_run(rm, NULL, NULL, 0);
+}
+
+void kiln_test_api_e2e_submit(kiln_test_api_e2e_t *e, const char *spec_json, char *id)
+{
+    kiln_job_spec_t spec;
+    kiln_err_t err = {0};
+    if (kiln_job_spec_parse(spec_json, strlen(spec_json), e->opts.max_payload_bytes, &spec, &err) !=
+        0)
+        fail_msg("job spec %s refused: %s", spec_json, err.msg);
+    int rc = kiln_broker_submit(e->broker, &spec, id, NULL, &err);
+    kiln_job_spec_clear(&spec);
+    if (rc != 0)
+        fail_msg("submit %s: %s", spec_json, err.msg);
+}
+
+json_t *kiln_test_api_e2e_job(kiln_test_api_e2e_t *e, const char *id)
+{
+    json_t *job = NULL;
+    kiln_err_t err = {0};
+    if (kiln_broker_get_job(e->broker, id, &job, &err) != 0)
+        fail_msg("get_job %s: %s", id, err.msg);
+    return job;
+}
+
+typedef struct job_cond {
+    kiln_test_api_e2e_t *e;
+    const char *id;
+} job_cond_t;
+
+static bool job_finished(void *ctx)
+{
+    job_cond_t *c = ctx;
+    json_t *job = kiln_test_api_e2e_job(c->e, c->id);
+    const char *st = json_string_value(json_object_get(job, "state"));
+    bool done = st && (!strcmp(st, "completed") || !strcmp(st, "failed") || !strcmp(st, "dead") ||
+                       !strcmp(st, "cancelled"));
+    json_decref(job);
+    return done;
+}
+
+json_t *kiln_test_api_e2e_wait(kiln_test_api_e2e_t *e, const char *id, const char *want)
+{
+    job_cond_t c = {e, id};
+    kiln_test_wait_until(job_finished, &c, 60000);
+    json_t *job = kiln_test_api_e2e_job(e, id);
+    const char *st = json_string_value(json_object_get(job, "state"));
+    if (!st || strcmp(st, want) != 0) {
+        char *text = json_dumps(job, JSON_INDENT(1));
+        fail_msg("job %s is not %s: %s", id, want, text ? text : "(null)");
+    }
+    return job;
+}

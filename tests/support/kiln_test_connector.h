@@ -80,4 +80,36 @@ void kiln_test_capture_end(int saved);
 /* The file's first max bytes, NUL-terminated (caller frees). */
 char *kiln_test_slurp(const char *path, size_t max);
 
+/* ---- end to end: a real `kiln worker` on a real Redis, an API fake ------------ */
+
+#include "kiln/broker.h"
+#include "kiln_test.h"
+
+typedef struct kiln_test_api_e2e {
+    kiln_test_redis_t redis;
+    kiln_test_fake_t fake;
+    char dir[256], config[320], log_path[320];
+    kiln_broker_options_t opts;
+    kiln_broker_t *broker;
+    pid_t worker;
+    bool passed; /* set by the test's end; otherwise stop dumps the logs */
+} kiln_test_api_e2e_t;
+
+/* Starts the fake (name, args), writes kiln.yaml from yaml (each "@FAKE@"
+ * in it becomes the fake's URL) into a fresh folder, starts Redis and `kiln worker
+ * --connectors connector` with env (NULL-terminated "NAME=value"), and
+ * connects a broker. The test fails when any of it does not start. */
+void kiln_test_api_e2e_start(kiln_test_api_e2e_t *e, const char *fake_name,
+                             const char *const fake_args[], const char *yaml, const char *connector,
+                             char *const env[]);
+/* Stops the worker, the fake and Redis, dumping the logs unless passed. */
+void kiln_test_api_e2e_stop(kiln_test_api_e2e_t *e);
+
+/* Submits a job spec (JSON text); its id goes into id (KILN_JOB_ID_MAX). */
+void kiln_test_api_e2e_submit(kiln_test_api_e2e_t *e, const char *spec_json, char *id);
+/* The job as the broker shows it (caller owns). */
+json_t *kiln_test_api_e2e_job(kiln_test_api_e2e_t *e, const char *id);
+/* Waits (60 s at most) until the job is in a final state, which must be want. */
+json_t *kiln_test_api_e2e_wait(kiln_test_api_e2e_t *e, const char *id, const char *want);
+
 #endif
