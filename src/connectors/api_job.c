@@ -185,8 +185,15 @@ int kiln_api_remote_wait(const kiln_api_remote_t *r, json_t **doc, kiln_api_phas
         } else {
             delay = delay + delay / 2 > r->poll_max_ms ? r->poll_max_ms : delay + delay / 2;
         }
-        if (r->deadline_ms && kiln_api_now_ms() + delay >= r->deadline_ms)
-            return stop_remote(r, true, out);
+        if (r->deadline_ms) {
+            /* The last wait ends at the deadline; the poll after it fails
+             * with KILN_ETIMEOUT and stops the remote job below. */
+            int64_t left = r->deadline_ms - kiln_api_now_ms();
+            if (left <= 0)
+                return stop_remote(r, true, out);
+            if (delay > left)
+                delay = left;
+        }
         if (!kiln_api_sleep(job->cancel, job->cancel_fd, delay))
             return stop_remote(r, false, out);
         kiln_http_call_t call = {

@@ -221,7 +221,7 @@ static kiln_api_phase_t read_prediction(const json_t *doc, double *percent, char
 {
     const char *status = json_string_value(json_object_get(doc, "status"));
     if (!status)
-        status = "unknown";
+        return KILN_API_FAILED; /* not a prediction: replicate_run says so */
     if (strcmp(status, "succeeded") == 0)
         return KILN_API_SUCCEEDED;
     if (strcmp(status, "failed") == 0 || strcmp(status, "aborted") == 0)
@@ -394,6 +394,8 @@ static int replicate_run(void *state, const kiln_job_context_t *job, kiln_job_ou
             rc = succeeded(rp, job, doc, deadline_ms, out);
         else if (phase == KILN_API_CANCELED)
             rc = kiln_job_outcome_fail(out, false, "prediction %s was canceled on Replicate", id);
+        else if (!json_is_string(json_object_get(doc, "status")))
+            rc = kiln_job_outcome_fail(out, false, "prediction %s: the response has no status", id);
         else
             rc = kiln_job_outcome_fail(out, false, "prediction %s failed: %.500s", id,
                                        error ? error : "(no error message)");

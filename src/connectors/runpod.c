@@ -217,7 +217,7 @@ static kiln_api_phase_t read_status(const json_t *doc, double *percent, char *me
 {
     const char *status = json_string_value(json_object_get(doc, "status"));
     if (!status)
-        status = "UNKNOWN";
+        return KILN_API_FAILED; /* not a job status: failed() says so */
     if (strcmp(status, "COMPLETED") == 0)
         return KILN_API_SUCCEEDED;
     if (strcmp(status, "FAILED") == 0 || strcmp(status, "TIMED_OUT") == 0)
@@ -310,6 +310,8 @@ static int completed(const runpod_t *rp, const kiln_job_context_t *job, const js
 static int failed(const json_t *doc, const char *id, kiln_job_outcome_t *out)
 {
     const char *status = json_string_value(json_object_get(doc, "status"));
+    if (!status)
+        return kiln_job_outcome_fail(out, false, "RunPod job %s: the response has no status", id);
     json_t *error = json_object_get(doc, "error");
     char *text = error && !json_is_string(error) ? json_dumps(error, JSON_COMPACT) : NULL;
     const char *why = json_is_string(error) ? json_string_value(error)

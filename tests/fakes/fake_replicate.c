@@ -26,6 +26,7 @@
  *   echo-key          fails quoting the Authorization header it got
  *   big-output        the output file is 4 MiB
  *   text-output       the output is a list of strings, no files
+ *   no-status         polls answer a JSON object without "status"
  * With --key KEY requests must carry "Authorization: Bearer KEY" (401 otherwise).
  *
  *   fake_replicate PORT [--key KEY]     (PORT 0: pick one)
@@ -191,7 +192,9 @@ static int on_predictions(struct mg_connection *conn, void *cbdata)
         poll_malformed = starts_with(j->fault, "poll-malformed");
         if (!poll_fault) {
             j->polls++;
-            body = prediction_json(j, mg_get_header(conn, "Authorization"));
+            body = starts_with(j->fault, "no-status")
+                       ? json_pack("{s:s, s:s}", "id", j->id, "detail", "who knows")
+                       : prediction_json(j, mg_get_header(conn, "Authorization"));
         }
     }
     pthread_mutex_unlock(&fake.mu);

@@ -18,7 +18,8 @@
  * {"images": [input.outputs file URLs]}. Faults by input.fault, as in
  * fake_replicate.c: 429-then-ok, 500-then-ok, poll-500-then-ok, slow,
  * malformed, hang, fail (FAILED with an error), canceled-remote
- * (CANCELLED), timed-out (TIMED_OUT), big-output, echo-key.
+ * (CANCELLED), timed-out (TIMED_OUT), big-output, echo-key, no-status
+ * (polls answer an object without "status").
  * With --key KEY requests must carry "Authorization: Bearer KEY" or the
  * bare key (both are accepted by RunPod); others get 401.
  *
@@ -167,7 +168,9 @@ static int on_v2(struct mg_connection *conn, void *cbdata)
         poll_malformed = starts_with(j->fault, "poll-malformed");
         if (!poll_fault) {
             j->polls++;
-            body = status_json(j, mg_get_header(conn, "Authorization"));
+            body = starts_with(j->fault, "no-status")
+                       ? json_pack("{s:s}", "id", j->id)
+                       : status_json(j, mg_get_header(conn, "Authorization"));
         }
     }
     pthread_mutex_unlock(&fake.mu);

@@ -186,6 +186,9 @@ static void a_malformed_response_fails_not_retryable(void **state)
     kiln_test_run_job(c, "replicate.2", "{\"input\": {\"fault\": \"poll-malformed\"}}", 0, 0, &r);
     kiln_test_expect_failed(&r, false, "not a JSON object");
     kiln_test_run_clear(&r);
+    kiln_test_run_job(c, "replicate.3", "{\"input\": {\"fault\": \"no-status\"}}", 0, 0, &r);
+    kiln_test_expect_failed(&r, false, "the response has no status");
+    kiln_test_run_clear(&r);
     kiln_connector_free(c);
 }
 
