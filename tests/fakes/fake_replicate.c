@@ -27,6 +27,7 @@
  *   big-output        the output file is 4 MiB
  *   text-output       the output is a list of strings, no files
  *   no-status         polls answer a JSON object without "status"
+ *   bad-id            the created prediction's id is a path ("../../v1/account?x=")
  * With --key KEY requests must carry "Authorization: Bearer KEY" (401 otherwise).
  *
  *   fake_replicate PORT [--key KEY]     (PORT 0: pick one)
@@ -150,6 +151,8 @@ static int create(struct mg_connection *conn, const char *model)
             j->finished_at_once = !starts_with(j->fault, "hang");
         }
         body = prediction_json(j, mg_get_header(conn, "Authorization"));
+        if (starts_with(j->fault, "bad-id")) /* hostile: a path in the id */
+            json_object_set_new(body, "id", json_string("../../v1/account?x="));
     }
     pthread_mutex_unlock(&fake.mu);
     json_decref(req);

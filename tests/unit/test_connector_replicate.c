@@ -189,6 +189,12 @@ static void a_malformed_response_fails_not_retryable(void **state)
     kiln_test_run_job(c, "replicate.3", "{\"input\": {\"fault\": \"no-status\"}}", 0, 0, &r);
     kiln_test_expect_failed(&r, false, "the response has no status");
     kiln_test_run_clear(&r);
+    kiln_test_run_job(c, "replicate.4", "{\"input\": {\"fault\": \"bad-id\"}}", 0, 0, &r);
+    kiln_test_expect_failed(&r, false, "no valid prediction id");
+    kiln_test_run_clear(&r);
+    /* Nothing was asked with the hostile id: four creates and one poll each
+     * of poll-malformed and no-status went out, nothing more. */
+    assert_int_equal(kiln_test_fake_stat(f, "requests"), 6);
     kiln_connector_free(c);
 }
 
