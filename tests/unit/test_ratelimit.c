@@ -4,7 +4,9 @@
  * connection, sharing one budget key.
  */
 #include "connectors/ratelimit.h"
+#include "kiln/log.h"
 #include "kiln_test.h"
+#include "kiln_test_connector.h"
 
 #include <inttypes.h>
 #include <pthread.h>
@@ -239,8 +241,43 @@ static void bad_rate_limit_options_are_refused_naming_the_field(void **state)
                      KILN_EINVAL);
 }
 
+/* ---- wired into the openai connector ---------------------------------------------- */
+
+static void openai_requests_take_slots_of_the_budget(void **state)
+{
+    char dir[256];
+    kiln_test_tmpdir(dir, sizeof dir);
+    kiln_test_fake_t fake;
+    kiln_test_fake_start(&fake, "fake_openai", NULL, dir);
+    char options[512];
+    snprintf(options, sizeof options,
+             "{\"base_url\": \"%s\", \"model\": \"gpt-test\", \"rate_limit_per_minute\": 2}",
+             fake.url);
+    kiln_connector_t *c = kiln_test_connector("llm", "openai", options, redis.url);
+    const char *payload = "{\"prompt\": \"hi\", \"stream\": false}";
+    kiln_test_run_t r;
+    for (int i = 0; i < 2; i++) {
+        kiln_test_run_job(c, "llm.1", payload, 0, 0, &r);
+        kiln_test_expect_completed(&r);
+        kiln_test_run_clear(&r);
+    }
+    /* The budget (key: the connector's name) is spent for a minute. */
+    kiln_test_run_job(c, "llm.2", payload, 1000, 0, &r);
+    kiln_test_expect_failed(&r, true, "rate limit");
+    kiln_test_run_clear(&r);
+    assert_int_equal(kiln_test_fake_stat(&fake, "requests"), 2);
+    redisContext *rc = kiln_test_redis_connect(&redis);
+    redisReply *reply = redisCommand(rc, "ZCARD kiln:ratelimit:{llm}");
+    assert_int_equal(reply->integer, 2);
+    freeReplyObject(reply);
+    redisFree(rc);
+    kiln_connector_free(c);
+    kiln_test_fake_stop(&fake);
+}
+
 int main(void)
 {
+    kiln_log_configure(KILN_LOG_JSON, KILN_LOG_WARN);
     kiln_test_redis_start(&redis, false);
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(two_limiters_sharing_a_key_never_exceed_the_limit_per_window),
@@ -250,6 +287,7 @@ int main(void)
         cmocka_unit_test(the_script_is_reloaded_after_a_flush),
         cmocka_unit_test(a_redis_restart_fails_one_acquire_then_reconnects),
         cmocka_unit_test(bad_rate_limit_options_are_refused_naming_the_field),
+        cmocka_unit_test(openai_requests_take_slots_of_the_budget),
     };
     int failed = cmocka_run_group_tests(tests, NULL, NULL);
     kiln_test_redis_destroy(&redis);
