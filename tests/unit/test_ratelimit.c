@@ -35,7 +35,7 @@ static kiln_ratelimit_t *limiter(const char *key, int64_t limit, int64_t window_
 
 typedef struct grants {
     pthread_mutex_t lock;
-    int64_t at[MAX_GRANTS];
+    int64_t asked[MAX_GRANTS], got[MAX_GRANTS]; /* around each grant */
     int n;
     int64_t until;
     const char *key;
@@ -48,13 +48,16 @@ static void *take_until(void *ctx)
     kiln_ratelimit_t *rl = limiter(g->key, g->limit, g->window_ms);
     while (kiln_test_now_ms() < g->until) {
         kiln_err_t err = {0};
+        int64_t asked = kiln_test_now_ms();
         int rc = kiln_ratelimit_acquire(rl, NULL, -1, g->until, &err);
         if (rc == KILN_ETIMEOUT)
             break;
         assert_int_equal(rc, 0);
         pthread_mutex_lock(&g->lock);
-        if (g->n < MAX_GRANTS)
-            g->at[g->n++] = kiln_test_now_ms();
+        if (g->n < MAX_GRANTS) {
+            g->asked[g->n] = asked;
+            g->got[g->n++] = kiln_test_now_ms();
+        }
         pthread_mutex_unlock(&g->lock);
     }
     kiln_ratelimit_free(rl);
@@ -73,15 +76,17 @@ static void two_limiters_sharing_a_key_never_exceed_the_limit_per_window(void **
     pthread_create(&b, NULL, take_until, &g);
     pthread_join(a, NULL);
     pthread_join(b, NULL);
-    /* A grant is stamped after Redis took it, so two stamps are at most the
-     * round trip late: 50 ms of slack keeps the check exact and not flaky. */
+    /* Redis granted each slot between its asked and got stamps. Grants whose
+     * whole [asked, got] lies inside one window-long span were certainly
+     * granted within one window: more than the limit of them is a breach,
+     * however late a thread was scheduled. */
     for (int i = 0; i < g.n; i++) {
         int in_window = 0;
         for (int j = 0; j < g.n; j++)
-            in_window += g.at[j] >= g.at[i] && g.at[j] < g.at[i] + g.window_ms - 50;
+            in_window += g.asked[j] >= g.asked[i] && g.got[j] < g.asked[i] + g.window_ms;
         if (in_window > g.limit)
-            fail_msg("%d grants within %" PRId64 " ms of grant %d; the limit is %" PRId64,
-                     in_window, g.window_ms - 50, i, g.limit);
+            fail_msg("%d grants within %" PRId64 " ms from grant %d; the limit is %" PRId64,
+                     in_window, g.window_ms, i, g.limit);
     }
     /* Slots free as the window slides: the budget is used, not just refused. */
     assert_true(g.n >= 3 * g.limit);
@@ -97,8 +102,8 @@ static void separate_keys_have_separate_budgets(void **state)
     assert_int_equal(kiln_ratelimit_acquire(b, NULL, -1, 0, &err), 0);
     /* a is spent: a deadline it cannot meet is reported at once. */
     int64_t start = kiln_test_now_ms();
-    assert_int_equal(kiln_ratelimit_acquire(a, NULL, -1, start + 500, &err), KILN_ETIMEOUT);
-    assert_true(kiln_test_now_ms() - start < 400);
+    assert_int_equal(kiln_ratelimit_acquire(a, NULL, -1, start + 5000, &err), KILN_ETIMEOUT);
+    assert_true(kiln_test_now_ms() - start < 2500);
     assert_non_null(strstr(err.msg, "budget-a"));
     kiln_ratelimit_free(a);
     kiln_ratelimit_free(b);
@@ -155,7 +160,7 @@ static void acquire_stops_at_once_when_cancelled(void **state)
     uint64_t one = 1;
     assert_int_equal(write(w.cancel_fd, &one, sizeof one), (ssize_t)sizeof one);
     assert_true(kiln_test_wait_until(waiter_done, &w, 2000));
-    assert_true(kiln_test_now_ms() - start < 500);
+    assert_true(kiln_test_now_ms() - start < 1500); /* not the minute the budget needs */
     pthread_join(t, NULL);
     assert_int_equal(atomic_load(&w.rc), KILN_ECANCELLED);
     close(w.cancel_fd);
