@@ -274,6 +274,12 @@ static void outputs_are_downloaded_into_the_outputs_folder(void **state)
     kiln_test_expect_completed(&r);
     assert_int_equal(json_array_size(json_object_get(r.result, "files")), 0);
     kiln_test_run_clear(&r);
+
+    /* More output files than kiln fetches for one job is refused up front. */
+    kiln_test_run_job(c, "replicate.10", "{\"input\": {\"steps\": 1, \"outputs\": 150}}", 0, 0, &r);
+    kiln_test_expect_failed(&r, false, "150 output files; at most 100");
+    kiln_test_run_clear(&r);
+    assert_int_equal(kiln_test_fake_stat(f, "downloads"), 2);
     kiln_connector_free(c);
 
     /* An output over max_output_bytes is refused and not kept. */
