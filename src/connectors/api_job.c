@@ -392,3 +392,95 @@ int kiln_api_download_outputs(const json_t *output, const char *outputs_dir, uin
     }
     return rc;
 }
+
+/* ---- options and results ------------------------------------------------------- */
+
+static int read_limits(const kiln_connector_config_t *cfg, kiln_api_options_t *opts,
+                       kiln_http_client_options_t *hopts, int64_t *timeout_ms, kiln_err_t *err)
+{
+    int64_t connect_ms = 0, retries = 0, max_bytes = 0, max_output = 0;
+    int rc = kiln_connector_option_int(cfg, "timeout_ms", 1, KILN_API_TIMEOUT_MAX, *timeout_ms,
+                                       timeout_ms, err);
+    if (rc == 0)
+        rc = kiln_connector_option_int(cfg, "connect_timeout_ms", 1, KILN_API_TIMEOUT_MAX,
+                                       KILN_HTTP_CONNECT_TIMEOUT_MS, &connect_ms, err);
+    if (rc == 0)
+        rc = kiln_connector_option_int(cfg, "max_retries", 0, KILN_HTTP_RETRIES_MAX,
+                                       KILN_API_RETRIES_DEFAULT, &retries, err);
+    if (rc == 0)
+        rc =
+            kiln_connector_option_int(cfg, "max_response_bytes", 1024, KILN_HTTP_MAX_RESPONSE_LIMIT,
+                                      KILN_HTTP_MAX_RESPONSE_DEFAULT, &max_bytes, err);
+    if (rc == 0)
+        rc = kiln_connector_option_int(cfg, "max_output_bytes", 1, INT64_MAX / 2,
+                                       (int64_t)KILN_API_OUTPUT_BYTES_DEFAULT, &max_output, err);
+    if (rc < 0)
+        return rc;
+    hopts->timeout_ms = (long)*timeout_ms;
+    hopts->connect_timeout_ms = (long)connect_ms;
+    hopts->max_retries = (int)retries;
+    hopts->max_response_bytes = (size_t)max_bytes;
+    opts->max_output_bytes = (uint64_t)max_output;
+    return 0;
+}
+
+/* Reads the shared options (contract in api_job.h). */
+int kiln_api_read_options(const kiln_connector_config_t *cfg, int64_t timeout_ms_default,
+                          kiln_api_options_t *opts, kiln_http_client_options_t *hopts,
+                          kiln_err_t *err)
+{
+    memset(opts, 0, sizeof *opts);
+    int64_t timeout_ms = timeout_ms_default;
+    const char *outputs = NULL;
+    int rc = read_limits(cfg, opts, hopts, &timeout_ms, err);
+    if (rc == 0)
+        rc = kiln_connector_option_int(cfg, "poll_interval_ms", 10, 600000,
+                                       KILN_API_POLL_MS_DEFAULT, &opts->poll_ms, err);
+    if (rc == 0)
+        rc = kiln_connector_option_int(cfg, "poll_interval_max_ms", opts->poll_ms, 3600000,
+                                       KILN_API_POLL_MAX_MS_DEFAULT > opts->poll_ms
+                                           ? KILN_API_POLL_MAX_MS_DEFAULT
+                                           : opts->poll_ms,
+                                       &opts->poll_max_ms, err);
+    if (rc == 0)
+        rc = kiln_connector_option_string(cfg, "outputs_dir", &outputs, err);
+    if (rc == 0 && outputs)
+        rc = kiln_api_check_outputs_dir(cfg, outputs, err);
+    if (rc == 0 && outputs && !(opts->outputs_dir = strdup(outputs)))
+        rc = kiln_err_set(err, KILN_ENOMEM, "connectors.%s: out of memory", cfg->name);
+    return rc;
+}
+
+void kiln_api_options_clear(kiln_api_options_t *opts)
+{
+    free(opts->outputs_dir);
+    memset(opts, 0, sizeof *opts);
+}
+
+/* Completes the outcome with the result (contract in api_job.h). */
+int kiln_api_complete(const kiln_http_client_t *http, const kiln_api_options_t *opts,
+                      const kiln_job_context_t *job, const json_t *output, json_t *result,
+                      int64_t deadline_ms, const char *message, kiln_job_outcome_t *out)
+{
+    json_t *files = NULL;
+    if (!result)
+        return KILN_ENOMEM;
+    if (opts->outputs_dir) {
+        int rc = kiln_api_download_outputs(output, opts->outputs_dir, opts->max_output_bytes, job,
+                                           deadline_ms, &files, out);
+        if (rc < 0 || !files) {
+            json_decref(result);
+            return rc;
+        }
+    }
+    json_object_set_new(result, "files", files ? files : json_null());
+    char *text = json_dumps(result, JSON_COMPACT);
+    json_decref(result);
+    if (!text)
+        return KILN_ENOMEM;
+    kiln_http_redact(http, text);
+    out->status = KILN_OUTCOME_COMPLETED;
+    out->result_json = text;
+    report(job, 100.0, message);
+    return 0;
+}

@@ -24,6 +24,35 @@
 #define KILN_API_ID_MAX               128 /* characters of a remote job id */
 #define KILN_API_MESSAGE_MAX          128
 
+#define KILN_API_TIMEOUT_MAX     86400000 /* ms: timeout_ms and connect_timeout_ms */
+#define KILN_API_RETRIES_DEFAULT 3
+
+/* The options every remote-job connector reads the same way. */
+typedef struct kiln_api_options {
+    char *outputs_dir; /* owned; NULL: results hold output URLs only */
+    uint64_t max_output_bytes;
+    int64_t poll_ms, poll_max_ms;
+} kiln_api_options_t;
+
+/* Reads outputs_dir, max_output_bytes, poll_interval_ms and
+ * poll_interval_max_ms into opts, and timeout_ms (default timeout_ms_default),
+ * connect_timeout_ms, max_retries and max_response_bytes into hopts. On a bad
+ * option returns KILN_EINVAL naming connectors.<name>.<option>. Free opts
+ * with kiln_api_options_clear (also after a failure). */
+int kiln_api_read_options(const kiln_connector_config_t *cfg, int64_t timeout_ms_default,
+                          kiln_api_options_t *opts, kiln_http_client_options_t *hopts,
+                          kiln_err_t *err);
+void kiln_api_options_clear(kiln_api_options_t *opts);
+
+/* Completes out with result (stolen): with opts->outputs_dir the URLs in
+ * output are downloaded first and listed in result as "files" (null
+ * otherwise). The text is redacted of the client's key, and progress 100
+ * is reported with message. Returns 0 (out filled: completed, or failed or
+ * cancelled by a download), or KILN_ENOMEM. */
+int kiln_api_complete(const kiln_http_client_t *http, const kiln_api_options_t *opts,
+                      const kiln_job_context_t *job, const json_t *output, json_t *result,
+                      int64_t deadline_ms, const char *message, kiln_job_outcome_t *out);
+
 /* Where a remote job stands, as a connector reads its status document. */
 typedef enum {
     KILN_API_RUNNING,

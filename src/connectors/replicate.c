@@ -27,20 +27,16 @@
 #define REPLICATE_DEFAULT_URL     "https://api.replicate.com/v1"
 #define REPLICATE_DEFAULT_KEY_ENV "REPLICATE_API_TOKEN"
 #define REPLICATE_TIMEOUT_DEFAULT 120000 /* ms, one request (a Prefer: wait one included) */
-#define REPLICATE_TIMEOUT_MAX     86400000
-#define REPLICATE_RETRIES_DEFAULT 3
-#define REPLICATE_WAIT_MAX_S      60 /* Replicate holds a request at most this long */
+#define REPLICATE_WAIT_MAX_S      60     /* Replicate holds a request at most this long */
 #define REPLICATE_NAME_MAX        256
 
 typedef struct replicate {
     char name[128];
     kiln_http_client_t *http;
     kiln_ratelimit_t *ratelimit;
-    char *model;       /* default "owner/name", or NULL */
-    char *version;     /* default version id, or NULL */
-    char *outputs_dir; /* where output files go, or NULL: URLs only */
-    uint64_t max_output_bytes;
-    int64_t poll_ms, poll_max_ms;
+    char *model;   /* default "owner/name", or NULL */
+    char *version; /* default version id, or NULL */
+    kiln_api_options_t api;
     int64_t wait_s; /* Prefer: wait=N on create; 0: none */
 } replicate_t;
 
@@ -73,7 +69,7 @@ static void replicate_free(void *state)
     kiln_ratelimit_free(rp->ratelimit);
     free(rp->model);
     free(rp->version);
-    free(rp->outputs_dir);
+    kiln_api_options_clear(&rp->api);
     free(rp);
 }
 
@@ -97,12 +93,13 @@ static bool version_ok(const char *version)
 
 static int read_strings(const kiln_connector_config_t *cfg, replicate_t *rp, kiln_err_t *err)
 {
-    const char *model = NULL, *version = NULL, *outputs = NULL;
+    const char *model = NULL, *version = NULL;
     int rc = kiln_connector_option_string(cfg, "model", &model, err);
     if (rc == 0)
         rc = kiln_connector_option_string(cfg, "version", &version, err);
     if (rc == 0)
-        rc = kiln_connector_option_string(cfg, "outputs_dir", &outputs, err);
+        rc = kiln_connector_option_int(cfg, "wait_seconds", 0, REPLICATE_WAIT_MAX_S, 0, &rp->wait_s,
+                                       err);
     if (rc < 0)
         return rc;
     if (model && !model_ok(model))
@@ -114,51 +111,8 @@ static int read_strings(const kiln_connector_config_t *cfg, replicate_t *rp, kil
         return kiln_err_set(err, KILN_EINVAL,
                             "connectors.%s.version: expected a version id, got \"%.80s\"",
                             cfg->name, version);
-    if (outputs && (rc = kiln_api_check_outputs_dir(cfg, outputs, err)) < 0)
-        return rc;
-    if ((model && !(rp->model = strdup(model))) || (version && !(rp->version = strdup(version))) ||
-        (outputs && !(rp->outputs_dir = strdup(outputs))))
+    if ((model && !(rp->model = strdup(model))) || (version && !(rp->version = strdup(version))))
         return kiln_err_set(err, KILN_ENOMEM, "connectors.%s: out of memory", cfg->name);
-    return 0;
-}
-
-static int read_numbers(const kiln_connector_config_t *cfg, replicate_t *rp,
-                        kiln_http_client_options_t *hopts, kiln_err_t *err)
-{
-    int64_t timeout_ms = 0, connect_ms = 0, retries = 0, max_bytes = 0, max_output = 0;
-    int rc = kiln_connector_option_int(cfg, "timeout_ms", 1, REPLICATE_TIMEOUT_MAX,
-                                       REPLICATE_TIMEOUT_DEFAULT, &timeout_ms, err);
-    if (rc == 0)
-        rc = kiln_connector_option_int(cfg, "connect_timeout_ms", 1, REPLICATE_TIMEOUT_MAX,
-                                       KILN_HTTP_CONNECT_TIMEOUT_MS, &connect_ms, err);
-    if (rc == 0)
-        rc = kiln_connector_option_int(cfg, "max_retries", 0, KILN_HTTP_RETRIES_MAX,
-                                       REPLICATE_RETRIES_DEFAULT, &retries, err);
-    if (rc == 0)
-        rc =
-            kiln_connector_option_int(cfg, "max_response_bytes", 1024, KILN_HTTP_MAX_RESPONSE_LIMIT,
-                                      KILN_HTTP_MAX_RESPONSE_DEFAULT, &max_bytes, err);
-    if (rc == 0)
-        rc = kiln_connector_option_int(cfg, "max_output_bytes", 1, INT64_MAX / 2,
-                                       (int64_t)KILN_API_OUTPUT_BYTES_DEFAULT, &max_output, err);
-    if (rc == 0)
-        rc = kiln_connector_option_int(cfg, "poll_interval_ms", 10, 600000,
-                                       KILN_API_POLL_MS_DEFAULT, &rp->poll_ms, err);
-    if (rc == 0)
-        rc = kiln_connector_option_int(
-            cfg, "poll_interval_max_ms", rp->poll_ms, 3600000,
-            KILN_API_POLL_MAX_MS_DEFAULT > rp->poll_ms ? KILN_API_POLL_MAX_MS_DEFAULT : rp->poll_ms,
-            &rp->poll_max_ms, err);
-    if (rc == 0)
-        rc = kiln_connector_option_int(cfg, "wait_seconds", 0, REPLICATE_WAIT_MAX_S, 0, &rp->wait_s,
-                                       err);
-    if (rc < 0)
-        return rc;
-    hopts->timeout_ms = (long)timeout_ms;
-    hopts->connect_timeout_ms = (long)connect_ms;
-    hopts->max_retries = (int)retries;
-    hopts->max_response_bytes = (size_t)max_bytes;
-    rp->max_output_bytes = (uint64_t)max_output;
     return 0;
 }
 
@@ -175,7 +129,7 @@ static int replicate_init(const kiln_connector_config_t *cfg, void **state, kiln
     if (rc == 0)
         rc = read_strings(cfg, rp, err);
     if (rc == 0)
-        rc = read_numbers(cfg, rp, &hopts, err);
+        rc = kiln_api_read_options(cfg, REPLICATE_TIMEOUT_DEFAULT, &rp->api, &hopts, err);
     if (rc == 0)
         rc = kiln_http_read_api_key(cfg, REPLICATE_DEFAULT_KEY_ENV, true, &key, err);
     if (rc == 0)
@@ -332,26 +286,11 @@ static int succeeded(const replicate_t *rp, const kiln_job_context_t *job, const
                      int64_t deadline_ms, kiln_job_outcome_t *out)
 {
     json_t *output = json_object_get(doc, "output");
-    json_t *files = NULL;
-    if (rp->outputs_dir) {
-        int rc = kiln_api_download_outputs(output, rp->outputs_dir, rp->max_output_bytes, job,
-                                           deadline_ms, &files, out);
-        if (rc < 0 || !files)
-            return rc;
-    }
-    json_t *result = json_pack("{s:O?, s:s, s:O?, s:o?, s:O?}", "id", json_object_get(doc, "id"),
-                               "status", "succeeded", "output", output, "files", files, "metrics",
-                               json_object_get(doc, "metrics"));
-    char *text = result ? json_dumps(result, JSON_COMPACT) : NULL;
-    json_decref(result);
-    if (!text)
-        return KILN_ENOMEM;
-    kiln_http_redact(rp->http, text);
-    out->status = KILN_OUTCOME_COMPLETED;
-    out->result_json = text;
-    if (job->progress)
-        job->progress(job->progress_ctx, 100.0, "succeeded");
-    return 0;
+    json_t *result =
+        json_pack("{s:O?, s:s, s:O?, s:O?}", "id", json_object_get(doc, "id"), "status",
+                  "succeeded", "output", output, "metrics", json_object_get(doc, "metrics"));
+    return kiln_api_complete(rp->http, &rp->api, job, output, result, deadline_ms, "succeeded",
+                             out);
 }
 
 static int replicate_run(void *state, const kiln_job_context_t *job, kiln_job_outcome_t *out)
@@ -379,8 +318,8 @@ static int replicate_run(void *state, const kiln_job_context_t *job, kiln_job_ou
             .http = rp->http,
             .job = job,
             .deadline_ms = deadline_ms,
-            .poll_ms = rp->poll_ms,
-            .poll_max_ms = rp->poll_max_ms,
+            .poll_ms = rp->api.poll_ms,
+            .poll_max_ms = rp->api.poll_max_ms,
             .status_path = status_path,
             .cancel_path = cancel_path,
             .read = read_prediction,

@@ -28,17 +28,13 @@
 #define RUNPOD_DEFAULT_URL     "https://api.runpod.ai/v2"
 #define RUNPOD_DEFAULT_KEY_ENV "RUNPOD_API_KEY"
 #define RUNPOD_TIMEOUT_DEFAULT 60000 /* ms, one request */
-#define RUNPOD_TIMEOUT_MAX     86400000
-#define RUNPOD_RETRIES_DEFAULT 3
 
 typedef struct runpod {
     char name[128];
     char endpoint[KILN_API_ID_MAX + 1];
     kiln_http_client_t *http;
     kiln_ratelimit_t *ratelimit;
-    char *outputs_dir; /* where output files go, or NULL: URLs only */
-    uint64_t max_output_bytes;
-    int64_t poll_ms, poll_max_ms;
+    kiln_api_options_t api;
 } runpod_t;
 
 static const char *const known_options[] = {"base_url",
@@ -66,16 +62,14 @@ static void runpod_free(void *state)
         return;
     kiln_http_client_free(rp->http);
     kiln_ratelimit_free(rp->ratelimit);
-    free(rp->outputs_dir);
+    kiln_api_options_clear(&rp->api);
     free(rp);
 }
 
-static int read_strings(const kiln_connector_config_t *cfg, runpod_t *rp, kiln_err_t *err)
+static int read_endpoint(const kiln_connector_config_t *cfg, runpod_t *rp, kiln_err_t *err)
 {
-    const char *endpoint = NULL, *outputs = NULL;
+    const char *endpoint = NULL;
     int rc = kiln_connector_option_string(cfg, "endpoint_id", &endpoint, err);
-    if (rc == 0)
-        rc = kiln_connector_option_string(cfg, "outputs_dir", &outputs, err);
     if (rc < 0)
         return rc;
     if (!endpoint || !kiln_api_id_ok(endpoint))
@@ -85,47 +79,6 @@ static int read_strings(const kiln_connector_config_t *cfg, runpod_t *rp, kiln_e
                             cfg->name, KILN_API_ID_MAX, endpoint ? "\"" : "nothing",
                             endpoint ? endpoint : "", endpoint ? "\"" : "");
     snprintf(rp->endpoint, sizeof rp->endpoint, "%s", endpoint);
-    if (outputs && (rc = kiln_api_check_outputs_dir(cfg, outputs, err)) < 0)
-        return rc;
-    if (outputs && !(rp->outputs_dir = strdup(outputs)))
-        return kiln_err_set(err, KILN_ENOMEM, "connectors.%s: out of memory", cfg->name);
-    return 0;
-}
-
-static int read_numbers(const kiln_connector_config_t *cfg, runpod_t *rp,
-                        kiln_http_client_options_t *hopts, kiln_err_t *err)
-{
-    int64_t timeout_ms = 0, connect_ms = 0, retries = 0, max_bytes = 0, max_output = 0;
-    int rc = kiln_connector_option_int(cfg, "timeout_ms", 1, RUNPOD_TIMEOUT_MAX,
-                                       RUNPOD_TIMEOUT_DEFAULT, &timeout_ms, err);
-    if (rc == 0)
-        rc = kiln_connector_option_int(cfg, "connect_timeout_ms", 1, RUNPOD_TIMEOUT_MAX,
-                                       KILN_HTTP_CONNECT_TIMEOUT_MS, &connect_ms, err);
-    if (rc == 0)
-        rc = kiln_connector_option_int(cfg, "max_retries", 0, KILN_HTTP_RETRIES_MAX,
-                                       RUNPOD_RETRIES_DEFAULT, &retries, err);
-    if (rc == 0)
-        rc =
-            kiln_connector_option_int(cfg, "max_response_bytes", 1024, KILN_HTTP_MAX_RESPONSE_LIMIT,
-                                      KILN_HTTP_MAX_RESPONSE_DEFAULT, &max_bytes, err);
-    if (rc == 0)
-        rc = kiln_connector_option_int(cfg, "max_output_bytes", 1, INT64_MAX / 2,
-                                       (int64_t)KILN_API_OUTPUT_BYTES_DEFAULT, &max_output, err);
-    if (rc == 0)
-        rc = kiln_connector_option_int(cfg, "poll_interval_ms", 10, 600000,
-                                       KILN_API_POLL_MS_DEFAULT, &rp->poll_ms, err);
-    if (rc == 0)
-        rc = kiln_connector_option_int(
-            cfg, "poll_interval_max_ms", rp->poll_ms, 3600000,
-            KILN_API_POLL_MAX_MS_DEFAULT > rp->poll_ms ? KILN_API_POLL_MAX_MS_DEFAULT : rp->poll_ms,
-            &rp->poll_max_ms, err);
-    if (rc < 0)
-        return rc;
-    hopts->timeout_ms = (long)timeout_ms;
-    hopts->connect_timeout_ms = (long)connect_ms;
-    hopts->max_retries = (int)retries;
-    hopts->max_response_bytes = (size_t)max_bytes;
-    rp->max_output_bytes = (uint64_t)max_output;
     return 0;
 }
 
@@ -140,9 +93,9 @@ static int runpod_init(const kiln_connector_config_t *cfg, void **state, kiln_er
     char *key = NULL;
     int rc = kiln_connector_option_string(cfg, "base_url", &base_url, err);
     if (rc == 0)
-        rc = read_strings(cfg, rp, err);
+        rc = read_endpoint(cfg, rp, err);
     if (rc == 0)
-        rc = read_numbers(cfg, rp, &hopts, err);
+        rc = kiln_api_read_options(cfg, RUNPOD_TIMEOUT_DEFAULT, &rp->api, &hopts, err);
     if (rc == 0)
         rc = kiln_http_read_api_key(cfg, RUNPOD_DEFAULT_KEY_ENV, true, &key, err);
     if (rc == 0)
@@ -283,27 +236,12 @@ static int completed(const runpod_t *rp, const kiln_job_context_t *job, const js
                      int64_t deadline_ms, kiln_job_outcome_t *out)
 {
     json_t *output = json_object_get(doc, "output");
-    json_t *files = NULL;
-    if (rp->outputs_dir) {
-        int rc = kiln_api_download_outputs(output, rp->outputs_dir, rp->max_output_bytes, job,
-                                           deadline_ms, &files, out);
-        if (rc < 0 || !files)
-            return rc;
-    }
-    json_t *result = json_pack("{s:O?, s:s, s:O?, s:o?, s:O?, s:O?}", "id",
-                               json_object_get(doc, "id"), "status", "COMPLETED", "output", output,
-                               "files", files, "delayTime", json_object_get(doc, "delayTime"),
-                               "executionTime", json_object_get(doc, "executionTime"));
-    char *text = result ? json_dumps(result, JSON_COMPACT) : NULL;
-    json_decref(result);
-    if (!text)
-        return KILN_ENOMEM;
-    kiln_http_redact(rp->http, text);
-    out->status = KILN_OUTCOME_COMPLETED;
-    out->result_json = text;
-    if (job->progress)
-        job->progress(job->progress_ctx, 100.0, "completed");
-    return 0;
+    json_t *result =
+        json_pack("{s:O?, s:s, s:O?, s:O?, s:O?}", "id", json_object_get(doc, "id"), "status",
+                  "COMPLETED", "output", output, "delayTime", json_object_get(doc, "delayTime"),
+                  "executionTime", json_object_get(doc, "executionTime"));
+    return kiln_api_complete(rp->http, &rp->api, job, output, result, deadline_ms, "completed",
+                             out);
 }
 
 /* The message of a FAILED or TIMED_OUT job: its "error", whatever its type. */
@@ -348,8 +286,8 @@ static int runpod_run(void *state, const kiln_job_context_t *job, kiln_job_outco
             .http = rp->http,
             .job = job,
             .deadline_ms = deadline_ms,
-            .poll_ms = rp->poll_ms,
-            .poll_max_ms = rp->poll_max_ms,
+            .poll_ms = rp->api.poll_ms,
+            .poll_max_ms = rp->api.poll_max_ms,
             .status_path = status_path,
             .cancel_path = cancel_path,
             .read = read_status,
