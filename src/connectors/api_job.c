@@ -88,6 +88,19 @@ bool kiln_api_percent_in_text(const char *text, double *percent)
     return false;
 }
 
+/* GETs path as a health check (contract in api_job.h). */
+int kiln_api_health_get(const kiln_http_client_t *http, const char *path, kiln_err_t *err)
+{
+    kiln_http_call_t call = {.method = "GET",
+                             .path = path,
+                             .cancel_fd = -1,
+                             .deadline_ms = kiln_api_now_ms() + KILN_API_CANCEL_TIMEOUT_MS};
+    kiln_http_result_t res;
+    int rc = kiln_http_call(http, &call, &res, err);
+    kiln_http_result_clear(&res);
+    return rc;
+}
+
 /* Parses a 2xx body as an object (contract in api_job.h). */
 json_t *kiln_api_parse_object(const kiln_http_result_t *res, const char *what,
                               kiln_job_outcome_t *out)

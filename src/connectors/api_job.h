@@ -94,6 +94,10 @@ int kiln_api_remote_wait(const kiln_api_remote_t *r, json_t **doc, kiln_api_phas
 void kiln_api_remote_cancel(const kiln_http_client_t *http, const kiln_job_context_t *job,
                             const char *path, const char *const *headers);
 
+/* A health check: GETs path with KILN_API_CANCEL_TIMEOUT_MS for all its
+ * tries. 0 on a 2xx answer, else kiln_http_call's code and message. */
+int kiln_api_health_get(const kiln_http_client_t *http, const char *path, kiln_err_t *err);
+
 /* Parses a 2xx body as a JSON object; NULL (out filled, not retryable)
  * when it is not one. what names the request in the message. */
 json_t *kiln_api_parse_object(const kiln_http_result_t *res, const char *what,

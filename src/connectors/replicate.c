@@ -156,15 +156,7 @@ static int replicate_init(const kiln_connector_config_t *cfg, void **state, kiln
 /* GET /account: the token is valid and the API answers. */
 static int replicate_health(void *state, kiln_err_t *err)
 {
-    const replicate_t *rp = state;
-    kiln_http_call_t call = {.method = "GET",
-                             .path = "/account",
-                             .cancel_fd = -1,
-                             .deadline_ms = kiln_api_now_ms() + KILN_API_CANCEL_TIMEOUT_MS};
-    kiln_http_result_t res;
-    int rc = kiln_http_call(rp->http, &call, &res, err);
-    kiln_http_result_clear(&res);
-    return rc;
+    return kiln_api_health_get(((const replicate_t *)state)->http, "/account", err);
 }
 
 /* ---- run ------------------------------------------------------------------- */

@@ -126,14 +126,7 @@ static int runpod_health(void *state, kiln_err_t *err)
     const runpod_t *rp = state;
     char path[KILN_API_PATH_MAX];
     snprintf(path, sizeof path, "/%s/health", rp->endpoint);
-    kiln_http_call_t call = {.method = "GET",
-                             .path = path,
-                             .cancel_fd = -1,
-                             .deadline_ms = kiln_api_now_ms() + KILN_API_CANCEL_TIMEOUT_MS};
-    kiln_http_result_t res;
-    int rc = kiln_http_call(rp->http, &call, &res, err);
-    kiln_http_result_clear(&res);
-    return rc;
+    return kiln_api_health_get(rp->http, path, err);
 }
 
 /* ---- run ------------------------------------------------------------------- */
