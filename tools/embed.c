@@ -2,11 +2,13 @@
  * kiln-embed: compiles files into a C source as byte arrays, so the kiln
  * binary carries its Lua scripts (and later its web assets) with it.
  *
- *   kiln-embed scripts OUT.c --prefix LIB.lua... --ops OP.lua...
+ *   kiln-embed scripts OUT.c [--symbol NAME] --prefix LIB.lua... --ops OP.lua...
  *
  * Every op script is emitted with all prefix (library) scripts prepended, so
  * operations can share Lua helpers while each stays one EVALSHA-able script.
- * The generated file defines kiln_embedded_scripts[] (name = file stem).
+ * The generated file defines kiln_embedded_scripts[] (name = file stem), or
+ * NAME[] when --symbol is given, so a second set (the connectors' scripts)
+ * can be embedded apart from the broker's.
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -42,12 +44,19 @@ static void file_stem(const char *path, char *stem, size_t size)
 int main(int argc, char **argv)
 {
     if (argc < 4 || strcmp(argv[1], "scripts") != 0) {
-        fprintf(stderr, "usage: kiln-embed scripts OUT.c --prefix LIB.lua... --ops OP.lua...\n");
+        fprintf(stderr, "usage: kiln-embed scripts OUT.c [--symbol NAME] --prefix LIB.lua... --ops "
+                        "OP.lua...\n");
         return 2;
     }
     const char *out_path = argv[2];
+    const char *symbol = "kiln_embedded_scripts";
+    int first = 3;
+    if (argc > 4 && strcmp(argv[3], "--symbol") == 0) {
+        symbol = argv[4];
+        first = 5;
+    }
     int prefix_start = -1, ops_start = -1;
-    for (int i = 3; i < argc; i++) {
+    for (int i = first; i < argc; i++) {
         if (strcmp(argv[i], "--prefix") == 0)
             prefix_start = i + 1;
         else if (strcmp(argv[i], "--ops") == 0)
@@ -78,7 +87,7 @@ int main(int argc, char **argv)
             return 1;
         fprintf(out, "0};\n");
     }
-    fprintf(out, "const kiln_embedded_script_t kiln_embedded_scripts[] = {\n");
+    fprintf(out, "const kiln_embedded_script_t %s[] = {\n", symbol);
     for (int i = 0; i < nops; i++) {
         char stem[256];
         file_stem(argv[ops_start + i], stem, sizeof stem);

@@ -35,6 +35,10 @@ typedef struct kiln_connector_config {
     char *name;
     char *type;
     json_t *options; /* owned; an object, possibly empty */
+    /* Borrowed; the Redis the running worker uses (set by the worker, NULL
+     * elsewhere), for connectors that share state across the fleet, such as
+     * the rate limit of the API connectors. */
+    const char *redis_url;
 } kiln_connector_config_t;
 
 /* machine.type: what the machine runs. AUTO is decided by the plan from the

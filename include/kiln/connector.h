@@ -156,5 +156,7 @@ extern const kiln_connector_ops_t kiln_connector_playwright;
 extern const kiln_connector_ops_t kiln_connector_comfyui;
 extern const kiln_connector_ops_t kiln_connector_ollama;
 extern const kiln_connector_ops_t kiln_connector_a1111;
+extern const kiln_connector_ops_t kiln_connector_replicate;
+extern const kiln_connector_ops_t kiln_connector_runpod;
 
 #endif

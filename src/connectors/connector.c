@@ -34,6 +34,8 @@ static const kiln_connector_ops_t *const builtin_types[] = {
     &kiln_connector_comfyui,
     &kiln_connector_ollama,
     &kiln_connector_a1111,
+    &kiln_connector_replicate,
+    &kiln_connector_runpod,
 };
 
 #define N_BUILTIN_TYPES (sizeof builtin_types / sizeof builtin_types[0])

@@ -17,6 +17,7 @@
  * passed through kiln_http_redact before it reaches a message.
  */
 #include "http.h"
+#include "ratelimit.h"
 
 #include "kiln/log.h"
 
@@ -53,6 +54,7 @@ struct kiln_http_client {
     int max_retries;
     size_t max_response_bytes;
     long backoff_base_ms;
+    kiln_ratelimit_t *ratelimit;
 };
 
 /* A growable buffer with a maximum size fixed at init. */
@@ -210,6 +212,7 @@ int kiln_http_client_new(const kiln_http_client_options_t *opts, kiln_http_clien
         opts->max_response_bytes ? opts->max_response_bytes : KILN_HTTP_MAX_RESPONSE_DEFAULT;
     c->backoff_base_ms =
         opts->backoff_base_ms > 0 ? opts->backoff_base_ms : KILN_HTTP_BACKOFF_BASE_MS;
+    c->ratelimit = opts->ratelimit;
     *out = c;
     return 0;
 nomem:
@@ -471,6 +474,8 @@ static int setup_easy(CURL *curl, attempt_t *a, body_ctx_t *body, struct curl_sl
     ADD_HEADER("Expect:"); /* no 100-continue round trip for large bodies */
     if (c->auth_header)
         ADD_HEADER(c->auth_header);
+    for (const char *const *extra = a->call->headers; extra && *extra; extra++)
+        ADD_HEADER(*extra);
 #undef ADD_HEADER
     *headers = h;
 
@@ -496,9 +501,11 @@ static int setup_easy(CURL *curl, attempt_t *a, body_ctx_t *body, struct curl_sl
     SET(CURLOPT_NOPROGRESS, 0L);
     SET(CURLOPT_XFERINFOFUNCTION, on_xferinfo);
     SET(CURLOPT_XFERINFODATA, a);
-    if (a->call->body_json) {
-        SET(CURLOPT_POSTFIELDS, a->call->body_json);
-        SET(CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)strlen(a->call->body_json));
+    bool post = a->call->body_json || (a->call->method && strcmp(a->call->method, "POST") == 0);
+    if (post) {
+        const char *fields = a->call->body_json ? a->call->body_json : "";
+        SET(CURLOPT_POSTFIELDS, fields);
+        SET(CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)strlen(fields));
     } else {
         SET(CURLOPT_HTTPGET, 1L);
     }
@@ -726,6 +733,12 @@ int kiln_http_call(const kiln_http_client_t *client, const kiln_http_call_t *cal
             }
             if (timeout_ms == 0 || left < timeout_ms)
                 timeout_ms = (long)left;
+        }
+        int limit_rc = kiln_ratelimit_acquire(client->ratelimit, call->cancel, call->cancel_fd,
+                                              call->deadline_ms, err);
+        if (limit_rc < 0) {
+            res->retryable = limit_rc != KILN_ECANCELLED;
+            return limit_rc;
         }
         attempt_t a = {.client = client, .call = call, .retry_after_ms = -1};
         buf_init(&a.line, KILN_HTTP_SSE_LINE_MAX);

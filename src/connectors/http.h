@@ -34,6 +34,7 @@
 #define KILN_HTTP_URL_MAX              2048
 
 typedef struct kiln_http_client kiln_http_client_t;
+struct kiln_ratelimit;
 
 typedef struct kiln_http_client_options {
     const char *base_url;      /* http:// or https://; trailing slashes are dropped */
@@ -45,6 +46,9 @@ typedef struct kiln_http_client_options {
     size_t max_response_bytes; /* 0: KILN_HTTP_MAX_RESPONSE_DEFAULT */
     long backoff_base_ms;      /* 0: KILN_HTTP_BACKOFF_BASE_MS */
     const char *url_option;    /* the option named in a base_url error; NULL: "base_url" */
+    /* Borrowed (outlives the client); NULL: none. Each request, retries and
+     * polls included, first takes a slot of this fleet-wide budget. */
+    struct kiln_ratelimit *ratelimit;
 } kiln_http_client_options_t;
 
 /* Called for each server-sent event of a streamed response with the event's
@@ -63,7 +67,7 @@ typedef int (*kiln_http_line_cb)(void *ctx, const char *line, size_t len);
 typedef struct kiln_http_call {
     const char *method;        /* "GET" or "POST" */
     const char *path;          /* appended to the base URL, e.g. "/chat/completions" */
-    const char *body_json;     /* the POST body (serialized JSON); NULL for GET */
+    const char *body_json;     /* the POST body (serialized JSON); NULL: GET, or an empty POST */
     const char *job_id;        /* for log records; may be NULL */
     const atomic_int *cancel;  /* non-zero: stop at once; may be NULL */
     int cancel_fd;             /* readable once cancelled; -1: none */
@@ -76,6 +80,8 @@ typedef struct kiln_http_call {
     kiln_http_line_cb on_line;
     void *line_ctx;
     bool lines_always;
+    /* Extra request header lines ("Prefer: wait=5"), NULL-terminated; may be NULL. */
+    const char *const *headers;
 } kiln_http_call_t;
 
 typedef struct kiln_http_result {
@@ -108,9 +114,11 @@ const char *kiln_http_client_url_shown(const kiln_http_client_t *client);
  * set: KILN_ECANCELLED, KILN_ETIMEOUT (the deadline or a per-attempt
  * timeout), KILN_ETOOBIG (a body over max_response_bytes; not retryable),
  * KILN_EIO (an HTTP error status, with the server's own message, or a
- * network failure), or the code an on_event callback returned. After an
- * HTTP error status res->body holds that response's body (its first
- * KILN_HTTP_ERROR_BODY_MAX bytes), NULL when it had none. A streamed
+ * network failure), the code of the client's rate limit (KILN_EREDIS, or
+ * KILN_ETIMEOUT when no slot frees before the deadline), or the code an
+ * on_event callback returned. After an HTTP error status res->body holds
+ * that response's body (its first KILN_HTTP_ERROR_BODY_MAX bytes), NULL
+ * when it had none. A streamed
  * response is never retried once an event was delivered. Messages never
  * hold the API key. */
 int kiln_http_call(const kiln_http_client_t *client, const kiln_http_call_t *call,

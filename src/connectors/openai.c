@@ -9,8 +9,10 @@
  * name first and renamed, so a reader never sees half a file. Everything
  * the instance holds is fixed at init, so run() needs no lock.
  */
+#include "api_job.h"
 #include "http.h"
 #include "outputs.h"
+#include "ratelimit.h"
 
 #include "kiln/connector.h"
 #include "kiln/log.h"
@@ -42,11 +44,13 @@ typedef struct openai {
     char *model;       /* the default model, or NULL */
     char *outputs_dir; /* where base64 images go, or NULL */
     size_t max_response_bytes;
+    kiln_ratelimit_t *ratelimit; /* NULL: no fleet-wide rate limit */
 } openai_t;
 
 static const char *const known_options[] = {
-    "base_url",    "api_key_env", "api_key_file",       "model", "timeout_ms", "connect_timeout_ms",
-    "max_retries", "outputs_dir", "max_response_bytes", NULL};
+    "base_url",           "api_key_env",           "api_key_file",   "model",
+    "timeout_ms",         "connect_timeout_ms",    "max_retries",    "outputs_dir",
+    "max_response_bytes", "rate_limit_per_minute", "rate_limit_key", NULL};
 
 /* ---- init ------------------------------------------------------------------ */
 
@@ -80,6 +84,7 @@ static void openai_free(void *state)
     if (!oa)
         return;
     kiln_http_client_free(oa->http);
+    kiln_ratelimit_free(oa->ratelimit);
     free(oa->model);
     free(oa->outputs_dir);
     free(oa);
@@ -146,9 +151,12 @@ static int openai_init(const kiln_connector_config_t *cfg, void **state, kiln_er
         rc = kiln_http_read_api_key(cfg, OPENAI_DEFAULT_KEY_ENV, official, &key, err);
     if (rc == 0)
         rc = api_root(cfg, base_url, &root, err);
+    if (rc == 0)
+        rc = kiln_ratelimit_from_config(cfg, &oa->ratelimit, err);
     if (rc == 0) {
         hopts.base_url = root;
         hopts.api_key = key;
+        hopts.ratelimit = oa->ratelimit;
         rc = kiln_http_client_new(&hopts, &oa->http, err);
     }
     kiln_http_free_secret(key);
@@ -181,13 +189,6 @@ static int bad_field(kiln_job_outcome_t *out, const char *field, const char *exp
                                  got);
 }
 
-static int64_t now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
 /* Serializes result (stolen) into out as a completed outcome, with the key
  * redacted should a server have echoed it. */
 static int complete(const openai_t *oa, json_t *result, kiln_job_outcome_t *out)
@@ -200,39 +201,6 @@ static int complete(const openai_t *oa, json_t *result, kiln_job_outcome_t *out)
     out->status = KILN_OUTCOME_COMPLETED;
     out->result_json = text;
     return 0;
-}
-
-/* Turns a failed kiln_http_call into the outcome. */
-static int http_failure(const openai_t *oa, const kiln_job_context_t *job, int rc,
-                        const kiln_http_result_t *res, const kiln_err_t *err,
-                        kiln_job_outcome_t *out)
-{
-    if (rc == KILN_ECANCELLED) {
-        out->status = KILN_OUTCOME_CANCELLED;
-        return 0;
-    }
-    if (rc == KILN_ENOMEM)
-        return rc;
-    if (rc == KILN_ETIMEOUT && job->timeout_ms > 0)
-        return kiln_job_outcome_fail(out, true, "timed out after %" PRId64 " ms: %s",
-                                     job->timeout_ms, err->msg);
-    return kiln_job_outcome_fail(out, res->retryable, "%s", err->msg);
-}
-
-/* Parses a 2xx body; a body that is not a JSON object fails the job (not
- * retryable: the same server will answer the same way). */
-static json_t *parse_body(const kiln_http_result_t *res, const char *path, kiln_job_outcome_t *out)
-{
-    json_error_t jerr;
-    json_t *doc = json_loadb(res->body, res->body_len, 0, &jerr);
-    if (!json_is_object(doc)) {
-        json_decref(doc);
-        kiln_job_outcome_fail(out, false,
-                              "%s: the server's response is not a JSON object (%s at byte %d)",
-                              path, doc ? "another JSON value" : jerr.text, jerr.position);
-        return NULL;
-    }
-    return doc;
 }
 
 /* ---- chat ------------------------------------------------------------------ */
@@ -362,7 +330,7 @@ static json_t *chat_result(const char *text, const char *finish_reason, json_t *
 static int chat_from_body(const openai_t *oa, const kiln_http_result_t *res, const char *req_model,
                           kiln_job_outcome_t *out)
 {
-    json_t *doc = parse_body(res, "/chat/completions", out);
+    json_t *doc = kiln_api_parse_object(res, "/chat/completions", out);
     if (!doc)
         return 0;
     json_t *choice = json_array_get(json_object_get(doc, "choices"), 0);
@@ -466,7 +434,7 @@ static int run_chat(const openai_t *oa, const kiln_job_context_t *job, json_t *p
          * server error (retryable), or the text grew past its limit. */
         rc = rc == KILN_ENOMEM ? rc : kiln_job_outcome_fail(out, cs.retryable, "%s", cs.error);
     } else {
-        rc = http_failure(oa, job, rc, &res, &err, out);
+        rc = kiln_api_http_failure(job, rc, &res, &err, out);
     }
     kiln_http_result_clear(&res);
     json_decref(cs.usage);
@@ -506,7 +474,7 @@ static int images_from_body(const openai_t *oa, const kiln_job_context_t *job,
                             const kiln_http_result_t *res, const char *req_model,
                             kiln_job_outcome_t *out)
 {
-    json_t *doc = parse_body(res, "/images/generations", out);
+    json_t *doc = kiln_api_parse_object(res, "/images/generations", out);
     if (!doc)
         return 0;
     json_t *data = json_object_get(doc, "data");
@@ -567,7 +535,7 @@ static int images_from_body(const openai_t *oa, const kiln_job_context_t *job,
 static int embeddings_from_body(const openai_t *oa, const kiln_http_result_t *res,
                                 const char *req_model, kiln_job_outcome_t *out)
 {
-    json_t *doc = parse_body(res, "/embeddings", out);
+    json_t *doc = kiln_api_parse_object(res, "/embeddings", out);
     if (!doc)
         return 0;
     json_t *data = json_object_get(doc, "data");
@@ -641,7 +609,7 @@ static int run_simple(const openai_t *oa, const kiln_job_context_t *job, endpoin
     free(body);
     const char *req_model = json_string_value(json_object_get(request, "model"));
     if (rc < 0)
-        rc = http_failure(oa, job, rc, &res, &err, out);
+        rc = kiln_api_http_failure(job, rc, &res, &err, out);
     else if (ep == EP_IMAGES)
         rc = images_from_body(oa, job, &res, req_model, out);
     else
@@ -703,7 +671,7 @@ static int openai_run(void *state, const kiln_job_context_t *job, kiln_job_outco
             .job_id = job->job_id,
             .cancel = job->cancel,
             .cancel_fd = job->cancel_fd,
-            .deadline_ms = job->timeout_ms > 0 ? now_ms() + job->timeout_ms : 0,
+            .deadline_ms = job->timeout_ms > 0 ? kiln_api_now_ms() + job->timeout_ms : 0,
         };
         rc = ep == EP_CHAT ? run_chat(oa, job, payload, request, &call, out)
                            : run_simple(oa, job, ep, payload, request, &call, out);

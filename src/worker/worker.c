@@ -722,7 +722,9 @@ static int add_services(kiln_worker_t *w, const kiln_config_t *cfg, kiln_err_t *
             return kiln_err_set(err, KILN_EINVAL,
                                 "worker.connectors: \"%s\" has no connector definition", name);
         kiln_service_t *svc = &w->services[w->n_services];
-        int rc = kiln_connector_new(cc, &svc->connector, err);
+        kiln_connector_config_t with_redis = *cc;
+        with_redis.redis_url = cfg->redis_url;
+        int rc = kiln_connector_new(&with_redis, &svc->connector, err);
         if (rc != 0)
             return rc;
         svc->name = strdup(name);
