@@ -62,8 +62,6 @@ extern char **environ;
 
 typedef enum { MODE_RAW_REUSED, MODE_RAW_FRESH, MODE_KILN, N_MODES } bench_mode_t;
 
-static const char *const mode_names[N_MODES] = {"raw_reused", "raw_fresh", "kiln"};
-
 typedef struct bench_opts {
     const char *fake_bin, *redis_url, *kiln_bin;
     long calls, jobs;
@@ -78,23 +76,23 @@ typedef struct fake_server {
 } fake_server_t;
 
 /* One measurement: per-call latencies of S threads. */
+/* One measurement: per-call latencies of S threads, each making calls the
+ * three ways in turn (the order rotating), so a busy moment on a shared
+ * machine falls on all three alike. */
 typedef struct measure {
-    bench_mode_t mode;
     int slots;
     long calls_per_thread, warmup_per_thread;
     const char *chat_url;
     kiln_connector_t *connector;
-    int64_t *samples; /* ns; slots * (calls - warmup) */
+    int64_t *samples[N_MODES]; /* ns; slots * (calls - warmup) each */
     atomic_long failures;
     char first_error[256];
     pthread_mutex_t lock;
-    int64_t t_start_us, t_end_us;
 } measure_t;
 
 typedef struct result {
     int64_t median_ns, p99_ns;
-    double calls_per_s;
-    long failures;
+    double calls_per_s; /* slots / mean latency */
 } result_t;
 
 /* ---- arguments ---------------------------------------------------------------- */
@@ -301,15 +299,33 @@ typedef struct thread_arg {
     int index;
 } thread_arg_t;
 
+/* One call the given way; 0, or -1 with why. */
+static int call_once(measure_t *m, bench_mode_t mode, CURL *reused, struct curl_slist *headers,
+                     raw_body_t *body, const kiln_job_context_t *job, char *why, size_t size)
+{
+    if (mode == MODE_RAW_REUSED)
+        return raw_call(reused, body, why, size);
+    if (mode == MODE_KILN)
+        return kiln_call(m, job, why, size);
+    CURL *fresh = curl_easy_init();
+    if (!fresh) {
+        snprintf(why, size, "curl_easy_init failed");
+        return -1;
+    }
+    raw_setup(fresh, m->chat_url, headers, body);
+    int rc = raw_call(fresh, body, why, size);
+    curl_easy_cleanup(fresh);
+    return rc;
+}
+
 static void *measure_thread(void *arg)
 {
     thread_arg_t *ta = arg;
     measure_t *m = ta->m;
-    int64_t *samples =
-        m->samples + (size_t)ta->index * (m->calls_per_thread - m->warmup_per_thread);
+    size_t first = (size_t)ta->index * (size_t)(m->calls_per_thread - m->warmup_per_thread);
     struct curl_slist *headers = raw_headers();
     raw_body_t body = {0};
-    CURL *reused = m->mode == MODE_RAW_REUSED ? curl_easy_init() : NULL;
+    CURL *reused = curl_easy_init();
     if (reused)
         raw_setup(reused, m->chat_url, headers, &body);
     atomic_int cancel = 0;
@@ -324,25 +340,20 @@ static void *measure_thread(void *arg)
                               .cancel = &cancel,
                               .cancel_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK)};
     char why[256];
-    for (long i = 0; i < m->calls_per_thread; i++) {
-        int64_t t0 = now_ns();
-        int rc;
-        if (m->mode == MODE_RAW_REUSED) {
-            rc = raw_call(reused, &body, why, sizeof why);
-        } else if (m->mode == MODE_RAW_FRESH) {
-            CURL *fresh = curl_easy_init();
-            raw_setup(fresh, m->chat_url, headers, &body);
-            rc = raw_call(fresh, &body, why, sizeof why);
-            curl_easy_cleanup(fresh);
-        } else {
-            rc = kiln_call(m, &job, why, sizeof why);
+    for (long i = 0; reused && i < m->calls_per_thread; i++) {
+        for (int k = 0; k < N_MODES; k++) {
+            bench_mode_t mode = (bench_mode_t)((i + k) % N_MODES);
+            int64_t t0 = now_ns();
+            int rc = call_once(m, mode, reused, headers, &body, &job, why, sizeof why);
+            int64_t took_ns = now_ns() - t0;
+            if (rc != 0)
+                record_failure(m, why);
+            if (i >= m->warmup_per_thread)
+                m->samples[mode][first + (size_t)(i - m->warmup_per_thread)] = took_ns;
         }
-        int64_t took_ns = now_ns() - t0;
-        if (rc != 0)
-            record_failure(m, why);
-        if (i >= m->warmup_per_thread)
-            samples[i - m->warmup_per_thread] = took_ns;
     }
+    if (!reused)
+        record_failure(m, "curl_easy_init failed");
     if (job.cancel_fd >= 0)
         close(job.cancel_fd);
     if (reused)
@@ -352,48 +363,53 @@ static void *measure_thread(void *arg)
     return NULL;
 }
 
-/* Runs one measurement and summarises it. Returns 0 or -1. */
-static int measure(bench_mode_t mode, int slots, long calls, const fake_server_t *fake,
-                   kiln_connector_t *connector, result_t *res)
+static void summarise(const measure_t *m, int64_t *samples, long n, result_t *res)
+{
+    double sum = 0;
+    for (long i = 0; i < n; i++)
+        sum += (double)samples[i];
+    bench_sort_i64(samples, n);
+    *res = (result_t){.median_ns = bench_percentile(samples, n, 50),
+                      .p99_ns = bench_percentile(samples, n, 99),
+                      .calls_per_s = sum > 0 ? m->slots * 1e9 * (double)n / sum : 0};
+}
+
+/* Runs one measurement with slots threads, calls calls each way in all. */
+static int measure(int slots, long calls, const fake_server_t *fake, kiln_connector_t *connector,
+                   result_t res[N_MODES])
 {
     char chat_url[160];
     snprintf(chat_url, sizeof chat_url, "%s/chat/completions", fake->url);
-    measure_t m = {.mode = mode,
-                   .slots = slots,
+    measure_t m = {.slots = slots,
                    .calls_per_thread = calls / slots > 10 ? calls / slots : 10,
                    .chat_url = chat_url,
                    .connector = connector,
                    .lock = PTHREAD_MUTEX_INITIALIZER};
     m.warmup_per_thread = m.calls_per_thread / 10;
-    long kept = m.calls_per_thread - m.warmup_per_thread, n = kept * slots;
-    m.samples = calloc((size_t)n, sizeof *m.samples);
+    long n = (m.calls_per_thread - m.warmup_per_thread) * slots;
+    int rc = 0, started = 0;
+    for (int k = 0; k < N_MODES; k++)
+        if (!(m.samples[k] = calloc((size_t)n, sizeof *m.samples[k])))
+            rc = -1;
     pthread_t threads[BENCH_MAX_SLOTS];
     thread_arg_t args[BENCH_MAX_SLOTS];
-    if (!m.samples)
-        return -1;
-    int64_t t0 = bench_now_us(CLOCK_MONOTONIC);
-    int started = 0;
-    for (; started < slots; started++) {
+    for (; rc == 0 && started < slots; started++) {
         args[started] = (thread_arg_t){.m = &m, .index = started};
         if (pthread_create(&threads[started], NULL, measure_thread, &args[started]) != 0)
-            break;
+            rc = -1;
     }
     for (int i = 0; i < started; i++)
         pthread_join(threads[i], NULL);
-    int64_t t1 = bench_now_us(CLOCK_MONOTONIC);
-    int rc = started == slots ? 0 : -1;
-    bench_sort_i64(m.samples, n);
-    *res =
-        (result_t){.median_ns = bench_percentile(m.samples, n, 50),
-                   .p99_ns = bench_percentile(m.samples, n, 99),
-                   .calls_per_s = (double)(m.calls_per_thread * slots) / ((double)(t1 - t0) / 1e6),
-                   .failures = atomic_load(&m.failures)};
-    if (res->failures) {
-        fprintf(stderr, "bench: %s with %d slots: %ld calls failed; the first: %s\n",
-                mode_names[mode], slots, res->failures, m.first_error);
+    for (int k = 0; rc == 0 && k < N_MODES; k++)
+        summarise(&m, m.samples[k], n, &res[k]);
+    long failures = atomic_load(&m.failures);
+    if (failures) {
+        fprintf(stderr, "bench: %d slots: %ld calls failed; the first: %s\n", slots, failures,
+                m.first_error);
         rc = -1;
     }
-    free(m.samples);
+    for (int k = 0; k < N_MODES; k++)
+        free(m.samples[k]);
     return rc;
 }
 
@@ -517,20 +533,20 @@ static int run_all(const bench_opts_t *o, const fake_server_t *fake, kiln_connec
     double jobs_per_s[8] = {0};
     int rc = 0;
     for (int s = 0; s < o->n_slots && rc == 0; s++) {
-        for (int k = 0; k < N_MODES && rc == 0; k++)
-            rc = measure((bench_mode_t)k, o->slots[s], o->calls, fake, connector, &results[s][k]);
+        rc = measure(o->slots[s], o->calls, fake, connector, results[s]);
         if (rc == 0 && broker)
             rc = end_to_end(o, fake, broker, o->slots[s], &jobs_per_s[s]);
     }
     if (rc != 0)
         return rc;
     printf("POST /v1/chat/completions to fake_openai%s, libcurl %s, %ld calls per cell "
-           "(a tenth per thread left out as warm-up), %ld jobs per worker run; times in ms.\n\n",
+           "each way, the three ways in turn (a tenth per thread left out as warm-up), %ld jobs "
+           "per worker run; times in ms.\n\n",
            o->keep_alive ? " --keep-alive" : " (Connection: close)",
            curl_version_info(CURLVERSION_NOW)->version, o->calls, o->jobs);
     printf("| slots | raw, reused handle: median / p99 | raw, fresh handle: median / p99 | "
            "kiln_connector_run: median / p99 | overhead vs reused | overhead vs fresh | "
-           "connector calls/s | worker jobs/s | worker ms per job per slot |\n"
+           "connector calls/s (slots / mean) | worker jobs/s | worker ms per job per slot |\n"
            "|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
     for (int s = 0; s < o->n_slots; s++)
         print_row(o->slots[s], results[s], jobs_per_s[s]);
