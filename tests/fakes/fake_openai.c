@@ -6,7 +6,8 @@
  *                                or server-sent "chat.completion.chunk" events
  *   POST /v1/images/generations  {"model","prompt","n","response_format"}
  *   POST /v1/embeddings          {"model","input","dimensions"}
- *   GET  /fake/stats             what it saw: {"requests","auth_ok","auth_bad"}
+ *   GET  /fake/stats             what it saw: {"requests","auth_ok","auth_bad",
+ *                                "connections"}
  *
  * Faults are chosen by the model name's start (or an X-Fake-Fault header):
  *   429-then-ok   the first request of that model gets 429 with Retry-After: 1
@@ -56,7 +57,7 @@ static struct {
     const char *key;
     bool keep_alive;
     int port;
-    long requests, auth_ok, auth_bad;
+    long requests, auth_ok, auth_bad, connections;
     char models[MAX_MODELS][MODEL_LEN];
     int model_requests[MAX_MODELS];
 } fake = {.mu = PTHREAD_MUTEX_INITIALIZER, .changed = PTHREAD_COND_INITIALIZER};
@@ -406,10 +407,20 @@ static int on_embeddings(struct mg_connection *conn, void *cbdata)
     return 200;
 }
 
+/* civetweb's callback for each accepted connection: counts it. */
+static int on_connection(const struct mg_connection *conn, void **conn_data)
+{
+    pthread_mutex_lock(&fake.mu);
+    fake.connections++;
+    pthread_mutex_unlock(&fake.mu);
+    return 0;
+}
+
 static int on_stats(struct mg_connection *conn, void *cbdata)
 {
     pthread_mutex_lock(&fake.mu);
-    json_t *stats = json_pack("{s:I, s:I, s:I}", "requests", (json_int_t)fake.requests, "auth_ok",
+    json_t *stats = json_pack("{s:I, s:I, s:I, s:I}", "connections", (json_int_t)fake.connections,
+                              "requests", (json_int_t)fake.requests, "auth_ok",
                               (json_int_t)fake.auth_ok, "auth_bad", (json_int_t)fake.auth_bad);
     pthread_mutex_unlock(&fake.mu);
     send_json(conn, 200, "OK", NULL, stats);
@@ -445,9 +456,12 @@ int main(int argc, char **argv)
                              fake.keep_alive ? "160" : "16",
                              "enable_keep_alive",
                              fake.keep_alive ? "yes" : "no",
+                             "keep_alive_timeout_ms",
+                             "60000",
                              NULL};
     mg_init_library(0);
-    struct mg_context *ctx = mg_start(NULL, NULL, options);
+    struct mg_callbacks callbacks = {.init_connection = on_connection};
+    struct mg_context *ctx = mg_start(&callbacks, NULL, options);
     if (!ctx) {
         fprintf(stderr, "fake_openai: cannot listen on %s\n", listen);
         return 2;

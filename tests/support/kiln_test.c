@@ -268,3 +268,38 @@ int kiln_test_run(char *const argv[], const char *stdin_text, char *out, size_t 
         return -1;
     return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
 }
+
+static bool fake_listening(void *ctx)
+{
+    kiln_test_fake_t *f = ctx;
+    char log[4096] = "";
+    FILE *in = fopen(f->log_path, "r");
+    if (in) {
+        size_t n = fread(log, 1, sizeof log - 1, in);
+        log[n] = '\0';
+        fclose(in);
+    }
+    const char *at = strstr(log, "listening on 127.0.0.1:");
+    if (at)
+        f->port = atoi(at + strlen("listening on 127.0.0.1:"));
+    return f->port > 0;
+}
+
+int kiln_test_fake_start(kiln_test_fake_t *f, char *const argv[], const char *log_path)
+{
+    memset(f, 0, sizeof *f);
+    snprintf(f->log_path, sizeof f->log_path, "%s", log_path);
+    f->pid = kiln_test_spawn(argv, NULL, f->log_path);
+    if (kiln_test_wait_until(fake_listening, f, 10000))
+        return 0;
+    kiln_test_dump_file(argv[0], f->log_path);
+    kiln_test_kill(f->pid, SIGKILL, 1000);
+    return -1;
+}
+
+void kiln_test_fake_stop(kiln_test_fake_t *f)
+{
+    if (f->pid > 0)
+        kiln_test_kill(f->pid, SIGTERM, 5000);
+    f->pid = 0;
+}

@@ -71,4 +71,20 @@ int kiln_test_run(char *const argv[], const char *stdin_text, char *out, size_t 
 /* Milliseconds on a monotonic clock. */
 int64_t kiln_test_now_ms(void);
 
+/* A fake of an outside service (tests/fakes/fake_*) started on a free port:
+ * a program that prints "listening on 127.0.0.1:PORT" once it serves. */
+typedef struct kiln_test_fake {
+    pid_t pid;
+    int port;
+    char log_path[320];
+} kiln_test_fake_t;
+
+/* Spawns argv (argv[0] a path; pass port 0 to the fake) with its output in
+ * log_path and waits up to 10 s for the line with its port. Returns 0, or
+ * -1 with the log printed and the process killed. */
+int kiln_test_fake_start(kiln_test_fake_t *f, char *const argv[], const char *log_path);
+
+/* Stops the fake with SIGTERM (SIGKILL after 5 s). */
+void kiln_test_fake_stop(kiln_test_fake_t *f);
+
 #endif
