@@ -84,7 +84,8 @@ typedef struct measure {
     long calls_per_thread, warmup_per_thread;
     const char *chat_url;
     kiln_connector_t *connector;
-    int64_t *samples[N_MODES]; /* ns; slots * (calls - warmup) each */
+    int64_t *samples[N_MODES];    /* ns; slots * (calls - warmup) each */
+    atomic_llong cpu_ns[N_MODES]; /* the calling threads' CPU time in the kept calls */
     atomic_long failures;
     char first_error[256];
     pthread_mutex_t lock;
@@ -93,6 +94,7 @@ typedef struct measure {
 typedef struct result {
     int64_t median_ns, p99_ns;
     double calls_per_s; /* slots / mean latency */
+    double cpu_us;      /* the calling thread's CPU time per call, mean */
 } result_t;
 
 /* ---- arguments ---------------------------------------------------------------- */
@@ -263,10 +265,10 @@ static int raw_call(CURL *curl, raw_body_t *body, char *why, size_t size)
     return -1;
 }
 
-static int64_t now_ns(void)
+static int64_t clock_ns(clockid_t clock)
 {
     struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
+    clock_gettime(clock, &ts);
     return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
 }
 
@@ -343,13 +345,16 @@ static void *measure_thread(void *arg)
     for (long i = 0; reused && i < m->calls_per_thread; i++) {
         for (int k = 0; k < N_MODES; k++) {
             bench_mode_t mode = (bench_mode_t)((i + k) % N_MODES);
-            int64_t t0 = now_ns();
+            int64_t t0 = clock_ns(CLOCK_MONOTONIC), cpu0 = clock_ns(CLOCK_THREAD_CPUTIME_ID);
             int rc = call_once(m, mode, reused, headers, &body, &job, why, sizeof why);
-            int64_t took_ns = now_ns() - t0;
+            int64_t took_ns = clock_ns(CLOCK_MONOTONIC) - t0;
+            int64_t cpu_ns = clock_ns(CLOCK_THREAD_CPUTIME_ID) - cpu0;
             if (rc != 0)
                 record_failure(m, why);
-            if (i >= m->warmup_per_thread)
-                m->samples[mode][first + (size_t)(i - m->warmup_per_thread)] = took_ns;
+            if (i < m->warmup_per_thread)
+                continue;
+            m->samples[mode][first + (size_t)(i - m->warmup_per_thread)] = took_ns;
+            atomic_fetch_add(&m->cpu_ns[mode], cpu_ns);
         }
     }
     if (!reused)
@@ -363,15 +368,17 @@ static void *measure_thread(void *arg)
     return NULL;
 }
 
-static void summarise(const measure_t *m, int64_t *samples, long n, result_t *res)
+static void summarise(measure_t *m, bench_mode_t mode, long n, result_t *res)
 {
+    int64_t *samples = m->samples[mode];
     double sum = 0;
     for (long i = 0; i < n; i++)
         sum += (double)samples[i];
     bench_sort_i64(samples, n);
     *res = (result_t){.median_ns = bench_percentile(samples, n, 50),
                       .p99_ns = bench_percentile(samples, n, 99),
-                      .calls_per_s = sum > 0 ? m->slots * 1e9 * (double)n / sum : 0};
+                      .calls_per_s = sum > 0 ? m->slots * 1e9 * (double)n / sum : 0,
+                      .cpu_us = (double)atomic_load(&m->cpu_ns[mode]) / (double)n / 1e3};
 }
 
 /* Runs one measurement with slots threads, calls calls each way in all. */
@@ -401,7 +408,7 @@ static int measure(int slots, long calls, const fake_server_t *fake, kiln_connec
     for (int i = 0; i < started; i++)
         pthread_join(threads[i], NULL);
     for (int k = 0; rc == 0 && k < N_MODES; k++)
-        summarise(&m, m.samples[k], n, &res[k]);
+        summarise(&m, (bench_mode_t)k, n, &res[k]);
     long failures = atomic_load(&m.failures);
     if (failures) {
         fprintf(stderr, "bench: %d slots: %ld calls failed; the first: %s\n", slots, failures,
@@ -518,8 +525,10 @@ static void print_row(int slots, const result_t r[N_MODES], double jobs_per_s)
     printf("| %d ", slots);
     for (int k = 0; k < N_MODES; k++)
         printf("| %.3f / %.3f ", ms(r[k].median_ns), ms(r[k].p99_ns));
-    printf("| **%+.3f** | %+.3f | %.0f ", ms(r[MODE_KILN].median_ns - r[MODE_RAW_REUSED].median_ns),
-           ms(r[MODE_KILN].median_ns - r[MODE_RAW_FRESH].median_ns), r[MODE_KILN].calls_per_s);
+    printf("| **%+.3f** | %+.3f ", ms(r[MODE_KILN].median_ns - r[MODE_RAW_REUSED].median_ns),
+           ms(r[MODE_KILN].median_ns - r[MODE_RAW_FRESH].median_ns));
+    printf("| %.0f / %.0f / %.0f | %.0f ", r[MODE_RAW_REUSED].cpu_us, r[MODE_RAW_FRESH].cpu_us,
+           r[MODE_KILN].cpu_us, r[MODE_KILN].calls_per_s);
     if (jobs_per_s > 0)
         printf("| %.0f | %.3f |\n", jobs_per_s, 1e3 * slots / jobs_per_s);
     else
@@ -546,8 +555,9 @@ static int run_all(const bench_opts_t *o, const fake_server_t *fake, kiln_connec
            curl_version_info(CURLVERSION_NOW)->version, o->calls, o->jobs);
     printf("| slots | raw, reused handle: median / p99 | raw, fresh handle: median / p99 | "
            "kiln_connector_run: median / p99 | overhead vs reused | overhead vs fresh | "
-           "connector calls/s (slots / mean) | worker jobs/s | worker ms per job per slot |\n"
-           "|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
+           "CPU µs per call: reused / fresh / kiln | connector calls/s (slots / mean) | "
+           "worker jobs/s | worker ms per job per slot |\n"
+           "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
     for (int s = 0; s < o->n_slots; s++)
         print_row(o->slots[s], results[s], jobs_per_s[s]);
     return 0;
