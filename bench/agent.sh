@@ -28,6 +28,7 @@ PM2_VERSION=7.0.4
 PM2_DIR=$SCRATCH/node_modules/pm2
 HARNESS_TIMEOUT=600 # seconds for the whole measured part
 
+. "$ROOT/bench/lib.sh"
 log() { printf 'bench agent: %s\n' "$*" >&2; }
 die() { log "$*"; exit 1; }
 
@@ -97,10 +98,7 @@ cleanup() {
     for f in "$TMP"/supervisord-*/supervisord.pid; do
         alive "$f" && supervisorctl -c "$(dirname "$f")/supervisord.conf" shutdown >/dev/null 2>&1
     done
-    if [ -n "$REDIS_PID" ]; then
-        kill "$REDIS_PID" 2>/dev/null || true
-        wait "$REDIS_PID" 2>/dev/null || true
-    fi
+    bench_redis_stop
     rm -rf "$TMP"
 }
 trap cleanup EXIT
@@ -108,17 +106,7 @@ trap 'exit 130' INT TERM
 
 # ---- Redis (the kiln agent publishes its status there) ---------------------
 
-PORT=$(node -e 'const s=require("net").createServer();s.listen(0,"127.0.0.1",()=>{console.log(s.address().port);s.close()})')
-mkdir -p "$TMP/redis"
-redis-server --bind 127.0.0.1 --port "$PORT" --dir "$TMP/redis" --save "" --appendonly no \
-    --logfile "$TMP/redis/redis.log" --daemonize no &
-REDIS_PID=$!
-for _ in $(seq 100); do
-    [ "$(redis-cli -h 127.0.0.1 -p "$PORT" ping 2>/dev/null)" = PONG ] && break
-    sleep 0.05
-done
-[ "$(redis-cli -h 127.0.0.1 -p "$PORT" ping 2>/dev/null)" = PONG ] ||
-    { cat "$TMP/redis/redis.log" >&2; die "redis-server did not start on port $PORT"; }
+bench_redis_start "$TMP/redis"
 REDIS_VERSION=$(redis-cli -h 127.0.0.1 -p "$PORT" info server | tr -d '\r' | sed -n 's/^redis_version://p')
 
 # ---- measure ---------------------------------------------------------------

@@ -13,6 +13,7 @@
 #   BENCH_CLAIMS           timed claims per claim-cost case (default 2000)
 #   BENCH_SLOTS            slot counts for throughput (default "1 10 50")
 #   BENCH_OUT              the report to write (default BENCHMARKS.md at the root)
+#   BENCH_OPENAI=0         skips bench/openai.sh (the openai connector's overhead)
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -28,6 +29,7 @@ SLOTS=${BENCH_SLOTS:-"1 10 50"}
 OUT=${BENCH_OUT:-$ROOT/BENCHMARKS.md}
 RUN_TIMEOUT=180 # seconds, per measured program
 
+. "$ROOT/bench/lib.sh"
 log() { printf 'bench: %s\n' "$*" >&2; }
 die() { log "$*"; exit 1; }
 
@@ -49,10 +51,7 @@ MONITOR_PID=
 
 cleanup() {
     [ -n "$MONITOR_PID" ] && kill "$MONITOR_PID" 2>/dev/null || true
-    if [ -n "$REDIS_PID" ]; then
-        kill "$REDIS_PID" 2>/dev/null || true
-        wait "$REDIS_PID" 2>/dev/null || true
-    fi
+    bench_redis_stop
     rm -rf "$TMP"
 }
 trap cleanup EXIT
@@ -60,17 +59,8 @@ trap 'exit 130' INT TERM
 
 # ---- Redis -----------------------------------------------------------------
 
-PORT=$(node -e 'const s=require("net").createServer();s.listen(0,"127.0.0.1",()=>{console.log(s.address().port);s.close()})')
-mkdir -p "$TMP/redis"
-redis-server --bind 127.0.0.1 --port "$PORT" --dir "$TMP/redis" --save "" --appendonly no \
-    --logfile "$TMP/redis/redis.log" --daemonize no &
-REDIS_PID=$!
+bench_redis_start "$TMP/redis"
 rcli() { redis-cli -h 127.0.0.1 -p "$PORT" "$@"; }
-for _ in $(seq 100); do
-    [ "$(rcli ping 2>/dev/null)" = PONG ] && break
-    sleep 0.05
-done
-[ "$(rcli ping 2>/dev/null)" = PONG ] || { cat "$TMP/redis/redis.log" >&2; die "redis-server did not start on port $PORT"; }
 REDIS_URL=redis://127.0.0.1:$PORT
 REDIS_VERSION=$(rcli info server | tr -d '\r' | sed -n 's/^redis_version://p')
 log "redis $REDIS_VERSION on $REDIS_URL"
@@ -327,3 +317,4 @@ process.stdout.write(text);
 EOF
 log "wrote $OUT"
 [ "${BENCH_AGENT:-1}" = 0 ] || BUILD=$BUILD BENCH_OUT=$OUT "$ROOT/bench/agent.sh" || log "bench/agent.sh failed (BENCH_AGENT=0 skips it)"
+[ "${BENCH_OPENAI:-1}" = 0 ] || BUILD=$BUILD BENCH_OUT=$OUT "$ROOT/bench/openai.sh" || log "bench/openai.sh failed (BENCH_OPENAI=0 skips it)"

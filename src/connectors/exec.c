@@ -1,36 +1,25 @@
 /*
  * The exec connector: runs any program (argv, never a shell) per job. The
  * job goes to its stdin as one JSON line; it answers on stdout with NDJSON
- * progress, result and error lines (docs/connectors.md). One poll(2) loop
- * per job watches stdin, stdout, stderr, the cancel fd, the child's pidfd
- * and the deadlines, so nothing ever busy-waits.
+ * progress, result and error lines (docs/connectors.md). The process
+ * itself (spawn, pipes, timeout, cancel, reaping) is child.c's.
  */
+#include "child.h"
+
 #include "kiln/connector.h"
 #include "kiln/log.h"
 
-#include <errno.h>
-#include <fcntl.h>
 #include <inttypes.h>
-#include <limits.h>
-#include <poll.h>
-#include <pthread.h>
-#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
-#include <sys/syscall.h>
 #include <sys/wait.h>
-#include <time.h>
-#include <unistd.h>
 
 #define EXEC_MAX_TIMEOUT_MS  (7LL * 24 * 3600 * 1000)
-#define EXEC_READ_CHUNK      32768
 #define EXEC_LOG_LINE_MAX    1024
 #define EXEC_FAIL_TAIL_BYTES 2048
 #define EXEC_ERROR_MAX_BYTES 4096
-#define EXEC_DRAIN_MAX_READS 512
-#define EXEC_NO_PIDFD_TICKMS 50
 
 typedef struct exec_state {
     char *name;
@@ -45,46 +34,29 @@ typedef struct exec_state {
     int64_t kill_grace_ms;
 } exec_state_t;
 
-typedef enum {
-    STOP_NONE,
-    STOP_CANCEL,
-    STOP_TIMEOUT,
-    STOP_OUTPUT_LIMIT,
+/* Why exec stops a child, beyond child.c's own reasons. */
+enum {
+    STOP_OUTPUT_LIMIT = KILN_CHILD_STOP_CALLER,
     STOP_LINE_LIMIT,
-    STOP_INTERNAL
-} exec_stop_t;
+};
 
-/* Everything one job's run owns: the child, its pipes and what it said. */
+/* Everything one job's run owns: the child and what it said. */
 typedef struct exec_run {
     const exec_state_t *st;
     const kiln_job_context_t *job;
-    pid_t pid;
-    int pidfd, in_fd, out_fd, err_fd, cancel_fd;
+    kiln_child_t child;
     char *input;
-    size_t input_len, input_off;
+    size_t input_len;
     char *line; /* the stdout line being assembled */
     size_t line_len, line_cap;
     int64_t stdout_bytes;
-    kiln_connector_tail_t tail; /* the last stderr_tail_bytes of stderr */
     char log_line[EXEC_LOG_LINE_MAX + 1];
     size_t log_len;
     char *result_json;
     bool has_result, has_error, error_retryable;
     char *error_message;
-    exec_stop_t stop;
-    int internal_error;
-    int64_t timeout_ms, deadline_ms, kill_at_ms;
-    bool killed_hard, exited;
-    int wait_status;
+    int64_t timeout_ms;
 } exec_run_t;
-
-/* What the child writes to the close-on-exec pipe when it cannot exec. */
-typedef struct spawn_report {
-    int stage;
-    int error;
-} spawn_report_t;
-
-enum { SPAWN_SETUP, SPAWN_CHDIR, SPAWN_EXEC };
 
 static const char *const known_options[] = {"command",
                                             "timeout_ms",
@@ -95,22 +67,6 @@ static const char *const known_options[] = {"command",
                                             "cwd",
                                             "kill_grace_ms",
                                             NULL};
-
-/* ---- small utilities ---------------------------------------------------- */
-
-static int64_t now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
-static void close_fd(int *fd)
-{
-    if (*fd >= 0)
-        close(*fd);
-    *fd = -1;
-}
 
 /* ---- options ------------------------------------------------------------ */
 
@@ -195,158 +151,7 @@ static int exec_init(const kiln_connector_config_t *cfg, void **state, kiln_err_
 static int exec_health(void *state, kiln_err_t *err)
 {
     exec_state_t *st = state;
-    int e = kiln_connector_check_executable(st->path);
-    if (e)
-        return kiln_err_set(err, KILN_ENOTFOUND,
-                            "connectors.%s.command: %s is no longer executable (%s); reinstall it",
-                            st->name, st->path, strerror(e));
-    return 0;
-}
-
-/* ---- spawning --------------------------------------------------------- */
-
-/* In the child between fork and exec: only async-signal-safe calls. */
-static void child_report(int report_fd, int stage)
-{
-    spawn_report_t report = {.stage = stage, .error = errno};
-    ssize_t n = write(report_fd, &report, sizeof report);
-    (void)n;
-    _exit(127);
-}
-
-static void child_exec(const exec_state_t *st, int stdio[3], int report_fd)
-{
-    /* Ignored signals stay ignored across exec, and the worker may ignore
-     * SIGPIPE or have blocked signals in this thread: start from defaults. */
-    struct sigaction dfl = {.sa_handler = SIG_DFL};
-    for (int sig = 1; sig < NSIG; sig++) {
-        if (sig != SIGKILL && sig != SIGSTOP)
-            sigaction(sig, &dfl, NULL);
-    }
-    setpgid(0, 0);
-    /* Move the pipe ends above 2 first, so one dup2 cannot clobber another. */
-    for (int i = 0; i < 3; i++) {
-        if (stdio[i] < 3 && (stdio[i] = fcntl(stdio[i], F_DUPFD_CLOEXEC, 3)) < 0)
-            child_report(report_fd, SPAWN_SETUP);
-    }
-    for (int i = 0; i < 3; i++) {
-        if (dup2(stdio[i], i) < 0)
-            child_report(report_fd, SPAWN_SETUP);
-    }
-    /* Descriptors other libraries opened without O_CLOEXEC (a Redis socket)
-     * must not leak into the job's program either. */
-    syscall(SYS_close_range, 3U, ~0U, 4U /* CLOSE_RANGE_CLOEXEC */);
-    if (st->cwd && chdir(st->cwd) < 0)
-        child_report(report_fd, SPAWN_CHDIR);
-    sigset_t none;
-    sigemptyset(&none);
-    sigprocmask(SIG_SETMASK, &none, NULL);
-    execve(st->path, st->argv, st->envp);
-    child_report(report_fd, SPAWN_EXEC);
-}
-
-static void close_pair(int p[2])
-{
-    close_fd(&p[0]);
-    close_fd(&p[1]);
-}
-
-/* Waits for the child to exec or to report why it could not. Returns 0 when
- * it runs, else fills out (non-retryable) and reaps the child. */
-static int await_exec(exec_run_t *r, int report_fd, kiln_job_outcome_t *out)
-{
-    spawn_report_t report;
-    ssize_t n;
-    do
-        n = read(report_fd, &report, sizeof report);
-    while (n < 0 && errno == EINTR);
-    if (n != (ssize_t)sizeof report)
-        return 0;
-    while (waitpid(r->pid, NULL, 0) < 0 && errno == EINTR)
-        ;
-    r->pid = -1;
-    if (report.stage == SPAWN_CHDIR)
-        return kiln_job_outcome_fail(out, false, "cannot change directory to %s: %s", r->st->cwd,
-                                     strerror(report.error));
-    return kiln_job_outcome_fail(out, false, "cannot run %s: %s", r->st->path,
-                                 strerror(report.error));
-}
-
-/* Starts the child with fresh close-on-exec pipes. Returns 0 with r->pid
- * set, 0 with out filled when it could not start, or a negative code. */
-static int spawn_child(exec_run_t *r, kiln_job_outcome_t *out)
-{
-    int in[2] = {-1, -1}, so[2] = {-1, -1}, se[2] = {-1, -1}, report[2] = {-1, -1};
-    if (pipe2(in, O_CLOEXEC) < 0 || pipe2(so, O_CLOEXEC) < 0 || pipe2(se, O_CLOEXEC) < 0 ||
-        pipe2(report, O_CLOEXEC) < 0) {
-        int e = errno;
-        close_pair(in), close_pair(so), close_pair(se), close_pair(report);
-        return kiln_job_outcome_fail(out, true, "cannot start %s: pipe: %s", r->st->path,
-                                     strerror(e));
-    }
-    /* No signal handler may run in the child before it resets them. */
-    sigset_t all, old;
-    sigfillset(&all);
-    pthread_sigmask(SIG_SETMASK, &all, &old);
-    pid_t pid = fork();
-    if (pid == 0) {
-        int stdio[3] = {in[0], so[1], se[1]};
-        child_exec(r->st, stdio, report[1]);
-    }
-    int fork_errno = errno;
-    pthread_sigmask(SIG_SETMASK, &old, NULL);
-    close_fd(&in[0]), close_fd(&so[1]), close_fd(&se[1]), close_fd(&report[1]);
-    r->in_fd = in[1], r->out_fd = so[0], r->err_fd = se[0];
-    if (pid < 0) {
-        close_fd(&report[0]);
-        return kiln_job_outcome_fail(out, true, "cannot start %s: fork: %s", r->st->path,
-                                     strerror(fork_errno));
-    }
-    r->pid = pid;
-    setpgid(pid, pid); /* also done by the child; whoever runs first wins */
-    int rc = await_exec(r, report[0], out);
-    close_fd(&report[0]);
-    if (r->pid < 0)
-        return rc;
-    fcntl(r->in_fd, F_SETFL, O_NONBLOCK);
-    fcntl(r->out_fd, F_SETFL, O_NONBLOCK);
-    fcntl(r->err_fd, F_SETFL, O_NONBLOCK);
-    /* A pidfd tells us when the child exits even if a grandchild keeps
-     * its stdout open; without one (old kernel, seccomp) we check by tick. */
-    r->pidfd = (int)syscall(SYS_pidfd_open, pid, 0);
-    return 0;
-}
-
-/* ---- stopping ------------------------------------------------------------ */
-
-static void signal_child(exec_run_t *r, int sig)
-{
-    kill(-r->pid, sig);
-    if (getpgid(r->pid) != r->pid) /* it left its group: signal it too */
-        kill(r->pid, sig);
-}
-
-/* Starts stopping the child for reason: SIGTERM now, SIGKILL after the
- * grace. Output that arrives afterwards is read and discarded. */
-static void begin_stop(exec_run_t *r, exec_stop_t reason)
-{
-    if (r->stop != STOP_NONE)
-        return;
-    r->stop = reason;
-    close_fd(&r->in_fd);
-    signal_child(r, SIGTERM);
-    r->kill_at_ms = now_ms() + r->st->kill_grace_ms;
-    if (r->st->kill_grace_ms == 0) {
-        signal_child(r, SIGKILL);
-        r->killed_hard = true;
-    }
-}
-
-static void internal_failure(exec_run_t *r, int code)
-{
-    if (!r->internal_error)
-        r->internal_error = code;
-    begin_stop(r, STOP_INTERNAL);
+    return kiln_child_check_program(st->name, "command", st->path, err);
 }
 
 /* ---- stdin --------------------------------------------------------------- */
@@ -380,35 +185,6 @@ static int build_input(exec_run_t *r, kiln_job_outcome_t *out)
     return 0;
 }
 
-/* A child may exit without reading stdin; the write then fails with EPIPE
- * and raises SIGPIPE at this thread, where run() keeps it blocked. Take the
- * pending signal so it is not delivered when the mask is restored. */
-static void consume_sigpipe(void)
-{
-    sigset_t pipe_only;
-    sigemptyset(&pipe_only);
-    sigaddset(&pipe_only, SIGPIPE);
-    struct timespec zero = {0, 0};
-    while (sigtimedwait(&pipe_only, NULL, &zero) == SIGPIPE)
-        ;
-}
-
-static void write_stdin(exec_run_t *r)
-{
-    ssize_t n = write(r->in_fd, r->input + r->input_off, r->input_len - r->input_off);
-    if (n > 0) {
-        r->input_off += (size_t)n;
-        if (r->input_off == r->input_len)
-            close_fd(&r->in_fd);
-        return;
-    }
-    if (n < 0 && (errno == EAGAIN || errno == EINTR))
-        return;
-    if (n < 0 && errno == EPIPE)
-        consume_sigpipe();
-    close_fd(&r->in_fd); /* the child closed its stdin: its choice */
-}
-
 /* ---- stdout: NDJSON ------------------------------------------------------- */
 
 static void log_ignored_line(exec_run_t *r, const char *text, size_t len, const char *why)
@@ -427,7 +203,7 @@ static void take_error(exec_run_t *r, json_t *error, json_t *retryable)
     char *text = json_is_string(error) ? strdup(json_string_value(error))
                                        : json_dumps(error, JSON_COMPACT | JSON_ENCODE_ANY);
     if (!text) {
-        internal_failure(r, KILN_ENOMEM);
+        kiln_child_fail(&r->child, KILN_ENOMEM);
         return;
     }
     /* Bounded: an error message is for people, not a payload channel. */
@@ -461,7 +237,7 @@ static void handle_message(exec_run_t *r, json_t *msg)
             json_is_null(result) ? NULL : json_dumps(result, JSON_COMPACT | JSON_ENCODE_ANY);
         r->has_result = true;
         if (!r->result_json && !json_is_null(result))
-            internal_failure(r, KILN_ENOMEM);
+            kiln_child_fail(&r->child, KILN_ENOMEM);
     }
     json_t *error = json_object_get(msg, "error");
     if (error && !json_is_null(error))
@@ -490,7 +266,7 @@ static void handle_line(exec_run_t *r, const char *text, size_t len)
 static bool line_append(exec_run_t *r, const char *data, size_t len)
 {
     if (r->line_len + len > (size_t)r->st->max_line_bytes) {
-        begin_stop(r, STOP_LINE_LIMIT);
+        kiln_child_stop(&r->child, STOP_LINE_LIMIT);
         return false;
     }
     if (r->line_len + len + 1 > r->line_cap) {
@@ -499,7 +275,7 @@ static bool line_append(exec_run_t *r, const char *data, size_t len)
             cap *= 2;
         char *grown = realloc(r->line, cap);
         if (!grown) {
-            internal_failure(r, KILN_ENOMEM);
+            kiln_child_fail(&r->child, KILN_ENOMEM);
             return false;
         }
         r->line = grown;
@@ -512,7 +288,7 @@ static bool line_append(exec_run_t *r, const char *data, size_t len)
 
 static void feed_stdout(exec_run_t *r, const char *data, size_t len)
 {
-    while (len > 0 && r->stop == STOP_NONE) {
+    while (len > 0 && r->child.stop == KILN_CHILD_STOP_NONE) {
         const char *nl = memchr(data, '\n', len);
         size_t seg = nl ? (size_t)(nl - data) : len;
         if (nl && r->line_len == 0 && seg <= (size_t)r->st->max_line_bytes) {
@@ -530,32 +306,22 @@ static void feed_stdout(exec_run_t *r, const char *data, size_t len)
     }
 }
 
-/* Reads one chunk of stdout. Returns false at EOF or on error. */
-static bool read_stdout(exec_run_t *r)
+/* child.c's stdout callback: counts the bytes against max_output_bytes and
+ * splits them into lines. Output after a stop is read and discarded. */
+static void on_stdout(void *ctx, const char *data, size_t len)
 {
-    char buf[EXEC_READ_CHUNK];
-    ssize_t n = read(r->out_fd, buf, sizeof buf);
-    if (n < 0 && (errno == EAGAIN || errno == EINTR))
-        return false;
-    if (n <= 0) {
-        close_fd(&r->out_fd);
-        if (r->line_len > 0 && r->stop == STOP_NONE) /* a last line without '\n' */
-            handle_line(r, r->line, r->line_len);
-        r->line_len = 0;
-        return false;
-    }
-    if (r->stop != STOP_NONE)
-        return true;
-    r->stdout_bytes += n;
+    exec_run_t *r = ctx;
+    if (r->child.stop != KILN_CHILD_STOP_NONE)
+        return;
+    r->stdout_bytes += (int64_t)len;
     if (r->stdout_bytes > r->st->max_output_bytes) {
-        begin_stop(r, STOP_OUTPUT_LIMIT);
-        return true;
+        kiln_child_stop(&r->child, STOP_OUTPUT_LIMIT);
+        return;
     }
-    feed_stdout(r, buf, (size_t)n);
-    return true;
+    feed_stdout(r, data, len);
 }
 
-/* ---- stderr: a bounded tail, and the log ---------------------------------- */
+/* ---- stderr: the log (child.c keeps the tail) ------------------------------ */
 
 static void log_stderr_line(exec_run_t *r)
 {
@@ -568,8 +334,9 @@ static void log_stderr_line(exec_run_t *r)
     r->log_len = 0;
 }
 
-static void log_stderr(exec_run_t *r, const char *data, size_t len)
+static void on_stderr(void *ctx, const char *data, size_t len)
 {
+    exec_run_t *r = ctx;
     for (size_t i = 0; i < len; i++) {
         if (data[i] == '\n') {
             log_stderr_line(r);
@@ -581,164 +348,29 @@ static void log_stderr(exec_run_t *r, const char *data, size_t len)
     }
 }
 
-static bool read_stderr(exec_run_t *r)
-{
-    char buf[EXEC_READ_CHUNK];
-    ssize_t n = read(r->err_fd, buf, sizeof buf);
-    if (n < 0 && (errno == EAGAIN || errno == EINTR))
-        return false;
-    if (n <= 0) {
-        close_fd(&r->err_fd);
-        log_stderr_line(r);
-        return false;
-    }
-    if (kiln_connector_tail_append(&r->tail, buf, (size_t)n) < 0)
-        internal_failure(r, KILN_ENOMEM);
-    log_stderr(r, buf, (size_t)n);
-    return true;
-}
-
-/* ---- the loop -------------------------------------------------------------- */
-
-static int next_timeout_ms(const exec_run_t *r)
-{
-    int64_t due = -1;
-    if (r->stop == STOP_NONE && r->deadline_ms > 0)
-        due = r->deadline_ms;
-    else if (r->stop != STOP_NONE && !r->killed_hard)
-        due = r->kill_at_ms;
-    int timeout = -1;
-    if (due >= 0) {
-        int64_t left = due - now_ms();
-        timeout = left <= 0 ? 0 : left > INT_MAX ? INT_MAX : (int)left;
-    }
-    if (r->pidfd < 0 && (timeout < 0 || timeout > EXEC_NO_PIDFD_TICKMS))
-        timeout = EXEC_NO_PIDFD_TICKMS;
-    return timeout;
-}
-
-static void check_timers(exec_run_t *r)
-{
-    const kiln_job_context_t *job = r->job;
-    if (r->stop == STOP_NONE && job->cancel && atomic_load(job->cancel))
-        begin_stop(r, STOP_CANCEL);
-    int64_t now = now_ms();
-    if (r->stop == STOP_NONE && r->deadline_ms > 0 && now >= r->deadline_ms)
-        begin_stop(r, STOP_TIMEOUT);
-    if (r->stop != STOP_NONE && !r->killed_hard && now >= r->kill_at_ms) {
-        signal_child(r, SIGKILL);
-        r->killed_hard = true;
-    }
-    if (r->pidfd < 0) {
-        siginfo_t info = {0};
-        if (waitid(P_PID, (id_t)r->pid, &info, WEXITED | WNOHANG | WNOWAIT) == 0 &&
-            info.si_pid == r->pid)
-            r->exited = true;
-    }
-}
-
-static void handle_events(exec_run_t *r, struct pollfd *fds, int nfds)
-{
-    for (int i = 0; i < nfds; i++) {
-        if (!fds[i].revents)
-            continue;
-        if (fds[i].fd == r->in_fd)
-            write_stdin(r);
-        else if (fds[i].fd == r->out_fd)
-            read_stdout(r);
-        else if (fds[i].fd == r->err_fd)
-            read_stderr(r);
-        else if (fds[i].fd == r->pidfd)
-            r->exited = true;
-        else if (fds[i].fd == r->cancel_fd && (fds[i].revents & POLLNVAL))
-            r->cancel_fd = -1; /* not a descriptor: rely on the flag alone */
-        else if (fds[i].fd == r->cancel_fd)
-            begin_stop(r, STOP_CANCEL);
-    }
-}
-
-static void add_fd(struct pollfd *fds, int *n, int fd, short events)
-{
-    if (fd >= 0)
-        fds[(*n)++] = (struct pollfd){.fd = fd, .events = events};
-}
-
-/* Runs until the child exits, stopping it on cancel, timeout or a limit. */
-static void io_loop(exec_run_t *r)
-{
-    while (!r->exited) {
-        struct pollfd fds[5];
-        int nfds = 0;
-        if (r->input_off < r->input_len)
-            add_fd(fds, &nfds, r->in_fd, POLLOUT);
-        add_fd(fds, &nfds, r->out_fd, POLLIN);
-        add_fd(fds, &nfds, r->err_fd, POLLIN);
-        add_fd(fds, &nfds, r->pidfd, POLLIN);
-        if (r->stop == STOP_NONE) /* it stays readable once cancelled */
-            add_fd(fds, &nfds, r->cancel_fd, POLLIN);
-        int n = poll(fds, (nfds_t)nfds, next_timeout_ms(r));
-        if (n < 0 && errno != EINTR) {
-            internal_failure(r, KILN_EIO);
-            signal_child(r, SIGKILL);
-            r->killed_hard = r->exited = true; /* reap() waits for it */
-        }
-        if (n > 0)
-            handle_events(r, fds, nfds);
-        check_timers(r);
-    }
-}
-
-/* The child has exited (or was killed): end what is left of its process
- * group while the zombie still holds the group id, take the output already
- * written, then reap it. */
-static void reap(exec_run_t *r)
-{
-    kill(-r->pid, SIGKILL);
-    close_fd(&r->in_fd);
-    for (int i = 0; i < EXEC_DRAIN_MAX_READS && r->out_fd >= 0 && read_stdout(r); i++)
-        ;
-    for (int i = 0; i < EXEC_DRAIN_MAX_READS && r->err_fd >= 0 && read_stderr(r); i++)
-        ;
-    if (r->out_fd >= 0 && r->line_len > 0 && r->stop == STOP_NONE)
-        handle_line(r, r->line, r->line_len); /* a last line without '\n' */
-    log_stderr_line(r);
-    int status = 0;
-    while (waitpid(r->pid, &status, 0) < 0 && errno == EINTR)
-        ;
-    r->wait_status = status;
-    r->pid = -1;
-}
-
 /* ---- the outcome ---------------------------------------------------------- */
 
 static int exit_failure(exec_run_t *r, kiln_job_outcome_t *out)
 {
-    char *tail = kiln_connector_tail_text(&r->tail, EXEC_FAIL_TAIL_BYTES);
-    const char *sep = tail ? "; stderr: " : "";
-    int rc;
-    if (WIFSIGNALED(r->wait_status)) {
-        int sig = WTERMSIG(r->wait_status);
-        const char *abbrev = sigabbrev_np(sig);
-        rc = kiln_job_outcome_fail(out, true, "killed by signal %d (SIG%s)%s%s", sig,
-                                   abbrev ? abbrev : "?", sep, tail ? tail : "");
-    } else {
-        rc = kiln_job_outcome_fail(out, true, "exited with code %d%s%s",
-                                   WEXITSTATUS(r->wait_status), sep, tail ? tail : "");
-    }
-    free(tail);
+    char *text = kiln_child_describe_exit(&r->child, EXEC_FAIL_TAIL_BYTES);
+    if (!text)
+        return KILN_ENOMEM;
+    int rc = kiln_job_outcome_fail(out, true, "%s", text);
+    free(text);
     return rc;
 }
 
 static int make_outcome(exec_run_t *r, kiln_job_outcome_t *out)
 {
     const char *name = r->st->name;
-    switch (r->stop) {
-    case STOP_INTERNAL:
-        return r->internal_error;
-    case STOP_CANCEL:
+    int status = r->child.wait_status;
+    switch (r->child.stop) {
+    case KILN_CHILD_STOP_INTERNAL:
+        return r->child.internal_error;
+    case KILN_CHILD_STOP_CANCEL:
         out->status = KILN_OUTCOME_CANCELLED;
         return 0;
-    case STOP_TIMEOUT:
+    case KILN_CHILD_STOP_TIMEOUT:
         return kiln_job_outcome_fail(out, true, "timed out after %" PRId64 " ms", r->timeout_ms);
     case STOP_OUTPUT_LIMIT:
         return kiln_job_outcome_fail(out, false,
@@ -750,12 +382,10 @@ static int make_outcome(exec_run_t *r, kiln_job_outcome_t *out)
                                      "a stdout line exceeded connectors.%s.max_line_bytes (%" PRId64
                                      " bytes); the process was killed",
                                      name, r->st->max_line_bytes);
-    case STOP_NONE:
-        break;
     }
     if (r->has_error)
         return kiln_job_outcome_fail(out, r->error_retryable, "%s", r->error_message);
-    if (WIFEXITED(r->wait_status) && WEXITSTATUS(r->wait_status) == 0) {
+    if (WIFEXITED(status) && WEXITSTATUS(status) == 0) {
         out->status = KILN_OUTCOME_COMPLETED;
         out->result_json = r->result_json; /* NULL: the program gave no result */
         r->result_json = NULL;
@@ -766,52 +396,53 @@ static int make_outcome(exec_run_t *r, kiln_job_outcome_t *out)
 
 static void run_close(exec_run_t *r)
 {
-    close_fd(&r->in_fd);
-    close_fd(&r->out_fd);
-    close_fd(&r->err_fd);
-    close_fd(&r->pidfd);
+    kiln_child_close(&r->child);
     free(r->input);
     free(r->line);
-    kiln_connector_tail_close(&r->tail);
     free(r->result_json);
     free(r->error_message);
 }
 
-static int64_t effective_timeout(const exec_state_t *st, const kiln_job_context_t *job)
+/* Spawns the program, runs it to its end and reads the outcome. */
+static int run_child(exec_run_t *r, kiln_job_outcome_t *out)
 {
-    if (st->timeout_ms > 0 && job->timeout_ms > 0)
-        return st->timeout_ms < job->timeout_ms ? st->timeout_ms : job->timeout_ms;
-    return st->timeout_ms > 0 ? st->timeout_ms : job->timeout_ms > 0 ? job->timeout_ms : 0;
+    const exec_state_t *st = r->st;
+    kiln_child_options_t opts = {
+        .path = st->path,
+        .argv = st->argv,
+        .envp = st->envp,
+        .cwd = st->cwd,
+        .input = r->input,
+        .input_len = r->input_len,
+        .deadline_ms = r->timeout_ms > 0 ? kiln_child_now_ms() + r->timeout_ms : 0,
+        .kill_grace_ms = st->kill_grace_ms,
+        .stderr_tail_bytes = (size_t)st->stderr_tail_bytes,
+        .cancel = r->job->cancel,
+        .cancel_fd = r->job->cancel_fd,
+        .on_stdout = on_stdout,
+        .on_stderr = on_stderr,
+        .ctx = r,
+    };
+    if (!kiln_child_run(&r->child, &opts, out))
+        return 0;
+    if (r->line_len > 0 && r->child.stop == KILN_CHILD_STOP_NONE)
+        handle_line(r, r->line, r->line_len); /* a last line without '\n' */
+    log_stderr_line(r);
+    return make_outcome(r, out);
 }
 
 static int exec_run(void *state, const kiln_job_context_t *job, kiln_job_outcome_t *out)
 {
-    exec_run_t r = {.st = state, .job = job, .pid = -1, .cancel_fd = job->cancel_fd};
-    r.pidfd = r.in_fd = r.out_fd = r.err_fd = -1;
-    kiln_connector_tail_init(&r.tail, (size_t)r.st->stderr_tail_bytes);
+    exec_run_t r = {.st = state, .job = job};
+    kiln_child_init(&r.child, &(kiln_child_options_t){.cancel_fd = -1});
     if (job->cancel && atomic_load(job->cancel)) {
         out->status = KILN_OUTCOME_CANCELLED;
         return 0;
     }
-    r.timeout_ms = effective_timeout(r.st, job);
+    r.timeout_ms = kiln_child_timeout_ms(r.st->timeout_ms, job->timeout_ms);
     int rc = build_input(&r, out);
-    if (rc < 0 || !r.input) { /* !r.input: out holds a bad-payload failure */
-        run_close(&r);
-        return rc;
-    }
-    sigset_t pipe_only, old_mask;
-    sigemptyset(&pipe_only);
-    sigaddset(&pipe_only, SIGPIPE);
-    pthread_sigmask(SIG_BLOCK, &pipe_only, &old_mask);
-    if (r.timeout_ms > 0)
-        r.deadline_ms = now_ms() + r.timeout_ms;
-    rc = spawn_child(&r, out);
-    if (rc == 0 && r.pid > 0) {
-        io_loop(&r);
-        reap(&r);
-        rc = make_outcome(&r, out);
-    }
-    pthread_sigmask(SIG_SETMASK, &old_mask, NULL);
+    if (rc == 0 && r.input) /* !r.input: out holds a bad-payload failure */
+        rc = run_child(&r, out);
     run_close(&r);
     return rc;
 }

@@ -24,6 +24,7 @@
 #include <curl/curl.h>
 
 #include "core/curl_util.h"
+#include "http_reuse.h"
 #include <errno.h>
 #include <inttypes.h>
 #include <jansson.h>
@@ -516,16 +517,11 @@ nomem:
     return KILN_ENOMEM;
 }
 
-/* Runs the transfer on a private multi handle, waking on the cancel fd. */
-static CURLcode perform(CURL *curl, attempt_t *a)
+/* Runs the transfer on the thread's multi handle, waking on the cancel fd. */
+static CURLcode perform(CURL *curl, CURLM *multi, attempt_t *a)
 {
-    CURLM *multi = curl_multi_init();
-    if (!multi)
+    if (curl_multi_add_handle(multi, curl) != CURLM_OK)
         return CURLE_OUT_OF_MEMORY;
-    if (curl_multi_add_handle(multi, curl) != CURLM_OK) {
-        curl_multi_cleanup(multi);
-        return CURLE_OUT_OF_MEMORY;
-    }
     int cancel_fd = a->call->cancel_fd;
     CURLcode result = CURLE_OK;
     for (int running = 1; running;) {
@@ -556,7 +552,6 @@ static CURLcode perform(CURL *curl, attempt_t *a)
                 result = msg->data.result;
     }
     curl_multi_remove_handle(multi, curl);
-    curl_multi_cleanup(multi);
     return result;
 }
 
@@ -647,9 +642,18 @@ static int attempt_once(attempt_t *a, long timeout_ms, kiln_http_result_t *res, 
     char url[KILN_HTTP_URL_MAX * 2];
     if ((size_t)snprintf(url, sizeof url, "%s%s", c->base_url, a->call->path) >= sizeof url)
         return kiln_err_set(err, KILN_EINVAL, "%s: the URL is too long", a->call->path);
-    CURL *curl = curl_easy_init();
-    if (!curl)
+    /* The thread's handles keep its connections open between calls; a
+     * call made inside another's callback gets handles of its own. */
+    kiln_http_handles_t *reused = kiln_http_handles_take();
+    CURL *curl = reused ? reused->easy : curl_easy_init();
+    CURLM *multi = reused ? reused->multi : curl_multi_init();
+    if (!curl || !multi) {
+        if (!reused && curl)
+            curl_easy_cleanup(curl);
+        if (!reused && multi)
+            curl_multi_cleanup(multi);
         return kiln_err_set(err, KILN_ENOMEM, "%s: curl_easy_init failed", a->call->path);
+    }
     char errbuf[CURL_ERROR_SIZE] = "";
     struct curl_slist *headers = NULL;
     body_ctx_t body = {.a = a, .curl = curl};
@@ -657,7 +661,7 @@ static int attempt_once(attempt_t *a, long timeout_ms, kiln_http_result_t *res, 
     if (rc < 0) {
         rc = kiln_err_set(err, rc, "%s: libcurl refused an option", a->call->path);
     } else {
-        CURLcode cc = perform(curl, a);
+        CURLcode cc = perform(curl, multi, a);
         if (a->is_lines && cc == CURLE_OK && a->callback_rc == 0) {
             /* A last line without its newline still counts. */
             a->callback_rc = ndjson_dispatch(a);
@@ -676,7 +680,12 @@ static int attempt_once(attempt_t *a, long timeout_ms, kiln_http_result_t *res, 
     res->streamed = a->is_stream;
     res->stream_done = a->stream_done;
     curl_slist_free_all(headers);
-    curl_easy_cleanup(curl);
+    if (reused) {
+        kiln_http_handles_give(reused);
+    } else {
+        curl_multi_cleanup(multi);
+        curl_easy_cleanup(curl);
+    }
     return rc;
 }
 

@@ -7,7 +7,8 @@
  *
  * A client is built once per connector instance and is read-only afterwards,
  * so kiln_http_call may run on one client from several threads at once; each
- * call uses its own libcurl handles.
+ * thread's calls use that thread's libcurl handles (http_reuse.h), so its
+ * connections stay open from one call to the next.
  */
 #ifndef KILN_CONNECTORS_HTTP_H
 #define KILN_CONNECTORS_HTTP_H

@@ -6,7 +6,8 @@
  *                                or server-sent "chat.completion.chunk" events
  *   POST /v1/images/generations  {"model","prompt","n","response_format"}
  *   POST /v1/embeddings          {"model","input","dimensions"}
- *   GET  /fake/stats             what it saw: {"requests","auth_ok","auth_bad"}
+ *   GET  /fake/stats             what it saw: {"requests","auth_ok","auth_bad",
+ *                                "connections"}
  *
  * Faults are chosen by the model name's start (or an X-Fake-Fault header):
  *   429-then-ok   the first request of that model gets 429 with Retry-After: 1
@@ -20,9 +21,11 @@
  *                 Authorization header it got, as a leaky proxy might
  *
  * With --key KEY every request must carry "Authorization: Bearer KEY";
- * others get 401 and are counted in auth_bad.
+ * others get 401 and are counted in auth_bad. With --keep-alive, JSON
+ * replies keep the connection open for the next request, as OpenAI's do
+ * (bench/openai_overhead.c); without it every reply closes it.
  *
- *   fake_openai PORT [--key KEY]     (PORT 0: pick one)
+ *   fake_openai PORT [--key KEY] [--keep-alive]     (PORT 0: pick one)
  *
  * Prints "fake_openai: listening on 127.0.0.1:PORT" on stdout once ready and
  * runs until SIGTERM or SIGINT.
@@ -52,8 +55,9 @@ static struct {
     pthread_cond_t changed;
     bool stopping;
     const char *key;
+    bool keep_alive;
     int port;
-    long requests, auth_ok, auth_bad;
+    long requests, auth_ok, auth_bad, connections;
     char models[MAX_MODELS][MODEL_LEN];
     int model_requests[MAX_MODELS];
 } fake = {.mu = PTHREAD_MUTEX_INITIALIZER, .changed = PTHREAD_COND_INITIALIZER};
@@ -111,12 +115,13 @@ static void send_json(struct mg_connection *conn, int status, const char *reason
     char *text = json_dumps(body, JSON_COMPACT);
     json_decref(body);
     size_t len = text ? strlen(text) : 0;
+    /* One write for head and body: two small ones on a kept-alive
+     * connection meet the client's delayed ACK (Nagle) and stall 40 ms. */
     mg_printf(conn,
               "HTTP/1.1 %d %s\r\nContent-Type: application/json\r\nContent-Length: %zu\r\n"
-              "Connection: close\r\n%s\r\n",
-              status, reason, len, extra_headers ? extra_headers : "");
-    if (text)
-        mg_write(conn, text, len);
+              "%s%s\r\n%s",
+              status, reason, len, fake.keep_alive ? "" : "Connection: close\r\n",
+              extra_headers ? extra_headers : "", text ? text : "");
     free(text);
 }
 
@@ -402,10 +407,20 @@ static int on_embeddings(struct mg_connection *conn, void *cbdata)
     return 200;
 }
 
+/* civetweb's callback for each accepted connection: counts it. */
+static int on_connection(const struct mg_connection *conn, void **conn_data)
+{
+    pthread_mutex_lock(&fake.mu);
+    fake.connections++;
+    pthread_mutex_unlock(&fake.mu);
+    return 0;
+}
+
 static int on_stats(struct mg_connection *conn, void *cbdata)
 {
     pthread_mutex_lock(&fake.mu);
-    json_t *stats = json_pack("{s:I, s:I, s:I}", "requests", (json_int_t)fake.requests, "auth_ok",
+    json_t *stats = json_pack("{s:I, s:I, s:I, s:I}", "connections", (json_int_t)fake.connections,
+                              "requests", (json_int_t)fake.requests, "auth_ok",
                               (json_int_t)fake.auth_ok, "auth_bad", (json_int_t)fake.auth_bad);
     pthread_mutex_unlock(&fake.mu);
     send_json(conn, 200, "OK", NULL, stats);
@@ -418,9 +433,12 @@ int main(int argc, char **argv)
         fprintf(stderr, "usage: fake_openai PORT [--key KEY]\n");
         return 64;
     }
-    for (int i = 2; i + 1 < argc; i += 2)
-        if (strcmp(argv[i], "--key") == 0)
-            fake.key = argv[i + 1];
+    for (int i = 2; i < argc; i++) {
+        if (strcmp(argv[i], "--key") == 0 && i + 1 < argc)
+            fake.key = argv[++i];
+        else if (strcmp(argv[i], "--keep-alive") == 0)
+            fake.keep_alive = true;
+    }
     sigset_t stop_signals;
     sigemptyset(&stop_signals);
     sigaddset(&stop_signals, SIGTERM);
@@ -430,10 +448,20 @@ int main(int argc, char **argv)
 
     char listen[64];
     snprintf(listen, sizeof listen, "127.0.0.1:%s", argv[1]);
-    const char *options[] = {"listening_ports",   listen, "num_threads", "16",
-                             "enable_keep_alive", "no",   NULL};
+    /* A kept-alive connection holds its civetweb thread while idle: enough
+     * threads for a benchmark's 64 slots and then some. */
+    const char *options[] = {"listening_ports",
+                             listen,
+                             "num_threads",
+                             fake.keep_alive ? "160" : "16",
+                             "enable_keep_alive",
+                             fake.keep_alive ? "yes" : "no",
+                             "keep_alive_timeout_ms",
+                             "60000",
+                             NULL};
     mg_init_library(0);
-    struct mg_context *ctx = mg_start(NULL, NULL, options);
+    struct mg_callbacks callbacks = {.init_connection = on_connection};
+    struct mg_context *ctx = mg_start(&callbacks, NULL, options);
     if (!ctx) {
         fprintf(stderr, "fake_openai: cannot listen on %s\n", listen);
         return 2;
