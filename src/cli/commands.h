@@ -37,6 +37,7 @@ int kiln_cmd_machine_reload(int argc, char **argv); /* kiln machine reload */
 int kiln_cmd_services(int argc, char **argv);
 int kiln_cmd_logs(int argc, char **argv);
 int kiln_cmd_restart(int argc, char **argv);
+int kiln_cmd_hub(int argc, char **argv);
 
 /* ---- Shared between commands ---------------------------------------------- */
 

@@ -18,6 +18,7 @@ static const kiln_command_t commands[] = {
     {"services", "list the machine agent's services and their state", kiln_cmd_services},
     {"logs", "show or follow a service's output on this machine", kiln_cmd_logs},
     {"restart", "restart a service of the machine agent", kiln_cmd_restart},
+    {"hub", "serve the job API, live events and the compat API", kiln_cmd_hub},
 };
 
 static void usage(FILE *out)
