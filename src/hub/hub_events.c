@@ -69,6 +69,7 @@ struct hub_events {
     long n_subs;
     unsigned long long delivered, dropped;
     kiln_broker_t *redis; /* the reader's own connection */
+    hub_machines_t *machines;
 };
 
 /* ---- stream ids and cursors -------------------------------------------------- */
@@ -293,6 +294,8 @@ static void handle_reply(hub_events_t *ev, redisReply *r)
         redisReply *entries = r->element[s]->element[1];
         for (size_t e = 0; e < entries->elements; e++) {
             json_t *event = event_from_entry(service, entries->element[e]);
+            if (event)
+                hub_machines_annotate(ev->machines, ev->redis, event);
             pthread_mutex_lock(&ev->mu);
             stream_pos_t *pos = find_pos(ev->streams, ev->n_streams, service);
             if (pos)
@@ -401,7 +404,10 @@ int hub_events_start(kiln_hub_t *hub, kiln_err_t *err)
     pthread_mutex_init(&ev->mu, NULL);
     pthread_cond_init(&ev->stop_cond, NULL);
     hub->events = ev;
-    int rc = kiln_broker_connect(&hub->broker_opts, &ev->redis, err);
+    ev->machines = hub_machines_new();
+    int rc = ev->machines ? 0 : kiln_err_set(err, KILN_ENOMEM, "hub: out of memory");
+    if (rc == 0)
+        rc = kiln_broker_connect(&hub->broker_opts, &ev->redis, err);
     if (rc == 0)
         rc = refresh_streams(ev, true, err);
     if (rc == 0 && pthread_create(&ev->thread, NULL, reader_main, ev) != 0)
@@ -438,6 +444,7 @@ void hub_events_stop(kiln_hub_t *hub)
         return;
     hub_events_shutdown(hub);
     kiln_broker_free(ev->redis);
+    hub_machines_free(ev->machines);
     free(ev->streams);
     pthread_cond_destroy(&ev->stop_cond);
     pthread_mutex_destroy(&ev->mu);

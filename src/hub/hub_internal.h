@@ -207,6 +207,17 @@ void hub_sub_close(hub_sub_t *sub, const char *reason);
 void hub_events_counts(kiln_hub_t *hub, long *clients, unsigned long long *events,
                        unsigned long long *dropped);
 
+/* ---- machines of events (hub_machines.c; the reader thread's) ------------------- */
+
+typedef struct hub_machines hub_machines_t;
+
+hub_machines_t *hub_machines_new(void);
+void hub_machines_free(hub_machines_t *m);
+
+/* Adds "machine" to event when its job was started by a worker whose
+ * record names a machine; b (may be NULL) looks up workers not seen yet. */
+void hub_machines_annotate(hub_machines_t *m, kiln_broker_t *b, json_t *event);
+
 /* ---- WebSockets (hub_stream.c, hub_compat.c) ------------------------------------ */
 
 void hub_stream_register_ws(kiln_hub_t *hub);

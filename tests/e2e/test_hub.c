@@ -104,7 +104,7 @@ static void stop_hub(fixture_t *f)
     f->hub.pid = 0;
 }
 
-static void start_worker(fixture_t *f)
+static void start_worker_env(fixture_t *f, const char *env1)
 {
     proc_t *w = &f->workers[f->n_workers];
     snprintf(w->log_path, sizeof w->log_path, "%s/%02d-worker%d.log", log_dir, f->seq,
@@ -112,8 +112,14 @@ static void start_worker(fixture_t *f)
     char *argv[] = {KILN_BIN,     "worker",        "--redis", redis.url,      "--connectors",
                     "simulation", "--concurrency", "4",       "--log-format", "text",
                     NULL};
-    w->pid = kiln_test_spawn(argv, NULL, w->log_path);
+    char *env[] = {(char *)env1, NULL};
+    w->pid = kiln_test_spawn(argv, env1 ? env : NULL, w->log_path);
     f->n_workers++;
+}
+
+static void start_worker(fixture_t *f)
+{
+    start_worker_env(f, NULL);
 }
 
 static int setup(void **state)
@@ -260,8 +266,9 @@ typedef struct sse {
     size_t len;
     json_t *events; /* the data of each event, in order */
     char last_cursor[4096];
-    size_t stop_after; /* stop once this many events are in (0: never) */
-    bool ended;        /* "event: end" or the stream closed */
+    size_t stop_after;     /* stop once this many events are in (0: never) */
+    const char *stop_type; /* stop after an event of this type (NULL: never) */
+    bool ended;            /* "event: end" or the stream closed */
 } sse_t;
 
 static size_t sse_collect(char *data, size_t size, size_t n, void *ctx)
@@ -286,7 +293,9 @@ static size_t sse_collect(char *data, size_t size, size_t n, void *ctx)
         size_t used = (size_t)(block - s->buf) + 2;
         memmove(s->buf, s->buf + used, s->len - used + 1);
         s->len -= used;
-        if (s->stop_after && json_array_size(s->events) >= s->stop_after)
+        json_t *last = json_array_get(s->events, json_array_size(s->events) - 1);
+        if ((s->stop_after && json_array_size(s->events) >= s->stop_after) ||
+            (s->stop_type && strcmp(jstr(last, "type"), s->stop_type) == 0))
             return 0; /* enough: abort the transfer */
     }
     return size * n;
@@ -769,6 +778,33 @@ static void events_resume_after_a_hub_restart_with_nothing_missed_or_repeated(vo
     f->passed = true;
 }
 
+static void events_filter_by_machine_follows_jobs_started_there(void **state)
+{
+    fixture_t *f = *state;
+    start_hub(f, NULL, NULL);
+    start_worker_env(f, "KILN_MACHINE_ID=desktop");
+    sse_thread_t t = {.s = {.events = json_array(), .stop_type = "completed"}};
+    snprintf(t.path, sizeof t.path, "/v1/events?machine=desktop");
+    pthread_create(&t.thread, NULL, sse_thread_main, &t);
+    assert_true(kiln_test_wait_until(one_event_client, NULL, 10000));
+    char id[KILN_JOB_ID_MAX];
+    submit("{\"duration_ms\":200,\"steps\":2}", NULL, id);
+    pthread_join(t.thread, NULL);
+    /* started, progress, completed: the submitted event names no machine. */
+    size_t n = json_array_size(t.s.events);
+    assert_true(n >= 3);
+    assert_string_equal(jstr(json_array_get(t.s.events, 0), "type"), "started");
+    assert_string_equal(jstr(json_array_get(t.s.events, 1), "type"), "progress");
+    assert_string_equal(jstr(json_array_get(t.s.events, n - 1), "type"), "completed");
+    for (size_t i = 0; i < n; i++) {
+        assert_string_equal(jstr(json_array_get(t.s.events, i), "machine"), "desktop");
+        assert_string_equal(jstr(json_array_get(t.s.events, i), "job"), id);
+    }
+    json_decref(t.s.events);
+    free(t.s.buf);
+    f->passed = true;
+}
+
 /* ---- WebSocket client ---------------------------------------------------------------- */
 
 typedef struct ws_inbox {
@@ -1039,6 +1075,7 @@ int main(void)
         T(job_events_stream_in_order_and_end_at_completion),
         T(events_resume_after_a_hub_restart_with_nothing_missed_or_repeated),
         T(events_websocket_delivers_filtered_events_and_resumes),
+        T(events_filter_by_machine_follows_jobs_started_there),
         T(compat_api_accepts_the_earlier_clients_jobs),
         T(compat_websocket_submit_job_gets_accepted_progress_and_complete),
         T(metrics_pass_promtool_check),
