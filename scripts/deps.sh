@@ -13,6 +13,8 @@ packages=(
   # promtool, which checks GET /metrics in tests/unit/test_machine_api.c
   # (the server unit the package also brings is disabled below)
   prometheus
+  # wrk drives bench/hub_submit.sh (POST /v1/jobs with keep-alive)
+  wrk
 )
 
 missing=()

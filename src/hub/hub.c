@@ -184,13 +184,19 @@ int kiln_hub_new(const kiln_config_t *cfg, kiln_hub_t **out, kiln_err_t *err)
     kiln_broker_free(probe);
     if (rc)
         goto error;
-    rc = hub_events_start(hub, err);
+    rc = hub_batcher_start(hub, err);
     if (rc)
         goto error;
+    rc = hub_events_start(hub, err);
+    if (rc) {
+        hub_batcher_stop(hub);
+        goto error;
+    }
     mg_init_library(MG_FEATURES_WEBSOCKET);
     rc = start_civetweb(hub, cfg->hub.threads > 0 ? cfg->hub.threads : 64, err);
     if (rc) {
         hub_events_stop(hub);
+        hub_batcher_stop(hub);
         mg_exit_library();
         goto error;
     }
@@ -228,6 +234,7 @@ void kiln_hub_free(kiln_hub_t *hub)
     atomic_store(&hub->stopping, true);
     hub_events_shutdown(hub);
     mg_stop(hub->mg);
+    hub_batcher_stop(hub);
     hub_events_stop(hub);
     mg_exit_library();
     free_memory(hub);

@@ -31,6 +31,7 @@ typedef struct hub_token {
 } hub_token_t;
 
 typedef struct hub_events hub_events_t;
+typedef struct hub_batcher hub_batcher_t;
 
 struct kiln_hub {
     struct mg_context *mg;
@@ -46,6 +47,7 @@ struct kiln_hub {
     size_t n_origins;
     long retention_age_s;
     hub_events_t *events;
+    hub_batcher_t *batcher;
     atomic_bool stopping;
     /* Counters for /metrics. */
     atomic_ullong requests[6]; /* by status class: 1xx..5xx, [0] other */
@@ -154,6 +156,16 @@ int hub_compat_get(hub_req_t *req);
  * a KILN_E* code with err set. */
 int hub_jobs_submit_spec(hub_req_t *req, kiln_broker_t *broker, json_t *spec, char *id,
                          kiln_err_t *err);
+
+/* ---- group commit of submits (hub_batch.c) ------------------------------------- */
+
+int hub_batcher_start(kiln_hub_t *hub, kiln_err_t *err);
+/* After civetweb has stopped: submits still queued are sent first. */
+void hub_batcher_stop(kiln_hub_t *hub);
+
+/* Submits spec (borrowed until it returns) in the next batch of its
+ * service and waits for it. 0 with id filled, else a KILN_E* code. */
+int hub_batcher_submit(kiln_hub_t *hub, const kiln_job_spec_t *spec, char *id, kiln_err_t *err);
 
 /* ---- live events (hub_events.c) ----------------------------------------------- */
 

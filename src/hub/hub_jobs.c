@@ -67,8 +67,11 @@ int hub_jobs_submit_spec(hub_req_t *req, kiln_broker_t *b, json_t *spec, char *i
     int rc = kiln_job_spec_from_json(spec, req->hub->broker_opts.max_payload_bytes, &s, err);
     if (rc)
         return rc;
+    /* A job with an idempotency key goes alone: its reply says whether it
+     * matched an earlier job, which decides its owner record. */
     bool duplicate = false;
-    rc = kiln_broker_submit(b, &s, id, &duplicate, err);
+    rc = s.idempotency_key ? kiln_broker_submit(b, &s, id, &duplicate, err)
+                           : hub_batcher_submit(req->hub, &s, id, err);
     kiln_job_spec_clear(&s);
     if (rc == 0 && req->token && req->token->role == KILN_HUB_ROLE_SUBMIT && !duplicate)
         rc = set_owner(req, b, id, err);

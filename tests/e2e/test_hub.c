@@ -360,6 +360,64 @@ static void submitted_job_runs_and_the_long_poll_returns_its_result(void **state
     f->passed = true;
 }
 
+static void concurrent_submits_each_get_their_own_job(void **state)
+{
+    fixture_t *f = *state;
+    start_hub(f, NULL, NULL);
+    enum { N = 200 };
+    CURLM *multi = curl_multi_init();
+    static http_reply_t replies[N];
+    CURL *handles[N];
+    char url[128];
+    snprintf(url, sizeof url, "%s/v1/jobs", f->url);
+    struct curl_slist *h = curl_slist_append(NULL, "Content-Type: application/json");
+    for (int i = 0; i < N; i++) {
+        memset(&replies[i], 0, sizeof replies[i]);
+        handles[i] = curl_easy_init();
+        curl_easy_setopt(handles[i], CURLOPT_URL, url);
+        curl_easy_setopt(handles[i], CURLOPT_HTTPHEADER, h);
+        curl_easy_setopt(handles[i], CURLOPT_POSTFIELDS,
+                         i % 2 ? "{\"service\":\"simulation\"}" : "{\"service\":\"other\"}");
+        curl_easy_setopt(handles[i], CURLOPT_WRITEFUNCTION, collect);
+        curl_easy_setopt(handles[i], CURLOPT_WRITEDATA, &replies[i]);
+        curl_multi_add_handle(multi, handles[i]);
+    }
+    int running = 1;
+    while (running) {
+        curl_multi_perform(multi, &running);
+        curl_multi_poll(multi, NULL, 0, 1000, NULL);
+    }
+    json_t *ids = json_object();
+    for (int i = 0; i < N; i++) {
+        long status = 0;
+        curl_easy_getinfo(handles[i], CURLINFO_RESPONSE_CODE, &status);
+        assert_int_equal(status, 201);
+        json_t *body = json_loads(replies[i].body, 0, NULL);
+        const char *id = jstr(body, "id");
+        assert_true(strncmp(id, i % 2 ? "simulation." : "other.", i % 2 ? 11 : 6) == 0);
+        assert_null(json_object_get(ids, id));
+        json_object_set_new(ids, id, json_true());
+        json_decref(body);
+        free(replies[i].body);
+        curl_multi_remove_handle(multi, handles[i]);
+        curl_easy_cleanup(handles[i]);
+    }
+    curl_multi_cleanup(multi);
+    curl_slist_free_all(h);
+    assert_int_equal(json_object_size(ids), N);
+    json_decref(ids);
+    /* An idempotency key returns the first job's id. */
+    http_reply_t a =
+        http("POST", "/v1/jobs", "{\"service\":\"simulation\",\"idempotency_key\":\"k1\"}", NULL);
+    http_reply_t b =
+        http("POST", "/v1/jobs", "{\"service\":\"simulation\",\"idempotency_key\":\"k1\"}", NULL);
+    assert_int_equal(a.status, 201);
+    assert_string_equal(jstr(a.json, "id"), jstr(b.json, "id"));
+    reply_free(&a);
+    reply_free(&b);
+    f->passed = true;
+}
+
 static void long_poll_of_an_unfinished_job_returns_it_after_the_wait(void **state)
 {
     fixture_t *f = *state;
@@ -1067,6 +1125,7 @@ int main(void)
 #define T(name) cmocka_unit_test_setup_teardown(name, setup, teardown)
         T(submitted_job_runs_and_the_long_poll_returns_its_result),
         T(long_poll_of_an_unfinished_job_returns_it_after_the_wait),
+        T(concurrent_submits_each_get_their_own_job),
         T(list_with_cursor_pagination_covers_every_job_exactly_once),
         T(cancel_works_on_pending_and_running_jobs_and_retry_revives_a_dead_one),
         T(tokens_and_roles_decide_what_each_caller_may_do),
