@@ -76,6 +76,7 @@ static int copy_config(kiln_hub_t *hub, const kiln_config_t *cfg, kiln_err_t *er
     hub->redis_url = strdup(cfg->redis_url);
     hub->broker_opts.redis_url = hub->redis_url;
     hub->max_body_bytes = cfg->hub.max_body_bytes;
+    hub->threads = cfg->hub.threads > 0 ? cfg->hub.threads : 64;
     hub->retention_age_s = cfg->broker.retention_age_s;
     const char *listen = cfg->hub.listen ? cfg->hub.listen : KILN_CONFIG_HUB_LISTEN_DEFAULT;
     if (cfg->hub.n_tokens == 0 && !is_loopback(listen)) {
@@ -193,7 +194,7 @@ int kiln_hub_new(const kiln_config_t *cfg, kiln_hub_t **out, kiln_err_t *err)
         goto error;
     }
     mg_init_library(MG_FEATURES_WEBSOCKET);
-    rc = start_civetweb(hub, cfg->hub.threads > 0 ? cfg->hub.threads : 64, err);
+    rc = start_civetweb(hub, hub->threads, err);
     if (rc) {
         hub_events_stop(hub);
         hub_batcher_stop(hub);

@@ -271,6 +271,8 @@ static void *compat_writer(void *arg)
 static int compat_connect(const struct mg_connection *conn, void *cbdata)
 {
     kiln_hub_t *hub = cbdata;
+    if (!hub_events_room(hub))
+        return 1;
     const struct mg_request_info *ri = mg_get_request_info(conn);
     const char *client_id = ri->local_uri + strlen("/ws/client/");
     size_t len = strlen(client_id);

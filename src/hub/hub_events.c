@@ -452,6 +452,15 @@ void hub_events_stop(kiln_hub_t *hub)
     hub->events = NULL;
 }
 
+bool hub_events_room(kiln_hub_t *hub)
+{
+    hub_events_t *ev = hub->events;
+    pthread_mutex_lock(&ev->mu);
+    bool room = ev->n_subs + HUB_THREADS_SPARE < hub->threads;
+    pthread_mutex_unlock(&ev->mu);
+    return room;
+}
+
 void hub_events_counts(kiln_hub_t *hub, long *clients, unsigned long long *events,
                        unsigned long long *dropped)
 {

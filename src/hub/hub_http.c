@@ -134,6 +134,12 @@ int hub_reply_error(hub_req_t *req, int status, const char *field, const char *f
     va_start(ap, fmt);
     vsnprintf(message, sizeof message, fmt, ap);
     va_end(ap);
+    /* Messages may quote what a client sent: keep them printable ASCII,
+     * which JSON can always carry. */
+    for (unsigned char *c = (unsigned char *)message; *c; c++) {
+        if (*c < 0x20 || *c >= 0x7f)
+            *c = '?';
+    }
     json_t *err = json_pack("{s:s, s:s}", "code", error_code(status), "message", message);
     json_object_set_new(err, "field", field ? json_string(field) : json_null());
     return hub_reply_json(req, status, json_pack("{s:o}", "error", err));

@@ -41,6 +41,7 @@ struct kiln_hub {
     char url[96];
     int port;
     long max_body_bytes;
+    int threads;
     hub_token_t *tokens;
     size_t n_tokens;
     char **origins;
@@ -214,6 +215,11 @@ void hub_sub_free(hub_sub_t *sub);
 
 /* Wakes a waiting hub_sub_next, which then returns -1 with reason. */
 void hub_sub_close(hub_sub_t *sub, const char *reason);
+
+/* Whether another live client may start: each holds a request thread, and
+ * HUB_THREADS_SPARE threads stay for other requests. */
+#define HUB_THREADS_SPARE 8
+bool hub_events_room(kiln_hub_t *hub);
 
 /* Live subscriber count and dropped count, for /metrics. */
 void hub_events_counts(kiln_hub_t *hub, long *clients, unsigned long long *events,

@@ -19,6 +19,14 @@ static bool final_state(const char *state)
                      strcmp(state, "cancelled") == 0 || strcmp(state, "dead") == 0);
 }
 
+static int no_room(hub_req_t *req)
+{
+    return hub_reply_error(req, 503, NULL,
+                           "%d live clients already hold the hub's request threads; raise "
+                           "hub.threads (KILN_HUB_THREADS) or use another hub",
+                           req->hub->threads - HUB_THREADS_SPARE);
+}
+
 /* Reads job, service, machine and since (or Last-Event-ID) from the
  * request. 0, or the status of the reply sent. */
 static int parse_filter(hub_req_t *req, hub_filter_t *f, char *since, size_t since_size)
@@ -118,6 +126,8 @@ int hub_stream_events_sse(hub_req_t *req)
     int rc = parse_filter(req, &filter, since, sizeof since);
     if (rc)
         return rc;
+    if (!hub_events_room(req->hub))
+        return no_room(req);
     kiln_broker_t *b = since[0] ? hub_broker(req) : NULL;
     if (since[0] && !b)
         return 503;
@@ -134,6 +144,8 @@ int hub_stream_events_sse(hub_req_t *req)
 
 int hub_stream_job_events(hub_req_t *req)
 {
+    if (!hub_events_room(req->hub))
+        return no_room(req);
     kiln_broker_t *b = hub_broker(req);
     if (!b)
         return 503;
@@ -223,6 +235,8 @@ static void *ws_writer(void *arg)
 static int ws_connect(const struct mg_connection *conn, void *cbdata)
 {
     kiln_hub_t *hub = cbdata;
+    if (!hub_events_room(hub))
+        return 1;
     ws_client_t *c = calloc(1, sizeof *c);
     if (!c)
         return 1;

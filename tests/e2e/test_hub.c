@@ -14,6 +14,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #include "hub/hub_internal.h"
@@ -927,6 +930,93 @@ static bool inbox_has(void *ctx)
     return n >= w->count;
 }
 
+static bool n_event_clients(void *ctx)
+{
+    char needle[64];
+    snprintf(needle, sizeof needle, "\nkiln_hub_event_clients %d\n", *(int *)ctx);
+    http_reply_t r = http("GET", "/metrics", NULL, NULL);
+    bool ok = r.body && strstr(r.body, needle);
+    reply_free(&r);
+    return ok;
+}
+
+static void live_clients_beyond_the_threads_left_get_503(void **state)
+{
+    fixture_t *f = *state;
+    start_hub(f, "KILN_HUB_THREADS=10", NULL); /* 8 stay for requests: 2 live clients */
+    ws_inbox_t a = {0}, b = {0};
+    struct mg_connection *ca = ws_open("/v1/events/ws", &a);
+    struct mg_connection *cb = ws_open("/v1/events/ws", &b);
+    int two = 2;
+    assert_true(kiln_test_wait_until(n_event_clients, &two, 10000));
+    http_reply_t r = http("GET", "/v1/events", NULL, NULL);
+    assert_int_equal(r.status, 503);
+    assert_non_null(strstr(r.body, "hub.threads"));
+    reply_free(&r);
+    mg_close_connection(ca);
+    int one = 1;
+    assert_true(kiln_test_wait_until(n_event_clients, &one, 10000));
+    r = http("GET", "/v1/queues", NULL, NULL); /* other requests were served all along */
+    assert_int_equal(r.status, 200);
+    reply_free(&r);
+    mg_close_connection(cb);
+    json_decref(a.messages);
+    json_decref(b.messages);
+    f->passed = true;
+}
+
+static bool one_client_dropped(void *ctx)
+{
+    (void)ctx;
+    http_reply_t r = http("GET", "/metrics", NULL, NULL);
+    bool ok = r.body && strstr(r.body, "\nkiln_hub_event_clients_dropped_total 1\n") &&
+              strstr(r.body, "\nkiln_hub_event_clients 0\n");
+    reply_free(&r);
+    return ok;
+}
+
+static void a_client_that_stops_reading_is_dropped_not_waited_for(void **state)
+{
+    fixture_t *f = *state;
+    start_hub(f, NULL, NULL);
+    /* A raw socket that asks for the stream and never reads it. */
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    int small = 4096;
+    setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &small, sizeof small);
+    struct sockaddr_in addr = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    addr.sin_port = htons((uint16_t)atoi(strrchr(f->url, ':') + 1));
+    assert_int_equal(connect(fd, (struct sockaddr *)&addr, sizeof addr), 0);
+    const char *get = "GET /v1/events HTTP/1.1\r\nHost: x\r\n\r\n";
+    assert_int_equal(write(fd, get, strlen(get)), (ssize_t)strlen(get));
+    assert_true(kiln_test_wait_until(one_event_client, NULL, 10000));
+    /* Far more events than socket buffers and the client's queue hold. */
+    kiln_config_t cfg;
+    kiln_config_init_defaults(&cfg);
+    kiln_broker_options_t opts;
+    kiln_broker_options_from_config(&opts, &cfg);
+    opts.redis_url = redis.url;
+    kiln_broker_t *b;
+    kiln_err_t err = {0};
+    assert_int_equal(kiln_broker_connect(&opts, &b, &err), 0);
+    static kiln_job_spec_t specs[1000];
+    static char ids[1000][KILN_JOB_ID_MAX];
+    for (int i = 0; i < 1000; i++)
+        assert_int_equal(kiln_job_spec_parse("{\"service\":\"flood\"}", 19, 0, &specs[i], &err), 0);
+    for (int round = 0; round < 30 && !one_client_dropped(NULL); round++)
+        assert_int_equal(kiln_broker_submit_batch(b, specs, 1000, ids, &err), 0);
+    for (int i = 0; i < 1000; i++)
+        kiln_job_spec_clear(&specs[i]);
+    kiln_broker_free(b);
+    kiln_config_free(&cfg);
+    assert_true(kiln_test_wait_until(one_client_dropped, NULL, 20000));
+    /* Others are served meanwhile. */
+    http_reply_t r = http("GET", "/health", NULL, NULL);
+    assert_int_equal(r.status, 200);
+    reply_free(&r);
+    close(fd);
+    f->passed = true;
+}
+
 static void compat_api_accepts_the_earlier_clients_jobs(void **state)
 {
     fixture_t *f = *state;
@@ -1135,6 +1225,8 @@ int main(void)
         T(events_resume_after_a_hub_restart_with_nothing_missed_or_repeated),
         T(events_websocket_delivers_filtered_events_and_resumes),
         T(events_filter_by_machine_follows_jobs_started_there),
+        T(live_clients_beyond_the_threads_left_get_503),
+        T(a_client_that_stops_reading_is_dropped_not_waited_for),
         T(compat_api_accepts_the_earlier_clients_jobs),
         T(compat_websocket_submit_job_gets_accepted_progress_and_complete),
         T(metrics_pass_promtool_check),
