@@ -15,6 +15,8 @@ packages=(
   prometheus
   # the playwright service's browser: Debian's chromium (never a downloaded one)
   chromium
+  # wrk drives bench/hub_submit.sh (POST /v1/jobs with keep-alive)
+  wrk
 )
 
 missing=()

@@ -86,6 +86,18 @@ typedef struct kiln_template_config {
     size_t n_env;
 } kiln_template_config_t;
 
+/* hub.tokens: a bearer token of the hub's API and what it may do. */
+typedef enum { KILN_HUB_ROLE_ADMIN, KILN_HUB_ROLE_SUBMIT, KILN_HUB_ROLE_READ } kiln_hub_role_t;
+
+typedef struct kiln_hub_token_config {
+    char *name;  /* shown in logs and job ownership; never the token */
+    char *token; /* owned; 16-256 printable characters */
+    kiln_hub_role_t role;
+} kiln_hub_token_config_t;
+
+#define KILN_CONFIG_HUB_LISTEN_DEFAULT "127.0.0.1:8080"
+#define KILN_CONFIG_HUB_TOKENS_MAX     64
+
 typedef struct kiln_config {
     char *source_path; /* the file loaded, or NULL when none */
 
@@ -162,6 +174,17 @@ typedef struct kiln_config {
         /* port 3100; cwd: the service's folder */
         kiln_template_config_t playwright;
     } templates;
+
+    /* kiln hub (docs/hub.md); each has a KILN_HUB_* variable. */
+    struct {
+        char *listen;        /* hub.listen | KILN_HUB_LISTEN; default 127.0.0.1:8080 */
+        int threads;         /* hub.threads | KILN_HUB_THREADS; default 64, 4-1024 */
+        long max_body_bytes; /* hub.max_body_bytes | KILN_HUB_MAX_BODY_BYTES; default 2 MiB */
+        kiln_hub_token_config_t *tokens; /* hub.tokens | KILN_HUB_TOKENS (NAME:ROLE:TOKEN,...) */
+        size_t n_tokens;
+        char **cors_origins; /* hub.cors_origins | KILN_HUB_CORS_ORIGINS (comma list) */
+        size_t n_cors_origins;
+    } hub;
 } kiln_config_t;
 
 /* Fills cfg with the defaults. Never fails. */

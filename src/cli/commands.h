@@ -39,6 +39,7 @@ int kiln_cmd_logs(int argc, char **argv);
 int kiln_cmd_restart(int argc, char **argv);
 int kiln_cmd_machines(int argc, char **argv); /* cmd_machines.c */
 int kiln_cmd_wake(int argc, char **argv);     /* cmd_machines.c */
+int kiln_cmd_hub(int argc, char **argv);
 
 /* ---- Shared between commands ---------------------------------------------- */
 

@@ -20,6 +20,7 @@ static const kiln_command_t commands[] = {
     {"restart", "restart a service of the machine agent", kiln_cmd_restart},
     {"machines", "list the fleet's machines: online, busy or offline", kiln_cmd_machines},
     {"wake", "send a machine a Wake-on-LAN packet", kiln_cmd_wake},
+    {"hub", "serve the job API, live events and the compat API", kiln_cmd_hub},
 };
 
 static void usage(FILE *out)

@@ -20,7 +20,8 @@
 #define KILN_PROBLEMS_MAX 200
 
 static const char *const section_names[] = {"redis",  "machine",    "log",      "broker",
-                                            "worker", "connectors", "services", "templates"};
+                                            "worker", "connectors", "services", "templates",
+                                            "hub"};
 #define N_SECTIONS (sizeof section_names / sizeof section_names[0])
 
 static const char *const level_names[] = {"debug", "info", "warn", "error"};
@@ -128,6 +129,7 @@ void kiln_config_init_defaults(kiln_config_t *cfg)
     cfg->machine.health_port = 9090;
     cfg->machine.install_timeout_s = 300;
     kiln_config_templates_defaults(cfg);
+    kiln_config_hub_defaults(cfg);
 }
 
 void kiln_config_free(kiln_config_t *cfg)
@@ -153,6 +155,7 @@ void kiln_config_free(kiln_config_t *cfg)
         free(cfg->machine.pools[i]);
     free(cfg->machine.pools);
     kiln_config_services_free(cfg);
+    kiln_config_hub_free(cfg);
     memset(cfg, 0, sizeof *cfg);
 }
 
@@ -386,7 +389,7 @@ static void load_root(kiln_config_ctx_t *ctx, const kiln_config_origin_t *o, con
         kiln_config_describe(root, got, sizeof got);
         kiln_problems_add(ctx->problems,
                           "%s:1: expected a mapping of sections (redis, machine, log, broker, "
-                          "worker, connectors, services, templates), got %s",
+                          "worker, connectors, services, templates, hub), got %s",
                           o->file, got);
         return;
     }
@@ -405,6 +408,8 @@ static void load_root(kiln_config_ctx_t *ctx, const kiln_config_origin_t *o, con
             kiln_config_load_services(ctx, o, value);
         else if (strcmp(key, "templates") == 0)
             kiln_config_load_templates(ctx, o, value);
+        else if (strcmp(key, "hub") == 0)
+            kiln_config_load_hub(ctx, o, value);
         else
             load_section(ctx, o, key, value);
     }
@@ -511,6 +516,7 @@ int kiln_config_load(kiln_config_t *cfg, const char *path, char **envp, kiln_pro
     if (path)
         load_file(&ctx, path);
     kiln_config_apply_env(&ctx, envp);
+    kiln_config_hub_apply_env(&ctx, envp);
     kiln_config_check_across(&ctx);
     add_implicit_connectors(cfg);
     apply_connector_urls(&ctx, envp);
@@ -531,6 +537,10 @@ int kiln_config_load(kiln_config_t *cfg, const char *path, char **envp, kiln_pro
 int kiln_config_set_flag(kiln_config_t *cfg, const char *path, const char *flag, const char *text,
                          kiln_problems_t *problems)
 {
+    if (strncmp(path, "hub.", 4) == 0) {
+        kiln_config_ctx_t hub_ctx = {.cfg = cfg, .problems = problems};
+        return kiln_config_hub_set_text(&hub_ctx, path, flag, text) ? 0 : KILN_EINVAL;
+    }
     const kiln_config_field_t *f = kiln_config_field_find(path);
     if (!f) {
         kiln_problems_add(problems, "%s: no setting %s", flag, path);
@@ -680,5 +690,6 @@ json_t *kiln_config_to_json_redacted(const kiln_config_t *cfg)
     json_t *templates = kiln_config_templates_to_json(cfg);
     json_object_set_new(root, "templates", redact_value(templates));
     json_decref(templates);
+    json_object_set_new(root, "hub", kiln_config_hub_to_json(cfg));
     return root;
 }

@@ -137,4 +137,24 @@ json_t *kiln_config_templates_to_json(const kiln_config_t *cfg);
 /* Releases cfg->services and cfg->templates. */
 void kiln_config_services_free(kiln_config_t *cfg);
 
+/* ---- the hub section (config_hub.c) ----------------------------------------- */
+
+void kiln_config_hub_defaults(kiln_config_t *cfg);
+
+/* Loads the hub: section, recording each problem with its file and line. */
+void kiln_config_load_hub(kiln_config_ctx_t *ctx, const kiln_config_origin_t *o,
+                          const json_t *section);
+
+/* Applies KILN_HUB_LISTEN, _THREADS, _MAX_BODY_BYTES, _TOKENS, _CORS_ORIGINS. */
+void kiln_config_hub_apply_env(kiln_config_ctx_t *ctx, char **envp);
+
+/* Sets hub.listen, hub.threads or hub.max_body_bytes from a flag's text. */
+bool kiln_config_hub_set_text(kiln_config_ctx_t *ctx, const char *path, const char *flag,
+                              const char *text);
+
+/* The hub section as JSON with every token replaced by "***". Caller owns. */
+json_t *kiln_config_hub_to_json(const kiln_config_t *cfg);
+
+void kiln_config_hub_free(kiln_config_t *cfg);
+
 #endif

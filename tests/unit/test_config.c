@@ -768,7 +768,7 @@ static void a_file_with_hundreds_of_problems_reports_200_and_counts_the_rest(voi
     free(text);
     assert_int_equal(problems.count, 201);
     assert_problem("%s:200: k199: unknown key; expected one of redis, machine, log, broker, "
-                   "worker, connectors, services, templates",
+                   "worker, connectors, services, templates, hub",
                    file_path);
     assert_string_equal(problems.items[200], "... and 50 more problems");
 }

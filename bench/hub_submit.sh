@@ -1,0 +1,136 @@
+#!/usr/bin/env bash
+# POST /v1/jobs throughput of `kiln hub` under wrk (keep-alive), beside
+# redis-benchmark running the same submit script (EVALSHA, the exact call
+# the hub makes, captured with MONITOR) against the same private Redis: the
+# ratio says how much of Redis's own submit rate the HTTP layer keeps.
+# Prints a table and rewrites the hub section of BENCHMARKS.md (between its
+# markers). Bounded by BENCH_HUB_SECONDS per run.
+#
+# Environment (all optional):
+#   BUILD                 build folder with kiln (default ./build)
+#   BENCH_OUT             the report to update (default BENCHMARKS.md)
+#   BENCH_HUB_SECONDS     seconds per wrk run (default 10)
+#   BENCH_HUB_CONNS       keep-alive connections (default 32)
+#   BENCH_HUB_THREADS     hub request threads (default 64)
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+BUILD=${BUILD:-$ROOT/build}
+OUT=${BENCH_OUT:-$ROOT/BENCHMARKS.md}
+SECONDS_PER_RUN=${BENCH_HUB_SECONDS:-10}
+CONNS=${BENCH_HUB_CONNS:-32}
+THREADS=${BENCH_HUB_THREADS:-64}
+
+log() { printf 'bench hub: %s\n' "$*" >&2; }
+die() { log "$*"; exit 1; }
+for tool in redis-server redis-cli redis-benchmark wrk curl python3; do
+    command -v "$tool" >/dev/null || die "$tool not found (scripts/deps.sh installs it)"
+done
+[ -x "$BUILD/kiln" ] || die "no $BUILD/kiln: build first (cmake --build build --target kiln)"
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+WORK=$(mktemp -d)
+REDIS_PORT=$(free_port)
+HUB_PORT=$(free_port)
+pids=()
+cleanup() {
+    for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+    rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save '' --appendonly no \
+    --dir "$WORK" --logfile "$WORK/redis.log" &
+pids+=($!)
+rcli() { redis-cli -p "$REDIS_PORT" "$@"; }
+for _ in $(seq 100); do rcli ping >/dev/null 2>&1 && break; sleep 0.05; done
+rcli ping >/dev/null || die "redis-server did not start (log: $WORK/redis.log)"
+
+"$BUILD/kiln" hub --redis "redis://127.0.0.1:$REDIS_PORT" --listen "127.0.0.1:$HUB_PORT" \
+    --threads "$THREADS" --log-level warn >"$WORK/hub.log" 2>&1 &
+pids+=($!)
+URL="http://127.0.0.1:$HUB_PORT"
+for _ in $(seq 100); do curl -fs "$URL/health" >/dev/null 2>&1 && break; sleep 0.05; done
+curl -fs "$URL/health" >/dev/null || die "kiln hub did not start: $(cat "$WORK/hub.log")"
+
+# The hub's exact submit call, captured once.
+BODY=$(sed -n "s/^wrk.body = '\(.*\)'$/\1/p" "$ROOT/bench/hub_submit.lua")
+rcli monitor >"$WORK/monitor.txt" 2>/dev/null &
+mon=$!
+for _ in $(seq 50); do [ -s "$WORK/monitor.txt" ] && break; sleep 0.05; done
+curl -fs -X POST -H 'Content-Type: application/json' -d "$BODY" "$URL/v1/jobs" >/dev/null
+for _ in $(seq 100); do grep -q '"EVALSHA"' "$WORK/monitor.txt" && break; sleep 0.05; done
+kill "$mon" 2>/dev/null || true
+python3 - "$WORK/monitor.txt" >"$WORK/evalsha.args" <<'PY'
+import shlex, sys
+for line in open(sys.argv[1]):
+    if '"EVALSHA"' in line:
+        print("\0".join(shlex.split(line.split("] ", 1)[1])), end="")
+        break
+PY
+[ -s "$WORK/evalsha.args" ] || die "could not capture the submit call"
+mapfile -d '' EVALSHA_ARGS <"$WORK/evalsha.args"
+
+log "wrk: ${SECONDS_PER_RUN}s, $CONNS connections, hub threads $THREADS"
+wrk -t2 -c"$CONNS" -d"${SECONDS_PER_RUN}s" -s "$ROOT/bench/hub_submit.lua" "$URL/v1/jobs" \
+    >"$WORK/wrk.txt" 2>&1
+hub_rps=$(awk '/^Requests\/sec:/ {print $2}' "$WORK/wrk.txt")
+hub_p50=$(awk '/^p50_ms/ {print $2}' "$WORK/wrk.txt")
+hub_p99=$(awk '/^p99_ms/ {print $2}' "$WORK/wrk.txt")
+non2xx=$(awk '/Non-2xx/ {print $5}' "$WORK/wrk.txt")
+requests=$(awk '/requests in/ {print $1}' "$WORK/wrk.txt")
+jobs=$(rcli get 'kiln:{bench}:seq')
+[ -n "$hub_rps" ] || die "wrk failed: $(cat "$WORK/wrk.txt")"
+
+n_redis=$(python3 -c "print(max(10000, int(float('$hub_rps') * $SECONDS_PER_RUN)))")
+log "redis-benchmark: $n_redis EVALSHA calls, $CONNS connections"
+redis_rps=$(redis-benchmark -p "$REDIS_PORT" -c "$CONNS" -n "$n_redis" -q "${EVALSHA_ARGS[@]}" \
+    2>/dev/null | tr '\r' '\n' | awk '/requests per second/ {v=$(NF-5)} END {print v}')
+ratio=$(python3 -c "print(f'{float(\"$hub_rps\") / float(\"$redis_rps\"):.2f}')")
+
+cpu=$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')
+table=$(cat <<TABLE
+| measure | value |
+|---|---|
+| \`POST /v1/jobs\` through \`kiln hub\` (wrk, $CONNS keep-alive connections, ${SECONDS_PER_RUN} s) | **$(printf '%.0f' "$hub_rps") submits/s** |
+| latency p50 / p99 | $hub_p50 ms / $hub_p99 ms |
+| replies other than 201 | ${non2xx:-0} of $requests |
+| jobs in Redis after the run (\`kiln:{bench}:seq\`) | $jobs |
+| the same submit script by \`redis-benchmark\` (EVALSHA, $CONNS connections) | $(printf '%.0f' "$redis_rps") calls/s |
+| hub / redis-benchmark | **$ratio** |
+TABLE
+)
+echo "$table"
+
+python3 - "$OUT" <<PY
+import sys
+path = sys.argv[1]
+section = """<!-- hub-bench:start -->
+## Hub: POST /v1/jobs under wrk
+
+Generated by \`bench/hub_submit.sh\`: a private \`redis-server\`, \`kiln hub --threads $THREADS\`,
+then \`wrk -t2 -c$CONNS\` posting \`$BODY\` (bench/hub_submit.lua) for ${SECONDS_PER_RUN} s,
+then \`redis-benchmark\` running the hub's exact submit call (EVALSHA with the same keys and
+arguments, captured with MONITOR) against the same Redis. wrk, the hub and Redis share the
+machine's cores.
+
+- Machine: $cpu, $(nproc) cores (nproc)
+- Date: $(date -u '+%Y-%m-%d %H:%M UTC'); kiln commit $(git -C "$ROOT" rev-parse --short HEAD)
+- $(redis-server --version | cut -d' ' -f1-3), $(wrk --version 2>&1 | head -1 | cut -d' ' -f1-2)
+
+$table
+<!-- hub-bench:end -->
+"""
+try:
+    text = open(path).read()
+except FileNotFoundError:
+    text = ""
+start, end = text.find("<!-- hub-bench:start -->"), text.find("<!-- hub-bench:end -->")
+if start >= 0 and end > start:
+    text = text[:start] + section + text[end + len("<!-- hub-bench:end -->\n"):]
+else:
+    text = text.rstrip("\n") + "\n\n" + section
+open(path, "w").write(text)
+PY
+log "wrote the hub section of $OUT"

@@ -1,0 +1,260 @@
+/*
+ * The job API: submit, read (with a long-poll for the result), cancel,
+ * retry, and the queue, worker and health documents.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "broker/broker_internal.h"
+#include "hub/hub_internal.h"
+
+static const char *const final_states[] = {"completed", "failed", "cancelled", "dead"};
+
+static bool is_final(const char *state)
+{
+    for (size_t i = 0; state && i < 4; i++) {
+        if (strcmp(state, final_states[i]) == 0)
+            return true;
+    }
+    return false;
+}
+
+/* The owner record: which token submitted a job, so a token with the
+ * submit role may cancel and retry its own jobs only. It is the hub's key
+ * beside the job (same hash tag), kept as long as finished jobs are. */
+static int set_owner(hub_req_t *req, kiln_broker_t *b, const char *id, kiln_err_t *err)
+{
+    char service[KILN_SERVICE_NAME_MAX + 1];
+    snprintf(service, sizeof service, "%.*s", (int)strcspn(id, "."), id);
+    redisReply *r = redisCommand(b->redis, "SET kiln:{%s}:owner:%s %s EX %ld", service, id,
+                                 req->token->name, req->hub->retention_age_s);
+    int rc = r && r->type != REDIS_REPLY_ERROR
+                 ? 0
+                 : kiln_err_set(err, KILN_EREDIS, "redis: %s", r ? r->str : b->redis->errstr);
+    if (r)
+        freeReplyObject(r);
+    return rc;
+}
+
+/* 0 when req's token may change job id (admin, or the submit token that
+ * submitted it); else the status of the reply sent. */
+static int check_owner(hub_req_t *req, kiln_broker_t *b, const char *id)
+{
+    if (!req->token || req->token->role == KILN_HUB_ROLE_ADMIN)
+        return 0;
+    char service[KILN_SERVICE_NAME_MAX + 1];
+    snprintf(service, sizeof service, "%.*s", (int)strcspn(id, "."), id);
+    redisReply *r = redisCommand(b->redis, "GET kiln:{%s}:owner:%s", service, id);
+    if (!r) {
+        kiln_err_t err = {KILN_EREDIS, ""};
+        snprintf(err.msg, sizeof err.msg, "redis: %s", b->redis->errstr);
+        return hub_reply_kiln_error(req, &err);
+    }
+    bool own = r->type == REDIS_REPLY_STRING && strcmp(r->str, req->token->name) == 0;
+    freeReplyObject(r);
+    if (own)
+        return 0;
+    return hub_reply_error(req, 403, NULL,
+                           "token \"%s\" (submit role) may cancel or retry only the jobs it "
+                           "submitted; job %s is not one of them",
+                           req->token->name, id);
+}
+
+int hub_jobs_submit_spec(hub_req_t *req, kiln_broker_t *b, json_t *spec, char *id, kiln_err_t *err)
+{
+    kiln_job_spec_t s;
+    int rc = kiln_job_spec_from_json(spec, req->hub->broker_opts.max_payload_bytes, &s, err);
+    if (rc)
+        return rc;
+    /* A job with an idempotency key goes alone: its reply says whether it
+     * matched an earlier job, which decides its owner record. */
+    bool duplicate = false;
+    rc = s.idempotency_key ? kiln_broker_submit(b, &s, id, &duplicate, err)
+                           : hub_batcher_submit(req->hub, &s, id, err);
+    kiln_job_spec_clear(&s);
+    if (rc == 0 && req->token && req->token->role == KILN_HUB_ROLE_SUBMIT && !duplicate)
+        rc = set_owner(req, b, id, err);
+    if (rc == 0)
+        atomic_fetch_add(&req->hub->submitted, 1);
+    return rc;
+}
+
+/* "machine": "desktop" pins the job: it becomes requirements.machine. */
+static int apply_machine_pin(hub_req_t *req, json_t *body)
+{
+    json_t *machine = json_object_get(body, "machine");
+    if (!machine)
+        return 0;
+    if (!json_is_string(machine) || json_string_length(machine) == 0 ||
+        json_string_length(machine) > 128)
+        return hub_reply_error(req, 422, "machine",
+                               "machine: expected a machine id (a string of 1-128 characters)");
+    json_t *reqs = json_object_get(body, "requirements");
+    if (!reqs) {
+        reqs = json_object();
+        json_object_set_new(body, "requirements", reqs);
+    }
+    if (!json_is_object(reqs))
+        return 0; /* the spec check names requirements */
+    json_t *pinned = json_object_get(reqs, "machine");
+    if (pinned && !json_equal(pinned, machine))
+        return hub_reply_error(req, 422, "machine",
+                               "machine: \"%s\" differs from requirements.machine; give one",
+                               json_string_value(machine));
+    json_object_set(reqs, "machine", machine);
+    json_object_del(body, "machine");
+    return 0;
+}
+
+int hub_jobs_submit(hub_req_t *req)
+{
+    json_t *body;
+    int rc = hub_read_json(req, &body);
+    if (rc)
+        return rc;
+    rc = apply_machine_pin(req, body);
+    if (rc) {
+        json_decref(body);
+        return rc;
+    }
+    kiln_broker_t *b = hub_broker(req);
+    if (!b) {
+        json_decref(body);
+        return 503;
+    }
+    char id[KILN_JOB_ID_MAX];
+    kiln_err_t err = {0};
+    rc = hub_jobs_submit_spec(req, b, body, id, &err);
+    json_decref(body);
+    if (rc)
+        return hub_reply_kiln_error(req, &err);
+    return hub_reply_json(req, 201, json_pack("{s:s}", "id", id));
+}
+
+/* Parses ?wait=SECONDS (0-KILN_HUB_WAIT_MAX_S). -1 after replying 422. */
+static long wait_ms_of(hub_req_t *req)
+{
+    char value[32];
+    int found = hub_query(req, "wait", value, sizeof value);
+    if (found == 0)
+        return 0;
+    char *end = NULL;
+    double s = found > 0 ? strtod(value, &end) : -1;
+    if (found < 0 || end == value || *end || !(s >= 0 && s <= KILN_HUB_WAIT_MAX_S)) {
+        hub_reply_error(req, 422, "wait", "wait: expected seconds 0-%d, got \"%.31s\"",
+                        KILN_HUB_WAIT_MAX_S, value);
+        return -1;
+    }
+    return (long)(s * 1000);
+}
+
+int hub_jobs_get(hub_req_t *req)
+{
+    long wait_ms = wait_ms_of(req);
+    if (wait_ms < 0)
+        return 422;
+    kiln_broker_t *b = hub_broker(req);
+    if (!b)
+        return 503;
+    kiln_err_t err = {0};
+    json_t *job = NULL;
+    if (kiln_broker_get_job(b, req->param, &job, &err) != 0)
+        return hub_reply_kiln_error(req, &err);
+    /* Waits on the queue's stream (XREAD BLOCK) in slices of a second, so
+     * a stopping hub is never held for the whole wait. */
+    int64_t deadline = kiln_ops_wall_ms() + wait_ms;
+    while (!is_final(json_string_value(json_object_get(job, "state"))) &&
+           !atomic_load(&req->hub->stopping)) {
+        int64_t left = deadline - kiln_ops_wall_ms();
+        if (left <= 0)
+            break;
+        json_t *final = NULL;
+        int rc = kiln_broker_wait_job(b, req->param, left < 1000 ? left : 1000, NULL, NULL, &final,
+                                      &err);
+        if (rc == 0) {
+            json_decref(job);
+            job = final;
+        } else if (rc != KILN_ETIMEOUT) {
+            json_decref(job);
+            return hub_reply_kiln_error(req, &err);
+        }
+    }
+    return hub_reply_json(req, 200, job);
+}
+
+typedef int (*job_command_t)(kiln_broker_t *b, const char *id, kiln_err_t *err);
+
+static int job_command(hub_req_t *req, job_command_t command)
+{
+    kiln_broker_t *b = hub_broker(req);
+    if (!b)
+        return 503;
+    kiln_err_t err = {0};
+    json_t *job = NULL;
+    if (kiln_broker_get_job(b, req->param, &job, &err) != 0)
+        return hub_reply_kiln_error(req, &err);
+    json_decref(job);
+    int rc = check_owner(req, b, req->param);
+    if (rc)
+        return rc;
+    if (command(b, req->param, &err) != 0 || kiln_broker_get_job(b, req->param, &job, &err) != 0)
+        return hub_reply_kiln_error(req, &err);
+    return hub_reply_json(req, 200, job);
+}
+
+int hub_jobs_cancel(hub_req_t *req)
+{
+    return job_command(req, kiln_broker_cancel);
+}
+
+int hub_jobs_retry(hub_req_t *req)
+{
+    return job_command(req, kiln_broker_retry);
+}
+
+int hub_jobs_queues(hub_req_t *req)
+{
+    kiln_broker_t *b = hub_broker(req);
+    if (!b)
+        return 503;
+    kiln_err_t err = {0};
+    json_t *stats;
+    if (kiln_broker_queue_stats(b, &stats, &err) != 0)
+        return hub_reply_kiln_error(req, &err);
+    return hub_reply_json(req, 200, json_pack("{s:o}", "queues", stats));
+}
+
+int hub_jobs_workers(hub_req_t *req)
+{
+    kiln_broker_t *b = hub_broker(req);
+    if (!b)
+        return 503;
+    kiln_err_t err = {0};
+    json_t *workers;
+    if (kiln_broker_list_workers(b, &workers, &err) != 0)
+        return hub_reply_kiln_error(req, &err);
+    return hub_reply_json(req, 200, json_pack("{s:o}", "workers", workers));
+}
+
+int hub_jobs_health(hub_req_t *req)
+{
+    kiln_broker_t *b = hub_broker(req);
+    if (!b)
+        return 503;
+    redisReply *r = redisCommand(b->redis, "PING");
+    bool up = r && r->type == REDIS_REPLY_STATUS;
+    if (r)
+        freeReplyObject(r);
+    if (!up) {
+        hub_broker_reset();
+        return hub_reply_json(req, 503, json_pack("{s:s, s:s}", "status", "fail", "redis", "down"));
+    }
+    return hub_reply_json(req, 200, json_pack("{s:s, s:s}", "status", "pass", "redis", "up"));
+}
+
+int hub_jobs_openapi(hub_req_t *req)
+{
+    return hub_reply_text(req, 200, "application/json", (const char *)kiln_hub_openapi,
+                          kiln_hub_openapi_len);
+}

@@ -1,0 +1,92 @@
+/*
+ * Which machine an event is about. Stream events name the worker only when
+ * a job starts; the event reader remembers each started job's machine (from
+ * the worker's registry record) and adds "machine" to that job's later
+ * events, so clients can follow one machine (/v1/events?machine=). Used by
+ * the reader thread only; both tables are bounded and overwrite their
+ * oldest entries.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "broker/broker_internal.h"
+#include "hub/hub_internal.h"
+
+#define WORKERS_MAX 256
+#define JOBS_MAX    4096
+
+typedef struct worker_entry {
+    char worker[128];
+    char machine[129];
+} worker_entry_t;
+
+typedef struct job_entry {
+    char job[KILN_JOB_ID_MAX];
+    char machine[129];
+} job_entry_t;
+
+struct hub_machines {
+    worker_entry_t workers[WORKERS_MAX];
+    size_t next_worker;
+    job_entry_t jobs[JOBS_MAX];
+};
+
+hub_machines_t *hub_machines_new(void)
+{
+    return calloc(1, sizeof(hub_machines_t));
+}
+
+void hub_machines_free(hub_machines_t *m)
+{
+    free(m);
+}
+
+static size_t job_slot(const char *job)
+{
+    size_t h = 5381;
+    for (const unsigned char *c = (const unsigned char *)job; *c; c++)
+        h = h * 33 + *c;
+    return h % JOBS_MAX;
+}
+
+/* The machine of worker (from its registry record); "" when unknown. */
+static const char *worker_machine(hub_machines_t *m, kiln_broker_t *b, const char *worker)
+{
+    for (size_t i = 0; i < WORKERS_MAX; i++) {
+        if (m->workers[i].worker[0] && strcmp(m->workers[i].worker, worker) == 0)
+            return m->workers[i].machine;
+    }
+    if (!b || strlen(worker) >= sizeof m->workers[0].worker)
+        return "";
+    redisReply *r = redisCommand(b->redis, "GET kiln:worker:%s", worker);
+    json_t *info = r && r->type == REDIS_REPLY_STRING ? json_loads(r->str, 0, NULL) : NULL;
+    if (r)
+        freeReplyObject(r);
+    const char *machine = json_string_value(json_object_get(info, "machine_id"));
+    if (!machine) {
+        json_decref(info);
+        return "";
+    }
+    worker_entry_t *e = &m->workers[m->next_worker++ % WORKERS_MAX];
+    snprintf(e->worker, sizeof e->worker, "%s", worker);
+    snprintf(e->machine, sizeof e->machine, "%s", machine);
+    json_decref(info);
+    return e->machine;
+}
+
+void hub_machines_annotate(hub_machines_t *m, kiln_broker_t *b, json_t *event)
+{
+    const char *job = json_string_value(json_object_get(event, "job"));
+    const char *worker = json_string_value(json_object_get(event, "worker"));
+    if (!job || strlen(job) >= KILN_JOB_ID_MAX)
+        return;
+    job_entry_t *slot = &m->jobs[job_slot(job)];
+    if (worker && *worker) {
+        const char *machine = worker_machine(m, b, worker);
+        snprintf(slot->job, sizeof slot->job, "%s", job);
+        snprintf(slot->machine, sizeof slot->machine, "%s", machine);
+    }
+    if (strcmp(slot->job, job) == 0 && slot->machine[0])
+        json_object_set_new(event, "machine", json_string(slot->machine));
+}
