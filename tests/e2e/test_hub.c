@@ -671,6 +671,52 @@ static void bad_requests_get_the_right_status_and_name_the_field(void **state)
     f->passed = true;
 }
 
+static void hostile_event_cursors_and_filters_are_refused_with_the_field(void **state)
+{
+    fixture_t *f = *state;
+    start_hub(f, NULL, NULL);
+    static const char *const bad[] = {"/v1/events?since=simulation%3Dnot-an-id",
+                                      "/v1/events?since=%3D1-0", "/v1/events?since=Upper%3D1-0",
+                                      "/v1/events?since=a%3D1-0,a%3D2-0",
+                                      "/v1/events?job=not-a-job-id"};
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        http_reply_t r = http("GET", bad[i], NULL, NULL);
+        if (r.status != 422)
+            fprintf(stderr, "%s: %ld %s\n", bad[i], r.status, r.body ? r.body : "");
+        assert_int_equal(r.status, 422);
+        reply_free(&r);
+    }
+    /* A cursor past the limit, as a query and as Last-Event-ID. */
+    char *path = malloc(KILN_HUB_CURSOR_MAX + 64);
+    int n = snprintf(path, KILN_HUB_CURSOR_MAX + 64, "/v1/events?since=");
+    memset(path + n, 'a', KILN_HUB_CURSOR_MAX + 8);
+    path[n + KILN_HUB_CURSOR_MAX + 8] = '\0';
+    http_reply_t r = http("GET", path, NULL, NULL);
+    assert_int_equal(r.status, 422);
+    assert_string_equal(error_field(&r), "since");
+    reply_free(&r);
+    free(path);
+    r = http("GET", "/health", NULL, NULL);
+    assert_int_equal(r.status, 200);
+    reply_free(&r);
+    f->passed = true;
+}
+
+static void the_command_explains_itself_and_fails_clearly(void **state)
+{
+    fixture_t *f = *state;
+    char out[8192];
+    char *help[] = {KILN_BIN, "hub", "--help", NULL};
+    assert_int_equal(kiln_test_run(help, NULL, out, sizeof out), 0);
+    assert_non_null(strstr(out, "usage: kiln hub"));
+    char *bad_flag[] = {KILN_BIN, "hub", "--threads", "2", NULL};
+    assert_int_equal(kiln_test_run(bad_flag, NULL, out, sizeof out), 2);
+    char *no_redis[] = {KILN_BIN,   "hub",         "--redis", "redis://127.0.0.1:1",
+                        "--listen", "127.0.0.1:0", NULL};
+    assert_int_equal(kiln_test_run(no_redis, NULL, out, sizeof out), 3);
+    f->passed = true;
+}
+
 static void redis_down_answers_503_and_the_hub_recovers(void **state)
 {
     fixture_t *f = *state;
@@ -1220,6 +1266,8 @@ int main(void)
         T(cancel_works_on_pending_and_running_jobs_and_retry_revives_a_dead_one),
         T(tokens_and_roles_decide_what_each_caller_may_do),
         T(bad_requests_get_the_right_status_and_name_the_field),
+        T(hostile_event_cursors_and_filters_are_refused_with_the_field),
+        T(the_command_explains_itself_and_fails_clearly),
         T(redis_down_answers_503_and_the_hub_recovers),
         T(job_events_stream_in_order_and_end_at_completion),
         T(events_resume_after_a_hub_restart_with_nothing_missed_or_repeated),
