@@ -132,6 +132,9 @@ kiln_broker_t *hub_thread_broker(kiln_hub_t *hub, kiln_err_t *err);
 /* Drops the calling thread's connection (after a Redis error). */
 void hub_broker_reset(void);
 
+/* Whether state is final: completed, failed, cancelled or dead. */
+bool hub_state_final(const char *state);
+
 /* Whether text is a well-formed job id ("service.seq"). */
 bool hub_job_id_ok(const char *text);
 
