@@ -44,6 +44,10 @@ struct kiln_hub {
     int threads;
     hub_token_t *tokens;
     size_t n_tokens;
+    int rate_limit_per_s;    /* per token; 0: none */
+    pthread_mutex_t rate_mu; /* guards the buckets */
+    double *rate_buckets;    /* per token: requests it may still make now */
+    int64_t *rate_refill_ms; /* per token: when its bucket was last refilled */
     char **origins;
     size_t n_origins;
     long retention_age_s;

@@ -606,6 +606,29 @@ static void tokens_and_roles_decide_what_each_caller_may_do(void **state)
     f->passed = true;
 }
 
+static void a_token_over_its_rate_limit_gets_429_and_others_are_unaffected(void **state)
+{
+    fixture_t *f = *state;
+    start_hub(f, TOKENS_ENV, "KILN_HUB_RATE_LIMIT_PER_S=5");
+    int ok = 0, limited = 0;
+    for (int i = 0; i < 20; i++) {
+        http_reply_t r = http("GET", "/v1/queues", NULL, TOKEN_READ);
+        ok += r.status == 200;
+        if (r.status == 429) {
+            limited++;
+            assert_string_equal(jstr(json_object_get(r.json, "error"), "code"), "rate_limited");
+        }
+        reply_free(&r);
+    }
+    /* A burst of at most 5 (plus what refills meanwhile) passes; the rest wait. */
+    assert_true(ok >= 5 && ok < 20);
+    assert_int_equal(ok + limited, 20);
+    http_reply_t r = http("GET", "/v1/queues", NULL, TOKEN_ADMIN);
+    assert_int_equal(r.status, 200);
+    reply_free(&r);
+    f->passed = true;
+}
+
 static void bad_requests_get_the_right_status_and_name_the_field(void **state)
 {
     fixture_t *f = *state;
@@ -1265,6 +1288,7 @@ int main(void)
         T(list_with_cursor_pagination_covers_every_job_exactly_once),
         T(cancel_works_on_pending_and_running_jobs_and_retry_revives_a_dead_one),
         T(tokens_and_roles_decide_what_each_caller_may_do),
+        T(a_token_over_its_rate_limit_gets_429_and_others_are_unaffected),
         T(bad_requests_get_the_right_status_and_name_the_field),
         T(hostile_event_cursors_and_filters_are_refused_with_the_field),
         T(the_command_explains_itself_and_fails_clearly),
