@@ -748,6 +748,23 @@ static void hostile_event_cursors_and_filters_are_refused_with_the_field(void **
     f->passed = true;
 }
 
+static void without_tokens_the_hub_listens_on_loopback_only(void **state)
+{
+    fixture_t *f = *state;
+    snprintf(f->hub.log_path, sizeof f->hub.log_path, "%s/%02d-hub.log", log_dir, f->seq);
+    char *argv[] = {KILN_BIN,    "hub",          "--redis", redis.url, "--listen",
+                    "0.0.0.0:0", "--log-format", "text",    NULL};
+    f->hub.pid = kiln_test_spawn(argv, NULL, f->hub.log_path);
+    log_wait_t w = {f->hub.log_path, "kiln hub listening on http://", 1};
+    assert_true(kiln_test_wait_until(log_has, &w, 10000));
+    char *log = slurp(f->hub.log_path);
+    assert_non_null(strstr(log, "kiln hub listening on http://127.0.0.1:"));
+    assert_non_null(strstr(log, "(loopback only) instead of 0.0.0.0:0"));
+    assert_non_null(strstr(log, "every request is allowed"));
+    free(log);
+    f->passed = true;
+}
+
 static void the_command_explains_itself_and_fails_clearly(void **state)
 {
     fixture_t *f = *state;
@@ -1315,6 +1332,7 @@ int main(void)
         T(bad_requests_get_the_right_status_and_name_the_field),
         T(hostile_event_cursors_and_filters_are_refused_with_the_field),
         T(the_command_explains_itself_and_fails_clearly),
+        T(without_tokens_the_hub_listens_on_loopback_only),
         T(redis_down_answers_503_and_the_hub_recovers),
         T(job_events_stream_in_order_and_end_at_completion),
         T(events_resume_after_a_hub_restart_with_nothing_missed_or_repeated),
