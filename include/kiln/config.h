@@ -177,9 +177,11 @@ typedef struct kiln_config {
 
     /* kiln hub (docs/hub.md); each has a KILN_HUB_* variable. */
     struct {
-        char *listen;        /* hub.listen | KILN_HUB_LISTEN; default 127.0.0.1:8080 */
-        int threads;         /* hub.threads | KILN_HUB_THREADS; default 64, 4-1024 */
-        long max_body_bytes; /* hub.max_body_bytes | KILN_HUB_MAX_BODY_BYTES; default 2 MiB */
+        char *listen;         /* hub.listen | KILN_HUB_LISTEN; default 127.0.0.1:8080 */
+        int threads;          /* hub.threads | KILN_HUB_THREADS; default 64, 4-1024 */
+        long max_body_bytes;  /* hub.max_body_bytes | KILN_HUB_MAX_BODY_BYTES; default 2 MiB */
+        int rate_limit_per_s; /* hub.rate_limit_per_s | KILN_HUB_RATE_LIMIT_PER_S: requests per
+                                 second per token and hub, bursts of as many; 0 (default): none */
         kiln_hub_token_config_t *tokens; /* hub.tokens | KILN_HUB_TOKENS (NAME:ROLE:TOKEN,...) */
         size_t n_tokens;
         char **cors_origins; /* hub.cors_origins | KILN_HUB_CORS_ORIGINS (comma list) */

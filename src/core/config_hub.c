@@ -211,6 +211,15 @@ static bool set_scalar(kiln_config_ctx_t *ctx, const char *key, const char *text
             return false;
         }
         ctx->cfg->hub.threads = (int)n;
+    } else if (strcmp(key, "rate_limit_per_s") == 0) {
+        if (!text || !parse_long(text, 0, 1000000, &n)) {
+            kiln_problems_add(ctx->problems,
+                              "%s: expected an integer 0-1000000 (requests per second per token; "
+                              "0: no limit), got %s",
+                              where, got);
+            return false;
+        }
+        ctx->cfg->hub.rate_limit_per_s = (int)n;
     } else {
         if (!text || !parse_long(text, 1024, 67108864, &n)) {
             kiln_problems_add(ctx->problems,
@@ -220,6 +229,19 @@ static bool set_scalar(kiln_config_ctx_t *ctx, const char *key, const char *text
         ctx->cfg->hub.max_body_bytes = n;
     }
     return true;
+}
+
+static const char *const scalar_keys[] = {"listen", "threads", "max_body_bytes",
+                                          "rate_limit_per_s"};
+#define N_SCALARS (sizeof scalar_keys / sizeof scalar_keys[0])
+
+static bool is_scalar_key(const char *key)
+{
+    for (size_t i = 0; i < N_SCALARS; i++) {
+        if (strcmp(key, scalar_keys[i]) == 0)
+            return true;
+    }
+    return false;
 }
 
 static void load_tokens(kiln_config_ctx_t *ctx, const kiln_config_origin_t *o, const json_t *list)
@@ -311,8 +333,7 @@ void kiln_config_load_hub(kiln_config_ctx_t *ctx, const kiln_config_origin_t *o,
             load_tokens(ctx, o, value);
         else if (strcmp(key, "cors_origins") == 0)
             load_origins(ctx, where, value);
-        else if (strcmp(key, "listen") == 0 || strcmp(key, "threads") == 0 ||
-                 strcmp(key, "max_body_bytes") == 0) {
+        else if (is_scalar_key(key)) {
             char num[32];
             const char *text = json_string_value(value);
             if (json_is_integer(value)) {
@@ -323,6 +344,7 @@ void kiln_config_load_hub(kiln_config_ctx_t *ctx, const kiln_config_origin_t *o,
         } else
             kiln_problems_add(ctx->problems,
                               "%s: unknown key; expected one of listen, threads, max_body_bytes, "
+                              "rate_limit_per_s, "
                               "tokens, cors_origins",
                               where);
     }
@@ -374,18 +396,17 @@ static void env_origins(kiln_config_ctx_t *ctx, const char *text)
 
 void kiln_config_hub_apply_env(kiln_config_ctx_t *ctx, char **envp)
 {
-    static const struct {
-        const char *var, *key;
-    } scalars[] = {{"KILN_HUB_LISTEN=", "listen"},
-                   {"KILN_HUB_THREADS=", "threads"},
-                   {"KILN_HUB_MAX_BODY_BYTES=", "max_body_bytes"}};
     for (char **e = envp ? envp : environ; *e; e++) {
-        for (size_t i = 0; i < 3; i++) {
-            size_t n = strlen(scalars[i].var);
-            if (strncmp(*e, scalars[i].var, n) == 0) {
-                char where[64];
-                snprintf(where, sizeof where, "environment %.*s", (int)n - 1, scalars[i].var);
-                set_scalar(ctx, scalars[i].key, *e + n, where);
+        for (size_t i = 0; i < N_SCALARS; i++) {
+            /* KILN_HUB_<KEY>, e.g. KILN_HUB_MAX_BODY_BYTES */
+            char var[64];
+            size_t n = (size_t)snprintf(var, sizeof var, "KILN_HUB_%s=", scalar_keys[i]);
+            for (char *c = var; *c; c++)
+                *c = (char)(*c >= 'a' && *c <= 'z' ? *c - 32 : *c);
+            if (strncmp(*e, var, n) == 0) {
+                char where[80];
+                snprintf(where, sizeof where, "environment %.*s", (int)n - 1, var);
+                set_scalar(ctx, scalar_keys[i], *e + n, where);
             }
         }
         if (strncmp(*e, "KILN_HUB_TOKENS=", 16) == 0)
@@ -399,7 +420,7 @@ bool kiln_config_hub_set_text(kiln_config_ctx_t *ctx, const char *path, const ch
                               const char *text)
 {
     const char *key = path + 4;
-    if (strcmp(key, "listen") && strcmp(key, "threads") && strcmp(key, "max_body_bytes")) {
+    if (!is_scalar_key(key)) {
         kiln_problems_add(ctx->problems, "%s: no setting %s", flag, path);
         return false;
     }
@@ -415,10 +436,10 @@ json_t *kiln_config_hub_to_json(const kiln_config_t *cfg)
                               kiln_config_hub_role_name(cfg->hub.tokens[i].role), "token", "***"));
     for (size_t i = 0; i < cfg->hub.n_cors_origins; i++)
         json_array_append_new(origins, json_string(cfg->hub.cors_origins[i]));
-    return json_pack("{s:s, s:i, s:I, s:o, s:o}", "listen", cfg->hub.listen ? cfg->hub.listen : "",
-                     "threads", cfg->hub.threads, "max_body_bytes",
-                     (json_int_t)cfg->hub.max_body_bytes, "tokens", tokens, "cors_origins",
-                     origins);
+    return json_pack("{s:s, s:i, s:I, s:i, s:o, s:o}", "listen",
+                     cfg->hub.listen ? cfg->hub.listen : "", "threads", cfg->hub.threads,
+                     "max_body_bytes", (json_int_t)cfg->hub.max_body_bytes, "rate_limit_per_s",
+                     cfg->hub.rate_limit_per_s, "tokens", tokens, "cors_origins", origins);
 }
 
 void kiln_config_hub_free(kiln_config_t *cfg)

@@ -90,14 +90,19 @@ static int copy_config(kiln_hub_t *hub, const kiln_config_t *cfg, kiln_err_t *er
         snprintf(hub->listen, sizeof hub->listen, "%s", listen);
     }
     hub->tokens = calloc(cfg->hub.n_tokens + 1, sizeof *hub->tokens);
+    hub->rate_limit_per_s = cfg->hub.rate_limit_per_s;
+    hub->rate_buckets = calloc(cfg->hub.n_tokens + 1, sizeof *hub->rate_buckets);
+    hub->rate_refill_ms = calloc(cfg->hub.n_tokens + 1, sizeof *hub->rate_refill_ms);
     hub->origins = calloc(cfg->hub.n_cors_origins + 1, sizeof *hub->origins);
-    if (!hub->redis_url || !hub->tokens || !hub->origins)
+    if (!hub->redis_url || !hub->tokens || !hub->origins || !hub->rate_buckets ||
+        !hub->rate_refill_ms)
         return kiln_err_set(err, KILN_ENOMEM, "hub: out of memory");
     for (size_t i = 0; i < cfg->hub.n_tokens; i++) {
         const kiln_hub_token_config_t *t = &cfg->hub.tokens[i];
         snprintf(hub->tokens[i].name, sizeof hub->tokens[i].name, "%s", t->name);
         SHA256((const unsigned char *)t->token, strlen(t->token), hub->tokens[i].digest);
         hub->tokens[i].role = t->role;
+        hub->rate_buckets[i] = hub->rate_limit_per_s; /* a full second's worth to start */
     }
     hub->n_tokens = cfg->hub.n_tokens;
     for (size_t i = 0; i < cfg->hub.n_cors_origins; i++) {
@@ -166,6 +171,9 @@ static void free_memory(kiln_hub_t *hub)
         free(hub->origins[i]);
     free(hub->origins);
     free(hub->tokens);
+    free(hub->rate_buckets);
+    free(hub->rate_refill_ms);
+    pthread_mutex_destroy(&hub->rate_mu);
     free(hub->redis_url);
     free(hub);
 }
@@ -176,6 +184,7 @@ int kiln_hub_new(const kiln_config_t *cfg, kiln_hub_t **out, kiln_err_t *err)
     kiln_hub_t *hub = calloc(1, sizeof *hub);
     if (!hub)
         return kiln_err_set(err, KILN_ENOMEM, "hub: out of memory");
+    pthread_mutex_init(&hub->rate_mu, NULL);
     int rc = copy_config(hub, cfg, err);
     if (rc)
         goto error;

@@ -18,6 +18,7 @@ typedef struct batch_item {
     int rc;
     kiln_err_t err;
     bool done;
+    pthread_cond_t cond; /* signalled when done: one waiter woken per item */
     struct batch_item *next;
 } batch_item_t;
 
@@ -25,7 +26,7 @@ struct hub_batcher {
     kiln_hub_t *hub;
     pthread_t thread;
     pthread_mutex_t mu;
-    pthread_cond_t work, done;
+    pthread_cond_t work;
     batch_item_t *head, *tail;
     bool stop;
     kiln_broker_t *broker; /* the batcher thread's own connection */
@@ -74,8 +75,8 @@ static void submit_batch(hub_batcher_t *bt, batch_item_t **items, size_t n, kiln
         if (rc == 0)
             memcpy(items[i]->id, ids[i], KILN_JOB_ID_MAX);
         items[i]->done = true;
+        pthread_cond_signal(&items[i]->cond);
     }
-    pthread_cond_broadcast(&bt->done);
     pthread_mutex_unlock(&bt->mu);
 }
 
@@ -115,11 +116,9 @@ int hub_batcher_start(kiln_hub_t *hub, kiln_err_t *err)
     bt->hub = hub;
     pthread_mutex_init(&bt->mu, NULL);
     pthread_cond_init(&bt->work, NULL);
-    pthread_cond_init(&bt->done, NULL);
     if (pthread_create(&bt->thread, NULL, batcher_main, bt) != 0) {
         pthread_mutex_destroy(&bt->mu);
         pthread_cond_destroy(&bt->work);
-        pthread_cond_destroy(&bt->done);
         free(bt);
         return kiln_err_set(err, KILN_EIO, "hub: cannot start the submit thread");
     }
@@ -140,7 +139,6 @@ void hub_batcher_stop(kiln_hub_t *hub)
     kiln_broker_free(bt->broker);
     pthread_mutex_destroy(&bt->mu);
     pthread_cond_destroy(&bt->work);
-    pthread_cond_destroy(&bt->done);
     free(bt);
     hub->batcher = NULL;
 }
@@ -154,6 +152,7 @@ int hub_batcher_submit(kiln_hub_t *hub, const kiln_job_spec_t *spec, char *id, k
         pthread_mutex_unlock(&bt->mu);
         return kiln_err_set(err, KILN_ECANCELLED, "the hub is shutting down");
     }
+    pthread_cond_init(&item.cond, NULL);
     if (bt->tail)
         bt->tail->next = &item;
     else
@@ -161,8 +160,9 @@ int hub_batcher_submit(kiln_hub_t *hub, const kiln_job_spec_t *spec, char *id, k
     bt->tail = &item;
     pthread_cond_signal(&bt->work);
     while (!item.done)
-        pthread_cond_wait(&bt->done, &bt->mu);
+        pthread_cond_wait(&item.cond, &bt->mu);
     pthread_mutex_unlock(&bt->mu);
+    pthread_cond_destroy(&item.cond);
     if (item.rc == 0)
         memcpy(id, item.id, KILN_JOB_ID_MAX);
     else if (err)

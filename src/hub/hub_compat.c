@@ -13,6 +13,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "broker/ops.h"
 #include "hub/hub_internal.h"
 
 /* The one place where the earlier format's requirements become kiln's
@@ -199,13 +200,6 @@ typedef struct compat_client {
     bool writer_started;
 } compat_client_t;
 
-static long long now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
 /* The message for one of the client's job events; NULL for events the
  * earlier protocol has no message for. */
 static json_t *message_for(kiln_broker_t *b, json_t *event)
@@ -215,11 +209,12 @@ static json_t *message_for(kiln_broker_t *b, json_t *event)
     if (!type || !job)
         return NULL;
     if (strcmp(type, "progress") == 0 || strcmp(type, "started") == 0)
-        return json_pack(
-            "{s:s, s:s, s:f, s:s, s:s, s:I}", "type", "update_job_progress", "job_id", job,
-            "progress", strtod(json_string_value(json_object_get(event, "progress")) ?: "0", NULL),
-            "status", "in_progress", "message",
-            json_string_value(json_object_get(event, "message")) ?: "", "timestamp", now_ms());
+        return json_pack("{s:s, s:s, s:f, s:s, s:s, s:I}", "type", "update_job_progress", "job_id",
+                         job, "progress",
+                         strtod(json_string_value(json_object_get(event, "progress")) ?: "0", NULL),
+                         "status", "in_progress", "message",
+                         json_string_value(json_object_get(event, "message")) ?: "", "timestamp",
+                         kiln_ops_wall_ms());
     bool completed = strcmp(type, "completed") == 0;
     if (!completed && strcmp(type, "failed") && strcmp(type, "dead") && strcmp(type, "cancelled"))
         return NULL;
@@ -231,10 +226,11 @@ static json_t *message_for(kiln_broker_t *b, json_t *event)
     if (completed)
         msg = json_pack("{s:s, s:s, s:{s:b, s:O?}, s:I}", "type", "complete_job", "job_id", job,
                         "result", "success", 1, "data", json_object_get(full, "result"),
-                        "timestamp", now_ms());
+                        "timestamp", kiln_ops_wall_ms());
     else
         msg = json_pack("{s:s, s:s, s:s, s:O?, s:I}", "type", "job_failed", "job_id", job, "status",
-                        type, "error", json_object_get(full, "error"), "timestamp", now_ms());
+                        type, "error", json_object_get(full, "error"), "timestamp",
+                        kiln_ops_wall_ms());
     json_decref(full);
     return msg;
 }
@@ -309,7 +305,7 @@ static void compat_ready(struct mg_connection *conn, void *cbdata)
 static void send_error(struct mg_connection *conn, json_t *message_id, const char *text)
 {
     json_t *msg = json_pack("{s:s, s:s, s:O?, s:I}", "type", "error", "error", text, "message_id",
-                            message_id, "timestamp", now_ms());
+                            message_id, "timestamp", kiln_ops_wall_ms());
     hub_ws_send_json(conn, msg);
     json_decref(msg);
 }
@@ -348,9 +344,9 @@ static void handle_message(compat_client_t *c, const char *data, size_t len)
             hub_broker_reset();
         send_error(c->conn, message_id, err.msg);
     } else {
-        json_t *reply =
-            json_pack("{s:s, s:s, s:O?, s:s, s:I}", "type", "job_accepted", "job_id", id,
-                      "message_id", message_id, "status", "pending", "timestamp", now_ms());
+        json_t *reply = json_pack("{s:s, s:s, s:O?, s:s, s:I}", "type", "job_accepted", "job_id",
+                                  id, "message_id", message_id, "status", "pending", "timestamp",
+                                  kiln_ops_wall_ms());
         hub_ws_send_json(c->conn, reply);
         json_decref(reply);
         /* After job_accepted, so that progress never comes before it. */

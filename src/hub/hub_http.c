@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <time.h>
 
 #include "hub/hub_internal.h"
 
@@ -103,6 +104,8 @@ int hub_reply_text(hub_req_t *req, int status, const char *content_type, const c
     mg_response_header_add(req->conn, "Cache-Control", "no-store", -1);
     if (status == 401)
         mg_response_header_add(req->conn, "WWW-Authenticate", REALM, -1);
+    if (status == 429)
+        mg_response_header_add(req->conn, "Retry-After", "1", -1);
     if (req->close)
         mg_response_header_add(req->conn, "Connection", "close", -1);
     hub_http_cors_headers(req);
@@ -201,6 +204,31 @@ static const hub_token_t *find_token(kiln_hub_t *hub, const char *token, size_t 
 
 static const char *const role_words[] = {"admin", "submit", "read"};
 
+/* Takes one request from the token's bucket (refilled at
+ * hub.rate_limit_per_s, holding at most one second's worth); false when
+ * it is empty. */
+static bool rate_allows(kiln_hub_t *hub, const hub_token_t *token)
+{
+    if (hub->rate_limit_per_s <= 0)
+        return true;
+    size_t i = (size_t)(token - hub->tokens);
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    int64_t now = (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+    pthread_mutex_lock(&hub->rate_mu);
+    double rate = hub->rate_limit_per_s;
+    double bucket = hub->rate_buckets[i];
+    if (hub->rate_refill_ms[i] > 0)
+        bucket += (double)(now - hub->rate_refill_ms[i]) * rate / 1000.0;
+    if (bucket > rate)
+        bucket = rate;
+    hub->rate_refill_ms[i] = now;
+    bool ok = bucket >= 1.0;
+    hub->rate_buckets[i] = ok ? bucket - 1.0 : bucket;
+    pthread_mutex_unlock(&hub->rate_mu);
+    return ok;
+}
+
 /* The token text of the request: from "Authorization: Bearer", else
  * ?access_token= (browsers cannot set headers on a WebSocket or an
  * EventSource). false when there is none. */
@@ -254,6 +282,11 @@ int hub_http_authorize(hub_req_t *req, kiln_hub_role_t need)
                                "token \"%s\" has the %s role; %s %s needs the %s role or admin",
                                req->token->name, role_words[req->token->role],
                                req->ri->request_method, req->ri->local_uri, role_words[need]);
+    if (!rate_allows(req->hub, req->token))
+        return hub_reply_error(req, 429, NULL,
+                               "token \"%s\" is over hub.rate_limit_per_s (%d requests per "
+                               "second); retry after a second",
+                               req->token->name, req->hub->rate_limit_per_s);
     return 0;
 }
 

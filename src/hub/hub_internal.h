@@ -44,6 +44,10 @@ struct kiln_hub {
     int threads;
     hub_token_t *tokens;
     size_t n_tokens;
+    int rate_limit_per_s;    /* per token; 0: none */
+    pthread_mutex_t rate_mu; /* guards the buckets */
+    double *rate_buckets;    /* per token: requests it may still make now */
+    int64_t *rate_refill_ms; /* per token: when its bucket was last refilled */
     char **origins;
     size_t n_origins;
     long retention_age_s;
@@ -131,6 +135,9 @@ kiln_broker_t *hub_thread_broker(kiln_hub_t *hub, kiln_err_t *err);
 
 /* Drops the calling thread's connection (after a Redis error). */
 void hub_broker_reset(void);
+
+/* Whether state is final: completed, failed, cancelled or dead. */
+bool hub_state_final(const char *state);
 
 /* Whether text is a well-formed job id ("service.seq"). */
 bool hub_job_id_ok(const char *text);

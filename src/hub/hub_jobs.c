@@ -9,10 +9,9 @@
 #include "broker/broker_internal.h"
 #include "hub/hub_internal.h"
 
-static const char *const final_states[] = {"completed", "failed", "cancelled", "dead"};
-
-static bool is_final(const char *state)
+bool hub_state_final(const char *state)
 {
+    static const char *const final_states[] = {"completed", "failed", "cancelled", "dead"};
     for (size_t i = 0; state && i < 4; i++) {
         if (strcmp(state, final_states[i]) == 0)
             return true;
@@ -164,7 +163,7 @@ int hub_jobs_get(hub_req_t *req)
     /* Waits on the queue's stream (XREAD BLOCK) in slices of a second, so
      * a stopping hub is never held for the whole wait. */
     int64_t deadline = kiln_ops_wall_ms() + wait_ms;
-    while (!is_final(json_string_value(json_object_get(job, "state"))) &&
+    while (!hub_state_final(json_string_value(json_object_get(job, "state"))) &&
            !atomic_load(&req->hub->stopping)) {
         int64_t left = deadline - kiln_ops_wall_ms();
         if (left <= 0)

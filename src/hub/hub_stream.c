@@ -13,12 +13,6 @@
 #define KEEPALIVE_MS  15000
 #define WS_REASON_MAX 120
 
-static bool final_state(const char *state)
-{
-    return state && (strcmp(state, "completed") == 0 || strcmp(state, "failed") == 0 ||
-                     strcmp(state, "cancelled") == 0 || strcmp(state, "dead") == 0);
-}
-
 static int no_room(hub_req_t *req)
 {
     return hub_reply_error(req, 503, NULL,
@@ -108,7 +102,8 @@ static int sse_pump(hub_req_t *req, hub_sub_t *sub, bool end_at_final, bool idle
                 break;
             continue;
         }
-        bool last = end_at_final && final_state(json_string_value(json_object_get(event, "state")));
+        bool last =
+            end_at_final && hub_state_final(json_string_value(json_object_get(event, "state")));
         int rc = sse_write(req->conn, event);
         json_decref(event);
         if (rc || last)
@@ -153,7 +148,7 @@ int hub_stream_job_events(hub_req_t *req)
     json_t *job = NULL;
     if (kiln_broker_get_job(b, req->param, &job, &err) != 0)
         return hub_reply_kiln_error(req, &err);
-    bool was_final = final_state(json_string_value(json_object_get(job, "state")));
+    bool was_final = hub_state_final(json_string_value(json_object_get(job, "state")));
     hub_filter_t filter = {0};
     snprintf(filter.job, sizeof filter.job, "%s", req->param);
     snprintf(filter.service, sizeof filter.service, "%s",

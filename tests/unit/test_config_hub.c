@@ -89,11 +89,12 @@ static void hub_section_loads_tokens_roles_and_origins(void **state)
 
 static void environment_overrides_the_hub_section(void **state)
 {
-    char *env[] = {"KILN_HUB_LISTEN=127.0.0.1:7000",
+    char *env[] = {"KILN_HUB_LISTEN=127.0.0.1:7000", "KILN_HUB_RATE_LIMIT_PER_S=50",
                    "KILN_HUB_TOKENS=dash:read:readtoken-0123456789,ops:admin:admintoken-0123456789",
                    "KILN_HUB_CORS_ORIGINS=https://a.example,https://b.example", NULL};
     assert_int_equal(load("hub:\n  listen: 127.0.0.1:9000\n", env), 0);
     assert_string_equal(cfg.hub.listen, "127.0.0.1:7000");
+    assert_int_equal(cfg.hub.rate_limit_per_s, 50);
     assert_int_equal(cfg.hub.n_tokens, 2);
     assert_int_equal(cfg.hub.tokens[0].role, KILN_HUB_ROLE_READ);
     assert_string_equal(cfg.hub.tokens[1].token, "admintoken-0123456789");
@@ -107,6 +108,7 @@ static void bad_hub_values_name_the_key_and_the_fix(void **state)
                           "  threads: 2\n"
                           "  max_body_bytes: 10\n"
                           "  colour: red\n"
+                          "  rate_limit_per_s: -1\n"
                           "  tokens:\n"
                           "    - {name: ci, role: boss, token: abcdefghijklmnop1234}\n"
                           "    - {name: ops, role: admin, token: short-secret}\n"
@@ -118,6 +120,7 @@ static void bad_hub_values_name_the_key_and_the_fix(void **state)
     assert_true(has_problem("hub.threads: expected an integer 4-1024, got \"2\""));
     assert_true(has_problem("hub.max_body_bytes: expected an integer 1024-67108864"));
     assert_true(has_problem("hub.colour: unknown key; expected one of listen"));
+    assert_true(has_problem("hub.rate_limit_per_s: expected an integer 0-1000000"));
     assert_true(has_problem("hub.tokens[0]: role: expected admin, submit or read, got \"boss\""));
     assert_true(has_problem("hub.tokens[1]: token: expected 16-256 printable characters"));
     assert_true(has_problem("hub.tokens[2].x: unknown key"));
