@@ -8,6 +8,7 @@
 
 #include <arpa/inet.h>
 #include <netinet/in.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -567,6 +568,38 @@ static void state_file_is_written_once_for_a_burst_of_spawns(void **state)
     assert_int_equal(fx->sv->state_writes - before, 1);
 }
 
+static int forks_seen;
+
+static void count_fork(void)
+{
+    forks_seen++;
+}
+
+/* fork would copy the agent's page tables and make every page it then
+ * writes fault (about 2 ms of a respawn): the child must share its memory
+ * until execve instead. fork runs pthread_atfork handlers; clone does not. */
+static void spawn_does_not_fork_the_agent(void **state)
+{
+    fixture_t *fx = *state;
+    static bool registered;
+    if (!registered)
+        assert_int_equal(pthread_atfork(count_fork, NULL, NULL), 0);
+    registered = true;
+    forks_seen = 0;
+    const char *argv[] = {HELPER("svc_sleeper"), NULL};
+    kiln_svc_spec_t specs[2] = {make_spec("one", argv), make_spec("two", argv)};
+    apply_ok(fx, specs, 2);
+    clear_specs(specs, 2);
+    wait_state(fx, "one", "running");
+    wait_state(fx, "two", "running");
+    pid_t pid = (pid_t)status_int(fx, "one", "pid");
+    kill(pid, SIGKILL);
+    wait_gone(fx, pid);
+    wait_state(fx, "one", "running");
+    assert_int_not_equal(status_int(fx, "one", "pid"), pid);
+    assert_int_equal(forks_seen, 0);
+}
+
 static void exec_failure_is_reported_clearly(void **state)
 {
     fixture_t *fx = *state;
@@ -918,6 +951,7 @@ int main(void)
         TEST(stop_sigterm_then_sigkill_after_timeout_kills_the_whole_group),
         TEST(no_grandchild_outlives_its_service),
         TEST(state_file_is_written_once_for_a_burst_of_spawns),
+        TEST(spawn_does_not_fork_the_agent),
         TEST(exec_failure_is_reported_clearly),
         TEST(oneshot_runs_once_and_marker_skips_it_next_time),
         TEST(oneshot_timeout_fails_it),
