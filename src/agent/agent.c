@@ -49,6 +49,8 @@ static int spec_from_plan(const kiln_agent_t *a, const kiln_plan_service_t *ps,
     spec->restart = ps->restart;
     if (ps->backoff_ms >= 0)
         spec->backoff_base_ms = ps->backoff_ms;
+    if (ps->ready_timeout_ms >= 0)
+        spec->ready.deadline_ms = ps->ready_timeout_ms;
     spec->ready.kind = ps->ready.kind == KILN_READY_EXIT ? KILN_READY_NONE : ps->ready.kind;
     spec->ready.target = ps->ready.target;
     spec->ready.argv = ps->ready.command;

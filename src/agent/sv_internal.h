@@ -114,6 +114,10 @@ struct sv_service {
     long last_delay_ms;
     uint64_t fail_ms[SV_FAIL_MAX];
     int fail_head, fail_n;
+    /* Runs in a row ended by their readiness deadline: they count toward
+     * max_failures whatever the window, which a deadline longer than
+     * failure_window_ms would otherwise always outlast. */
+    int unready_runs;
 
     /* Handles and helpers. */
     uv_timer_t timer;       /* backoff, stop timeout, start deadline */

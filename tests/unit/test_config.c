@@ -978,7 +978,7 @@ static void bad_services_are_refused_with_file_and_line(void **state)
                    "(argv, no shell)",
                    f);
     assert_problem("%s:16: services.typo.comand: unknown key; expected one of command, env, cwd, "
-                   "depends_on, ready, restart, backoff_ms, port, gpu",
+                   "depends_on, ready, restart, backoff_ms, ready_timeout_ms, port, gpu",
                    f);
     assert_problem("%s:19: services.selfish.depends_on[0]: \"selfish\" is the service itself; "
                    "list each other service once",
@@ -1016,6 +1016,49 @@ static void service_backoff_ms_sets_the_first_restart_delay_and_zero_is_allowed(
     assert_int_equal(json_integer_value(fast), 0);
     assert_null(json_object_get(json_object_get(services, "plain"), "backoff_ms"));
     json_decref(shown);
+}
+
+static void service_ready_timeout_ms_sets_the_readiness_deadline(void **state)
+{
+    assert_ok(load_yaml("services:\n"
+                        "  quick:\n"
+                        "    command: [/bin/x]\n"
+                        "    ready: {tcp: \"127.0.0.1:9\"}\n"
+                        "    ready_timeout_ms: 5000\n"
+                        "  plain:\n"
+                        "    command: [/bin/x]\n",
+                        NULL));
+    assert_int_equal(cfg.services[0].ready_timeout_ms, 5000);
+    assert_int_equal(cfg.services[1].ready_timeout_ms, -1); /* the supervisor's default */
+    json_t *shown = kiln_config_to_json_redacted(&cfg);
+    const json_t *quick = json_object_get(json_object_get(shown, "services"), "quick");
+    assert_int_equal(json_integer_value(json_object_get(quick, "ready_timeout_ms")), 5000);
+    json_decref(shown);
+}
+
+static void bad_service_ready_timeout_ms_is_refused_with_file_and_line(void **state)
+{
+    int rc = load_yaml("services:\n"
+                       "  zero:\n"
+                       "    command: [/bin/x]\n"
+                       "    ready_timeout_ms: 0\n"
+                       "  text:\n"
+                       "    command: [/bin/x]\n"
+                       "    ready_timeout_ms: 2m\n"
+                       "  huge:\n"
+                       "    command: [/bin/x]\n"
+                       "    ready_timeout_ms: 86400001\n",
+                       NULL);
+    assert_int_equal(rc, KILN_EINVAL);
+    assert_problem(
+        "%s:4: services.zero.ready_timeout_ms: expected milliseconds 100-86400000, got 0",
+        file_path);
+    assert_problem("%s:7: services.text.ready_timeout_ms: expected milliseconds 100-86400000, got "
+                   "\"2m\"",
+                   file_path);
+    assert_problem("%s:10: services.huge.ready_timeout_ms: expected milliseconds 100-86400000, got "
+                   "86400001",
+                   file_path);
 }
 
 static void bad_service_backoff_ms_is_refused_with_file_and_line(void **state)
@@ -1191,6 +1234,8 @@ int main(void)
         TEST(bad_services_are_refused_with_file_and_line),
         TEST(service_backoff_ms_sets_the_first_restart_delay_and_zero_is_allowed),
         TEST(bad_service_backoff_ms_is_refused_with_file_and_line),
+        TEST(service_ready_timeout_ms_sets_the_readiness_deadline),
+        TEST(bad_service_ready_timeout_ms_is_refused_with_file_and_line),
         TEST(templates_override_ports_and_commands_and_refuse_unknown_keys),
         TEST(KILN_CONNECTOR_URLS_points_connectors_at_their_instances),
         TEST(shown_machine_services_and_templates_load_back),

@@ -400,6 +400,37 @@ static void crash_loop_backs_off_exponentially_then_goes_failed_with_an_alert(vo
     assert_int_equal(status_int(fx, "crashy", "restarts"), 4);
 }
 
+/* A run that starts but never becomes ready is stopped at its readiness
+ * deadline and restarted; such runs count toward max_failures even when
+ * the deadline is longer than failure_window_ms, so the service ends
+ * failed with an alert instead of cycling for ever. */
+static void never_ready_service_is_restarted_then_goes_failed(void **state)
+{
+    fixture_t *fx = *state;
+    const char *argv[] = {HELPER("svc_sleeper"), NULL};
+    kiln_svc_spec_t spec = make_spec("mute", argv);
+    char target[32];
+    snprintf(target, sizeof target, "127.0.0.1:%d", free_port()); /* nobody listens */
+    spec.ready.kind = KILN_READY_TCP;
+    spec.ready.target = strdup(target);
+    spec.ready.interval_ms = 50;
+    spec.ready.deadline_ms = 300;
+    spec.failure_window_ms = 100; /* shorter than the deadline */
+    spec.backoff_base_ms = 10;
+    spec.max_failures = 3;
+    apply_ok(fx, &spec, 1);
+    kiln_svc_spec_clear(&spec);
+    wait_state(fx, "mute", "failed");
+    json_t *starts[8], *alerts[2];
+    assert_int_equal(find_events(fx, "mute", "state", "starting", starts, 8), 3);
+    assert_int_equal(find_events(fx, "mute", "alert", NULL, alerts, 2), 1);
+    const char *reason = json_string_value(json_object_get(alerts[0], "reason"));
+    assert_non_null(strstr(reason, "not ready within 300 ms"));
+    assert_non_null(strstr(reason, "3 runs in a row never became ready"));
+    assert_int_equal(status_int(fx, "mute", "restarts"), 2);
+    assert_int_equal(status_int(fx, "mute", "pid"), 0);
+}
+
 typedef struct count_wait {
     fixture_t *fx;
     const char *service, *event, *to;
@@ -946,6 +977,7 @@ int main(void)
         TEST(services_start_in_parallel_and_report_running),
         TEST(dependent_waits_for_dependency_readiness),
         TEST(crash_loop_backs_off_exponentially_then_goes_failed_with_an_alert),
+        TEST(never_ready_service_is_restarted_then_goes_failed),
         TEST(backoff_resets_after_a_stable_run),
         TEST(restart_policy_never_and_on_failure),
         TEST(stop_sigterm_then_sigkill_after_timeout_kills_the_whole_group),
