@@ -237,6 +237,7 @@ static int start_civetweb(kiln_machine_api_t *api, kiln_err_t *err)
     struct mg_callbacks callbacks;
     memset(&callbacks, 0, sizeof callbacks);
     callbacks.begin_request = api_http_handle;
+    callbacks.http_error = api_http_error;
     callbacks.log_message = on_civetweb_log;
     struct mg_init_data init = {
         .callbacks = &callbacks, .user_data = api, .configuration_options = options};

@@ -19,6 +19,7 @@
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <sys/socket.h>
+#include <sys/time.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -1188,6 +1189,57 @@ static void slow_header_clients_do_not_starve_health(void **state)
     assert_true(took < 5000);
 }
 
+/* Sends text on a fresh connection to the API and reads until it closes
+ * (bounded by HTTP_TIMEOUT); the reply lands in out. */
+static void raw_exchange(fixture_t *fx, const char *text, size_t len, char *out, size_t size)
+{
+    int port = 0;
+    assert_int_equal(sscanf(fx->url, "http://127.0.0.1:%d", &port), 1);
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    struct sockaddr_in addr = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
+    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    assert_int_equal(connect(fd, (struct sockaddr *)&addr, sizeof addr), 0);
+    struct timeval tv = {HTTP_TIMEOUT / 1000, 0};
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    assert_int_equal(send(fd, text, len, MSG_NOSIGNAL), (ssize_t)len);
+    size_t n = 0;
+    ssize_t r;
+    while (n + 1 < size && (r = recv(fd, out + n, size - 1 - n, 0)) > 0)
+        n += (size_t)r;
+    out[n] = '\0';
+    close(fd);
+}
+
+/* Errors civetweb raises before our handler runs come out as the API's
+ * JSON error too, never as its text/plain page. */
+static void civetweb_errors_are_json_too(void **state)
+{
+    fixture_t *fx = *state;
+    static char reply[64 * 1024];
+    static char huge[40 * 1024];
+    const char *garbage = "NOT-HTTP\r\n\r\n";
+    int n = snprintf(huge, sizeof huge, "GET /health HTTP/1.1\r\nX-Big: ");
+    memset(huge + n, 'a', sizeof huge - (size_t)n - 8);
+    memcpy(huge + sizeof huge - 8, "\r\n\r\n", 5);
+    const char *cases[] = {garbage, huge};
+    size_t lens[] = {strlen(garbage), strlen(huge)};
+    for (int i = 0; i < 2; i++) {
+        raw_exchange(fx, cases[i], lens[i], reply, sizeof reply);
+        int status = 0;
+        assert_int_equal(sscanf(reply, "HTTP/1.%*d %d", &status), 1);
+        assert_true(status >= 400 && status < 500);
+        assert_non_null(strcasestr(reply, "Content-Type: application/json"));
+        const char *body = strstr(reply, "\r\n\r\n");
+        assert_non_null(body);
+        json_t *doc = json_loads(body + 4, 0, NULL);
+        assert_non_null(doc);
+        assert_non_null(json_string_value(json_object_get(json_object_get(doc, "error"), "code")));
+        assert_non_null(
+            json_string_value(json_object_get(json_object_get(doc, "error"), "message")));
+        json_decref(doc);
+    }
+}
+
 /* ---- small pieces ----------------------------------------------------------- */
 
 static void service_names_follow_the_rule(void **state)
@@ -1282,6 +1334,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(control_endpoints_need_the_bearer_token, setup, teardown),
         cmocka_unit_test_setup_teardown(slow_loop_gives_503_not_a_hang, setup, teardown),
         cmocka_unit_test_setup_teardown(slow_header_clients_do_not_starve_health, setup, teardown),
+        cmocka_unit_test_setup_teardown(civetweb_errors_are_json_too, setup, teardown),
         cmocka_unit_test_setup_teardown(logs_follow_streams_new_lines, setup, teardown),
         cmocka_unit_test(service_names_follow_the_rule),
         cmocka_unit_test(sysinfo_reads_meminfo_and_the_disk),
