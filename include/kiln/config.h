@@ -69,6 +69,8 @@ typedef struct kiln_service_config {
     kiln_restart_t restart; /* default always */
     long backoff_ms;        /* first restart delay, 0-3600000; -1: the supervisor's default */
     long ready_timeout_ms;  /* readiness deadline, 100-86400000; -1: the supervisor's default */
+    long stop_timeout_ms;   /* SIGKILL after, 0-3600000; -1: the supervisor's default */
+    long memory_limit_mb;   /* restart above this RSS, 1-1048576; -1: no limit */
     int port;               /* 0: none */
     int gpu;                /* -1: none; else pins CUDA_VISIBLE_DEVICES to that GPU */
 } kiln_service_config_t;

@@ -54,6 +54,8 @@ typedef struct kiln_plan_service {
     kiln_restart_t restart;
     long backoff_ms;       /* first restart delay; -1: the supervisor's default */
     long ready_timeout_ms; /* readiness deadline; -1: the supervisor's default */
+    long stop_timeout_ms;  /* SIGKILL after; -1: the supervisor's default */
+    long memory_limit_mb;  /* restart above this RSS; -1: none */
 } kiln_plan_service_t;
 
 typedef struct kiln_plan {

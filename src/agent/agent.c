@@ -51,6 +51,10 @@ static int spec_from_plan(const kiln_agent_t *a, const kiln_plan_service_t *ps,
         spec->backoff_base_ms = ps->backoff_ms;
     if (ps->ready_timeout_ms >= 0)
         spec->ready.deadline_ms = ps->ready_timeout_ms;
+    if (ps->stop_timeout_ms >= 0)
+        spec->stop_timeout_ms = ps->stop_timeout_ms;
+    if (ps->memory_limit_mb > 0)
+        spec->memory_limit_mb = ps->memory_limit_mb;
     spec->ready.kind = ps->ready.kind == KILN_READY_EXIT ? KILN_READY_NONE : ps->ready.kind;
     spec->ready.target = ps->ready.target;
     spec->ready.argv = ps->ready.command;

@@ -19,6 +19,10 @@
 /* services.NAME.ready_timeout_ms: from 100 ms to a day. */
 #define SERVICE_MIN_READY_TIMEOUT_MS 100
 #define SERVICE_MAX_READY_TIMEOUT_MS 86400000
+/* services.NAME.stop_timeout_ms: at most an hour. */
+#define SERVICE_MAX_STOP_TIMEOUT_MS 3600000
+/* services.NAME.memory_limit_mb: at most 1 TiB. */
+#define SERVICE_MAX_MEMORY_LIMIT_MB 1048576
 
 static const char *const restart_names[] = {"always", "on-failure", "never"};
 
@@ -438,6 +442,12 @@ static bool load_service_key(kiln_config_ctx_t *ctx, const kiln_config_origin_t 
         return load_range(ctx, o, path, value, SERVICE_MIN_READY_TIMEOUT_MS,
                           SERVICE_MAX_READY_TIMEOUT_MS, "milliseconds 100-86400000",
                           &s->ready_timeout_ms);
+    if (strcmp(key, "stop_timeout_ms") == 0)
+        return load_range(ctx, o, path, value, 0, SERVICE_MAX_STOP_TIMEOUT_MS,
+                          "milliseconds 0-3600000", &s->stop_timeout_ms);
+    if (strcmp(key, "memory_limit_mb") == 0)
+        return load_range(ctx, o, path, value, 1, SERVICE_MAX_MEMORY_LIMIT_MB,
+                          "megabytes 1-1048576", &s->memory_limit_mb);
     if (strcmp(key, "port") == 0)
         return load_port(ctx, o, path, value, &s->port);
     if (strcmp(key, "gpu") == 0) {
@@ -451,7 +461,7 @@ static bool load_service_key(kiln_config_ctx_t *ctx, const kiln_config_origin_t 
     }
     unknown_in(ctx, o, path,
                "command, env, cwd, depends_on, ready, restart, backoff_ms, ready_timeout_ms, "
-               "port, gpu");
+               "stop_timeout_ms, memory_limit_mb, port, gpu");
     return false;
 }
 
@@ -472,8 +482,12 @@ static void load_service(kiln_config_ctx_t *ctx, const kiln_config_origin_t *o, 
         problem_expected(ctx, o, path, "a mapping with a command", body);
         return;
     }
-    kiln_service_config_t s = {
-        .restart = KILN_RESTART_ALWAYS, .backoff_ms = -1, .ready_timeout_ms = -1, .gpu = -1};
+    kiln_service_config_t s = {.restart = KILN_RESTART_ALWAYS,
+                               .backoff_ms = -1,
+                               .ready_timeout_ms = -1,
+                               .stop_timeout_ms = -1,
+                               .memory_limit_mb = -1,
+                               .gpu = -1};
     bool ok = (s.name = strdup(name)) != NULL;
     const char *key;
     json_t *value;
@@ -568,6 +582,10 @@ json_t *kiln_config_services_to_json(const kiln_config_t *cfg)
             json_object_set_new(body, "backoff_ms", json_integer(s->backoff_ms));
         if (s->ready_timeout_ms >= 0)
             json_object_set_new(body, "ready_timeout_ms", json_integer(s->ready_timeout_ms));
+        if (s->stop_timeout_ms >= 0)
+            json_object_set_new(body, "stop_timeout_ms", json_integer(s->stop_timeout_ms));
+        if (s->memory_limit_mb > 0)
+            json_object_set_new(body, "memory_limit_mb", json_integer(s->memory_limit_mb));
         if (s->port)
             json_object_set_new(body, "port", json_integer(s->port));
         if (s->gpu >= 0)

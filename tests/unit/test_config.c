@@ -978,7 +978,8 @@ static void bad_services_are_refused_with_file_and_line(void **state)
                    "(argv, no shell)",
                    f);
     assert_problem("%s:16: services.typo.comand: unknown key; expected one of command, env, cwd, "
-                   "depends_on, ready, restart, backoff_ms, ready_timeout_ms, port, gpu",
+                   "depends_on, ready, restart, backoff_ms, ready_timeout_ms, stop_timeout_ms, "
+                   "memory_limit_mb, port, gpu",
                    f);
     assert_problem("%s:19: services.selfish.depends_on[0]: \"selfish\" is the service itself; "
                    "list each other service once",
@@ -1058,6 +1059,54 @@ static void bad_service_ready_timeout_ms_is_refused_with_file_and_line(void **st
                    file_path);
     assert_problem("%s:10: services.huge.ready_timeout_ms: expected milliseconds 100-86400000, got "
                    "86400001",
+                   file_path);
+}
+
+static void service_stop_timeout_and_memory_limit_reach_the_config(void **state)
+{
+    assert_ok(load_yaml("services:\n"
+                        "  big:\n"
+                        "    command: [/bin/x]\n"
+                        "    stop_timeout_ms: 0\n"
+                        "    memory_limit_mb: 2048\n"
+                        "  plain:\n"
+                        "    command: [/bin/x]\n",
+                        NULL));
+    assert_int_equal(cfg.services[0].stop_timeout_ms, 0); /* SIGKILL at once */
+    assert_int_equal(cfg.services[0].memory_limit_mb, 2048);
+    assert_int_equal(cfg.services[1].stop_timeout_ms, -1);
+    assert_int_equal(cfg.services[1].memory_limit_mb, -1);
+    json_t *shown = kiln_config_to_json_redacted(&cfg);
+    const json_t *big = json_object_get(json_object_get(shown, "services"), "big");
+    assert_int_equal(json_integer_value(json_object_get(big, "stop_timeout_ms")), 0);
+    assert_int_equal(json_integer_value(json_object_get(big, "memory_limit_mb")), 2048);
+    json_decref(shown);
+}
+
+static void bad_service_stop_timeout_and_memory_limit_are_refused(void **state)
+{
+    int rc = load_yaml("services:\n"
+                       "  a:\n"
+                       "    command: [/bin/x]\n"
+                       "    stop_timeout_ms: -5\n"
+                       "  b:\n"
+                       "    command: [/bin/x]\n"
+                       "    stop_timeout_ms: 3600001\n"
+                       "  c:\n"
+                       "    command: [/bin/x]\n"
+                       "    memory_limit_mb: 0\n"
+                       "  d:\n"
+                       "    command: [/bin/x]\n"
+                       "    memory_limit_mb: 2GB\n",
+                       NULL);
+    assert_int_equal(rc, KILN_EINVAL);
+    assert_problem("%s:4: services.a.stop_timeout_ms: expected milliseconds 0-3600000, got -5",
+                   file_path);
+    assert_problem("%s:7: services.b.stop_timeout_ms: expected milliseconds 0-3600000, got 3600001",
+                   file_path);
+    assert_problem("%s:10: services.c.memory_limit_mb: expected megabytes 1-1048576, got 0",
+                   file_path);
+    assert_problem("%s:13: services.d.memory_limit_mb: expected megabytes 1-1048576, got \"2GB\"",
                    file_path);
 }
 
@@ -1234,6 +1283,8 @@ int main(void)
         TEST(bad_services_are_refused_with_file_and_line),
         TEST(service_backoff_ms_sets_the_first_restart_delay_and_zero_is_allowed),
         TEST(bad_service_backoff_ms_is_refused_with_file_and_line),
+        TEST(service_stop_timeout_and_memory_limit_reach_the_config),
+        TEST(bad_service_stop_timeout_and_memory_limit_are_refused),
         TEST(service_ready_timeout_ms_sets_the_readiness_deadline),
         TEST(bad_service_ready_timeout_ms_is_refused_with_file_and_line),
         TEST(templates_override_ports_and_commands_and_refuse_unknown_keys),
