@@ -143,6 +143,10 @@ typedef struct kiln_config {
                                 */
         char **pools;          /* machine.pools | MACHINE_POOLS (comma list) */
         size_t n_pools;
+        /* machine.api_token | KILN_MACHINE_API_TOKEN: the bearer token of the
+         * machine API's control endpoints; NULL turns them off. A secret:
+         * never logged, shown as "***", never in /status. */
+        char *api_token;
     } machine;
 
     /* services: { NAME: {...} }, in file order. */

@@ -120,7 +120,7 @@ int kiln_agent_api_start(kiln_agent_t *a, kiln_err_t *err)
     char listen[64];
     snprintf(listen, sizeof listen, "127.0.0.1:%d", (int)a->cfg.machine.health_port);
     kiln_machine_api_options_t opts = {.listen = a->api_listen ? a->api_listen : listen,
-                                       .token = getenv("KILN_MACHINE_API_TOKEN"),
+                                       .token = a->cfg.machine.api_token,
                                        .machine_id = a->cfg.machine_id,
                                        .disk_path = a->state_dir,
                                        .hooks = &hooks,

@@ -27,15 +27,16 @@
 #define KILN_CONFIG_MAX_DEPENDS           64
 
 typedef enum {
-    KILN_FIELD_ID,          /* a name: letters, digits, '.', '_', '-' */
-    KILN_FIELD_REDIS_URL,   /* redis://[[user]:password@]host[:port][/db] */
-    KILN_FIELD_LOG_FORMAT,  /* json | text */
-    KILN_FIELD_LOG_LEVEL,   /* debug | info | warn | error */
-    KILN_FIELD_INT,         /* an integer in [min, max], stored as int or long */
-    KILN_FIELD_NAMES,       /* names: a list, or a comma list */
-    KILN_FIELD_OBJECT,      /* a mapping; a JSON object in the environment */
-    KILN_FIELD_BOOL,        /* true | false; also 1/0, yes/no, on/off in the environment */
-    KILN_FIELD_MACHINE_TYPE /* auto | gpu | api | hybrid */
+    KILN_FIELD_ID,           /* a name: letters, digits, '.', '_', '-' */
+    KILN_FIELD_REDIS_URL,    /* redis://[[user]:password@]host[:port][/db] */
+    KILN_FIELD_LOG_FORMAT,   /* json | text */
+    KILN_FIELD_LOG_LEVEL,    /* debug | info | warn | error */
+    KILN_FIELD_INT,          /* an integer in [min, max], stored as int or long */
+    KILN_FIELD_NAMES,        /* names: a list, or a comma list */
+    KILN_FIELD_OBJECT,       /* a mapping; a JSON object in the environment */
+    KILN_FIELD_BOOL,         /* true | false; also 1/0, yes/no, on/off in the environment */
+    KILN_FIELD_MACHINE_TYPE, /* auto | gpu | api | hybrid */
+    KILN_FIELD_SECRET        /* a token: never echoed in a problem, shown as "***" */
 } kiln_field_kind_t;
 
 typedef struct kiln_config_field {
@@ -50,7 +51,7 @@ typedef struct kiln_config_field {
     const char *legacy_env2; /* a second, older legacy name ("PM2_INSTANCES_PER_GPU"), or NULL */
 } kiln_config_field_t;
 
-#define KILN_CONFIG_N_FIELDS 29
+#define KILN_CONFIG_N_FIELDS 30
 
 extern const kiln_config_field_t kiln_config_fields[KILN_CONFIG_N_FIELDS];
 

@@ -1110,6 +1110,34 @@ static void bad_service_stop_timeout_and_memory_limit_are_refused(void **state)
                    file_path);
 }
 
+static void machine_api_token_comes_from_yaml_or_env_and_is_never_shown(void **state)
+{
+    assert_ok(load_yaml("machine:\n  api_token: \"file-token-123\"\n", NULL));
+    assert_string_equal(cfg.machine.api_token, "file-token-123");
+    json_t *shown = kiln_config_to_json_redacted(&cfg);
+    char *text = json_dumps(shown, 0);
+    assert_null(strstr(text, "file-token-123"));
+    assert_string_equal(
+        json_string_value(json_object_get(json_object_get(shown, "machine"), "api_token")), "***");
+    free(text);
+    json_decref(shown);
+    kiln_config_free(&cfg);
+    char *env[] = {"KILN_MACHINE_API_TOKEN=env-token-456", NULL};
+    assert_ok(load_yaml("machine:\n  api_token: \"file-token-123\"\n", env));
+    assert_string_equal(cfg.machine.api_token, "env-token-456"); /* the environment wins */
+}
+
+static void bad_machine_api_token_is_refused_without_echoing_it(void **state)
+{
+    int rc = load_yaml("machine:\n  api_token: \"pw 1\"\n", NULL);
+    assert_int_equal(rc, KILN_EINVAL);
+    assert_problem("%s:2: machine.api_token: expected a token of 8-256 visible ASCII characters "
+                   "(no spaces; it goes in an Authorization header), got a value of 4 characters",
+                   file_path);
+    for (size_t i = 0; i < problems.count; i++)
+        assert_null(strstr(problems.items[i], "pw 1"));
+}
+
 static void bad_service_backoff_ms_is_refused_with_file_and_line(void **state)
 {
     int rc = load_yaml("services:\n"
@@ -1283,6 +1311,8 @@ int main(void)
         TEST(bad_services_are_refused_with_file_and_line),
         TEST(service_backoff_ms_sets_the_first_restart_delay_and_zero_is_allowed),
         TEST(bad_service_backoff_ms_is_refused_with_file_and_line),
+        TEST(machine_api_token_comes_from_yaml_or_env_and_is_never_shown),
+        TEST(bad_machine_api_token_is_refused_without_echoing_it),
         TEST(service_stop_timeout_and_memory_limit_reach_the_config),
         TEST(bad_service_stop_timeout_and_memory_limit_are_refused),
         TEST(service_ready_timeout_ms_sets_the_readiness_deadline),
