@@ -49,6 +49,8 @@ static int spec_from_plan(const kiln_agent_t *a, const kiln_plan_service_t *ps,
     spec->restart = ps->restart;
     if (ps->backoff_ms >= 0)
         spec->backoff_base_ms = ps->backoff_ms;
+    if (spec->backoff_max_ms < spec->backoff_base_ms) /* a first delay past the default cap */
+        spec->backoff_max_ms = spec->backoff_base_ms;
     if (ps->ready_timeout_ms >= 0)
         spec->ready.deadline_ms = ps->ready_timeout_ms;
     if (ps->stop_timeout_ms >= 0)

@@ -533,6 +533,50 @@ static void apply_refuses_unknown_dependency_and_cycles_changing_nothing(void **
     svfx_clear_specs(cycle, 3);
 }
 
+/* Every limit of a spec is checked, and the error names the field, what
+ * it expected and what it got; nothing of the set is applied. */
+static void apply_refuses_out_of_range_limits_naming_the_field(void **state)
+{
+    svfx_t *fx = *state;
+    const char *argv[] = {HELPER("svc_sleeper"), NULL};
+    static const struct {
+        const char *field, *message;
+    } cases[] = {
+        {"backoff_base_ms", "service bad: backoff_base_ms: expected 0-86400000, got -1"},
+        {"backoff_max_ms", "service bad: backoff_max_ms: expected at least backoff_base_ms (50) "
+                           "and at most 86400000, got 20"},
+        {"max_failures", "service bad: max_failures: expected 1-64, got 65"},
+        {"failure_window_ms", "service bad: failure_window_ms: expected 1-86400000, got 0"},
+        {"stop_timeout_ms", "service bad: stop_timeout_ms: expected 0-86400000, got -3"},
+        {"ready.interval_ms", "service bad: ready.interval_ms: expected 1-86400000, got 0"},
+        {"stable_ms", "service bad: stable_ms: expected 0-86400000, got 86400001"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        kiln_svc_spec_t spec = svfx_make_spec("bad", argv);
+        if (i == 0)
+            spec.backoff_base_ms = -1;
+        else if (i == 1)
+            spec.backoff_max_ms = 20; /* below svfx_make_spec's base of 50 */
+        else if (i == 2)
+            spec.max_failures = 65;
+        else if (i == 3)
+            spec.failure_window_ms = 0;
+        else if (i == 4)
+            spec.stop_timeout_ms = -3;
+        else if (i == 5)
+            spec.ready.interval_ms = 0;
+        else
+            spec.stable_ms = 86400001;
+        kiln_err_t err = {0};
+        assert_int_equal(kiln_supervisor_apply(fx->sv, &spec, 1, &err), KILN_EINVAL);
+        assert_string_equal(err.msg, cases[i].message);
+        kiln_svc_spec_clear(&spec);
+    }
+    json_t *all = kiln_supervisor_status(fx->sv);
+    assert_int_equal(json_array_size(all), 0);
+    json_decref(all);
+}
+
 static void memory_limit_restarts_the_service(void **state)
 {
     svfx_t *fx = *state;
@@ -660,6 +704,7 @@ int main(void)
         TEST(readiness_fd_marks_running),
         TEST(apply_reload_keeps_untouched_pids_and_restarts_changed),
         TEST(apply_refuses_unknown_dependency_and_cycles_changing_nothing),
+        TEST(apply_refuses_out_of_range_limits_naming_the_field),
         TEST(memory_limit_restarts_the_service),
         TEST(status_reports_pid_uptime_restarts_rss),
         TEST(shutdown_stops_dependents_before_their_dependencies),
