@@ -167,6 +167,9 @@ static const char *machine_type_name(kiln_machine_type_t type)
 
 json_t *kiln_agent_status(kiln_agent_t *a)
 {
+    /* GPU load changes all the time; NVML reads it in microseconds. Every
+     * published status and every /status call comes through here. */
+    kiln_gpu_refresh(&a->gpus, NULL);
     json_t *services = a->sv ? kiln_supervisor_status(a->sv) : json_array();
     return json_pack("{s:s, s:s, s:s, s:o, s:o, s:s, s:I, s:I}", "machine_id",
                      a->cfg.machine_id ? a->cfg.machine_id : "", "machine_type",
