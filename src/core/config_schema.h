@@ -27,16 +27,16 @@
 #define KILN_CONFIG_MAX_DEPENDS           64
 
 typedef enum {
-    KILN_FIELD_ID,           /* a name: letters, digits, '.', '_', '-' */
-    KILN_FIELD_REDIS_URL,    /* redis://[[user]:password@]host[:port][/db] */
-    KILN_FIELD_LOG_FORMAT,   /* json | text */
-    KILN_FIELD_LOG_LEVEL,    /* debug | info | warn | error */
-    KILN_FIELD_INT,          /* an integer in [min, max], stored as int or long */
-    KILN_FIELD_NAMES,        /* names: a list, or a comma list */
-    KILN_FIELD_OBJECT,       /* a mapping; a JSON object in the environment */
-    KILN_FIELD_BOOL,         /* true | false; also 1/0, yes/no, on/off in the environment */
-    KILN_FIELD_MACHINE_TYPE, /* auto | gpu | api | hybrid */
-    KILN_FIELD_SECRET        /* a token: never echoed in a problem, shown as "***" */
+    KILN_FIELD_ID,          /* a name: letters, digits, '.', '_', '-' */
+    KILN_FIELD_REDIS_URL,   /* redis://[[user]:password@]host[:port][/db] */
+    KILN_FIELD_LOG_FORMAT,  /* json | text */
+    KILN_FIELD_LOG_LEVEL,   /* debug | info | warn | error */
+    KILN_FIELD_INT,         /* an integer in [min, max], stored as int or long */
+    KILN_FIELD_NAMES,       /* names: a list, or a comma list */
+    KILN_FIELD_OBJECT,      /* a mapping; a JSON object in the environment */
+    KILN_FIELD_BOOL,        /* true | false; also 1/0, yes/no, on/off in the environment */
+    KILN_FIELD_SECRET,      /* a token: never echoed in a problem, shown as "***" */
+    KILN_FIELD_MACHINE_TYPE /* auto | gpu | api | hybrid */
 } kiln_field_kind_t;
 
 typedef struct kiln_config_field {
