@@ -37,8 +37,8 @@ int kiln_agent_run(kiln_agent_t *agent, kiln_err_t *err);
 void kiln_agent_stop(kiln_agent_t *agent);
 
 /* The agent's status as published (caller owns): machine_id, machine_type,
- * state (starting|ready|stopping), services, gpus, started_at, updated_at.
- * Loop thread only. */
+ * state (starting|ready|stopping), services, gpus (usage read again through
+ * NVML on each call), started_at, updated_at. Loop thread only. */
 json_t *kiln_agent_status(kiln_agent_t *agent);
 
 void kiln_agent_free(kiln_agent_t *agent);

@@ -72,6 +72,9 @@ typedef struct kiln_service_config {
     kiln_ready_config_t ready;
     kiln_restart_t restart; /* default always */
     long backoff_ms;        /* first restart delay, 0-3600000; -1: the supervisor's default */
+    long ready_timeout_ms;  /* readiness deadline, 100-86400000; -1: the supervisor's default */
+    long stop_timeout_ms;   /* SIGKILL after, 0-3600000; -1: the supervisor's default */
+    long memory_limit_mb;   /* restart above this RSS, 1-1048576; -1: no limit */
     int port;               /* 0: none */
     int gpu;                /* -1: none; else pins CUDA_VISIBLE_DEVICES to that GPU */
 } kiln_service_config_t;
@@ -159,6 +162,10 @@ typedef struct kiln_config {
                                 */
         char **pools;          /* machine.pools | MACHINE_POOLS (comma list) */
         size_t n_pools;
+        /* machine.api_token | KILN_MACHINE_API_TOKEN: the bearer token of the
+         * machine API's control endpoints; NULL turns them off. A secret:
+         * never logged, shown as "***", never in /status. */
+        char *api_token;
     } machine;
 
     /* services: { NAME: {...} }, in file order. */

@@ -45,6 +45,12 @@ typedef struct kiln_gpu_options {
  * source "none"); returns a negative KILN_E* only on internal errors. */
 int kiln_gpu_discover(const kiln_gpu_options_t *opts, kiln_gpu_list_t *out, kiln_err_t *err);
 
+/* Re-reads what changes (memory used, utilisation, temperature) of the GPUs
+ * in list when they came from NVML (list->source "nvml"; others are left
+ * as discovered), through the library at nvml_path (NULL: the default).
+ * A GPU NVML cannot read now keeps its last values. Returns 0. */
+int kiln_gpu_refresh(kiln_gpu_list_t *list, const char *nvml_path);
+
 /* The list as a JSON array of objects (index, name, uuid, memory_total_mb,
  * memory_used_mb, utilization_pct, temperature_c). Caller owns it. */
 json_t *kiln_gpu_list_to_json(const kiln_gpu_list_t *list);

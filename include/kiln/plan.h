@@ -52,7 +52,10 @@ typedef struct kiln_plan_service {
     size_t n_depends_on;
     kiln_plan_ready_t ready;
     kiln_restart_t restart;
-    long backoff_ms; /* first restart delay; -1: the supervisor's default */
+    long backoff_ms;       /* first restart delay; -1: the supervisor's default */
+    long ready_timeout_ms; /* readiness deadline; -1: the supervisor's default */
+    long stop_timeout_ms;  /* SIGKILL after; -1: the supervisor's default */
+    long memory_limit_mb;  /* restart above this RSS; -1: none */
 } kiln_plan_service_t;
 
 typedef struct kiln_plan {

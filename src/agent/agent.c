@@ -49,6 +49,14 @@ static int spec_from_plan(const kiln_agent_t *a, const kiln_plan_service_t *ps,
     spec->restart = ps->restart;
     if (ps->backoff_ms >= 0)
         spec->backoff_base_ms = ps->backoff_ms;
+    if (spec->backoff_max_ms < spec->backoff_base_ms) /* a first delay past the default cap */
+        spec->backoff_max_ms = spec->backoff_base_ms;
+    if (ps->ready_timeout_ms >= 0)
+        spec->ready.deadline_ms = ps->ready_timeout_ms;
+    if (ps->stop_timeout_ms >= 0)
+        spec->stop_timeout_ms = ps->stop_timeout_ms;
+    if (ps->memory_limit_mb > 0)
+        spec->memory_limit_mb = ps->memory_limit_mb;
     spec->ready.kind = ps->ready.kind == KILN_READY_EXIT ? KILN_READY_NONE : ps->ready.kind;
     spec->ready.target = ps->ready.target;
     spec->ready.argv = ps->ready.command;
@@ -159,6 +167,9 @@ static const char *machine_type_name(kiln_machine_type_t type)
 
 json_t *kiln_agent_status(kiln_agent_t *a)
 {
+    /* GPU load changes all the time; NVML reads it in microseconds. Every
+     * published status and every /status call comes through here. */
+    kiln_gpu_refresh(&a->gpus, NULL);
     json_t *services = a->sv ? kiln_supervisor_status(a->sv) : json_array();
     return json_pack("{s:s, s:s, s:s, s:o, s:o, s:s, s:I, s:I}", "machine_id",
                      a->cfg.machine_id ? a->cfg.machine_id : "", "machine_type",

@@ -101,6 +101,11 @@ static void hook_logs_unfollow(void *ctx, const char *name, kiln_machine_api_lin
     kiln_supervisor_logs_unfollow(a->sv, name, cb, cb_ctx);
 }
 
+static int hook_queue_counts(void *ctx, long *pending, long *processing)
+{
+    return kiln_agent_queue_counts(ctx, pending, processing);
+}
+
 static const kiln_machine_api_hooks_t hooks = {
     .status = hook_status,
     .ready = hook_ready,
@@ -113,6 +118,7 @@ static const kiln_machine_api_hooks_t hooks = {
     .logs = hook_logs,
     .logs_follow = hook_logs_follow,
     .logs_unfollow = hook_logs_unfollow,
+    .queue_counts = hook_queue_counts,
 };
 
 int kiln_agent_api_start(kiln_agent_t *a, kiln_err_t *err)
@@ -120,7 +126,7 @@ int kiln_agent_api_start(kiln_agent_t *a, kiln_err_t *err)
     char listen[64];
     snprintf(listen, sizeof listen, "127.0.0.1:%d", (int)a->cfg.machine.health_port);
     kiln_machine_api_options_t opts = {.listen = a->api_listen ? a->api_listen : listen,
-                                       .token = getenv("KILN_MACHINE_API_TOKEN"),
+                                       .token = a->cfg.machine.api_token,
                                        .machine_id = a->cfg.machine_id,
                                        .disk_path = a->state_dir,
                                        .hooks = &hooks,

@@ -7,6 +7,7 @@
 #include <uv.h>
 
 #include "kiln/agent.h"
+#include "kiln/broker.h"
 #include "kiln/gpu.h"
 #include "kiln/machine_api.h"
 #include "kiln/plan.h"
@@ -30,6 +31,7 @@ struct kiln_agent {
     kiln_machine_api_t *api;
     char *api_listen; /* NULL: 127.0.0.1:<machine.health_port> */
     kiln_publisher_t *pub;
+    kiln_broker_t *queue_broker; /* for /api/health's queue counts; NULL until used */
     kiln_gpu_list_t gpus;
     kiln_plan_t plan;
     json_t *service_states; /* service name -> last state the supervisor reported */
@@ -69,5 +71,14 @@ void kiln_agent_event(kiln_agent_t *a, const char *type, json_t *fields);
 int kiln_agent_specs_from_plan(const kiln_agent_t *a, const kiln_plan_t *plan,
                                kiln_svc_spec_t **specs, size_t *n, kiln_err_t *err);
 void kiln_agent_specs_free(kiln_svc_spec_t *specs, size_t n);
+
+/* queue_counts.c. Pending and running jobs summed over the stats rows of
+ * services[0..n) (the rest are left out). 0 or the broker's error. */
+int kiln_agent_queue_counts_from(kiln_broker_t *broker, char *const *services, size_t n_services,
+                                 long *pending, long *processing, kiln_err_t *err);
+
+/* The same for this machine's worker.connectors, on the agent's own Redis
+ * connection (opened on first use, dropped after an error). Loop thread. */
+int kiln_agent_queue_counts(kiln_agent_t *a, long *pending, long *processing);
 
 #endif

@@ -88,6 +88,8 @@ int kiln_agent_reload(kiln_agent_t *a, kiln_err_t *err)
         return err->code;
     }
     kiln_config_free(&old);
+    kiln_broker_free(a->queue_broker); /* redis.url may have changed */
+    a->queue_broker = NULL;
     KILN_LOG_INFO_("agent", "reloaded %s", a->config_path ? a->config_path : "the configuration");
     kiln_agent_event(a, "reloaded", NULL);
     return 0;
@@ -280,6 +282,7 @@ void kiln_agent_free(kiln_agent_t *a)
     if (a->lock_fd >= 0)
         close(a->lock_fd);
     kiln_gpu_list_free(&a->gpus);
+    kiln_broker_free(a->queue_broker);
     kiln_config_free(&a->cfg);
     free(a->config_path);
     free(a->state_dir);

@@ -35,14 +35,22 @@ static const char *error_code(int status)
         return "method_not_allowed";
     case 409:
         return "conflict";
+    case 408:
+        return "request_timeout";
     case 413:
         return "payload_too_large";
+    case 414:
+        return "uri_too_long";
+    case 431:
+        return "headers_too_large";
     case 501:
         return "not_implemented";
     case 503:
         return "unavailable";
+    case 505:
+        return "http_version_not_supported";
     default:
-        return "internal";
+        return status < 500 ? "bad_request" : "internal";
     }
 }
 

@@ -295,7 +295,9 @@ int api_http_send(struct mg_connection *conn, const api_response_t *res)
         mg_response_header_add(conn, "Connection", "close", -1);
     if (mg_response_header_send(conn) < 0)
         return -1;
-    if (strcmp(ri->request_method, "HEAD") == 0 || res->len == 0)
+    /* A request civetweb could not parse has no method. */
+    bool head = ri->request_method && strcmp(ri->request_method, "HEAD") == 0;
+    if (head || res->len == 0)
         return 0;
     return mg_write(conn, res->body, res->len) == (int)res->len ? 0 : -1;
 }
@@ -332,6 +334,19 @@ static int check_request(kiln_machine_api_t *api, struct mg_connection *conn, co
             return rc;
     }
     return drain_body(conn, res);
+}
+
+/* civetweb's http_error callback: the errors it finds itself (a request
+ * line it cannot parse, headers over its limit, a request that timed out)
+ * get the API's JSON error body instead of its text/plain page. Always 0:
+ * the reply is sent here. */
+int api_http_error(struct mg_connection *conn, int status, const char *msg)
+{
+    api_response_t res = {0};
+    api_response_error(&res, status, "%s", msg && *msg ? msg : "request refused");
+    res.close = true; /* civetweb closes the connection after its errors */
+    finish(conn, &res);
+    return 0;
 }
 
 int api_http_handle(struct mg_connection *conn)

@@ -155,6 +155,10 @@ void api_response_clear(api_response_t *res);
  * Returns the HTTP status written (civetweb then sends nothing more). */
 int api_http_handle(struct mg_connection *conn);
 
+/* civetweb's http_error callback: its own errors as the API's JSON error
+ * body. Returns 0 (the reply is sent). */
+int api_http_error(struct mg_connection *conn, int status, const char *msg);
+
 /* Writes res (headers and body) to conn. Returns 0 or -1 on a write error. */
 int api_http_send(struct mg_connection *conn, const api_response_t *res);
 

@@ -117,29 +117,12 @@ static bool nvml_load(const char *path, nvml_api_t *api)
     return true;
 }
 
-/* Reads one device into gpu. Returns false when the device cannot be
- * reached at all (it is then left out). */
-static bool nvml_read_device(const nvml_api_t *api, unsigned int index, kiln_gpu_t *gpu)
+/* Reads what changes of a device into gpu: memory, utilisation and
+ * temperature (-1 when NVML cannot tell). */
+static void nvml_read_usage(const nvml_api_t *api, nvml_device_t device, kiln_gpu_t *gpu)
 {
-    nvml_device_t device = NULL;
-    nvml_return_t rc = api->device_by_index(index, &device);
-    if (rc != NVML_SUCCESS) {
-        KILN_LOG_WARN_(GPU_LOG, "NVML: GPU %u is unreachable and left out: %s", index,
-                       nvml_error(api, rc));
-        return false;
-    }
-    memset(gpu, 0, sizeof *gpu);
-    gpu->index = (int)index;
     gpu->utilization_pct = -1;
     gpu->temperature_c = -1;
-    if (api->device_name(device, gpu->name, (unsigned int)sizeof gpu->name) != NVML_SUCCESS)
-        gpu->name[0] = '\0';
-    gpu->name[sizeof gpu->name - 1] = '\0';
-    if (api->device_uuid(device, gpu->uuid, (unsigned int)sizeof gpu->uuid) != NVML_SUCCESS)
-        gpu->uuid[0] = '\0';
-    gpu->uuid[sizeof gpu->uuid - 1] = '\0';
-    kiln_gpu_text_clean(gpu->name);
-    kiln_gpu_text_clean(gpu->uuid);
     nvml_memory_t memory = {0};
     if (api->device_memory(device, &memory) == NVML_SUCCESS) {
         gpu->memory_total_mb = memory.total / BYTES_PER_MIB;
@@ -154,7 +137,54 @@ static bool nvml_read_device(const nvml_api_t *api, unsigned int index, kiln_gpu
         api->device_temperature(device, NVML_TEMPERATURE_GPU, &temperature) == NVML_SUCCESS &&
         temperature <= 1000)
         gpu->temperature_c = (int)temperature;
+}
+
+/* Reads one device into gpu. Returns false when the device cannot be
+ * reached at all (it is then left out). */
+static bool nvml_read_device(const nvml_api_t *api, unsigned int index, kiln_gpu_t *gpu)
+{
+    nvml_device_t device = NULL;
+    nvml_return_t rc = api->device_by_index(index, &device);
+    if (rc != NVML_SUCCESS) {
+        KILN_LOG_WARN_(GPU_LOG, "NVML: GPU %u is unreachable and left out: %s", index,
+                       nvml_error(api, rc));
+        return false;
+    }
+    memset(gpu, 0, sizeof *gpu);
+    gpu->index = (int)index;
+    if (api->device_name(device, gpu->name, (unsigned int)sizeof gpu->name) != NVML_SUCCESS)
+        gpu->name[0] = '\0';
+    gpu->name[sizeof gpu->name - 1] = '\0';
+    if (api->device_uuid(device, gpu->uuid, (unsigned int)sizeof gpu->uuid) != NVML_SUCCESS)
+        gpu->uuid[0] = '\0';
+    gpu->uuid[sizeof gpu->uuid - 1] = '\0';
+    kiln_gpu_text_clean(gpu->name);
+    kiln_gpu_text_clean(gpu->uuid);
+    nvml_read_usage(api, device, gpu);
     return true;
+}
+
+/* ---- refresh ---------------------------------------------------------------- */
+
+/* See gpu.h. NVML is loaded and initialised for the refresh only (as for
+ * discovery), so no NVML state outlives a call. */
+int kiln_gpu_refresh(kiln_gpu_list_t *list, const char *nvml_path)
+{
+    if (!list || strcmp(list->source, "nvml") != 0 || list->count == 0)
+        return 0;
+    nvml_api_t api;
+    if (!nvml_load(nvml_path ? nvml_path : NVML_DEFAULT_PATH, &api))
+        return 0;
+    if (api.init() == NVML_SUCCESS) {
+        for (size_t i = 0; i < list->count; i++) {
+            nvml_device_t device = NULL;
+            if (api.device_by_index((unsigned int)list->gpus[i].index, &device) == NVML_SUCCESS)
+                nvml_read_usage(&api, device, &list->gpus[i]);
+        }
+        api.shutdown();
+    }
+    dlclose(api.lib);
+    return 0;
 }
 
 /* Fills out from NVML. Returns 1 when NVML answered (out->count may be 0),

@@ -17,6 +17,9 @@
 
 /* Request threads: followers plus this many for everything else. */
 #define API_THREADS_BESIDE_FOLLOWERS 8
+/* civetweb's bounds on one connection (strings: they are its options). */
+#define API_REQUEST_TIMEOUT_MS    "2000"
+#define API_KEEP_ALIVE_TIMEOUT_MS "1000"
 
 bool kiln_machine_api_valid_service_name(const char *name)
 {
@@ -217,20 +220,24 @@ static int start_civetweb(kiln_machine_api_t *api, kiln_err_t *err)
 {
     char threads[16];
     snprintf(threads, sizeof threads, "%d", api->max_followers + API_THREADS_BESIDE_FOLLOWERS);
+    /* A client holds one of the few threads from accept until its request
+     * is read: its whole header must arrive within request_timeout_ms
+     * (slowloris), and an idle keep-alive connection is let go soon. */
     const char *options[] = {"listening_ports",
                              api->listen,
                              "num_threads",
                              threads,
                              "request_timeout_ms",
-                             "10000",
+                             API_REQUEST_TIMEOUT_MS,
                              "enable_keep_alive",
                              "yes",
                              "keep_alive_timeout_ms",
-                             "5000",
+                             API_KEEP_ALIVE_TIMEOUT_MS,
                              NULL};
     struct mg_callbacks callbacks;
     memset(&callbacks, 0, sizeof callbacks);
     callbacks.begin_request = api_http_handle;
+    callbacks.http_error = api_http_error;
     callbacks.log_message = on_civetweb_log;
     struct mg_init_data init = {
         .callbacks = &callbacks, .user_data = api, .configuration_options = options};

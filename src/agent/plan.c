@@ -284,6 +284,9 @@ static kiln_plan_service_t *add_service(builder_t *b, const char *name, kiln_ser
     s->gpu = -1;
     s->restart = KILN_RESTART_ALWAYS;
     s->backoff_ms = -1;
+    s->ready_timeout_ms = -1;
+    s->stop_timeout_ms = -1;
+    s->memory_limit_mb = -1;
     int rc = (s->name = strdup(name)) ? 0 : KILN_ENOMEM;
     if (rc == 0)
         rc = env_set_owned(s, printf_alloc("KILN_MACHINE_ID=%s", plan->machine_id));
@@ -666,6 +669,9 @@ static int add_user_service(builder_t *b, const kiln_service_config_t *u)
     s->port = u->port;
     s->restart = u->restart;
     s->backoff_ms = u->backoff_ms;
+    s->ready_timeout_ms = u->ready_timeout_ms;
+    s->stop_timeout_ms = u->stop_timeout_ms;
+    s->memory_limit_mb = u->memory_limit_mb;
     int rc = u->gpu >= 0 ? pin_gpu(b, s, (size_t)u->gpu) : 0;
     subst_t sub = {.field = field,
                    .name = u->name,

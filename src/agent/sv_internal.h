@@ -52,12 +52,17 @@ typedef struct sv_pid_mark {
 
 typedef struct sv_service sv_service_t;
 
-/* A forked child waiting for its "go" byte: it may exec only once the
- * state file names it. The fds are the agent's ends (-1 when absent). */
+typedef struct sv_child sv_child_t;
+
+/* A child waiting for its "go" byte: it may exec only once the state file
+ * names it. The fds are the agent's ends (-1 when absent). The child runs
+ * in the agent's memory until its execve, on `child` (its stack and what
+ * it reads), which is freed only once the exec pipe says it has left. */
 typedef struct sv_launch {
     int go_w, exec_r, out_r, err_r, ready_r;
     bool released; /* the go byte was sent */
-    char path[];   /* the resolved program, for exec failure messages */
+    sv_child_t *child;
+    char path[]; /* the resolved program, for exec failure messages */
 } sv_launch_t;
 
 /* A run whose main process is gone: what is left of it (escaped
@@ -109,6 +114,10 @@ struct sv_service {
     long last_delay_ms;
     uint64_t fail_ms[SV_FAIL_MAX];
     int fail_head, fail_n;
+    /* Runs in a row ended by their readiness deadline: they count toward
+     * max_failures whatever the window, which a deadline longer than
+     * failure_window_ms would otherwise always outlast. */
+    int unready_runs;
 
     /* Handles and helpers. */
     uv_timer_t timer;       /* backoff, stop timeout, start deadline */

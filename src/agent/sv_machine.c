@@ -243,10 +243,15 @@ static void failure(sv_service_t *svc, const char *reason)
             in_window++;
     }
     svc->fail_n = in_window;
-    if (spec->restart == KILN_RESTART_NEVER || in_window >= spec->max_failures) {
+    bool never_ready = svc->unready_runs >= spec->max_failures;
+    if (spec->restart == KILN_RESTART_NEVER || in_window >= spec->max_failures || never_ready) {
         char why[600];
-        snprintf(why, sizeof why, "%s (%d failures within %ld ms)", reason, in_window,
-                 spec->failure_window_ms);
+        if (never_ready)
+            snprintf(why, sizeof why, "%s (%d runs in a row never became ready)", reason,
+                     svc->unready_runs);
+        else
+            snprintf(why, sizeof why, "%s (%d failures within %ld ms)", reason, in_window,
+                     spec->failure_window_ms);
         go_failed(svc, spec->restart == KILN_RESTART_NEVER ? reason : why);
         return;
     }
@@ -303,6 +308,7 @@ static void act_start(sv_service_t *svc)
 {
     memset(svc->fail_ms, 0, sizeof svc->fail_ms);
     svc->fail_n = 0;
+    svc->unready_runs = 0;
     svc->backoff_step = 0;
     uv_timer_stop(&svc->timer);
     begin_run(svc);
@@ -322,6 +328,7 @@ static void act_ready(sv_service_t *svc)
 {
     stop_helpers(svc);
     svc->ready = true;
+    svc->unready_runs = 0;
     svc->last_error[0] = '\0';
     kiln_svclog_note(svc->log, "ready");
     set_state(svc, KILN_SVC_RUNNING, NULL);
@@ -387,11 +394,13 @@ static void act_fault(sv_service_t *svc)
 
 static void act_start_timeout(sv_service_t *svc)
 {
-    if (svc->spec.oneshot)
+    if (svc->spec.oneshot) {
         sv_fault(svc, "one-shot timed out after %ld ms", svc->spec.oneshot_timeout_ms);
-    else
-        sv_fault(svc, "not ready within %ld ms (%s)", svc->spec.ready.deadline_ms,
-                 svc->last_error[0] ? svc->last_error : "no readiness signal");
+        return;
+    }
+    svc->unready_runs++;
+    sv_fault(svc, "not ready within %ld ms (%s)", svc->spec.ready.deadline_ms,
+             svc->last_error[0] ? svc->last_error : "no readiness signal");
 }
 
 static void act_kill(sv_service_t *svc)

@@ -1,7 +1,7 @@
 /*
- * Spawning a service run: fork + execve (never a shell, never uv_spawn,
- * whose SIGCHLD handling would fight the supervisor's own reaper), the
- * child in a new session (so its own process group), stdout/stderr and the
+ * Spawning a service run: clone(CLONE_VM) + execve (never a shell, never
+ * uv_spawn, whose SIGCHLD handling would fight the supervisor's own
+ * reaper), the child in a new session (so its own process group), stdout/stderr and the
  * optional readiness fd 3 as pipes read on the loop. Exec failure comes
  * back through a close-on-exec pipe, as in libuv's process.c: EOF means
  * execve succeeded; an errno on it means the child failed before or at
@@ -11,6 +11,18 @@
  * nothing its successor cannot find (without the byte, the child exits).
  * Release is deferred to the end of the loop turn, so a burst of spawns
  * costs one state-file write (sv_proc_release_all).
+ *
+ * Why not fork: fork copies the agent's page tables and marks its memory
+ * copy-on-write, so the agent then takes a page fault on each page it
+ * writes and the child's execve tears the copy down again: about 2 ms of
+ * a respawn on a small VM (measured, docs/supervisor.md). posix_spawn and
+ * vfork avoid the copy but hold the agent until the child has exec'd,
+ * which the go byte cannot wait for. So the child shares the agent's
+ * memory (CLONE_VM, as posix_spawn does) but not its file table or signal
+ * handlers, runs on a stack of its own (sv_child_t), and touches nothing
+ * the agent writes: it reads its plan, makes system calls, and execs. Its
+ * stack and plan are freed only once the exec pipe reports EOF (it exec'd
+ * or died), never while it may still run on them.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -19,6 +31,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sched.h>
+#include <sys/mman.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -35,14 +49,24 @@ typedef struct exec_failure {
 
 enum { EXEC_STAGE_SETSID = 1, EXEC_STAGE_FDS, EXEC_STAGE_CWD, EXEC_STAGE_EXEC };
 
-/* Everything the child needs, prepared before fork: after fork, only
- * async-signal-safe calls are allowed (the agent has other threads). */
-typedef struct spawn_plan {
+/* The child's stack: the few calls between clone and execve need little;
+ * a guard page below it turns an overflow into a crash of the child. */
+#define SV_CHILD_STACK (64 * 1024)
+
+/* Everything the child needs, prepared before clone, and its stack. In
+ * the child only async-signal-safe calls are allowed (it shares memory
+ * with an agent that has other threads). errno is the one thing it writes
+ * that the agent also uses (the child runs with the cloning thread's
+ * thread pointer): it does so only on a failure, which it reports at once
+ * and exits. */
+struct sv_child {
     char path[PATH_MAX];
     char **envp;
+    const kiln_svc_spec_t *spec;             /* the service's; it outlives the launch */
     int out_w, err_w, ready_w, exec_w, go_r; /* -1 when absent */
-    int go_w; /* the agent's end: closed in the child, so EOF reaches it */
-} spawn_plan_t;
+    int go_w;    /* the agent's end: closed in the child, so EOF reaches it */
+    char *stack; /* SV_CHILD_STACK bytes above a guard page (mmap) */
+};
 
 static void child_fail(int exec_w, int stage)
 {
@@ -62,8 +86,10 @@ static int child_lift_fd(int fd)
     return fcntl(fd, F_DUPFD_CLOEXEC, 4);
 }
 
-static void child_exec(const spawn_plan_t *plan, const kiln_svc_spec_t *spec)
+static int child_main(void *arg)
 {
+    const sv_child_t *plan = arg;
+    const kiln_svc_spec_t *spec = plan->spec;
     struct sigaction dfl;
     memset(&dfl, 0, sizeof dfl);
     dfl.sa_handler = SIG_DFL;
@@ -105,6 +131,7 @@ static void child_exec(const spawn_plan_t *plan, const kiln_svc_spec_t *spec)
     sigprocmask(SIG_SETMASK, &none, NULL);
     execve(plan->path, spec->argv, plan->envp);
     child_fail(exec_w, EXEC_STAGE_EXEC);
+    return 127;
 }
 
 static const char *env_lookup(char *const *env, const char *name)
@@ -202,7 +229,7 @@ static void describe_failure(const sv_service_t *svc, const char *path, const ex
     }
 }
 
-/* Waits (briefly: the child is between fork and execve) for the exec
+/* Waits (briefly: the child is between clone and execve) for the exec
  * pipe's verdict. 0 when execve succeeded. */
 static int await_exec(sv_service_t *svc, pid_t pid, int exec_r, const char *path, char *errbuf,
                       size_t errlen)
@@ -312,14 +339,14 @@ void sv_proc_close_pipes(sv_service_t *svc)
         pipe_close(p);
 }
 
-static pid_t fork_child(spawn_plan_t *plan, const kiln_svc_spec_t *spec)
+/* Starts the child on its own stack with every signal blocked (so no
+ * handler of the agent ever runs in it; child_main resets them all). */
+static pid_t clone_child(sv_child_t *plan)
 {
     sigset_t all, old;
     sigfillset(&all);
     pthread_sigmask(SIG_SETMASK, &all, &old);
-    pid_t pid = fork();
-    if (pid == 0)
-        child_exec(plan, spec);
+    pid_t pid = clone(child_main, plan->stack + SV_CHILD_STACK, CLONE_VM | SIGCHLD, plan);
     int saved = errno;
     pthread_sigmask(SIG_SETMASK, &old, NULL);
     errno = saved;
@@ -337,8 +364,54 @@ static sv_launch_t *launch_new(const char *path)
     return l;
 }
 
+static sv_child_t *child_new(void)
+{
+    sv_child_t *c = calloc(1, sizeof *c);
+    if (!c)
+        return NULL;
+    long page = sysconf(_SC_PAGESIZE);
+    void *mem = mmap(NULL, SV_CHILD_STACK + (size_t)page, PROT_READ | PROT_WRITE,
+                     MAP_PRIVATE | MAP_ANONYMOUS | MAP_STACK, -1, 0);
+    if (mem == MAP_FAILED) {
+        free(c);
+        return NULL;
+    }
+    mprotect(mem, (size_t)page, PROT_NONE);
+    c->stack = (char *)mem + page;
+    c->out_w = c->err_w = c->ready_w = c->exec_w = c->go_r = c->go_w = -1;
+    return c;
+}
+
+static void child_free(sv_child_t *c)
+{
+    if (!c)
+        return;
+    long page = sysconf(_SC_PAGESIZE);
+    munmap(c->stack - page, SV_CHILD_STACK + (size_t)page);
+    free(c->envp);
+    free(c);
+}
+
+/* Waits until the child no longer runs in the agent's memory: EOF on the
+ * exec pipe comes once it has exec'd or exited (the kernel drops its
+ * memory before its files). A child still waiting for its go byte exits
+ * as soon as go_w is closed, so this does not block for long. */
+static void child_await_gone(sv_launch_t *l)
+{
+    close_fd(&l->go_w);
+    char buf[sizeof(exec_failure_t)];
+    ssize_t r;
+    do
+        r = read(l->exec_r, buf, sizeof buf);
+    while (r > 0 || (r < 0 && errno == EINTR));
+}
+
 static void launch_free(sv_launch_t *l)
 {
+    if (l->child) {
+        child_await_gone(l);
+        child_free(l->child);
+    }
     close_fd(&l->go_w), close_fd(&l->exec_r), close_fd(&l->out_r), close_fd(&l->err_r);
     close_fd(&l->ready_r);
     free(l);
@@ -424,7 +497,7 @@ void sv_proc_release_all(kiln_supervisor_t *sv)
     }
 }
 
-/* Starts a run of svc: the child is forked and recorded (svc->pid, also
+/* Starts a run of svc: the child is cloned and recorded (svc->pid, also
  * its group and session id once it runs, and start_ticks), and waits for
  * its release, which sv_proc_release_all sends before the loop next
  * blocks; an exec failure is reported then (sv_on_launch_failed). On
@@ -433,17 +506,21 @@ void sv_proc_release_all(kiln_supervisor_t *sv)
 int sv_proc_spawn(sv_service_t *svc, char *errbuf, size_t errlen)
 {
     const kiln_svc_spec_t *spec = &svc->spec;
-    spawn_plan_t plan = {
-        .out_w = -1, .err_w = -1, .ready_w = -1, .exec_w = -1, .go_r = -1, .go_w = -1};
     int out[2] = {-1, -1}, err[2] = {-1, -1}, rdy[2] = {-1, -1}, ex[2] = {-1, -1};
     int go[2] = {-1, -1};
     sv_launch_t *launch = NULL;
-    int rc = resolve_path(spec, plan.path, errbuf, errlen);
+    sv_child_t *plan = child_new();
+    if (!plan) {
+        snprintf(errbuf, errlen, "service %s: out of memory", spec->name);
+        return KILN_ENOMEM;
+    }
+    plan->spec = spec;
+    int rc = resolve_path(spec, plan->path, errbuf, errlen);
     if (rc)
-        return rc;
-    plan.envp = build_envp(spec);
-    launch = launch_new(plan.path);
-    rc = plan.envp && launch ? 0 : -ENOMEM;
+        goto done;
+    plan->envp = build_envp(spec);
+    launch = launch_new(plan->path);
+    rc = plan->envp && launch ? 0 : -ENOMEM;
     if (!rc)
         rc = make_pipe(out);
     if (!rc)
@@ -459,11 +536,11 @@ int sv_proc_spawn(sv_service_t *svc, char *errbuf, size_t errlen)
         rc = KILN_EIO;
         goto done;
     }
-    plan.out_w = out[1], plan.err_w = err[1], plan.ready_w = rdy[1], plan.exec_w = ex[1];
-    plan.go_r = go[0], plan.go_w = go[1];
-    pid_t pid = fork_child(&plan, spec);
+    plan->out_w = out[1], plan->err_w = err[1], plan->ready_w = rdy[1], plan->exec_w = ex[1];
+    plan->go_r = go[0], plan->go_w = go[1];
+    pid_t pid = clone_child(plan);
     if (pid < 0) {
-        snprintf(errbuf, errlen, "service %s: fork failed: %s", spec->name, strerror(errno));
+        snprintf(errbuf, errlen, "service %s: clone failed: %s", spec->name, strerror(errno));
         rc = KILN_EIO;
         goto done;
     }
@@ -474,7 +551,9 @@ int sv_proc_spawn(sv_service_t *svc, char *errbuf, size_t errlen)
     svc->n_desc = 0;
     launch->go_w = go[1], launch->exec_r = ex[0], launch->out_r = out[0];
     launch->err_r = err[0], launch->ready_r = rdy[0];
+    launch->child = plan; /* the child runs on it until it has exec'd */
     go[1] = ex[0] = out[0] = err[0] = rdy[0] = -1;
+    plan = NULL;
     sv_proc_launch_drop(svc);
     svc->launch = launch;
     launch = NULL;
@@ -487,6 +566,6 @@ done:
     close_fd(&go[0]), close_fd(&go[1]);
     if (launch)
         launch_free(launch);
-    free(plan.envp);
+    child_free(plan);
     return rc;
 }

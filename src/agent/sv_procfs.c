@@ -145,10 +145,15 @@ static void members_of(const run_marks_t *r, const sv_procinfo_t *procs, size_t 
     }
 }
 
+/* Also persists newly found escapees: a recovery after a killed agent
+ * finds them only through the state file once their parent is gone. */
 static void run_members(sv_service_t *svc, const sv_procinfo_t *procs, size_t n, bool *member)
 {
     run_marks_t r = {svc->pid, svc->desc, &svc->n_desc};
+    size_t before = svc->n_desc;
     members_of(&r, procs, n, member);
+    if (svc->n_desc != before)
+        sv_state_mark_dirty(svc->sv);
 }
 
 /* Sends sig to every process of svc's current run (group, session, and
@@ -397,8 +402,16 @@ static int measure_run(sv_service_t *svc, const sv_procinfo_t *orphans, size_t n
         bool is_desc = false;
         for (size_t k = 0; k < svc->n_desc && !is_desc; k++)
             is_desc = svc->desc[k].pid == list[i];
-        if (is_desc && !tracked(&(run_marks_t){svc->pid, svc->desc, &svc->n_desc}, &info))
+        run_marks_t marks = {svc->pid, svc->desc, &svc->n_desc};
+        if (is_desc && !tracked(&marks, &info))
             continue; /* a reused pid */
+        if (!is_desc && info.sid != svc->pid && info.pgid != svc->pid) {
+            /* A descendant that left the run's group and session. */
+            size_t before = svc->n_desc;
+            track(&marks, &info);
+            if (svc->n_desc != before)
+                sv_state_mark_dirty(svc->sv);
+        }
         svc->rss_kb += info.rss_pages * page_kb;
         svc->cpu_ticks += info.cpu_ticks;
         size_t before = n;

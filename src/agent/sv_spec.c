@@ -161,6 +161,43 @@ static long index_of(const kiln_svc_spec_t *specs, size_t n, const char *name)
     return -1;
 }
 
+#define DAY_MS (24L * 3600 * 1000)
+
+/* Every number of a spec within its range, each named in the error. A zero
+ * backoff restarts at once (max_failures still ends a crash loop); a zero
+ * stop timeout is SIGKILL at once. */
+static int spec_check_limits(const kiln_svc_spec_t *s, kiln_err_t *err)
+{
+    const struct {
+        const char *field;
+        long value, min, max;
+    } limits[] = {
+        {"backoff_base_ms", s->backoff_base_ms, 0, DAY_MS},
+        {"backoff_max_ms", s->backoff_max_ms, s->backoff_base_ms, DAY_MS},
+        {"stable_ms", s->stable_ms, 0, DAY_MS},
+        {"max_failures", s->max_failures, 1, SV_FAIL_MAX},
+        {"failure_window_ms", s->failure_window_ms, 1, DAY_MS},
+        {"stop_timeout_ms", s->stop_timeout_ms, 0, DAY_MS},
+        {"oneshot_timeout_ms", s->oneshot_timeout_ms, 0, DAY_MS},
+        {"memory_limit_mb", s->memory_limit_mb, 0, 1L << 30},
+        {"ready.interval_ms", s->ready.interval_ms, 1, DAY_MS},
+        {"ready.timeout_ms", s->ready.timeout_ms, 1, DAY_MS},
+        {"ready.deadline_ms", s->ready.deadline_ms, 0, DAY_MS},
+    };
+    for (size_t i = 0; i < sizeof limits / sizeof limits[0]; i++) {
+        if (limits[i].value >= limits[i].min && limits[i].value <= limits[i].max)
+            continue;
+        if (i == 1) /* the one whose minimum is another field */
+            return kiln_err_set(err, KILN_EINVAL,
+                                "service %s: backoff_max_ms: expected at least backoff_base_ms "
+                                "(%ld) and at most %ld, got %ld",
+                                s->name, s->backoff_base_ms, DAY_MS, s->backoff_max_ms);
+        return kiln_err_set(err, KILN_EINVAL, "service %s: %s: expected %ld-%ld, got %ld", s->name,
+                            limits[i].field, limits[i].min, limits[i].max, limits[i].value);
+    }
+    return 0;
+}
+
 static int spec_validate_one(const kiln_svc_spec_t *specs, size_t n, size_t i, kiln_err_t *err)
 {
     const kiln_svc_spec_t *s = &specs[i];
@@ -179,12 +216,9 @@ static int spec_validate_one(const kiln_svc_spec_t *specs, size_t n, size_t i, k
                             s->name);
     if ((s->ready.kind == KILN_READY_HTTP || s->ready.kind == KILN_READY_TCP) && !s->ready.target)
         return kiln_err_set(err, KILN_EINVAL, "service %s: ready check needs a target", s->name);
-    /* A zero backoff restarts at once; max_failures still ends a crash loop. */
-    if (s->max_failures < 1 || s->backoff_base_ms < 0 || s->stop_timeout_ms < 0)
-        return kiln_err_set(err, KILN_EINVAL,
-                            "service %s: max_failures must be at least 1 and backoff_base_ms "
-                            "at least 0",
-                            s->name);
+    int rc = spec_check_limits(s, err);
+    if (rc)
+        return rc;
     for (size_t d = 0; s->depends_on && s->depends_on[d]; d++) {
         if (index_of(specs, n, s->depends_on[d]) < 0)
             return kiln_err_set(err, KILN_EINVAL,

@@ -154,6 +154,7 @@ void kiln_config_free(kiln_config_t *cfg)
     for (size_t i = 0; i < cfg->machine.n_pools; i++)
         free(cfg->machine.pools[i]);
     free(cfg->machine.pools);
+    free(cfg->machine.api_token);
     kiln_config_services_free(cfg);
     kiln_config_hub_free(cfg);
     memset(cfg, 0, sizeof *cfg);
@@ -645,6 +646,8 @@ static json_t *field_to_json(const kiln_config_t *cfg, const kiln_config_field_t
         json_t *obj = *(json_t *const *)member;
         return obj ? json_deep_copy(obj) : json_object();
     }
+    case KILN_FIELD_SECRET:
+        return *(char *const *)member ? json_string("***") : json_null();
     case KILN_FIELD_REDIS_URL: {
         const char *url = *(char *const *)member;
         char *masked = url ? kiln_config_redact_url(url) : NULL;

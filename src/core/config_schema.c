@@ -94,6 +94,8 @@ const kiln_config_field_t kiln_config_fields[KILN_CONFIG_N_FIELDS] = {
                 machine.n_pools),
     FIELD("worker.active_windows", "KILN_WORKER_ACTIVE_WINDOWS", NULL, KILN_FIELD_WINDOWS,
           worker.active_windows),
+    FIELD("machine.api_token", "KILN_MACHINE_API_TOKEN", NULL, KILN_FIELD_SECRET,
+          machine.api_token),
 };
 
 /* Indexes of the rows that kiln_config_check_across relates. */
@@ -275,6 +277,25 @@ static bool redis_url_valid(const char *url, char *reason, size_t size)
     return false;
 }
 
+#define SECRET_MIN 8
+#define SECRET_MAX 256
+#define EXPECT_SECRET                                                                              \
+    "a token of 8-256 visible ASCII characters (no spaces; it goes in an Authorization header)"
+
+/* A bearer token: long enough not to be guessed at once, and nothing an
+ * HTTP header cannot carry. */
+static bool secret_valid(const char *text)
+{
+    size_t len = strlen(text);
+    if (len < SECRET_MIN || len > SECRET_MAX)
+        return false;
+    for (const unsigned char *c = (const unsigned char *)text; *c; c++) {
+        if (*c <= 0x20 || *c >= 0x7f)
+            return false;
+    }
+    return true;
+}
+
 static bool set_text(kiln_config_ctx_t *ctx, const kiln_config_field_t *f, const json_t *value,
                      const char *env_text, const char *where)
 {
@@ -299,6 +320,14 @@ static bool set_text(kiln_config_ctx_t *ctx, const kiln_config_field_t *f, const
             }
         }
         return expected(ctx, where, "auto, gpu, api or hybrid", got);
+    case KILN_FIELD_SECRET:
+        /* The problem names the length, never the value. */
+        if (!text || !secret_valid(text)) {
+            if (text)
+                snprintf(got, sizeof got, "a value of %zu characters", strlen(text));
+            return expected(ctx, where, EXPECT_SECRET, got);
+        }
+        break;
     case KILN_FIELD_REDIS_URL: {
         char *shown = text ? kiln_config_redact_url(text) : NULL;
         if (shown)

@@ -35,6 +35,7 @@ typedef enum {
     KILN_FIELD_NAMES,        /* names: a list, or a comma list */
     KILN_FIELD_OBJECT,       /* a mapping; a JSON object in the environment */
     KILN_FIELD_BOOL,         /* true | false; also 1/0, yes/no, on/off in the environment */
+    KILN_FIELD_SECRET,       /* a token: never echoed in a problem, shown as "***" */
     KILN_FIELD_MACHINE_TYPE, /* auto | gpu | api | hybrid */
     KILN_FIELD_WINDOWS       /* active windows "22:00-06:00,..." (kiln/windows.h), or a list */
 } kiln_field_kind_t;
@@ -51,7 +52,7 @@ typedef struct kiln_config_field {
     const char *legacy_env2; /* a second, older legacy name ("PM2_INSTANCES_PER_GPU"), or NULL */
 } kiln_config_field_t;
 
-#define KILN_CONFIG_N_FIELDS 30
+#define KILN_CONFIG_N_FIELDS 31
 
 extern const kiln_config_field_t kiln_config_fields[KILN_CONFIG_N_FIELDS];
 

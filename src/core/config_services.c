@@ -16,6 +16,13 @@
 #define SUB_PATH_MAX (PATH_MAX_LEN + KILN_YAML_MAX_KEY + 32)
 /* services.NAME.backoff_ms: at most an hour, as broker.backoff_base_ms. */
 #define SERVICE_MAX_BACKOFF_MS 3600000
+/* services.NAME.ready_timeout_ms: from 100 ms to a day. */
+#define SERVICE_MIN_READY_TIMEOUT_MS 100
+#define SERVICE_MAX_READY_TIMEOUT_MS 86400000
+/* services.NAME.stop_timeout_ms: at most an hour. */
+#define SERVICE_MAX_STOP_TIMEOUT_MS 3600000
+/* services.NAME.memory_limit_mb: at most 1 TiB. */
+#define SERVICE_MAX_MEMORY_LIMIT_MB 1048576
 
 static const char *const restart_names[] = {"always", "on-failure", "never"};
 
@@ -396,15 +403,14 @@ static bool load_restart(kiln_config_ctx_t *ctx, const kiln_config_origin_t *o, 
     return false;
 }
 
-/* backoff_ms: the first restart delay; 0 restarts at once (the doubling
- * still applies to repeated failures, and max_failures still stops a
- * crash loop). */
-static bool load_backoff(kiln_config_ctx_t *ctx, const kiln_config_origin_t *o, const char *path,
-                         const json_t *value, long *out)
+/* An integer option within [min, max]; `what` says so in the problem
+ * ("milliseconds 0-3600000"). */
+static bool load_range(kiln_config_ctx_t *ctx, const kiln_config_origin_t *o, const char *path,
+                       const json_t *value, long min, long max, const char *what, long *out)
 {
-    if (!json_is_integer(value) || json_integer_value(value) < 0 ||
-        json_integer_value(value) > SERVICE_MAX_BACKOFF_MS) {
-        problem_expected(ctx, o, path, "milliseconds 0-3600000", value);
+    if (!json_is_integer(value) || json_integer_value(value) < min ||
+        json_integer_value(value) > max) {
+        problem_expected(ctx, o, path, what, value);
         return false;
     }
     *out = (long)json_integer_value(value);
@@ -431,8 +437,22 @@ static bool load_service_key(kiln_config_ctx_t *ctx, const kiln_config_origin_t 
         return load_ready(ctx, o, path, value, &s->ready);
     if (strcmp(key, "restart") == 0)
         return load_restart(ctx, o, path, value, &s->restart);
+    /* backoff_ms: the first restart delay; 0 restarts at once (the doubling
+     * still applies to repeated failures, and max_failures still stops a
+     * crash loop). */
     if (strcmp(key, "backoff_ms") == 0)
-        return load_backoff(ctx, o, path, value, &s->backoff_ms);
+        return load_range(ctx, o, path, value, 0, SERVICE_MAX_BACKOFF_MS, "milliseconds 0-3600000",
+                          &s->backoff_ms);
+    if (strcmp(key, "ready_timeout_ms") == 0)
+        return load_range(ctx, o, path, value, SERVICE_MIN_READY_TIMEOUT_MS,
+                          SERVICE_MAX_READY_TIMEOUT_MS, "milliseconds 100-86400000",
+                          &s->ready_timeout_ms);
+    if (strcmp(key, "stop_timeout_ms") == 0)
+        return load_range(ctx, o, path, value, 0, SERVICE_MAX_STOP_TIMEOUT_MS,
+                          "milliseconds 0-3600000", &s->stop_timeout_ms);
+    if (strcmp(key, "memory_limit_mb") == 0)
+        return load_range(ctx, o, path, value, 1, SERVICE_MAX_MEMORY_LIMIT_MB,
+                          "megabytes 1-1048576", &s->memory_limit_mb);
     if (strcmp(key, "port") == 0)
         return load_port(ctx, o, path, value, &s->port);
     if (strcmp(key, "gpu") == 0) {
@@ -445,7 +465,8 @@ static bool load_service_key(kiln_config_ctx_t *ctx, const kiln_config_origin_t 
         return true;
     }
     unknown_in(ctx, o, path,
-               "command, env, cwd, depends_on, ready, restart, backoff_ms, port, gpu");
+               "command, env, cwd, depends_on, ready, restart, backoff_ms, ready_timeout_ms, "
+               "stop_timeout_ms, memory_limit_mb, port, gpu");
     return false;
 }
 
@@ -466,7 +487,12 @@ static void load_service(kiln_config_ctx_t *ctx, const kiln_config_origin_t *o, 
         problem_expected(ctx, o, path, "a mapping with a command", body);
         return;
     }
-    kiln_service_config_t s = {.restart = KILN_RESTART_ALWAYS, .backoff_ms = -1, .gpu = -1};
+    kiln_service_config_t s = {.restart = KILN_RESTART_ALWAYS,
+                               .backoff_ms = -1,
+                               .ready_timeout_ms = -1,
+                               .stop_timeout_ms = -1,
+                               .memory_limit_mb = -1,
+                               .gpu = -1};
     bool ok = (s.name = strdup(name)) != NULL;
     const char *key;
     json_t *value;
@@ -559,6 +585,12 @@ json_t *kiln_config_services_to_json(const kiln_config_t *cfg)
         json_object_set_new(body, "restart", json_string(restart_names[s->restart]));
         if (s->backoff_ms >= 0)
             json_object_set_new(body, "backoff_ms", json_integer(s->backoff_ms));
+        if (s->ready_timeout_ms >= 0)
+            json_object_set_new(body, "ready_timeout_ms", json_integer(s->ready_timeout_ms));
+        if (s->stop_timeout_ms >= 0)
+            json_object_set_new(body, "stop_timeout_ms", json_integer(s->stop_timeout_ms));
+        if (s->memory_limit_mb > 0)
+            json_object_set_new(body, "memory_limit_mb", json_integer(s->memory_limit_mb));
         if (s->port)
             json_object_set_new(body, "port", json_integer(s->port));
         if (s->gpu >= 0)

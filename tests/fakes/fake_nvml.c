@@ -9,6 +9,8 @@
  *   FAKE_NVML_GPUS=N            N GPUs (default 0, at most FAKE_NVML_MAX)
  *   FAKE_NVML_INIT_FAIL=1       nvmlInit_v2 answers NVML_ERROR_DRIVER_NOT_LOADED
  *   FAKE_NVML_NO_TEMPERATURE=1  nvmlDeviceGetTemperature answers NOT_SUPPORTED
+ *   FAKE_NVML_BUSY=P            every GPU is P % busy, P * 100 MiB more used, P / 2
+ *                               degrees warmer (a load that changes while a test runs)
  *
  * GPU i is "Fake GPU i", uuid "GPU-fake-000i-...", with 24576 MiB * (i + 1)
  * of memory of which 1024 MiB * i used, 10 * i % utilization, 40 + i degrees.
@@ -60,6 +62,12 @@ static int env_int(const char *name)
 {
     const char *value = getenv(name);
     return value ? atoi(value) : 0;
+}
+
+static int busy(void)
+{
+    int p = env_int("FAKE_NVML_BUSY");
+    return p < 0 ? 0 : p > 100 ? 100 : p;
 }
 
 static unsigned int gpu_count(void)
@@ -185,7 +193,7 @@ nvmlReturn_t nvmlDeviceGetMemoryInfo(nvmlDevice_t device, nvmlMemory_t *memory)
     if (!memory)
         return NVML_ERROR_INVALID_ARGUMENT;
     memory->total = 24576ULL * MIB * (device->index + 1);
-    memory->used = 1024ULL * MIB * device->index;
+    memory->used = 1024ULL * MIB * device->index + 100ULL * MIB * (unsigned)busy();
     memory->free = memory->total - memory->used;
     return NVML_SUCCESS;
 }
@@ -198,7 +206,7 @@ nvmlReturn_t nvmlDeviceGetUtilizationRates(nvmlDevice_t device, nvmlUtilization_
         return rc;
     if (!utilization)
         return NVML_ERROR_INVALID_ARGUMENT;
-    utilization->gpu = 10 * device->index;
+    utilization->gpu = busy() ? (unsigned)busy() : 10 * device->index;
     utilization->memory = 5 * device->index;
     return NVML_SUCCESS;
 }
@@ -212,7 +220,7 @@ nvmlReturn_t nvmlDeviceGetTemperature(nvmlDevice_t device, int sensor, unsigned 
         return NVML_ERROR_NOT_SUPPORTED;
     if (sensor != 0 /* NVML_TEMPERATURE_GPU */ || !temp)
         return NVML_ERROR_INVALID_ARGUMENT;
-    *temp = 40 + device->index;
+    *temp = 40 + device->index + (unsigned)busy() / 2;
     return NVML_SUCCESS;
 }
 #endif

@@ -989,7 +989,8 @@ static void bad_services_are_refused_with_file_and_line(void **state)
                    "(argv, no shell)",
                    f);
     assert_problem("%s:16: services.typo.comand: unknown key; expected one of command, env, cwd, "
-                   "depends_on, ready, restart, backoff_ms, port, gpu",
+                   "depends_on, ready, restart, backoff_ms, ready_timeout_ms, stop_timeout_ms, "
+                   "memory_limit_mb, port, gpu",
                    f);
     assert_problem("%s:19: services.selfish.depends_on[0]: \"selfish\" is the service itself; "
                    "list each other service once",
@@ -1027,6 +1028,125 @@ static void service_backoff_ms_sets_the_first_restart_delay_and_zero_is_allowed(
     assert_int_equal(json_integer_value(fast), 0);
     assert_null(json_object_get(json_object_get(services, "plain"), "backoff_ms"));
     json_decref(shown);
+}
+
+static void service_ready_timeout_ms_sets_the_readiness_deadline(void **state)
+{
+    assert_ok(load_yaml("services:\n"
+                        "  quick:\n"
+                        "    command: [/bin/x]\n"
+                        "    ready: {tcp: \"127.0.0.1:9\"}\n"
+                        "    ready_timeout_ms: 5000\n"
+                        "  plain:\n"
+                        "    command: [/bin/x]\n",
+                        NULL));
+    assert_int_equal(cfg.services[0].ready_timeout_ms, 5000);
+    assert_int_equal(cfg.services[1].ready_timeout_ms, -1); /* the supervisor's default */
+    json_t *shown = kiln_config_to_json_redacted(&cfg);
+    const json_t *quick = json_object_get(json_object_get(shown, "services"), "quick");
+    assert_int_equal(json_integer_value(json_object_get(quick, "ready_timeout_ms")), 5000);
+    json_decref(shown);
+}
+
+static void bad_service_ready_timeout_ms_is_refused_with_file_and_line(void **state)
+{
+    int rc = load_yaml("services:\n"
+                       "  zero:\n"
+                       "    command: [/bin/x]\n"
+                       "    ready_timeout_ms: 0\n"
+                       "  text:\n"
+                       "    command: [/bin/x]\n"
+                       "    ready_timeout_ms: 2m\n"
+                       "  huge:\n"
+                       "    command: [/bin/x]\n"
+                       "    ready_timeout_ms: 86400001\n",
+                       NULL);
+    assert_int_equal(rc, KILN_EINVAL);
+    assert_problem(
+        "%s:4: services.zero.ready_timeout_ms: expected milliseconds 100-86400000, got 0",
+        file_path);
+    assert_problem("%s:7: services.text.ready_timeout_ms: expected milliseconds 100-86400000, got "
+                   "\"2m\"",
+                   file_path);
+    assert_problem("%s:10: services.huge.ready_timeout_ms: expected milliseconds 100-86400000, got "
+                   "86400001",
+                   file_path);
+}
+
+static void service_stop_timeout_and_memory_limit_reach_the_config(void **state)
+{
+    assert_ok(load_yaml("services:\n"
+                        "  big:\n"
+                        "    command: [/bin/x]\n"
+                        "    stop_timeout_ms: 0\n"
+                        "    memory_limit_mb: 2048\n"
+                        "  plain:\n"
+                        "    command: [/bin/x]\n",
+                        NULL));
+    assert_int_equal(cfg.services[0].stop_timeout_ms, 0); /* SIGKILL at once */
+    assert_int_equal(cfg.services[0].memory_limit_mb, 2048);
+    assert_int_equal(cfg.services[1].stop_timeout_ms, -1);
+    assert_int_equal(cfg.services[1].memory_limit_mb, -1);
+    json_t *shown = kiln_config_to_json_redacted(&cfg);
+    const json_t *big = json_object_get(json_object_get(shown, "services"), "big");
+    assert_int_equal(json_integer_value(json_object_get(big, "stop_timeout_ms")), 0);
+    assert_int_equal(json_integer_value(json_object_get(big, "memory_limit_mb")), 2048);
+    json_decref(shown);
+}
+
+static void bad_service_stop_timeout_and_memory_limit_are_refused(void **state)
+{
+    int rc = load_yaml("services:\n"
+                       "  a:\n"
+                       "    command: [/bin/x]\n"
+                       "    stop_timeout_ms: -5\n"
+                       "  b:\n"
+                       "    command: [/bin/x]\n"
+                       "    stop_timeout_ms: 3600001\n"
+                       "  c:\n"
+                       "    command: [/bin/x]\n"
+                       "    memory_limit_mb: 0\n"
+                       "  d:\n"
+                       "    command: [/bin/x]\n"
+                       "    memory_limit_mb: 2GB\n",
+                       NULL);
+    assert_int_equal(rc, KILN_EINVAL);
+    assert_problem("%s:4: services.a.stop_timeout_ms: expected milliseconds 0-3600000, got -5",
+                   file_path);
+    assert_problem("%s:7: services.b.stop_timeout_ms: expected milliseconds 0-3600000, got 3600001",
+                   file_path);
+    assert_problem("%s:10: services.c.memory_limit_mb: expected megabytes 1-1048576, got 0",
+                   file_path);
+    assert_problem("%s:13: services.d.memory_limit_mb: expected megabytes 1-1048576, got \"2GB\"",
+                   file_path);
+}
+
+static void machine_api_token_comes_from_yaml_or_env_and_is_never_shown(void **state)
+{
+    assert_ok(load_yaml("machine:\n  api_token: \"file-token-123\"\n", NULL));
+    assert_string_equal(cfg.machine.api_token, "file-token-123");
+    json_t *shown = kiln_config_to_json_redacted(&cfg);
+    char *text = json_dumps(shown, 0);
+    assert_null(strstr(text, "file-token-123"));
+    assert_string_equal(
+        json_string_value(json_object_get(json_object_get(shown, "machine"), "api_token")), "***");
+    free(text);
+    json_decref(shown);
+    kiln_config_free(&cfg);
+    char *env[] = {"KILN_MACHINE_API_TOKEN=env-token-456", NULL};
+    assert_ok(load_yaml("machine:\n  api_token: \"file-token-123\"\n", env));
+    assert_string_equal(cfg.machine.api_token, "env-token-456"); /* the environment wins */
+}
+
+static void bad_machine_api_token_is_refused_without_echoing_it(void **state)
+{
+    int rc = load_yaml("machine:\n  api_token: \"pw 1\"\n", NULL);
+    assert_int_equal(rc, KILN_EINVAL);
+    assert_problem("%s:2: machine.api_token: expected a token of 8-256 visible ASCII characters "
+                   "(no spaces; it goes in an Authorization header), got a value of 4 characters",
+                   file_path);
+    for (size_t i = 0; i < problems.count; i++)
+        assert_null(strstr(problems.items[i], "pw 1"));
 }
 
 static void bad_service_backoff_ms_is_refused_with_file_and_line(void **state)
@@ -1203,6 +1323,12 @@ int main(void)
         TEST(bad_services_are_refused_with_file_and_line),
         TEST(service_backoff_ms_sets_the_first_restart_delay_and_zero_is_allowed),
         TEST(bad_service_backoff_ms_is_refused_with_file_and_line),
+        TEST(machine_api_token_comes_from_yaml_or_env_and_is_never_shown),
+        TEST(bad_machine_api_token_is_refused_without_echoing_it),
+        TEST(service_stop_timeout_and_memory_limit_reach_the_config),
+        TEST(bad_service_stop_timeout_and_memory_limit_are_refused),
+        TEST(service_ready_timeout_ms_sets_the_readiness_deadline),
+        TEST(bad_service_ready_timeout_ms_is_refused_with_file_and_line),
         TEST(templates_override_ports_and_commands_and_refuse_unknown_keys),
         TEST(KILN_CONNECTOR_URLS_points_connectors_at_their_instances),
         TEST(shown_machine_services_and_templates_load_back),

@@ -24,9 +24,10 @@
 /* ---- fixtures --------------------------------------------------------------- */
 
 static const char *const fake_env[] = {
-    "FAKE_NVML_GPUS", "FAKE_NVML_INIT_FAIL", "FAKE_NVML_NO_TEMPERATURE",
-    "FAKE_SMI_GPUS",  "FAKE_SMI_GARBAGE",    "FAKE_SMI_ODD",
-    "FAKE_SMI_FAIL",  "FAKE_SMI_HANG",       "FAKE_SMI_PID_FILE",
+    "FAKE_NVML_GPUS",    "FAKE_NVML_INIT_FAIL", "FAKE_NVML_NO_TEMPERATURE",
+    "FAKE_NVML_BUSY",    "FAKE_SMI_GPUS",       "FAKE_SMI_GARBAGE",
+    "FAKE_SMI_ODD",      "FAKE_SMI_FAIL",       "FAKE_SMI_HANG",
+    "FAKE_SMI_PID_FILE",
 };
 
 static int reset_env(void **state)
@@ -365,6 +366,29 @@ static void nvml_without_optional_functions_reads_them_as_minus_one(void **state
 
 /* ---- JSON, arguments, threads ---------------------------------------------- */
 
+/* Memory, utilisation and temperature change while the agent runs: a
+ * refresh reads them again (through NVML), the rest stays as discovered. */
+static void refresh_rereads_usage_through_nvml(void **state)
+{
+    set_env_int("FAKE_NVML_GPUS", 2);
+    kiln_gpu_options_t opts = options(FAKE_NVML, "");
+    kiln_gpu_list_t list;
+    discover(&opts, &list);
+    assert_int_equal(list.count, 2);
+    assert_int_equal(list.gpus[1].utilization_pct, 10);
+    set_env_int("FAKE_NVML_BUSY", 80);
+    assert_int_equal(kiln_gpu_refresh(&list, FAKE_NVML), 0);
+    unsetenv("FAKE_NVML_BUSY");
+    for (int i = 0; i < 2; i++) {
+        assert_int_equal(list.gpus[i].utilization_pct, 80);
+        assert_int_equal(list.gpus[i].temperature_c, 40 + i + 40);
+        assert_int_equal(list.gpus[i].memory_used_mb, 1024 * i + 8000);
+        assert_int_equal(list.gpus[i].memory_total_mb, 24576 * (i + 1));
+    }
+    assert_string_equal(list.gpus[1].name, "Fake GPU 1");
+    kiln_gpu_list_free(&list);
+}
+
 static void gpu_list_to_json_has_every_field(void **state)
 {
     (void)state;
@@ -480,6 +504,7 @@ int main(void)
         cmocka_unit_test_setup(config_override_wins_and_keeps_discovered_details, reset_env),
         cmocka_unit_test_setup(unsupported_temperature_reads_as_minus_one, reset_env),
         cmocka_unit_test_setup(nvml_without_optional_functions_reads_them_as_minus_one, reset_env),
+        cmocka_unit_test_setup(refresh_rereads_usage_through_nvml, reset_env),
         cmocka_unit_test_setup(gpu_list_to_json_has_every_field, reset_env),
         cmocka_unit_test_setup(invalid_options_are_refused_with_a_message, reset_env),
         cmocka_unit_test_setup(discovery_from_several_threads_at_once_agrees, reset_env),

@@ -16,6 +16,11 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <sys/time.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "agent/metrics.h"
@@ -1128,6 +1133,113 @@ static void slow_loop_gives_503_not_a_hang(void **state)
     reply_clear(&r);
 }
 
+/* Slowloris: clients that open connections and send their headers a line
+ * at a time, never finishing them. */
+#define SLOW_CLIENTS 24 /* more than the API's 16 threads */
+
+typedef struct slow_clients {
+    int fds[SLOW_CLIENTS];
+    atomic_bool stop;
+} slow_clients_t;
+
+static void *dribble_main(void *arg)
+{
+    slow_clients_t *c = arg;
+    while (!atomic_load(&c->stop)) {
+        for (int i = 0; i < SLOW_CLIENTS; i++)
+            send(c->fds[i], "X-Slow: 1\r\n", 11, MSG_NOSIGNAL);
+        struct timespec pause = {0, 300 * 1000000L};
+        nanosleep(&pause, NULL);
+    }
+    return NULL;
+}
+
+static void slow_header_clients_do_not_starve_health(void **state)
+{
+    fixture_t *fx = *state;
+    int port = 0;
+    assert_int_equal(sscanf(fx->url, "http://127.0.0.1:%d", &port), 1);
+    static slow_clients_t c;
+    atomic_store(&c.stop, false);
+    for (int i = 0; i < SLOW_CLIENTS; i++) {
+        c.fds[i] = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        struct sockaddr_in addr = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
+        addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+        assert_int_equal(connect(c.fds[i], (struct sockaddr *)&addr, sizeof addr), 0);
+        const char *start = "GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n";
+        assert_int_equal(send(c.fds[i], start, strlen(start), MSG_NOSIGNAL),
+                         (ssize_t)strlen(start));
+    }
+    pthread_t dribbler;
+    assert_int_equal(pthread_create(&dribbler, NULL, dribble_main, &c), 0);
+    /* Every thread is now held by a client that never finishes. /health
+     * must still answer: civetweb drops a client whose headers take longer
+     * than request_timeout_ms (2 s), so it waits for that at most twice
+     * here (24 slow clients, 16 threads), not for the slow clients' will. */
+    static reply_t r;
+    int64_t t0 = kiln_test_now_ms();
+    http(fx, "GET", "/health", NULL, NULL, 0, &r);
+    int64_t took = kiln_test_now_ms() - t0;
+    atomic_store(&c.stop, true);
+    pthread_join(dribbler, NULL);
+    for (int i = 0; i < SLOW_CLIENTS; i++)
+        close(c.fds[i]);
+    assert_int_equal(r.status, 200);
+    reply_clear(&r);
+    assert_true(took < 5000);
+}
+
+/* Sends text on a fresh connection to the API and reads until it closes
+ * (bounded by HTTP_TIMEOUT); the reply lands in out. */
+static void raw_exchange(fixture_t *fx, const char *text, size_t len, char *out, size_t size)
+{
+    int port = 0;
+    assert_int_equal(sscanf(fx->url, "http://127.0.0.1:%d", &port), 1);
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    struct sockaddr_in addr = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
+    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    assert_int_equal(connect(fd, (struct sockaddr *)&addr, sizeof addr), 0);
+    struct timeval tv = {HTTP_TIMEOUT / 1000, 0};
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    assert_int_equal(send(fd, text, len, MSG_NOSIGNAL), (ssize_t)len);
+    size_t n = 0;
+    ssize_t r;
+    while (n + 1 < size && (r = recv(fd, out + n, size - 1 - n, 0)) > 0)
+        n += (size_t)r;
+    out[n] = '\0';
+    close(fd);
+}
+
+/* Errors civetweb raises before our handler runs come out as the API's
+ * JSON error too, never as its text/plain page. */
+static void civetweb_errors_are_json_too(void **state)
+{
+    fixture_t *fx = *state;
+    static char reply[64 * 1024];
+    static char huge[40 * 1024];
+    const char *garbage = "NOT-HTTP\r\n\r\n";
+    int n = snprintf(huge, sizeof huge, "GET /health HTTP/1.1\r\nX-Big: ");
+    memset(huge + n, 'a', sizeof huge - (size_t)n - 8);
+    memcpy(huge + sizeof huge - 8, "\r\n\r\n", 5);
+    const char *cases[] = {garbage, huge};
+    size_t lens[] = {strlen(garbage), strlen(huge)};
+    for (int i = 0; i < 2; i++) {
+        raw_exchange(fx, cases[i], lens[i], reply, sizeof reply);
+        int status = 0;
+        assert_int_equal(sscanf(reply, "HTTP/1.%*d %d", &status), 1);
+        assert_true(status >= 400 && status < 500);
+        assert_non_null(strcasestr(reply, "Content-Type: application/json"));
+        const char *body = strstr(reply, "\r\n\r\n");
+        assert_non_null(body);
+        json_t *doc = json_loads(body + 4, 0, NULL);
+        assert_non_null(doc);
+        assert_non_null(json_string_value(json_object_get(json_object_get(doc, "error"), "code")));
+        assert_non_null(
+            json_string_value(json_object_get(json_object_get(doc, "error"), "message")));
+        json_decref(doc);
+    }
+}
+
 /* ---- small pieces ----------------------------------------------------------- */
 
 static void service_names_follow_the_rule(void **state)
@@ -1221,6 +1333,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(hooks_run_on_the_loop_thread, setup, teardown),
         cmocka_unit_test_setup_teardown(control_endpoints_need_the_bearer_token, setup, teardown),
         cmocka_unit_test_setup_teardown(slow_loop_gives_503_not_a_hang, setup, teardown),
+        cmocka_unit_test_setup_teardown(slow_header_clients_do_not_starve_health, setup, teardown),
+        cmocka_unit_test_setup_teardown(civetweb_errors_are_json_too, setup, teardown),
         cmocka_unit_test_setup_teardown(logs_follow_streams_new_lines, setup, teardown),
         cmocka_unit_test(service_names_follow_the_rule),
         cmocka_unit_test(sysinfo_reads_meminfo_and_the_disk),

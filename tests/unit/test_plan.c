@@ -367,6 +367,9 @@ static void user_services_are_appended_with_their_dependencies(void **state)
          "    env: {API_BASE: \"http://127.0.0.1:{port}/v1\", MACHINE_ID: override}\n"
          "    ready: {http: \"http://127.0.0.1:{port}/health\"}\n"
          "    restart: on-failure\n"
+         "    ready_timeout_ms: 5000\n"
+         "    stop_timeout_ms: 2500\n"
+         "    memory_limit_mb: 512\n"
          "  db:\n"
          "    command: [/usr/bin/db]\n"
          "    cwd: /var/lib/db\n",
@@ -392,6 +395,12 @@ static void user_services_are_appended_with_their_dependencies(void **state)
     assert_int_equal(db->restart, KILN_RESTART_ALWAYS);
     assert_string_equal(db->cwd, "/var/lib/db");
     assert_int_equal(db->port, 0);
+    assert_int_equal(web->ready_timeout_ms, 5000);
+    assert_int_equal(web->stop_timeout_ms, 2500);
+    assert_int_equal(web->memory_limit_mb, 512);
+    assert_int_equal(db->ready_timeout_ms, -1); /* the supervisor's defaults */
+    assert_int_equal(db->stop_timeout_ms, -1);
+    assert_int_equal(db->memory_limit_mb, -1);
 }
 
 static void user_service_may_not_take_a_generated_name_or_a_missing_gpu(void **state)

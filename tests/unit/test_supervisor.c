@@ -8,6 +8,7 @@
 
 #include <arpa/inet.h>
 #include <netinet/in.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -21,315 +22,34 @@
 #include "agent/sv_internal.h"
 #include "kiln/supervisor.h"
 
-#define HELPER(name) KILN_TEST_HELPERS_DIR "/" name
-#define WAIT_MS      15000
-
-typedef struct fixture {
-    uv_loop_t loop;
-    kiln_supervisor_t *sv;
-    char dir[256];
-    char state_file[320];
-    json_t *events; /* [{service, event, t, ...fields}] */
-    bool shut_down;
-} fixture_t;
-
-/* ---- helpers ------------------------------------------------------------- */
-
-static void on_event(void *ctx, const char *service, const char *event, json_t *fields)
-{
-    fixture_t *fx = ctx;
-    json_t *e = json_pack("{s:s,s:s,s:I}", "service", service, "event", event, "t",
-                          (json_int_t)kiln_test_now_ms());
-    json_object_update(e, fields);
-    json_array_append_new(fx->events, e);
-}
-
-static void on_tick(uv_timer_t *t)
-{
-    (void)t; /* only wakes the loop so conditions are re-checked */
-}
-
-/* Runs the loop until cond(ctx) holds or timeout_ms passes. */
-static bool run_until(fixture_t *fx, bool (*cond)(void *), void *ctx, long timeout_ms)
-{
-    uv_timer_t tick;
-    uv_timer_init(&fx->loop, &tick);
-    uv_timer_start(&tick, on_tick, 5, 5);
-    int64_t deadline = kiln_test_now_ms() + timeout_ms;
-    bool ok;
-    while (!(ok = cond(ctx)) && kiln_test_now_ms() < deadline)
-        uv_run(&fx->loop, UV_RUN_ONCE);
-    uv_close((uv_handle_t *)&tick, NULL);
-    uv_run(&fx->loop, UV_RUN_NOWAIT);
-    return ok;
-}
-
-static kiln_supervisor_t *new_supervisor(fixture_t *fx)
-{
-    kiln_supervisor_options_t opts = {.state_file = fx->state_file,
-                                      .log_dir = fx->dir,
-                                      .on_event = on_event,
-                                      .event_ctx = fx,
-                                      .stats_interval_ms = 100};
-    kiln_err_t err = {0};
-    kiln_supervisor_t *sv = NULL;
-    int rc = kiln_supervisor_new(&fx->loop, &opts, &sv, &err);
-    if (rc)
-        fprintf(stderr, "kiln_supervisor_new: %s\n", err.msg);
-    assert_int_equal(rc, 0);
-    return sv;
-}
-
-static int setup(void **state)
-{
-    fixture_t *fx = calloc(1, sizeof *fx);
-    assert_non_null(fx);
-    assert_int_equal(uv_loop_init(&fx->loop), 0);
-    kiln_test_tmpdir(fx->dir, sizeof fx->dir);
-    snprintf(fx->state_file, sizeof fx->state_file, "%s/state.json", fx->dir);
-    fx->events = json_array();
-    fx->sv = new_supervisor(fx);
-    *state = fx;
-    return 0;
-}
-
-static void on_shutdown_done(void *ctx)
-{
-    ((fixture_t *)ctx)->shut_down = true;
-}
-
-static bool shut_down(void *ctx)
-{
-    return ((fixture_t *)ctx)->shut_down;
-}
-
-static void close_supervisor(fixture_t *fx)
-{
-    fx->shut_down = false;
-    kiln_supervisor_shutdown(fx->sv, on_shutdown_done, fx);
-    assert_true(run_until(fx, shut_down, fx, WAIT_MS));
-    kiln_supervisor_free(fx->sv);
-    fx->sv = NULL;
-    uv_run(&fx->loop, UV_RUN_DEFAULT);
-}
-
-static int teardown(void **state)
-{
-    fixture_t *fx = *state;
-    if (fx->sv)
-        close_supervisor(fx);
-    assert_int_equal(uv_loop_close(&fx->loop), 0);
-    json_decref(fx->events);
-    char *rm[] = {"/bin/rm", "-rf", fx->dir, NULL};
-    kiln_test_run(rm, NULL, NULL, 0);
-    free(fx);
-    return 0;
-}
-
-/* A spec with quick test timings; argv is copied. */
-static kiln_svc_spec_t make_spec(const char *name, const char *const *argv)
-{
-    kiln_svc_spec_t s;
-    kiln_svc_spec_init(&s);
-    s.name = strdup(name);
-    size_t n = 0;
-    while (argv[n])
-        n++;
-    s.argv = calloc(n + 1, sizeof *s.argv);
-    for (size_t i = 0; i < n; i++)
-        s.argv[i] = strdup(argv[i]);
-    s.backoff_base_ms = 50;
-    s.stop_timeout_ms = 3000;
-    return s;
-}
-
-static char **strv(const char *a, const char *b)
-{
-    char **v = calloc(3, sizeof *v);
-    v[0] = strdup(a);
-    v[1] = b ? strdup(b) : NULL;
-    return v;
-}
-
-static void apply_ok(fixture_t *fx, kiln_svc_spec_t *specs, size_t n)
-{
-    kiln_err_t err = {0};
-    int rc = kiln_supervisor_apply(fx->sv, specs, n, &err);
-    if (rc)
-        fprintf(stderr, "apply: %s\n", err.msg);
-    assert_int_equal(rc, 0);
-}
-
-static void clear_specs(kiln_svc_spec_t *specs, size_t n)
-{
-    for (size_t i = 0; i < n; i++)
-        kiln_svc_spec_clear(&specs[i]);
-}
-
-typedef struct svc_wait {
-    fixture_t *fx;
-    const char *name;
-    const char *state;
-} svc_wait_t;
-
-static json_t *status_of(fixture_t *fx, const char *name)
-{
-    json_t *st = kiln_supervisor_service_status(fx->sv, name);
-    assert_non_null(st);
-    return st;
-}
-
-static bool in_state(void *ctx)
-{
-    svc_wait_t *w = ctx;
-    json_t *st = kiln_supervisor_service_status(w->fx->sv, w->name);
-    bool ok = st && strcmp(json_string_value(json_object_get(st, "state")), w->state) == 0;
-    json_decref(st);
-    return ok;
-}
-
-static void wait_state(fixture_t *fx, const char *name, const char *state)
-{
-    svc_wait_t w = {fx, name, state};
-    if (!run_until(fx, in_state, &w, WAIT_MS)) {
-        json_t *st = kiln_supervisor_service_status(fx->sv, name);
-        char *s = st ? json_dumps(st, 0) : NULL;
-        char *ev = json_dumps(fx->events, JSON_INDENT(1));
-        fprintf(stderr, "%s never became %s: %s\nevents: %s\n", name, state, s ? s : "(none)", ev);
-        free(s);
-        free(ev);
-        json_decref(st);
-        fail();
-    }
-}
-
-static json_int_t status_int(fixture_t *fx, const char *name, const char *field)
-{
-    json_t *st = status_of(fx, name);
-    json_int_t v = json_integer_value(json_object_get(st, field));
-    json_decref(st);
-    return v;
-}
-
-static bool pid_alive(pid_t pid)
-{
-    sv_procinfo_t info;
-    return pid > 0 && sv_proc_read(pid, &info) == 0 && info.state != 'Z';
-}
-
-typedef struct pid_wait {
-    pid_t pid;
-} pid_wait_t;
-
-static bool pid_gone(void *ctx)
-{
-    return !pid_alive(((pid_wait_t *)ctx)->pid);
-}
-
-static void wait_gone(fixture_t *fx, pid_t pid)
-{
-    pid_wait_t w = {pid};
-    assert_true(run_until(fx, pid_gone, &w, WAIT_MS));
-}
-
-/* Pids listed in a file, one a line; returns how many (at most max). */
-static size_t read_pids(const char *path, pid_t *pids, size_t max)
-{
-    FILE *f = fopen(path, "r");
-    size_t n = 0;
-    int pid;
-    while (f && n < max && fscanf(f, "%d", &pid) == 1)
-        pids[n++] = pid;
-    if (f)
-        fclose(f);
-    return n;
-}
-
-typedef struct file_wait {
-    const char *path;
-    size_t lines;
-} file_wait_t;
-
-static bool file_has_pids(void *ctx)
-{
-    file_wait_t *w = ctx;
-    pid_t pids[64];
-    return read_pids(w->path, pids, 64) >= w->lines;
-}
-
-static void wait_pids(fixture_t *fx, const char *path, size_t lines)
-{
-    file_wait_t w = {path, lines};
-    assert_true(run_until(fx, file_has_pids, &w, WAIT_MS));
-}
-
-/* The events of service (and of kind `event`, and to state `to`; NULL = any). */
-static size_t find_events(fixture_t *fx, const char *service, const char *event, const char *to,
-                          json_t **out, size_t max)
-{
-    size_t n = 0, i;
-    json_t *e;
-    json_array_foreach(fx->events, i, e)
-    {
-        const char *to_s = json_string_value(json_object_get(e, "to"));
-        if (strcmp(json_string_value(json_object_get(e, "service")), service) != 0 ||
-            (event && strcmp(json_string_value(json_object_get(e, "event")), event) != 0) ||
-            (to && (!to_s || strcmp(to_s, to) != 0)))
-            continue;
-        if (n < max)
-            out[n] = e;
-        n++;
-    }
-    return n;
-}
-
-static json_int_t event_time(json_t *e)
-{
-    return json_integer_value(json_object_get(e, "t"));
-}
-
-static int free_port(void)
-{
-    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    struct sockaddr_in addr = {.sin_family = AF_INET, .sin_port = 0};
-    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    assert_int_equal(bind(fd, (struct sockaddr *)&addr, sizeof addr), 0);
-    socklen_t len = sizeof addr;
-    assert_int_equal(getsockname(fd, (struct sockaddr *)&addr, &len), 0);
-    close(fd);
-    return ntohs(addr.sin_port);
-}
-
-static void text_path(char *out, size_t size, const fixture_t *fx, const char *file)
-{
-    snprintf(out, size, "%s/%s", fx->dir, file);
-}
+#include "sv_fixture.h"
 
 /* ---- tests ----------------------------------------------------------------- */
 
 static void services_start_in_parallel_and_report_running(void **state)
 {
-    fixture_t *fx = *state;
+    svfx_t *fx = *state;
     const char *argv[] = {HELPER("svc_notify"), "300", NULL};
-    kiln_svc_spec_t specs[3] = {make_spec("a", argv), make_spec("b", argv), make_spec("c", argv)};
+    kiln_svc_spec_t specs[3] = {svfx_make_spec("a", argv), svfx_make_spec("b", argv),
+                                svfx_make_spec("c", argv)};
     for (int i = 0; i < 3; i++)
         specs[i].ready.kind = KILN_READY_FD;
-    apply_ok(fx, specs, 3);
-    clear_specs(specs, 3);
+    svfx_apply_ok(fx, specs, 3);
+    svfx_clear_specs(specs, 3);
     const char *names[] = {"a", "b", "c"};
     for (int i = 0; i < 3; i++)
-        wait_state(fx, names[i], "running");
+        svfx_wait_state(fx, names[i], "running");
     /* Parallel: every service was spawned before the first became ready. */
     json_int_t first_ready = INT64_MAX, last_start = 0;
     for (int i = 0; i < 3; i++) {
         json_t *ev[4];
-        assert_int_equal(find_events(fx, names[i], "state", "starting", ev, 4), 1);
-        if (event_time(ev[0]) > last_start)
-            last_start = event_time(ev[0]);
-        assert_int_equal(find_events(fx, names[i], "ready", NULL, ev, 4), 1);
-        if (event_time(ev[0]) < first_ready)
-            first_ready = event_time(ev[0]);
-        json_t *st = status_of(fx, names[i]);
+        assert_int_equal(svfx_find_events(fx, names[i], "state", "starting", ev, 4), 1);
+        if (svfx_event_time(ev[0]) > last_start)
+            last_start = svfx_event_time(ev[0]);
+        assert_int_equal(svfx_find_events(fx, names[i], "ready", NULL, ev, 4), 1);
+        if (svfx_event_time(ev[0]) < first_ready)
+            first_ready = svfx_event_time(ev[0]);
+        json_t *st = svfx_status_of(fx, names[i]);
         assert_true(json_is_true(json_object_get(st, "ready")));
         assert_true(json_integer_value(json_object_get(st, "pid")) > 0);
         json_decref(st);
@@ -342,65 +62,96 @@ static void services_start_in_parallel_and_report_running(void **state)
 
 static void dependent_waits_for_dependency_readiness(void **state)
 {
-    fixture_t *fx = *state;
+    svfx_t *fx = *state;
     char port[16], url[64];
-    snprintf(port, sizeof port, "%d", free_port());
+    snprintf(port, sizeof port, "%d", svfx_free_port());
     snprintf(url, sizeof url, "http://127.0.0.1:%s/health", port);
     const char *web_argv[] = {HELPER("svc_slow_http"), port, "600", NULL};
     const char *app_argv[] = {HELPER("svc_sleeper"), NULL};
-    kiln_svc_spec_t specs[2] = {make_spec("app", app_argv), make_spec("web", web_argv)};
-    specs[0].depends_on = strv("web", NULL);
+    kiln_svc_spec_t specs[2] = {svfx_make_spec("app", app_argv), svfx_make_spec("web", web_argv)};
+    specs[0].depends_on = svfx_strv("web", NULL);
     specs[1].ready.kind = KILN_READY_HTTP;
     specs[1].ready.target = strdup(url);
     specs[1].ready.interval_ms = 50;
-    apply_ok(fx, specs, 2);
-    clear_specs(specs, 2);
-    json_t *st = status_of(fx, "app");
+    svfx_apply_ok(fx, specs, 2);
+    svfx_clear_specs(specs, 2);
+    json_t *st = svfx_status_of(fx, "app");
     assert_string_equal(json_string_value(json_object_get(st, "state")), "waiting");
     json_decref(st);
-    wait_state(fx, "app", "running");
+    svfx_wait_state(fx, "app", "running");
     json_t *web_ready[2], *app_start[2];
-    assert_int_equal(find_events(fx, "web", "ready", NULL, web_ready, 2), 1);
-    assert_int_equal(find_events(fx, "app", "state", "starting", app_start, 2), 1);
-    assert_true(event_time(app_start[0]) >= event_time(web_ready[0]));
+    assert_int_equal(svfx_find_events(fx, "web", "ready", NULL, web_ready, 2), 1);
+    assert_int_equal(svfx_find_events(fx, "app", "state", "starting", app_start, 2), 1);
+    assert_true(svfx_event_time(app_start[0]) >= svfx_event_time(web_ready[0]));
     json_t *web_start[2];
-    assert_int_equal(find_events(fx, "web", "state", "starting", web_start, 2), 1);
+    assert_int_equal(svfx_find_events(fx, "web", "state", "starting", web_start, 2), 1);
     /* It answered 503 for 600 ms: readiness came from the probe, not the spawn. */
-    assert_true(event_time(web_ready[0]) - event_time(web_start[0]) >= 500);
+    assert_true(svfx_event_time(web_ready[0]) - svfx_event_time(web_start[0]) >= 500);
 }
 
 static void crash_loop_backs_off_exponentially_then_goes_failed_with_an_alert(void **state)
 {
-    fixture_t *fx = *state;
+    svfx_t *fx = *state;
     const char *argv[] = {HELPER("svc_crasher"), "3", "0", NULL};
-    kiln_svc_spec_t spec = make_spec("crashy", argv);
+    kiln_svc_spec_t spec = svfx_make_spec("crashy", argv);
     spec.backoff_base_ms = 100; /* delays 100..120, 200..240, 400..480, 800..960 */
     spec.max_failures = 5;
-    apply_ok(fx, &spec, 1);
+    svfx_apply_ok(fx, &spec, 1);
     kiln_svc_spec_clear(&spec);
-    wait_state(fx, "crashy", "failed");
+    svfx_wait_state(fx, "crashy", "failed");
     json_t *backoffs[8], *starts[8], *alerts[2];
-    assert_int_equal(find_events(fx, "crashy", "state", "backoff", backoffs, 8), 4);
-    assert_int_equal(find_events(fx, "crashy", "state", "starting", starts, 8), 5);
+    assert_int_equal(svfx_find_events(fx, "crashy", "state", "backoff", backoffs, 8), 4);
+    assert_int_equal(svfx_find_events(fx, "crashy", "state", "starting", starts, 8), 5);
     for (int i = 0; i < 4; i++) {
         json_int_t delay = json_integer_value(json_object_get(backoffs[i], "delay_ms"));
         assert_true(delay >= 100 << i && delay <= (100 << i) * 6 / 5);
         /* The gap from each exit to the next start is at least its delay, so the
          * gaps grow with the delays (the run time itself only adds to them). */
-        json_int_t gap = event_time(starts[i + 1]) - event_time(backoffs[i]);
+        json_int_t gap = svfx_event_time(starts[i + 1]) - svfx_event_time(backoffs[i]);
         assert_true(gap >= delay);
         if (i > 0)
-            assert_true(event_time(starts[i + 1]) - event_time(starts[i]) >= delay);
+            assert_true(svfx_event_time(starts[i + 1]) - svfx_event_time(starts[i]) >= delay);
     }
-    assert_int_equal(find_events(fx, "crashy", "alert", NULL, alerts, 2), 1);
+    assert_int_equal(svfx_find_events(fx, "crashy", "alert", NULL, alerts, 2), 1);
     assert_int_equal(json_integer_value(json_object_get(alerts[0], "failures")), 5);
     json_t *last = json_object_get(alerts[0], "last_exit");
     assert_int_equal(json_integer_value(json_object_get(last, "code")), 3);
-    assert_int_equal(status_int(fx, "crashy", "restarts"), 4);
+    assert_int_equal(svfx_status_int(fx, "crashy", "restarts"), 4);
+}
+
+/* A run that starts but never becomes ready is stopped at its readiness
+ * deadline and restarted; such runs count toward max_failures even when
+ * the deadline is longer than failure_window_ms, so the service ends
+ * failed with an alert instead of cycling for ever. */
+static void never_ready_service_is_restarted_then_goes_failed(void **state)
+{
+    svfx_t *fx = *state;
+    const char *argv[] = {HELPER("svc_sleeper"), NULL};
+    kiln_svc_spec_t spec = svfx_make_spec("mute", argv);
+    char target[32];
+    snprintf(target, sizeof target, "127.0.0.1:%d", svfx_free_port()); /* nobody listens */
+    spec.ready.kind = KILN_READY_TCP;
+    spec.ready.target = strdup(target);
+    spec.ready.interval_ms = 50;
+    spec.ready.deadline_ms = 300;
+    spec.failure_window_ms = 100; /* shorter than the deadline */
+    spec.backoff_base_ms = 10;
+    spec.max_failures = 3;
+    svfx_apply_ok(fx, &spec, 1);
+    kiln_svc_spec_clear(&spec);
+    svfx_wait_state(fx, "mute", "failed");
+    json_t *starts[8], *alerts[2];
+    assert_int_equal(svfx_find_events(fx, "mute", "state", "starting", starts, 8), 3);
+    assert_int_equal(svfx_find_events(fx, "mute", "alert", NULL, alerts, 2), 1);
+    const char *reason = json_string_value(json_object_get(alerts[0], "reason"));
+    assert_non_null(strstr(reason, "not ready within 300 ms"));
+    assert_non_null(strstr(reason, "3 runs in a row never became ready"));
+    assert_int_equal(svfx_status_int(fx, "mute", "restarts"), 2);
+    assert_int_equal(svfx_status_int(fx, "mute", "pid"), 0);
 }
 
 typedef struct count_wait {
-    fixture_t *fx;
+    svfx_t *fx;
     const char *service, *event, *to;
     size_t n;
 } count_wait_t;
@@ -409,22 +160,22 @@ static bool has_events(void *ctx)
 {
     count_wait_t *w = ctx;
     json_t *ev[1];
-    return find_events(w->fx, w->service, w->event, w->to, ev, 0) >= w->n;
+    return svfx_find_events(w->fx, w->service, w->event, w->to, ev, 0) >= w->n;
 }
 
 static void backoff_resets_after_a_stable_run(void **state)
 {
-    fixture_t *fx = *state;
+    svfx_t *fx = *state;
     const char *argv[] = {HELPER("svc_crasher"), "3", "150", NULL};
-    kiln_svc_spec_t spec = make_spec("flaky", argv);
+    kiln_svc_spec_t spec = svfx_make_spec("flaky", argv);
     spec.stable_ms = 100; /* every 150 ms run counts as stable */
     spec.max_failures = 50;
-    apply_ok(fx, &spec, 1);
+    svfx_apply_ok(fx, &spec, 1);
     kiln_svc_spec_clear(&spec);
     count_wait_t w = {fx, "flaky", "state", "backoff", 4};
-    assert_true(run_until(fx, has_events, &w, WAIT_MS));
+    assert_true(svfx_run_until(fx, has_events, &w, WAIT_MS));
     json_t *backoffs[8];
-    size_t n = find_events(fx, "flaky", "state", "backoff", backoffs, 8);
+    size_t n = svfx_find_events(fx, "flaky", "state", "backoff", backoffs, 8);
     for (size_t i = 0; i < n && i < 8; i++) {
         json_int_t delay = json_integer_value(json_object_get(backoffs[i], "delay_ms"));
         assert_true(delay >= 50 && delay <= 60); /* the base plus at most 20% jitter */
@@ -433,30 +184,31 @@ static void backoff_resets_after_a_stable_run(void **state)
 
 static void restart_policy_never_and_on_failure(void **state)
 {
-    fixture_t *fx = *state;
+    svfx_t *fx = *state;
     const char *ok_argv[] = {HELPER("svc_crasher"), "0", "0", NULL};
     const char *bad_argv[] = {HELPER("svc_crasher"), "4", "0", NULL};
-    kiln_svc_spec_t specs[4] = {make_spec("never-ok", ok_argv), make_spec("never-bad", bad_argv),
-                                make_spec("onfail-ok", ok_argv), make_spec("onfail-bad", bad_argv)};
+    kiln_svc_spec_t specs[4] = {
+        svfx_make_spec("never-ok", ok_argv), svfx_make_spec("never-bad", bad_argv),
+        svfx_make_spec("onfail-ok", ok_argv), svfx_make_spec("onfail-bad", bad_argv)};
     specs[0].restart = specs[1].restart = KILN_RESTART_NEVER;
     specs[2].restart = specs[3].restart = KILN_RESTART_ON_FAILURE;
     specs[3].max_failures = 3;
-    apply_ok(fx, specs, 4);
-    clear_specs(specs, 4);
-    wait_state(fx, "never-ok", "exited");
-    wait_state(fx, "never-bad", "failed");
-    wait_state(fx, "onfail-ok", "exited");
-    wait_state(fx, "onfail-bad", "failed");
-    assert_int_equal(status_int(fx, "never-ok", "restarts"), 0);
-    assert_int_equal(status_int(fx, "never-bad", "restarts"), 0);
-    assert_int_equal(status_int(fx, "onfail-ok", "restarts"), 0);
-    assert_int_equal(status_int(fx, "onfail-bad", "restarts"), 2);
+    svfx_apply_ok(fx, specs, 4);
+    svfx_clear_specs(specs, 4);
+    svfx_wait_state(fx, "never-ok", "exited");
+    svfx_wait_state(fx, "never-bad", "failed");
+    svfx_wait_state(fx, "onfail-ok", "exited");
+    svfx_wait_state(fx, "onfail-bad", "failed");
+    assert_int_equal(svfx_status_int(fx, "never-ok", "restarts"), 0);
+    assert_int_equal(svfx_status_int(fx, "never-bad", "restarts"), 0);
+    assert_int_equal(svfx_status_int(fx, "onfail-ok", "restarts"), 0);
+    assert_int_equal(svfx_status_int(fx, "onfail-bad", "restarts"), 2);
     json_t *ev[4];
-    assert_int_equal(find_events(fx, "never-bad", "alert", NULL, ev, 4), 1);
-    assert_int_equal(find_events(fx, "never-ok", "alert", NULL, ev, 4), 0);
+    assert_int_equal(svfx_find_events(fx, "never-bad", "alert", NULL, ev, 4), 1);
+    assert_int_equal(svfx_find_events(fx, "never-ok", "alert", NULL, ev, 4), 0);
 }
 
-static bool log_contains(fixture_t *fx, const char *name, const char *stream, const char *text)
+static bool log_contains(svfx_t *fx, const char *name, const char *stream, const char *text)
 {
     json_t *lines = kiln_supervisor_logs(fx->sv, name, 1000);
     bool found = false;
@@ -475,10 +227,10 @@ static bool log_contains(fixture_t *fx, const char *name, const char *stream, co
 
 static void stop_sigterm_then_sigkill_after_timeout_kills_the_whole_group(void **state)
 {
-    fixture_t *fx = *state;
+    svfx_t *fx = *state;
     char main_pids[320], child_pids[320];
-    text_path(main_pids, sizeof main_pids, fx, "main.pids");
-    text_path(child_pids, sizeof child_pids, fx, "child.pids");
+    svfx_text_path(main_pids, sizeof main_pids, fx, "main.pids");
+    svfx_text_path(child_pids, sizeof child_pids, fx, "child.pids");
     const char *argv[] = {HELPER("svc_sleeper"),
                           "--ignore-term",
                           "--pidfile",
@@ -486,23 +238,23 @@ static void stop_sigterm_then_sigkill_after_timeout_kills_the_whole_group(void *
                           "--child",
                           child_pids,
                           NULL};
-    kiln_svc_spec_t spec = make_spec("stubborn", argv);
+    kiln_svc_spec_t spec = svfx_make_spec("stubborn", argv);
     spec.stop_timeout_ms = 300;
-    apply_ok(fx, &spec, 1);
+    svfx_apply_ok(fx, &spec, 1);
     kiln_svc_spec_clear(&spec);
-    wait_state(fx, "stubborn", "running");
-    wait_pids(fx, main_pids, 1);
-    wait_pids(fx, child_pids, 1);
+    svfx_wait_state(fx, "stubborn", "running");
+    svfx_wait_pids(fx, main_pids, 1);
+    svfx_wait_pids(fx, child_pids, 1);
     pid_t main_pid, child_pid;
-    read_pids(main_pids, &main_pid, 1);
-    read_pids(child_pids, &child_pid, 1);
+    svfx_read_pids(main_pids, &main_pid, 1);
+    svfx_read_pids(child_pids, &child_pid, 1);
     int64_t asked = kiln_test_now_ms();
     assert_int_equal(kiln_supervisor_stop(fx->sv, "stubborn", NULL), 0);
-    wait_state(fx, "stubborn", "down");
+    svfx_wait_state(fx, "stubborn", "down");
     assert_true(kiln_test_now_ms() - asked >= 300); /* SIGTERM was ignored */
-    wait_gone(fx, main_pid);
-    wait_gone(fx, child_pid);
-    json_t *st = status_of(fx, "stubborn");
+    svfx_wait_gone(fx, main_pid);
+    svfx_wait_gone(fx, child_pid);
+    json_t *st = svfx_status_of(fx, "stubborn");
     json_t *last = json_object_get(st, "last_exit");
     assert_int_equal(json_integer_value(json_object_get(last, "signal")), SIGKILL);
     json_decref(st);
@@ -511,45 +263,46 @@ static void stop_sigterm_then_sigkill_after_timeout_kills_the_whole_group(void *
 
 static void no_grandchild_outlives_its_service(void **state)
 {
-    fixture_t *fx = *state;
+    svfx_t *fx = *state;
     char stay_pid[320], exit_pid[320];
-    text_path(stay_pid, sizeof stay_pid, fx, "stay.pid");
-    text_path(exit_pid, sizeof exit_pid, fx, "exit.pid");
+    svfx_text_path(stay_pid, sizeof stay_pid, fx, "stay.pid");
+    svfx_text_path(exit_pid, sizeof exit_pid, fx, "exit.pid");
     const char *stay_argv[] = {HELPER("svc_forker"), stay_pid, "--setsid", NULL};
     const char *exit_argv[] = {HELPER("svc_forker"), exit_pid, "--setsid", "--exit", NULL};
-    kiln_svc_spec_t specs[2] = {make_spec("stays", stay_argv), make_spec("leaves", exit_argv)};
+    kiln_svc_spec_t specs[2] = {svfx_make_spec("stays", stay_argv),
+                                svfx_make_spec("leaves", exit_argv)};
     specs[1].restart = KILN_RESTART_NEVER;
-    apply_ok(fx, specs, 2);
-    clear_specs(specs, 2);
+    svfx_apply_ok(fx, specs, 2);
+    svfx_clear_specs(specs, 2);
     /* A grandchild in its own session, stopped with its service. */
-    wait_pids(fx, stay_pid, 1);
-    wait_state(fx, "stays", "running");
+    svfx_wait_pids(fx, stay_pid, 1);
+    svfx_wait_state(fx, "stays", "running");
     pid_t grandchild;
-    read_pids(stay_pid, &grandchild, 1);
-    assert_true(pid_alive(grandchild));
+    svfx_read_pids(stay_pid, &grandchild, 1);
+    assert_true(svfx_pid_alive(grandchild));
     assert_int_equal(kiln_supervisor_stop(fx->sv, "stays", NULL), 0);
-    wait_state(fx, "stays", "down");
-    wait_gone(fx, grandchild);
+    svfx_wait_state(fx, "stays", "down");
+    svfx_wait_gone(fx, grandchild);
     /* A grandchild orphaned when its service exits. */
-    wait_state(fx, "leaves", "failed");
-    read_pids(exit_pid, &grandchild, 1);
-    wait_gone(fx, grandchild);
+    svfx_wait_state(fx, "leaves", "failed");
+    svfx_read_pids(exit_pid, &grandchild, 1);
+    svfx_wait_gone(fx, grandchild);
 }
 
 static void state_file_is_written_once_for_a_burst_of_spawns(void **state)
 {
-    fixture_t *fx = *state;
+    svfx_t *fx = *state;
     const char *argv[] = {HELPER("svc_sleeper"), NULL};
     enum { N = 8 };
     kiln_svc_spec_t specs[N];
     char name[16];
     for (int i = 0; i < N; i++) {
         snprintf(name, sizeof name, "burst%d", i);
-        specs[i] = make_spec(name, argv);
+        specs[i] = svfx_make_spec(name, argv);
     }
     unsigned long before = fx->sv->state_writes;
-    apply_ok(fx, specs, N);
-    clear_specs(specs, N);
+    svfx_apply_ok(fx, specs, N);
+    svfx_clear_specs(specs, N);
     /* One write names every child, and every child was released after it. */
     assert_int_equal(fx->sv->state_writes - before, 1);
     json_error_t jerr;
@@ -559,33 +312,66 @@ static void state_file_is_written_once_for_a_burst_of_spawns(void **state)
     json_decref(saved);
     for (int i = 0; i < N; i++) {
         snprintf(name, sizeof name, "burst%d", i);
-        wait_state(fx, name, "running");
-        json_t *st = status_of(fx, name);
+        svfx_wait_state(fx, name, "running");
+        json_t *st = svfx_status_of(fx, name);
         assert_true(json_integer_value(json_object_get(st, "pid")) > 0);
         json_decref(st);
     }
     assert_int_equal(fx->sv->state_writes - before, 1);
 }
 
+static int forks_seen;
+
+static void count_fork(void)
+{
+    forks_seen++;
+}
+
+/* fork would copy the agent's page tables and make every page it then
+ * writes fault (about 2 ms of a respawn): the child must share its memory
+ * until execve instead. fork runs pthread_atfork handlers; clone does not. */
+static void spawn_does_not_fork_the_agent(void **state)
+{
+    svfx_t *fx = *state;
+    static bool registered;
+    if (!registered)
+        assert_int_equal(pthread_atfork(count_fork, NULL, NULL), 0);
+    registered = true;
+    forks_seen = 0;
+    const char *argv[] = {HELPER("svc_sleeper"), NULL};
+    kiln_svc_spec_t specs[2] = {svfx_make_spec("one", argv), svfx_make_spec("two", argv)};
+    svfx_apply_ok(fx, specs, 2);
+    svfx_clear_specs(specs, 2);
+    svfx_wait_state(fx, "one", "running");
+    svfx_wait_state(fx, "two", "running");
+    pid_t pid = (pid_t)svfx_status_int(fx, "one", "pid");
+    kill(pid, SIGKILL);
+    svfx_wait_gone(fx, pid);
+    svfx_wait_state(fx, "one", "running");
+    assert_int_not_equal(svfx_status_int(fx, "one", "pid"), pid);
+    assert_int_equal(forks_seen, 0);
+}
+
 static void exec_failure_is_reported_clearly(void **state)
 {
-    fixture_t *fx = *state;
+    svfx_t *fx = *state;
     const char *missing[] = {"/nonexistent/kiln-no-such-program", NULL};
     const char *not_on_path[] = {"kiln-no-such-program-on-path", NULL};
     const char *sleeper[] = {HELPER("svc_sleeper"), NULL};
-    kiln_svc_spec_t specs[3] = {make_spec("missing", missing), make_spec("nopath", not_on_path),
-                                make_spec("badcwd", sleeper)};
+    kiln_svc_spec_t specs[3] = {svfx_make_spec("missing", missing),
+                                svfx_make_spec("nopath", not_on_path),
+                                svfx_make_spec("badcwd", sleeper)};
     specs[2].cwd = strdup("/nonexistent/kiln-no-such-dir");
-    apply_ok(fx, specs, 3);
-    clear_specs(specs, 3);
+    svfx_apply_ok(fx, specs, 3);
+    svfx_clear_specs(specs, 3);
     struct {
         const char *name, *text;
     } cases[] = {{"missing", "cannot execute \"/nonexistent/kiln-no-such-program\": No such file"},
                  {"nopath", "not found on PATH"},
                  {"badcwd", "cannot enter cwd \"/nonexistent/kiln-no-such-dir\""}};
     for (size_t i = 0; i < 3; i++) {
-        wait_state(fx, cases[i].name, "failed");
-        json_t *st = status_of(fx, cases[i].name);
+        svfx_wait_state(fx, cases[i].name, "failed");
+        json_t *st = svfx_status_of(fx, cases[i].name);
         const char *err = json_string_value(json_object_get(st, "last_error"));
         assert_non_null(err);
         if (!strstr(err, cases[i].text))
@@ -596,60 +382,61 @@ static void exec_failure_is_reported_clearly(void **state)
         assert_true(json_is_null(json_object_get(st, "pid")));
         json_decref(st);
         json_t *ev[2];
-        assert_int_equal(find_events(fx, cases[i].name, "alert", NULL, ev, 2), 1);
+        assert_int_equal(svfx_find_events(fx, cases[i].name, "alert", NULL, ev, 2), 1);
     }
 }
 
 static void oneshot_runs_once_and_marker_skips_it_next_time(void **state)
 {
-    fixture_t *fx = *state;
+    svfx_t *fx = *state;
     char runs[320], marker[320];
-    text_path(runs, sizeof runs, fx, "setup.runs");
-    text_path(marker, sizeof marker, fx, "setup.done");
+    svfx_text_path(runs, sizeof runs, fx, "setup.runs");
+    svfx_text_path(marker, sizeof marker, fx, "setup.done");
     const char *setup_argv[] = {HELPER("svc_crasher"), "0", "100", "--pidfile", runs, NULL};
     const char *app_argv[] = {HELPER("svc_sleeper"), NULL};
-    kiln_svc_spec_t specs[2] = {make_spec("setup", setup_argv), make_spec("app", app_argv)};
+    kiln_svc_spec_t specs[2] = {svfx_make_spec("setup", setup_argv),
+                                svfx_make_spec("app", app_argv)};
     specs[0].oneshot = true;
     specs[0].done_marker = strdup(marker);
-    specs[1].depends_on = strv("setup", NULL);
-    apply_ok(fx, specs, 2);
-    wait_state(fx, "setup", "exited");
-    wait_state(fx, "app", "running");
+    specs[1].depends_on = svfx_strv("setup", NULL);
+    svfx_apply_ok(fx, specs, 2);
+    svfx_wait_state(fx, "setup", "exited");
+    svfx_wait_state(fx, "app", "running");
     struct stat st;
     assert_int_equal(stat(marker, &st), 0);
     pid_t pids[4];
-    assert_int_equal(read_pids(runs, pids, 4), 1);
-    close_supervisor(fx);
+    assert_int_equal(svfx_read_pids(runs, pids, 4), 1);
+    svfx_close_supervisor(fx);
     /* The next agent skips it, and its dependent still starts. */
-    fx->sv = new_supervisor(fx);
+    fx->sv = svfx_new_supervisor(fx);
     json_array_clear(fx->events);
-    apply_ok(fx, specs, 2);
-    clear_specs(specs, 2);
-    wait_state(fx, "app", "running");
-    wait_state(fx, "setup", "exited");
-    assert_int_equal(read_pids(runs, pids, 4), 1);
+    svfx_apply_ok(fx, specs, 2);
+    svfx_clear_specs(specs, 2);
+    svfx_wait_state(fx, "app", "running");
+    svfx_wait_state(fx, "setup", "exited");
+    assert_int_equal(svfx_read_pids(runs, pids, 4), 1);
     json_t *ev[2];
-    assert_int_equal(find_events(fx, "setup", "state", "starting", ev, 2), 0);
+    assert_int_equal(svfx_find_events(fx, "setup", "state", "starting", ev, 2), 0);
 }
 
 static void oneshot_timeout_fails_it(void **state)
 {
-    fixture_t *fx = *state;
+    svfx_t *fx = *state;
     char pidfile[320];
-    text_path(pidfile, sizeof pidfile, fx, "slow.pid");
+    svfx_text_path(pidfile, sizeof pidfile, fx, "slow.pid");
     const char *argv[] = {HELPER("svc_sleeper"), "--pidfile", pidfile, NULL};
-    kiln_svc_spec_t spec = make_spec("slow-setup", argv);
+    kiln_svc_spec_t spec = svfx_make_spec("slow-svfx_setup", argv);
     spec.oneshot = true;
     spec.oneshot_timeout_ms = 200;
     spec.restart = KILN_RESTART_NEVER;
-    apply_ok(fx, &spec, 1);
+    svfx_apply_ok(fx, &spec, 1);
     kiln_svc_spec_clear(&spec);
-    wait_pids(fx, pidfile, 1);
-    wait_state(fx, "slow-setup", "failed");
+    svfx_wait_pids(fx, pidfile, 1);
+    svfx_wait_state(fx, "slow-svfx_setup", "failed");
     pid_t pid;
-    read_pids(pidfile, &pid, 1);
-    wait_gone(fx, pid);
-    json_t *st = status_of(fx, "slow-setup");
+    svfx_read_pids(pidfile, &pid, 1);
+    svfx_wait_gone(fx, pid);
+    json_t *st = svfx_status_of(fx, "slow-svfx_setup");
     assert_non_null(strstr(json_string_value(json_object_get(st, "last_error")), "timed out"));
     assert_false(json_is_true(json_object_get(st, "ready")));
     json_decref(st);
@@ -657,33 +444,33 @@ static void oneshot_timeout_fails_it(void **state)
 
 static void readiness_fd_marks_running(void **state)
 {
-    fixture_t *fx = *state;
+    svfx_t *fx = *state;
     const char *notify_argv[] = {HELPER("svc_notify"), "200", NULL};
     const char *silent_argv[] = {HELPER("svc_sleeper"), NULL};
-    kiln_svc_spec_t specs[2] = {make_spec("notifier", notify_argv),
-                                make_spec("silent", silent_argv)};
+    kiln_svc_spec_t specs[2] = {svfx_make_spec("notifier", notify_argv),
+                                svfx_make_spec("silent", silent_argv)};
     specs[0].ready.kind = specs[1].ready.kind = KILN_READY_FD;
     specs[1].ready.deadline_ms = 300;
     specs[1].restart = KILN_RESTART_NEVER;
-    apply_ok(fx, specs, 2);
-    clear_specs(specs, 2);
-    json_t *st = status_of(fx, "notifier");
+    svfx_apply_ok(fx, specs, 2);
+    svfx_clear_specs(specs, 2);
+    json_t *st = svfx_status_of(fx, "notifier");
     assert_string_equal(json_string_value(json_object_get(st, "state")), "starting");
     assert_false(json_is_true(json_object_get(st, "ready")));
     json_decref(st);
-    wait_state(fx, "notifier", "running");
+    svfx_wait_state(fx, "notifier", "running");
     json_t *ev[2];
-    assert_int_equal(find_events(fx, "notifier", "ready", NULL, ev, 2), 1);
+    assert_int_equal(svfx_find_events(fx, "notifier", "ready", NULL, ev, 2), 1);
     /* A service that never says it is ready fails at its deadline. */
-    wait_state(fx, "silent", "failed");
-    st = status_of(fx, "silent");
+    svfx_wait_state(fx, "silent", "failed");
+    st = svfx_status_of(fx, "silent");
     assert_non_null(strstr(json_string_value(json_object_get(st, "last_error")), "not ready"));
     json_decref(st);
 }
 
 static bool absent(void *ctx)
 {
-    svc_wait_t *w = ctx;
+    svfx_svc_wait_t *w = ctx;
     json_t *st = kiln_supervisor_service_status(w->fx->sv, w->name);
     json_decref(st);
     return st == NULL;
@@ -691,81 +478,126 @@ static bool absent(void *ctx)
 
 static void apply_reload_keeps_untouched_pids_and_restarts_changed(void **state)
 {
-    fixture_t *fx = *state;
+    svfx_t *fx = *state;
     const char *a_argv[] = {HELPER("svc_sleeper"), NULL};
     const char *b_argv[] = {HELPER("svc_sleeper"), "--say", "one", NULL};
     const char *b2_argv[] = {HELPER("svc_sleeper"), "--say", "two", NULL};
-    kiln_svc_spec_t first[2] = {make_spec("a", a_argv), make_spec("b", b_argv)};
-    apply_ok(fx, first, 2);
-    wait_state(fx, "a", "running");
-    wait_state(fx, "b", "running");
-    json_int_t a_pid = status_int(fx, "a", "pid"), b_pid = status_int(fx, "b", "pid");
-    kiln_svc_spec_t second[3] = {make_spec("a", a_argv), make_spec("b", b2_argv),
-                                 make_spec("c", a_argv)};
-    apply_ok(fx, second, 3);
-    wait_state(fx, "c", "running");
-    wait_gone(fx, (pid_t)b_pid);
-    wait_state(fx, "b", "running");
-    assert_int_equal(status_int(fx, "a", "pid"), a_pid);
-    assert_int_not_equal(status_int(fx, "b", "pid"), b_pid);
+    kiln_svc_spec_t first[2] = {svfx_make_spec("a", a_argv), svfx_make_spec("b", b_argv)};
+    svfx_apply_ok(fx, first, 2);
+    svfx_wait_state(fx, "a", "running");
+    svfx_wait_state(fx, "b", "running");
+    json_int_t a_pid = svfx_status_int(fx, "a", "pid"), b_pid = svfx_status_int(fx, "b", "pid");
+    kiln_svc_spec_t second[3] = {svfx_make_spec("a", a_argv), svfx_make_spec("b", b2_argv),
+                                 svfx_make_spec("c", a_argv)};
+    svfx_apply_ok(fx, second, 3);
+    svfx_wait_state(fx, "c", "running");
+    svfx_wait_gone(fx, (pid_t)b_pid);
+    svfx_wait_state(fx, "b", "running");
+    assert_int_equal(svfx_status_int(fx, "a", "pid"), a_pid);
+    assert_int_not_equal(svfx_status_int(fx, "b", "pid"), b_pid);
     /* Dropping c stops and removes it; a is still untouched. */
-    json_int_t c_pid = status_int(fx, "c", "pid");
-    apply_ok(fx, first, 2);
-    wait_gone(fx, (pid_t)c_pid);
-    svc_wait_t w = {fx, "c", NULL};
-    assert_true(run_until(fx, absent, &w, WAIT_MS));
-    assert_int_equal(status_int(fx, "a", "pid"), a_pid);
-    clear_specs(first, 2);
-    clear_specs(second, 3);
+    json_int_t c_pid = svfx_status_int(fx, "c", "pid");
+    svfx_apply_ok(fx, first, 2);
+    svfx_wait_gone(fx, (pid_t)c_pid);
+    svfx_svc_wait_t w = {fx, "c", NULL};
+    assert_true(svfx_run_until(fx, absent, &w, WAIT_MS));
+    assert_int_equal(svfx_status_int(fx, "a", "pid"), a_pid);
+    svfx_clear_specs(first, 2);
+    svfx_clear_specs(second, 3);
 }
 
 static void apply_refuses_unknown_dependency_and_cycles_changing_nothing(void **state)
 {
-    fixture_t *fx = *state;
+    svfx_t *fx = *state;
     const char *argv[] = {HELPER("svc_sleeper"), NULL};
-    kiln_svc_spec_t one = make_spec("a", argv);
-    apply_ok(fx, &one, 1);
-    wait_state(fx, "a", "running");
-    json_int_t a_pid = status_int(fx, "a", "pid");
+    kiln_svc_spec_t one = svfx_make_spec("a", argv);
+    svfx_apply_ok(fx, &one, 1);
+    svfx_wait_state(fx, "a", "running");
+    json_int_t a_pid = svfx_status_int(fx, "a", "pid");
     kiln_err_t err = {0};
-    kiln_svc_spec_t unknown[2] = {make_spec("a", argv), make_spec("b", argv)};
-    unknown[1].depends_on = strv("x", NULL);
+    kiln_svc_spec_t unknown[2] = {svfx_make_spec("a", argv), svfx_make_spec("b", argv)};
+    unknown[1].depends_on = svfx_strv("x", NULL);
     assert_int_equal(kiln_supervisor_apply(fx->sv, unknown, 2, &err), KILN_EINVAL);
     assert_non_null(strstr(err.msg, "service b: depends_on \"x\""));
-    kiln_svc_spec_t cycle[3] = {make_spec("a", argv), make_spec("b", argv), make_spec("c", argv)};
-    cycle[1].depends_on = strv("c", NULL);
-    cycle[2].depends_on = strv("b", NULL);
+    kiln_svc_spec_t cycle[3] = {svfx_make_spec("a", argv), svfx_make_spec("b", argv),
+                                svfx_make_spec("c", argv)};
+    cycle[1].depends_on = svfx_strv("c", NULL);
+    cycle[2].depends_on = svfx_strv("b", NULL);
     assert_int_equal(kiln_supervisor_apply(fx->sv, cycle, 3, &err), KILN_EINVAL);
     assert_non_null(strstr(err.msg, "cycle"));
     assert_null(kiln_supervisor_service_status(fx->sv, "b"));
     assert_null(kiln_supervisor_service_status(fx->sv, "c"));
-    assert_int_equal(status_int(fx, "a", "pid"), a_pid);
+    assert_int_equal(svfx_status_int(fx, "a", "pid"), a_pid);
     kiln_svc_spec_clear(&one);
-    clear_specs(unknown, 2);
-    clear_specs(cycle, 3);
+    svfx_clear_specs(unknown, 2);
+    svfx_clear_specs(cycle, 3);
+}
+
+/* Every limit of a spec is checked, and the error names the field, what
+ * it expected and what it got; nothing of the set is applied. */
+static void apply_refuses_out_of_range_limits_naming_the_field(void **state)
+{
+    svfx_t *fx = *state;
+    const char *argv[] = {HELPER("svc_sleeper"), NULL};
+    static const struct {
+        const char *field, *message;
+    } cases[] = {
+        {"backoff_base_ms", "service bad: backoff_base_ms: expected 0-86400000, got -1"},
+        {"backoff_max_ms", "service bad: backoff_max_ms: expected at least backoff_base_ms (50) "
+                           "and at most 86400000, got 20"},
+        {"max_failures", "service bad: max_failures: expected 1-64, got 65"},
+        {"failure_window_ms", "service bad: failure_window_ms: expected 1-86400000, got 0"},
+        {"stop_timeout_ms", "service bad: stop_timeout_ms: expected 0-86400000, got -3"},
+        {"ready.interval_ms", "service bad: ready.interval_ms: expected 1-86400000, got 0"},
+        {"stable_ms", "service bad: stable_ms: expected 0-86400000, got 86400001"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        kiln_svc_spec_t spec = svfx_make_spec("bad", argv);
+        if (i == 0)
+            spec.backoff_base_ms = -1;
+        else if (i == 1)
+            spec.backoff_max_ms = 20; /* below svfx_make_spec's base of 50 */
+        else if (i == 2)
+            spec.max_failures = 65;
+        else if (i == 3)
+            spec.failure_window_ms = 0;
+        else if (i == 4)
+            spec.stop_timeout_ms = -3;
+        else if (i == 5)
+            spec.ready.interval_ms = 0;
+        else
+            spec.stable_ms = 86400001;
+        kiln_err_t err = {0};
+        assert_int_equal(kiln_supervisor_apply(fx->sv, &spec, 1, &err), KILN_EINVAL);
+        assert_string_equal(err.msg, cases[i].message);
+        kiln_svc_spec_clear(&spec);
+    }
+    json_t *all = kiln_supervisor_status(fx->sv);
+    assert_int_equal(json_array_size(all), 0);
+    json_decref(all);
 }
 
 static void memory_limit_restarts_the_service(void **state)
 {
-    fixture_t *fx = *state;
+    svfx_t *fx = *state;
     const char *argv[] = {HELPER("svc_sleeper"), "--alloc-mb", "64", NULL};
-    kiln_svc_spec_t spec = make_spec("hog", argv);
+    kiln_svc_spec_t spec = svfx_make_spec("hog", argv);
     spec.memory_limit_mb = 32;
-    apply_ok(fx, &spec, 1);
+    svfx_apply_ok(fx, &spec, 1);
     kiln_svc_spec_clear(&spec);
     count_wait_t w = {fx, "hog", "state", "backoff", 1};
-    assert_true(run_until(fx, has_events, &w, WAIT_MS));
+    assert_true(svfx_run_until(fx, has_events, &w, WAIT_MS));
     json_t *ev[1];
-    find_events(fx, "hog", "state", "backoff", ev, 1);
+    svfx_find_events(fx, "hog", "state", "backoff", ev, 1);
     assert_non_null(strstr(json_string_value(json_object_get(ev[0], "reason")), "memory"));
     w.to = "starting";
     w.n = 2;
-    assert_true(run_until(fx, has_events, &w, WAIT_MS));
-    assert_true(status_int(fx, "hog", "restarts") >= 1);
+    assert_true(svfx_run_until(fx, has_events, &w, WAIT_MS));
+    assert_true(svfx_status_int(fx, "hog", "restarts") >= 1);
 }
 
 typedef struct log_wait {
-    fixture_t *fx;
+    svfx_t *fx;
     const char *name, *stream, *text;
 } log_wait_t;
 
@@ -777,19 +609,19 @@ static bool logged(void *ctx)
 
 static void status_reports_pid_uptime_restarts_rss(void **state)
 {
-    fixture_t *fx = *state;
+    svfx_t *fx = *state;
     const char *argv[] = {HELPER("svc_sleeper"), "--alloc-mb", "24", "--say", "hello", NULL};
-    kiln_svc_spec_t spec = make_spec("worker", argv);
-    apply_ok(fx, &spec, 1);
+    kiln_svc_spec_t spec = svfx_make_spec("worker", argv);
+    svfx_apply_ok(fx, &spec, 1);
     kiln_svc_spec_clear(&spec);
-    wait_state(fx, "worker", "running");
+    svfx_wait_state(fx, "worker", "running");
     /* It says hello (on both streams) after touching its memory. */
     log_wait_t lw = {fx, "worker", "stdout", "hello"};
-    assert_true(run_until(fx, logged, &lw, WAIT_MS));
+    assert_true(svfx_run_until(fx, logged, &lw, WAIT_MS));
     lw.stream = "stderr";
     lw.text = "err: hello";
-    assert_true(run_until(fx, logged, &lw, WAIT_MS));
-    json_t *st = status_of(fx, "worker");
+    assert_true(svfx_run_until(fx, logged, &lw, WAIT_MS));
+    json_t *st = svfx_status_of(fx, "worker");
     json_int_t pid = json_integer_value(json_object_get(st, "pid"));
     assert_true(pid > 0);
     assert_int_equal(json_integer_value(json_object_get(st, "pgid")), pid);
@@ -801,72 +633,18 @@ static void status_reports_pid_uptime_restarts_rss(void **state)
     assert_true(json_is_true(json_object_get(st, "ready")));
     json_decref(st);
     assert_int_equal(kiln_supervisor_restart(fx->sv, "worker", NULL), 0);
-    wait_gone(fx, (pid_t)pid);
-    wait_state(fx, "worker", "running");
-    assert_int_equal(status_int(fx, "worker", "restarts"), 1);
-    assert_int_not_equal(status_int(fx, "worker", "pid"), pid);
+    svfx_wait_gone(fx, (pid_t)pid);
+    svfx_wait_state(fx, "worker", "running");
+    assert_int_equal(svfx_status_int(fx, "worker", "restarts"), 1);
+    assert_int_not_equal(svfx_status_int(fx, "worker", "pid"), pid);
     assert_true(log_contains(fx, "worker", "agent", "started pid"));
     kiln_err_t err = {0};
     assert_int_equal(kiln_supervisor_stop(fx->sv, "nope", &err), KILN_ENOTFOUND);
     assert_non_null(strstr(err.msg, "nope"));
 }
 
-/* The old agent: a forked process running its own supervisor and loop,
- * until the test kills it with SIGKILL. */
-static void run_old_agent(fixture_t *fx, const char *pids, const char *child_pids)
-{
-    uv_loop_t loop;
-    uv_loop_init(&loop);
-    kiln_supervisor_options_t opts = {.state_file = fx->state_file};
-    kiln_supervisor_t *sv;
-    if (kiln_supervisor_new(&loop, &opts, &sv, NULL) != 0)
-        _exit(3);
-    const char *argv[] = {HELPER("svc_sleeper"), "--pidfile", pids, "--child", child_pids, NULL};
-    kiln_svc_spec_t spec = make_spec("single", argv);
-    if (kiln_supervisor_apply(sv, &spec, 1, NULL) != 0)
-        _exit(4);
-    for (;;)
-        uv_run(&loop, UV_RUN_DEFAULT);
-}
-
-static void state_file_lets_a_new_supervisor_stop_what_an_old_one_left_running(void **state)
-{
-    fixture_t *fx = *state;
-    char pids[320], child_pids[320];
-    text_path(pids, sizeof pids, fx, "single.pids");
-    text_path(child_pids, sizeof child_pids, fx, "single-child.pids");
-    close_supervisor(fx); /* this test's supervisor comes later */
-    pid_t old_agent = fork();
-    assert_true(old_agent >= 0);
-    if (old_agent == 0)
-        run_old_agent(fx, pids, child_pids);
-    wait_pids(fx, pids, 1);
-    wait_pids(fx, child_pids, 1);
-    kiln_test_kill(old_agent, SIGKILL, 1000);
-    pid_t first[4], first_child[4];
-    read_pids(pids, first, 4);
-    read_pids(child_pids, first_child, 4);
-    assert_true(pid_alive(first[0])); /* left running by the killed agent */
-    /* The next agent stops the leftover (group and all) before starting. */
-    fx->sv = new_supervisor(fx);
-    assert_false(pid_alive(first[0]));
-    assert_false(pid_alive(first_child[0]));
-    const char *argv[] = {HELPER("svc_sleeper"), "--pidfile", pids, "--child", child_pids, NULL};
-    kiln_svc_spec_t spec = make_spec("single", argv);
-    apply_ok(fx, &spec, 1);
-    kiln_svc_spec_clear(&spec);
-    wait_pids(fx, pids, 2);
-    pid_t all[8];
-    size_t n = read_pids(pids, all, 8), alive = 0;
-    for (size_t i = 0; i < n; i++)
-        alive += pid_alive(all[i]);
-    assert_int_equal(n, 2);
-    assert_int_equal(alive, 1);
-    assert_true(pid_alive(all[1]));
-}
-
 /* Position of the first event of service moving to state `to`; -1 if none. */
-static long event_index(fixture_t *fx, const char *service, const char *to)
+static long event_index(svfx_t *fx, const char *service, const char *to)
 {
     size_t i;
     json_t *e;
@@ -882,17 +660,17 @@ static long event_index(fixture_t *fx, const char *service, const char *to)
 
 static void shutdown_stops_dependents_before_their_dependencies(void **state)
 {
-    fixture_t *fx = *state;
+    svfx_t *fx = *state;
     const char *argv[] = {HELPER("svc_sleeper"), NULL};
-    kiln_svc_spec_t specs[3] = {make_spec("db", argv), make_spec("api", argv),
-                                make_spec("worker", argv)};
-    specs[1].depends_on = strv("db", NULL);
-    specs[2].depends_on = strv("api", NULL);
-    apply_ok(fx, specs, 3);
-    clear_specs(specs, 3);
-    wait_state(fx, "worker", "running");
+    kiln_svc_spec_t specs[3] = {svfx_make_spec("db", argv), svfx_make_spec("api", argv),
+                                svfx_make_spec("worker", argv)};
+    specs[1].depends_on = svfx_strv("db", NULL);
+    specs[2].depends_on = svfx_strv("api", NULL);
+    svfx_apply_ok(fx, specs, 3);
+    svfx_clear_specs(specs, 3);
+    svfx_wait_state(fx, "worker", "running");
     json_array_clear(fx->events);
-    close_supervisor(fx);
+    svfx_close_supervisor(fx);
     long worker_down = event_index(fx, "worker", "down");
     long api_stopping = event_index(fx, "api", "stopping"),
          api_down = event_index(fx, "api", "down");
@@ -902,7 +680,7 @@ static void shutdown_stops_dependents_before_their_dependencies(void **state)
     assert_true(api_down < db_stopping);
 }
 
-#define TEST(name) cmocka_unit_test_setup_teardown(name, setup, teardown)
+#define TEST(name) cmocka_unit_test_setup_teardown(name, svfx_setup, svfx_teardown)
 
 int main(void)
 {
@@ -913,19 +691,21 @@ int main(void)
         TEST(services_start_in_parallel_and_report_running),
         TEST(dependent_waits_for_dependency_readiness),
         TEST(crash_loop_backs_off_exponentially_then_goes_failed_with_an_alert),
+        TEST(never_ready_service_is_restarted_then_goes_failed),
         TEST(backoff_resets_after_a_stable_run),
         TEST(restart_policy_never_and_on_failure),
         TEST(stop_sigterm_then_sigkill_after_timeout_kills_the_whole_group),
         TEST(no_grandchild_outlives_its_service),
         TEST(state_file_is_written_once_for_a_burst_of_spawns),
+        TEST(spawn_does_not_fork_the_agent),
         TEST(exec_failure_is_reported_clearly),
         TEST(oneshot_runs_once_and_marker_skips_it_next_time),
         TEST(oneshot_timeout_fails_it),
         TEST(readiness_fd_marks_running),
         TEST(apply_reload_keeps_untouched_pids_and_restarts_changed),
         TEST(apply_refuses_unknown_dependency_and_cycles_changing_nothing),
+        TEST(apply_refuses_out_of_range_limits_naming_the_field),
         TEST(memory_limit_restarts_the_service),
-        TEST(state_file_lets_a_new_supervisor_stop_what_an_old_one_left_running),
         TEST(status_reports_pid_uptime_restarts_rss),
         TEST(shutdown_stops_dependents_before_their_dependencies),
     };
