@@ -94,6 +94,8 @@ const kiln_config_field_t kiln_config_fields[KILN_CONFIG_N_FIELDS] = {
                 machine.n_pools),
     FIELD("worker.active_windows", "KILN_WORKER_ACTIVE_WINDOWS", NULL, KILN_FIELD_WINDOWS,
           worker.active_windows),
+    INT_FIELD("worker.health_interval_ms", "KILN_WORKER_HEALTH_INTERVAL_MS", 100, 3600000,
+              worker.health_interval_ms),
 };
 
 /* Indexes of the rows that kiln_config_check_across relates. */

@@ -15,6 +15,7 @@
 #include <string.h>
 #include <sys/eventfd.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #define ARGS_MAX 16
@@ -33,15 +34,45 @@ char *kiln_test_slurp(const char *path, size_t max)
     return buf;
 }
 
+typedef struct listening_cond {
+    kiln_test_fake_t *f;
+    size_t from; /* where in the log this start's output begins */
+} listening_cond_t;
+
 static bool fake_listening(void *ctx)
 {
-    kiln_test_fake_t *f = ctx;
-    char *log = kiln_test_slurp(f->log_path, 4096);
-    const char *at = strstr(log, "listening on 127.0.0.1:");
+    listening_cond_t *c = ctx;
+    char *log = kiln_test_slurp(c->f->log_path, c->from + 4096);
+    size_t len = strlen(log);
+    const char *at = strstr(log + (c->from < len ? c->from : len), "listening on 127.0.0.1:");
     if (at)
-        f->port = atoi(at + strlen("listening on 127.0.0.1:"));
+        c->f->port = atoi(at + strlen("listening on 127.0.0.1:"));
     free(log);
-    return f->port > 0;
+    return at && c->f->port > 0;
+}
+
+static size_t file_size(const char *path)
+{
+    struct stat st;
+    return stat(path, &st) == 0 ? (size_t)st.st_size : 0;
+}
+
+/* Spawns f->program on port_text and waits until it says it listens. */
+static void fake_spawn(kiln_test_fake_t *f, const char *port_text, char *const extra_args[])
+{
+    char path[512];
+    snprintf(path, sizeof path, "%s/%s", KILN_TEST_FAKES_DIR, f->program);
+    char *argv[ARGS_MAX + 3] = {path, (char *)port_text};
+    for (int i = 0; extra_args && extra_args[i] && i < ARGS_MAX; i++)
+        argv[2 + i] = extra_args[i];
+    listening_cond_t c = {f, file_size(f->log_path)};
+    f->pid = kiln_test_spawn(argv, NULL, f->log_path);
+    if (!kiln_test_wait_until(fake_listening, &c, 10000)) {
+        kiln_test_dump_file(f->program, f->log_path);
+        kiln_test_kill(f->pid, SIGKILL, 1000);
+        fail_msg("%s did not start", f->program);
+    }
+    snprintf(f->url, sizeof f->url, "http://127.0.0.1:%d", f->port);
 }
 
 /* Starts a fake and waits for its port (contract in kiln_test_connector.h). */
@@ -50,18 +81,16 @@ void kiln_test_fake_start(kiln_test_fake_t *f, const char *program, char *const 
 {
     memset(f, 0, sizeof *f);
     snprintf(f->log_path, sizeof f->log_path, "%s", log_path);
-    char path[512];
-    snprintf(path, sizeof path, "%s/%s", KILN_TEST_FAKES_DIR, program);
-    char *argv[ARGS_MAX + 3] = {path, "0"};
-    for (int i = 0; extra_args && extra_args[i] && i < ARGS_MAX; i++)
-        argv[2 + i] = extra_args[i];
-    f->pid = kiln_test_spawn(argv, NULL, f->log_path);
-    if (!kiln_test_wait_until(fake_listening, f, 10000)) {
-        kiln_test_dump_file(program, f->log_path);
-        kiln_test_kill(f->pid, SIGKILL, 1000);
-        fail_msg("%s did not start", program);
-    }
-    snprintf(f->url, sizeof f->url, "http://127.0.0.1:%d", f->port);
+    snprintf(f->program, sizeof f->program, "%s", program);
+    fake_spawn(f, "0", extra_args);
+}
+
+/* Starts it again on its port (contract in kiln_test_connector.h). */
+void kiln_test_fake_restart(kiln_test_fake_t *f)
+{
+    char port[16];
+    snprintf(port, sizeof port, "%d", f->port);
+    fake_spawn(f, port, NULL);
 }
 
 /* Stops a fake (contract in kiln_test_connector.h). */

@@ -25,6 +25,7 @@ typedef struct kiln_test_fake {
     int port;
     char url[64];
     char log_path[320];
+    char program[64];
 } kiln_test_fake_t;
 
 /* Starts KILN_TEST_FAKES_DIR/program with "0" and extra_args (NULL-terminated,
@@ -35,6 +36,10 @@ void kiln_test_fake_start(kiln_test_fake_t *f, const char *program, char *const 
 
 /* Stops the fake (SIGTERM) and waits for it. */
 void kiln_test_fake_stop(kiln_test_fake_t *f);
+
+/* Starts a stopped fake again on the port it had (without extra_args), its
+ * output appended to the same log: the service coming back after an outage. */
+void kiln_test_fake_restart(kiln_test_fake_t *f);
 
 /* One counter of the fake's GET /fake/stats. */
 long kiln_test_fake_stat(const kiln_test_fake_t *f, const char *name);
