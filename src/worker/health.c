@@ -9,8 +9,11 @@
  * so jobs are not claimed just to fail against a service that is down; its
  * running jobs go on (the connector fails them if the service stays away).
  */
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
 
 #include "kiln/log.h"
 #include "worker/worker_internal.h"
@@ -64,6 +67,13 @@ static void after_check(uv_work_t *req, int status)
     if (w->closing || !changed)
         return;
     log_change(w, svc, first);
+    if (healthy && w->ready_fd >= 0) {
+        /* The supervisor counts the worker ready (s6 notification-fd). */
+        if (write(w->ready_fd, "ready\n", 6) != 6)
+            KILN_LOG_WARN_("worker", "cannot write to the readiness fd: %s", strerror(errno));
+        close(w->ready_fd);
+        w->ready_fd = -1;
+    }
     if (healthy) {
         svc->maybe_work = true; /* what was submitted meanwhile waits in the queue */
         svc->notify_gen++;

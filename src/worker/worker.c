@@ -744,6 +744,7 @@ int kiln_worker_new(const kiln_config_t *cfg, kiln_worker_t **out, kiln_err_t *e
     if (!w)
         return kiln_err_set(err, KILN_ENOMEM, "out of memory");
     w->cfg = cfg;
+    w->ready_fd = -1;
     /* No prefetch until a run of short jobs has been seen. */
     w->run_ema_ms = 2 * PREFETCH_MAX_RUN_MS;
     kiln_broker_options_from_config(&w->opts, cfg);
@@ -835,10 +836,19 @@ void kiln_worker_stop(kiln_worker_t *w)
         uv_async_send(&w->wakeup);
 }
 
+void kiln_worker_set_ready_fd(kiln_worker_t *w, int fd)
+{
+    if (w->ready_fd >= 0)
+        close(w->ready_fd);
+    w->ready_fd = fd;
+}
+
 void kiln_worker_free(kiln_worker_t *w)
 {
     if (!w)
         return;
+    if (w->ready_fd >= 0)
+        close(w->ready_fd);
     for (int i = 0; i < w->n_services; i++) {
         kiln_connector_free(w->services[i].connector);
         kiln_argv_free(&w->services[i].reports);

@@ -94,6 +94,7 @@ struct kiln_worker {
     bool abandoned; /* slot threads still running at exit: not joined */
     int64_t last_progress_ms;
     int64_t started_ms;
+    int ready_fd; /* readiness pipe (kiln_worker_set_ready_fd), or -1 */
     char host[128];
 };
 
