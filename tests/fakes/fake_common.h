@@ -1,6 +1,7 @@
 /*
  * What the civetweb fakes of outside services share (fake_ollama.c,
- * fake_a1111.c): a stop flag with a condition to wait on, per-key request
+ * fake_a1111.c, fake_openai.c, fake_comfyui.c, and through fake_remote.h
+ * fake_replicate.c and fake_runpod.c): a stop flag with a condition to wait on, per-key request
  * counts for "fail the first time" faults, JSON in and out, and the main
  * loop that prints the port and waits for SIGTERM.
  *
@@ -77,29 +78,38 @@ static inline bool fake_pause_ms(long ms)
     return go_on;
 }
 
-/* Sends body (stolen) as a JSON response that closes the connection. */
-static inline void fake_send_json(struct mg_connection *conn, int status, const char *reason,
-                                  const char *extra_headers, json_t *body)
+/* Sends a response of len bytes of body with the given type (and
+ * extra_headers, each ending "\r\n", may be NULL) that closes the
+ * connection; returns status. */
+static inline int fake_send(struct mg_connection *conn, int status, const char *reason,
+                            const char *type, const char *extra_headers, const char *body,
+                            size_t len)
+{
+    mg_printf(conn,
+              "HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %zu\r\nConnection: "
+              "close\r\n%s\r\n",
+              status, reason, type, len, extra_headers ? extra_headers : "");
+    if (len)
+        mg_write(conn, body, len);
+    return status;
+}
+
+/* Sends body (stolen) as a JSON response that closes the connection; returns status. */
+static inline int fake_send_json(struct mg_connection *conn, int status, const char *reason,
+                                 const char *extra_headers, json_t *body)
 {
     char *text = body ? json_dumps(body, JSON_COMPACT) : NULL;
     json_decref(body);
-    size_t len = text ? strlen(text) : 0;
-    mg_printf(conn,
-              "HTTP/1.1 %d %s\r\nContent-Type: application/json\r\nContent-Length: %zu\r\n"
-              "Connection: close\r\n%s\r\n",
-              status, reason, len, extra_headers ? extra_headers : "");
-    if (text)
-        mg_write(conn, text, len);
+    fake_send(conn, status, reason, "application/json", extra_headers, text ? text : "",
+              text ? strlen(text) : 0);
     free(text);
+    return status;
 }
 
 /* Sends raw text as a 200 response of the given type. */
 static inline void fake_send_raw(struct mg_connection *conn, const char *type, const char *text)
 {
-    mg_printf(conn,
-              "HTTP/1.1 200 OK\r\nContent-Type: %s\r\nContent-Length: %zu\r\nConnection: "
-              "close\r\n\r\n%s",
-              type, strlen(text), text);
+    fake_send(conn, 200, "OK", type, NULL, text, strlen(text));
 }
 
 /* Reads the request body as a JSON object (NULL when it is not one). */

@@ -101,8 +101,8 @@ void kiln_test_fake_stop(kiln_test_fake_t *f)
     f->pid = 0;
 }
 
-/* One counter from GET /fake/stats, fetched with the HTTP layer itself. */
-long kiln_test_fake_stat(const kiln_test_fake_t *f, const char *name)
+/* GET /fake/stats, fetched with the HTTP layer itself (caller owns). */
+static json_t *fake_stats(const kiln_test_fake_t *f)
 {
     kiln_http_client_options_t opts = {.base_url = f->url, .name = "stats", .timeout_ms = 5000};
     kiln_http_client_t *client = NULL;
@@ -112,16 +112,35 @@ long kiln_test_fake_stat(const kiln_test_fake_t *f, const char *name)
     kiln_http_result_t res;
     if (kiln_http_call(client, &call, &res, &err) != 0)
         fail_msg("GET /fake/stats: %s", err.msg);
-    json_t *stats = json_loads(res.body, 0, NULL);
-    assert_non_null(stats);
-    json_t *value = json_object_get(stats, name);
-    if (!json_is_integer(value))
-        fail_msg("/fake/stats has no counter %s: %s", name, res.body);
-    long n = (long)json_integer_value(value);
-    json_decref(stats);
+    json_t *stats = json_loadb(res.body, res.body_len, 0, NULL);
+    if (!json_is_object(stats))
+        fail_msg("GET /fake/stats: not a JSON object: %s", res.body);
     kiln_http_result_clear(&res);
     kiln_http_client_free(client);
+    return stats;
+}
+
+/* One counter of the stats (contract in kiln_test_connector.h). */
+long kiln_test_fake_stat(const kiln_test_fake_t *f, const char *name)
+{
+    json_t *stats = fake_stats(f);
+    json_t *value = json_object_get(stats, name);
+    if (!json_is_integer(value)) {
+        char *text = json_dumps(stats, JSON_COMPACT);
+        fail_msg("/fake/stats has no counter %s: %s", name, text ? text : "?");
+    }
+    long n = (long)json_integer_value(value);
+    json_decref(stats);
     return n;
+}
+
+/* One string of the stats (contract in kiln_test_connector.h). */
+void kiln_test_fake_stat_text(const kiln_test_fake_t *f, const char *name, char *out, size_t size)
+{
+    json_t *stats = fake_stats(f);
+    const char *s = json_string_value(json_object_get(stats, name));
+    snprintf(out, size, "%s", s ? s : "");
+    json_decref(stats);
 }
 
 /* A port nothing listens on (contract in kiln_test_connector.h). */
@@ -145,6 +164,45 @@ kiln_connector_t *kiln_test_connector_new(const char *type, const char *name, js
     if (kiln_connector_new(&cfg, &c, &err) != 0)
         fail_msg("kiln_connector_new %s: %s", type, err.msg);
     return c;
+}
+
+static json_t *parse_options(const char *options)
+{
+    json_error_t jerr;
+    json_t *opts = json_loads(options, 0, &jerr);
+    if (!opts)
+        fail_msg("options %s: %s", options, jerr.text);
+    return opts;
+}
+
+/* A connector from options text (contract in kiln_test_connector.h). */
+kiln_connector_t *kiln_test_connector_parse(const char *type, const char *name, const char *options,
+                                            const char *redis_url)
+{
+    json_t *opts = parse_options(options);
+    kiln_connector_config_t cfg = {
+        .name = (char *)name, .type = (char *)type, .options = opts, .redis_url = redis_url};
+    kiln_connector_t *c = NULL;
+    kiln_err_t err = {0};
+    if (kiln_connector_new(&cfg, &c, &err) != 0)
+        fail_msg("kiln_connector_new %s %s: %s", type, options, err.msg);
+    json_decref(opts);
+    return c;
+}
+
+/* Options init refuses (contract in kiln_test_connector.h). */
+int kiln_test_connector_refused(const char *type, const char *name, const char *options, char *msg,
+                                size_t size)
+{
+    json_t *opts = parse_options(options);
+    kiln_connector_config_t cfg = {.name = (char *)name, .type = (char *)type, .options = opts};
+    kiln_connector_t *c = NULL;
+    kiln_err_t err = {0};
+    int rc = kiln_connector_new(&cfg, &c, &err);
+    json_decref(opts);
+    kiln_connector_free(c);
+    snprintf(msg, size, "%s", err.msg);
+    return rc;
 }
 
 static void record_progress(void *ctx, double percent, const char *message)
@@ -201,7 +259,7 @@ void kiln_test_job_run(kiln_connector_t *c, const char *id, const char *payload,
     }
     kiln_job_context_t job = {
         .job_id = id,
-        .service = "test",
+        .service = kiln_connector_name(c),
         .payload_json = payload,
         .attempt = 1,
         .timeout_ms = timeout_ms,
@@ -238,6 +296,15 @@ bool kiln_test_job_progress_mentions(const kiln_test_job_t *j, const char *needl
         if (strstr(j->messages[i], needle))
             return true;
     return false;
+}
+
+/* The last progress message (contract in kiln_test_connector.h). */
+const char *kiln_test_job_last_message(const kiln_test_job_t *j)
+{
+    int n = atomic_load(&j->progress_count);
+    if (n > KILN_TEST_PROGRESS_MAX)
+        n = KILN_TEST_PROGRESS_MAX;
+    return n > 0 ? j->messages[n - 1] : "";
 }
 
 /* Fails unless completed (contract in kiln_test_connector.h). */

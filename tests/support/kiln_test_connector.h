@@ -41,8 +41,11 @@ void kiln_test_fake_stop(kiln_test_fake_t *f);
  * output appended to the same log: the service coming back after an outage. */
 void kiln_test_fake_restart(kiln_test_fake_t *f);
 
-/* One counter of the fake's GET /fake/stats. */
+/* One counter of the fake's GET /fake/stats (the test fails when it has none). */
 long kiln_test_fake_stat(const kiln_test_fake_t *f, const char *name);
+
+/* One string of the fake's GET /fake/stats into out ("" when it has none). */
+void kiln_test_fake_stat_text(const kiln_test_fake_t *f, const char *name, char *out, size_t size);
 
 /* A free loopback port nothing listens on (bound, read, closed). */
 int kiln_test_free_port(void);
@@ -50,6 +53,16 @@ int kiln_test_free_port(void);
 /* A connector of type named "name" with options (borrowed); fails the test
  * when init refuses them. */
 kiln_connector_t *kiln_test_connector_new(const char *type, const char *name, json_t *options);
+
+/* The same from options as JSON text, with the Redis URL the connector may
+ * use (NULL: none), as the worker gives it. */
+kiln_connector_t *kiln_test_connector_parse(const char *type, const char *name, const char *options,
+                                            const char *redis_url);
+
+/* Builds one expecting init to refuse options (JSON text); returns the code
+ * and puts the message in msg. */
+int kiln_test_connector_refused(const char *type, const char *name, const char *options, char *msg,
+                                size_t size);
 
 typedef struct kiln_test_job {
     kiln_job_outcome_t out;
@@ -62,7 +75,8 @@ typedef struct kiln_test_job {
     int64_t cancelled_at_ms, finished_at_ms; /* cancelled_at_ms: 0 when not cancelled */
 } kiln_test_job_t;
 
-/* Runs one job (id, payload JSON, timeout_ms: 0 none) through c into j,
+/* Runs one job (id, payload JSON, timeout_ms: 0 none) through c as a job of
+ * the service named like the connector into j,
  * which must be cleared with kiln_test_job_clear. With cancel_after >= 1
  * the job is cancelled once it has reported that many progress updates;
  * with 0 it is not. */
@@ -73,6 +87,9 @@ void kiln_test_job_clear(kiln_test_job_t *j);
 
 /* Whether any progress message of j holds needle. */
 bool kiln_test_job_progress_mentions(const kiln_test_job_t *j, const char *needle);
+
+/* The last progress message j recorded ("" when none). */
+const char *kiln_test_job_last_message(const kiln_test_job_t *j);
 
 /* Fail the test unless j completed with a JSON result / failed with an
  * error holding needle and the given retryable flag. */
