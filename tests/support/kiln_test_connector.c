@@ -220,22 +220,23 @@ static void record_progress(void *ctx, double percent, const char *message)
 
 typedef struct canceller {
     kiln_test_job_t *job;
+    kiln_test_cancel_when_fn when;
+    void *ctx;
     atomic_int flag;
     int fd;
-    int after;
     pthread_t thread;
 } canceller_t;
 
-static bool progress_reached(void *ctx)
+static bool cancel_due(void *ctx)
 {
     canceller_t *c = ctx;
-    return atomic_load(&c->job->progress_count) >= c->after;
+    return c->when(c->job, c->ctx);
 }
 
 static void *cancel_main(void *ctx)
 {
     canceller_t *c = ctx;
-    kiln_test_wait_until(progress_reached, c, 30000);
+    kiln_test_wait_until(cancel_due, c, 30000);
     c->job->cancelled_at_ms = kiln_test_now_ms();
     atomic_store(&c->flag, 1);
     uint64_t one = 1;
@@ -244,15 +245,16 @@ static void *cancel_main(void *ctx)
     return NULL;
 }
 
-/* Runs one job (contract in kiln_test_connector.h). */
-void kiln_test_job_run(kiln_connector_t *c, const char *id, const char *payload, int64_t timeout_ms,
-                       int cancel_after, kiln_test_job_t *j)
+/* Runs one job, cancelled when asked (contract in kiln_test_connector.h). */
+void kiln_test_job_run_cancelling(kiln_connector_t *c, const char *id, const char *payload,
+                                  int64_t timeout_ms, kiln_test_cancel_when_fn when, void *ctx,
+                                  kiln_test_job_t *j)
 {
     memset(j, 0, sizeof *j);
     pthread_mutex_init(&j->lock, NULL);
-    canceller_t cancel = {.job = j, .fd = -1, .after = cancel_after};
+    canceller_t cancel = {.job = j, .when = when, .ctx = ctx, .fd = -1};
     atomic_init(&cancel.flag, 0);
-    if (cancel_after > 0) {
+    if (when) {
         cancel.fd = eventfd(0, EFD_CLOEXEC);
         assert_true(cancel.fd >= 0);
         assert_int_equal(pthread_create(&cancel.thread, NULL, cancel_main, &cancel), 0);
@@ -272,12 +274,26 @@ void kiln_test_job_run(kiln_connector_t *c, const char *id, const char *payload,
     assert_int_equal(kiln_connector_run(c, &job, &j->out), 0);
     j->finished_at_ms = kiln_test_now_ms();
     j->elapsed_ms = j->finished_at_ms - start;
-    if (cancel_after > 0) {
+    if (when) {
         pthread_join(cancel.thread, NULL);
         close(cancel.fd);
     }
     if (j->out.result_json)
         j->result = json_loads(j->out.result_json, 0, NULL);
+}
+
+static bool progress_count_reached(const kiln_test_job_t *j, void *ctx)
+{
+    return atomic_load(&j->progress_count) >= *(const int *)ctx;
+}
+
+/* Runs one job (contract in kiln_test_connector.h). */
+void kiln_test_job_run(kiln_connector_t *c, const char *id, const char *payload, int64_t timeout_ms,
+                       int cancel_after, kiln_test_job_t *j)
+{
+    kiln_test_job_run_cancelling(c, id, payload, timeout_ms,
+                                 cancel_after > 0 ? progress_count_reached : NULL, &cancel_after,
+                                 j);
 }
 
 /* Frees what j holds (contract in kiln_test_connector.h). */

@@ -83,6 +83,16 @@ typedef struct kiln_test_job {
 void kiln_test_job_run(kiln_connector_t *c, const char *id, const char *payload, int64_t timeout_ms,
                        int cancel_after, kiln_test_job_t *j);
 
+/* When kiln_test_job_run_cancelling cancels: called with the job's
+ * progress so far (from another thread) until it returns true, 30 s at most. */
+typedef bool (*kiln_test_cancel_when_fn)(const kiln_test_job_t *j, void *ctx);
+
+/* Runs one job like kiln_test_job_run, cancelled (flag, then fd, as the
+ * worker does) once when(j, ctx) holds; j->cancelled_at_ms says when. */
+void kiln_test_job_run_cancelling(kiln_connector_t *c, const char *id, const char *payload,
+                                  int64_t timeout_ms, kiln_test_cancel_when_fn when, void *ctx,
+                                  kiln_test_job_t *j);
+
 void kiln_test_job_clear(kiln_test_job_t *j);
 
 /* Whether any progress message of j holds needle. */
