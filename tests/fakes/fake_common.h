@@ -150,6 +150,7 @@ typedef struct fake_route {
 typedef struct fake_serve_options {
     bool keep_alive; /* keep connections (160 threads, enough for 64 busy clients) */
     int (*on_connection)(const struct mg_connection *conn, void **conn_data); /* may be NULL */
+    void (*on_listening)(struct mg_context *ctx); /* more setup before the port is printed */
 } fake_serve_options_t;
 
 /* Serves routes (ending with a NULL uri) on 127.0.0.1:port_text, prints
@@ -172,7 +173,7 @@ static inline int fake_serve_with(const char *name, const char *port_text,
     const char *options[] = {"listening_ports",
                              listen,
                              "num_threads",
-                             o->keep_alive ? "160" : "16",
+                             o->keep_alive ? "160" : "32",
                              "enable_keep_alive",
                              o->keep_alive ? "yes" : "no",
                              "keep_alive_timeout_ms",
@@ -193,6 +194,8 @@ static inline int fake_serve_with(const char *name, const char *port_text,
     fake_common.port = ports[0].port;
     for (const fake_route_t *r = routes; r->uri; r++)
         mg_set_request_handler(ctx, r->uri, r->handler, NULL);
+    if (o->on_listening)
+        o->on_listening(ctx);
     printf("%s: listening on 127.0.0.1:%d\n", name, fake_common.port);
     fflush(stdout);
 
