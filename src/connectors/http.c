@@ -288,7 +288,7 @@ static int on_xferinfo(void *clientp, curl_off_t dltotal, curl_off_t dlnow, curl
 
 /* ---- one attempt ----------------------------------------------------------- */
 
-static int setup_easy(CURL *curl, kiln_http_attempt_t *a, body_ctx_t *body,
+static int setup_easy(CURL *curl, bool primed, kiln_http_attempt_t *a, body_ctx_t *body,
                       struct curl_slist **headers, char *errbuf, const char *url, long timeout_ms)
 {
     const kiln_http_client_t *c = a->client;
@@ -314,23 +314,25 @@ static int setup_easy(CURL *curl, kiln_http_attempt_t *a, body_ctx_t *body,
 #define SET(opt, val)                                                                              \
     if (rc == CURLE_OK)                                                                            \
     rc = curl_easy_setopt(curl, opt, val)
+    if (!primed) { /* the same for every call: a kept handle has them already */
+        SET(CURLOPT_PROTOCOLS_STR, "http,https");
+        SET(CURLOPT_FOLLOWLOCATION, 0L); /* never forward the key to another host */
+        SET(CURLOPT_NOSIGNAL, 1L);
+        SET(CURLOPT_USERAGENT, "kiln");
+        SET(CURLOPT_TCP_KEEPALIVE, 1L);
+        SET(CURLOPT_ACCEPT_ENCODING, "");
+        SET(CURLOPT_HEADERFUNCTION, on_header);
+        SET(CURLOPT_WRITEFUNCTION, on_body);
+        SET(CURLOPT_NOPROGRESS, 0L);
+        SET(CURLOPT_XFERINFOFUNCTION, on_xferinfo);
+    }
     SET(CURLOPT_URL, url);
-    SET(CURLOPT_PROTOCOLS_STR, "http,https");
-    SET(CURLOPT_FOLLOWLOCATION, 0L); /* never forward the key to another host */
-    SET(CURLOPT_NOSIGNAL, 1L);
     SET(CURLOPT_ERRORBUFFER, errbuf);
-    SET(CURLOPT_USERAGENT, "kiln");
     SET(CURLOPT_HTTPHEADER, h);
     SET(CURLOPT_CONNECTTIMEOUT_MS, c->connect_timeout_ms);
     SET(CURLOPT_TIMEOUT_MS, timeout_ms);
-    SET(CURLOPT_TCP_KEEPALIVE, 1L);
-    SET(CURLOPT_ACCEPT_ENCODING, "");
-    SET(CURLOPT_HEADERFUNCTION, on_header);
     SET(CURLOPT_HEADERDATA, a);
-    SET(CURLOPT_WRITEFUNCTION, on_body);
     SET(CURLOPT_WRITEDATA, body);
-    SET(CURLOPT_NOPROGRESS, 0L);
-    SET(CURLOPT_XFERINFOFUNCTION, on_xferinfo);
     SET(CURLOPT_XFERINFODATA, a);
     bool post = a->call->body_json || (a->call->method && strcmp(a->call->method, "POST") == 0);
     if (post) {
@@ -488,7 +490,10 @@ static int attempt_once(kiln_http_attempt_t *a, long timeout_ms, kiln_http_resul
     char errbuf[CURL_ERROR_SIZE] = "";
     struct curl_slist *headers = NULL;
     body_ctx_t body = {.a = a, .curl = curl};
-    int rc = setup_easy(curl, a, &body, &headers, errbuf, url, timeout_ms);
+    int rc =
+        setup_easy(curl, reused && reused->primed, a, &body, &headers, errbuf, url, timeout_ms);
+    if (reused && rc == 0)
+        reused->primed = 1;
     if (rc < 0) {
         rc = kiln_err_set(err, rc, "%s: libcurl refused an option", a->call->path);
     } else {

@@ -6,7 +6,8 @@
  *                                or server-sent "chat.completion.chunk" events
  *   POST /v1/images/generations  {"model","prompt","n","response_format"}
  *   POST /v1/embeddings          {"model","input","dimensions"}
- *   GET  /fake/stats             what it saw: {"requests","auth_ok","auth_bad",
+ *   GET  /fake/stats             what it saw (405 for another method or a body):
+ *                                {"requests","auth_ok","auth_bad",
  *                                "connections"}
  *
  * Faults are chosen by the model name's start (or an X-Fake-Fault header):
@@ -312,6 +313,10 @@ static int on_connection(const struct mg_connection *conn, void **conn_data)
 
 static int on_stats(struct mg_connection *conn, void *cbdata)
 {
+    const struct mg_request_info *ri = mg_get_request_info(conn);
+    if (strcmp(ri->request_method, "GET") != 0 || ri->content_length > 0)
+        return fake_send_json(conn, 405, "Method Not Allowed", "Allow: GET\r\n",
+                              json_pack("{s:s}", "error", "GET /fake/stats, without a body"));
     pthread_mutex_lock(&fake.mu);
     json_t *stats = json_pack("{s:I, s:I, s:I, s:I}", "connections", (json_int_t)fake.connections,
                               "requests", (json_int_t)fake.requests, "auth_ok",
