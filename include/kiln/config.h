@@ -131,13 +131,14 @@ typedef struct kiln_config {
         long heartbeat_ms; /* worker.heartbeat_ms; default 0 = lease_ms / 3 */
         long shutdown_grace_ms; /* worker.shutdown_grace_ms; default 30000, 0-3600000 */
         long registry_ttl_ms;   /* worker.registry_ttl_ms; default 15000, 1000-3600000 */
-        long health_interval_ms; /* worker.health_interval_ms: connector health checks;
-                                    default 10000, 100-3600000 */
         int prefetch;           /* worker.prefetch: jobs claimed ahead while jobs are short;
                                    default 1, 0-1024 */
         char *active_windows;   /* worker.active_windows | KILN_WORKER_ACTIVE_WINDOWS: claim only
                                    inside these local-time windows ("22:00-06:00,12:00-13:00",
                                    canonical); NULL or "" = always; owned */
+        /* worker.health_interval_ms: how often connectors' health is checked;
+         * default 10000, 100-3600000 */
+        long health_interval_ms;
     } worker;
 
     /* connectors: { NAME: { type: TYPE, ...options } }. A name listed in

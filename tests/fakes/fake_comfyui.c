@@ -241,7 +241,8 @@ static bool sample(prompt_t *p, const char *node, json_t *messages)
         ws_send(p->client_id, "progress",
                 json_pack("{s:i, s:i, s:s, s:s}", "value", s, "max", steps, "prompt_id", p->id,
                           "node", node));
-        long wait = strcmp(p->mode, "slow") == 0 && s >= STALL_STEP ? FAKE_STALL_MAX_S * 1000L : STEP_MS;
+        long wait =
+            strcmp(p->mode, "slow") == 0 && s >= STALL_STEP ? FAKE_STALL_MAX_S * 1000L : STEP_MS;
         if (!pause_ms(p, wait) && p->interrupt) {
             json_t *data = json_pack("{s:s, s:s, s:s, s:[]}", "prompt_id", p->id, "node_id", node,
                                      "node_type", class_of(p->graph, node), "executed");
