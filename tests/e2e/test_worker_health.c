@@ -16,16 +16,14 @@
 #include "kiln_test_worker.h"
 
 static kiln_test_worker_t worker;
-static kiln_test_fake_t fake;
 
 static int setup(void **state)
 {
     kiln_test_worker_init(&worker);
-    char fake_log[320], outputs[320], yaml[800];
-    snprintf(fake_log, sizeof fake_log, "%s/fake_a1111.log", worker.dir);
+    char outputs[320], yaml[800];
     snprintf(outputs, sizeof outputs, "%s/outputs", worker.dir);
     assert_int_equal(mkdir(outputs, 0755), 0);
-    kiln_test_fake_start(&fake, "fake_a1111", NULL, fake_log);
+    kiln_test_worker_start_fake(&worker, "fake_a1111", NULL);
     snprintf(yaml, sizeof yaml,
              "worker:\n"
              "  health_interval_ms: 200\n"
@@ -35,15 +33,14 @@ static int setup(void **state)
              "    url: %s\n"
              "    outputs_dir: %s\n"
              "    poll_interval_ms: 100\n",
-             fake.url, outputs);
+             worker.fake.url, outputs);
     kiln_test_worker_start(&worker, yaml, "a1111", NULL);
     return 0;
 }
 
 static int teardown(void **state)
 {
-    kiln_test_fake_stop(&fake);
-    kiln_test_worker_stop(&worker, fake.log_path);
+    kiln_test_worker_stop(&worker, NULL);
     return 0;
 }
 
@@ -121,7 +118,7 @@ worker_stops_claiming_while_its_connector_is_down_and_resumes_when_it_is_back(vo
 
     /* The service goes away: the record says so, with the reason, and the
      * worker stops claiming. */
-    kiln_test_fake_stop(&fake);
+    kiln_test_fake_stop(&worker.fake);
     doc = wait_health("fail", 0);
     json_t *one = json_object_get(json_object_get(doc, "health"), "a1111");
     const char *error = json_string_value(json_object_get(one, "error"));
@@ -142,7 +139,7 @@ worker_stops_claiming_while_its_connector_is_down_and_resumes_when_it_is_back(vo
     assert_string_equal(job_state(id), "pending");
 
     /* The service comes back on its port: the worker claims and runs it. */
-    kiln_test_fake_restart(&fake);
+    kiln_test_fake_restart(&worker.fake);
     json_decref(kiln_test_worker_wait_final(&worker, id, "completed"));
     doc = wait_health("pass", 0);
     assert_true(json_is_true(json_object_get(doc, "claiming")));
