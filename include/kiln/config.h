@@ -139,6 +139,9 @@ typedef struct kiln_config {
         char *active_windows;   /* worker.active_windows | KILN_WORKER_ACTIVE_WINDOWS: claim only
                                    inside these local-time windows ("22:00-06:00,12:00-13:00",
                                    canonical); NULL or "" = always; owned */
+        /* worker.health_interval_ms: how often connectors' health is checked;
+         * default 10000, 100-3600000 */
+        long health_interval_ms;
     } worker;
 
     /* connectors: { NAME: { type: TYPE, ...options } }. A name listed in

@@ -22,6 +22,12 @@ int kiln_worker_new(const kiln_config_t *cfg, kiln_worker_t **out, kiln_err_t *e
  * without counting an attempt. Returns 0 after a clean stop. */
 int kiln_worker_run(kiln_worker_t *w, kiln_err_t *err);
 
+/* Gives the worker a readiness fd (s6's notification-fd: the supervisor's
+ * pipe, KILN_READY_FD in `kiln worker`'s environment): once a connector's
+ * health check first passes, the worker writes "ready\n" to it and closes
+ * it. Call before kiln_worker_run; the worker owns fd from then on. */
+void kiln_worker_set_ready_fd(kiln_worker_t *w, int fd);
+
 /* Asks a running worker to stop (thread- and signal-safe). */
 void kiln_worker_stop(kiln_worker_t *w);
 

@@ -442,6 +442,11 @@ static int add_worker(builder_t *b, const char *name, kiln_service_kind_t kind,
     free(config);
     if (rc == 0 && *urls)
         rc = env_set_owned(s, printf_alloc("KILN_CONNECTOR_URLS=%s", urls));
+    /* Ready once a connector's health check passes: the worker says so on
+     * fd 3 (kiln_worker_set_ready_fd). */
+    s->ready.kind = KILN_READY_FD;
+    if (rc == 0)
+        rc = env_set_owned(s, strdup("KILN_READY_FD=3"));
     free(id);
     free(caps);
     if (rc != 0)

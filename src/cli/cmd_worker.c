@@ -1,4 +1,5 @@
 /* kiln worker: claims and runs jobs until SIGTERM/SIGINT. */
+#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -28,6 +29,25 @@ static const char usage_text[] =
     "            1 jobs did not stop in time\n";
 
 /* Each flag sets a config setting, checked as its environment variable. */
+/* The readiness fd the supervisor passed (KILN_READY_FD, a number), kept
+ * from the jobs' child processes; -1 when none is given or it is not open. */
+static int ready_fd_from_env(void)
+{
+    const char *text = getenv("KILN_READY_FD");
+    if (!text || !*text)
+        return -1;
+    char *end;
+    long fd = strtol(text, &end, 10);
+    if (*end || fd < 3 || fd > 1023 || fcntl((int)fd, F_SETFD, FD_CLOEXEC) != 0) {
+        fprintf(stderr,
+                "kiln worker: KILN_READY_FD: expected an open file descriptor number (3-1023), "
+                "got \"%.32s\"; ignored\n",
+                text);
+        return -1;
+    }
+    return (int)fd;
+}
+
 static int apply_flag(kiln_config_t *cfg, const char *flag, const char *value)
 {
     static const struct {
@@ -92,6 +112,7 @@ int kiln_cmd_worker(int argc, char **argv)
         kiln_config_free(&cfg);
         return kiln_cli_exit_code(err.code);
     }
+    kiln_worker_set_ready_fd(w, ready_fd_from_env());
     rc = kiln_worker_run(w, &err);
     if (rc)
         fprintf(stderr, "kiln worker: %s\n", err.msg);

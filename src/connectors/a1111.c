@@ -81,20 +81,18 @@ static int read_options(const kiln_connector_config_t *cfg, a1111_t *a,
                         kiln_http_client_options_t *hopts, int64_t *poll_timeout_ms,
                         kiln_err_t *err)
 {
-    int64_t timeout_ms = 0, connect_ms = 0, retries = 0, max_bytes = 0;
+    static const kiln_http_option_defaults_t transfer = {
+        .timeout_ms = A1111_TIMEOUT_DEFAULT,
+        .timeout_max_ms = A1111_TIMEOUT_MAX,
+        .max_retries = A1111_RETRIES_DEFAULT,
+        .max_response_bytes = A1111_RESPONSE_DEFAULT,
+    };
     int rc = kiln_http_option_base_url(cfg, A1111_DEFAULT_URL, hopts, err);
     if (rc == 0)
         rc = kiln_outputs_option_dir(cfg, "outputs_dir", A1111_OUTPUTS_DEFAULT, true,
                                      &a->outputs_dir, err);
     if (rc == 0)
-        rc = kiln_connector_option_int(cfg, "timeout_ms", 1, A1111_TIMEOUT_MAX,
-                                       A1111_TIMEOUT_DEFAULT, &timeout_ms, err);
-    if (rc == 0)
-        rc = kiln_connector_option_int(cfg, "connect_timeout_ms", 1, A1111_TIMEOUT_MAX,
-                                       KILN_HTTP_CONNECT_TIMEOUT_MS, &connect_ms, err);
-    if (rc == 0)
-        rc = kiln_connector_option_int(cfg, "max_retries", 0, KILN_HTTP_RETRIES_MAX,
-                                       A1111_RETRIES_DEFAULT, &retries, err);
+        rc = kiln_http_option_transfer(cfg, &transfer, hopts, err);
     if (rc == 0)
         rc = kiln_connector_option_int(cfg, "poll_interval_ms", 50, 60000, A1111_POLL_DEFAULT_MS,
                                        &a->poll_interval_ms, err);
@@ -104,17 +102,7 @@ static int read_options(const kiln_connector_config_t *cfg, a1111_t *a,
     if (rc == 0)
         rc = kiln_connector_option_int(cfg, "max_images", 1, A1111_MAX_IMAGES_LIMIT,
                                        A1111_MAX_IMAGES, &a->max_images, err);
-    if (rc == 0)
-        rc =
-            kiln_connector_option_int(cfg, "max_response_bytes", 1024, KILN_HTTP_MAX_RESPONSE_LIMIT,
-                                      A1111_RESPONSE_DEFAULT, &max_bytes, err);
-    if (rc < 0)
-        return rc;
-    hopts->timeout_ms = (long)timeout_ms;
-    hopts->connect_timeout_ms = (long)connect_ms;
-    hopts->max_retries = (int)retries;
-    hopts->max_response_bytes = (size_t)max_bytes;
-    return 0;
+    return rc;
 }
 
 static int a1111_init(const kiln_connector_config_t *cfg, void **state, kiln_err_t *err)

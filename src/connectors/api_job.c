@@ -376,28 +376,20 @@ int kiln_api_download_outputs(const json_t *output, const char *outputs_dir, uin
 static int read_limits(const kiln_connector_config_t *cfg, kiln_api_options_t *opts,
                        kiln_http_client_options_t *hopts, int64_t *timeout_ms, kiln_err_t *err)
 {
-    int64_t connect_ms = 0, retries = 0, max_bytes = 0, max_output = 0;
-    int rc = kiln_connector_option_int(cfg, "timeout_ms", 1, KILN_API_TIMEOUT_MAX, *timeout_ms,
-                                       timeout_ms, err);
-    if (rc == 0)
-        rc = kiln_connector_option_int(cfg, "connect_timeout_ms", 1, KILN_API_TIMEOUT_MAX,
-                                       KILN_HTTP_CONNECT_TIMEOUT_MS, &connect_ms, err);
-    if (rc == 0)
-        rc = kiln_connector_option_int(cfg, "max_retries", 0, KILN_HTTP_RETRIES_MAX,
-                                       KILN_API_RETRIES_DEFAULT, &retries, err);
-    if (rc == 0)
-        rc =
-            kiln_connector_option_int(cfg, "max_response_bytes", 1024, KILN_HTTP_MAX_RESPONSE_LIMIT,
-                                      KILN_HTTP_MAX_RESPONSE_DEFAULT, &max_bytes, err);
+    const kiln_http_option_defaults_t transfer = {
+        .timeout_ms = *timeout_ms,
+        .timeout_max_ms = KILN_API_TIMEOUT_MAX,
+        .max_retries = KILN_API_RETRIES_DEFAULT,
+        .max_response_bytes = KILN_HTTP_MAX_RESPONSE_DEFAULT,
+    };
+    int64_t max_output = 0;
+    int rc = kiln_http_option_transfer(cfg, &transfer, hopts, err);
     if (rc == 0)
         rc = kiln_connector_option_int(cfg, "max_output_bytes", 1, INT64_MAX / 2,
                                        (int64_t)KILN_API_OUTPUT_BYTES_DEFAULT, &max_output, err);
     if (rc < 0)
         return rc;
-    hopts->timeout_ms = (long)*timeout_ms;
-    hopts->connect_timeout_ms = (long)connect_ms;
-    hopts->max_retries = (int)retries;
-    hopts->max_response_bytes = (size_t)max_bytes;
+    *timeout_ms = hopts->timeout_ms;
     opts->max_output_bytes = (uint64_t)max_output;
     return 0;
 }

@@ -24,6 +24,7 @@
 #include <curl/curl.h>
 
 #include "core/curl_util.h"
+#include "http_internal.h"
 #include "http_reuse.h"
 #include <errno.h>
 #include <inttypes.h>
@@ -58,33 +59,6 @@ struct kiln_http_client {
     kiln_ratelimit_t *ratelimit;
 };
 
-/* A growable buffer with a maximum size fixed at init. */
-typedef struct buf {
-    char *data;
-    size_t len, cap, max;
-} buf_t;
-
-/* One request and its response. */
-typedef struct attempt {
-    const kiln_http_client_t *client;
-    const kiln_http_call_t *call;
-    long status;
-    long retry_after_ms; /* -1: none */
-    bool cancelled;
-    bool is_stream; /* decided at the first body byte */
-    bool body_started;
-    bool too_big;
-    bool sse_too_long;  /* an event or line over KILN_HTTP_SSE_LINE_MAX */
-    bool is_lines;      /* NDJSON, delivered to on_line (is_stream is set too) */
-    bool line_too_long; /* an NDJSON line over KILN_HTTP_NDJSON_LINE_MAX */
-    int events;         /* delivered to on_event */
-    int callback_rc;    /* non-zero: on_event stopped the transfer */
-    bool stream_done;
-    buf_t body;
-    buf_t line;  /* SSE: the line being read */
-    buf_t event; /* SSE: the event's data so far */
-} attempt_t;
-
 static int64_t now_ms(void)
 {
     struct timespec ts;
@@ -95,50 +69,6 @@ static int64_t now_ms(void)
 static bool cancel_requested(const kiln_http_call_t *call)
 {
     return call->cancel && atomic_load_explicit(call->cancel, memory_order_acquire) != 0;
-}
-
-/* ---- buffers --------------------------------------------------------------- */
-
-static void buf_init(buf_t *b, size_t max)
-{
-    memset(b, 0, sizeof *b);
-    b->max = max;
-}
-
-/* Appends len bytes, keeping a NUL after them. -1 past max or out of memory. */
-static int buf_append(buf_t *b, const char *data, size_t len)
-{
-    if (len > b->max - b->len)
-        return -1;
-    if (b->len + len + 1 > b->cap) {
-        size_t cap = b->cap ? b->cap : 1024;
-        while (cap < b->len + len + 1)
-            cap *= 2;
-        if (cap > b->max + 1)
-            cap = b->max + 1;
-        char *grown = realloc(b->data, cap);
-        if (!grown)
-            return -1;
-        b->data = grown;
-        b->cap = cap;
-    }
-    memcpy(b->data + b->len, data, len);
-    b->len += len;
-    b->data[b->len] = '\0';
-    return 0;
-}
-
-static void buf_reset(buf_t *b)
-{
-    b->len = 0;
-    if (b->data)
-        b->data[0] = '\0';
-}
-
-static void buf_free(buf_t *b)
-{
-    free(b->data);
-    memset(b, 0, sizeof *b);
 }
 
 /* ---- URLs and secrets ------------------------------------------------------ */
@@ -244,106 +174,6 @@ void kiln_http_result_clear(kiln_http_result_t *res)
     memset(res, 0, sizeof *res);
 }
 
-/* ---- server-sent events ---------------------------------------------------- */
-
-/* Delivers the event gathered so far, if any. */
-static int sse_dispatch(attempt_t *a)
-{
-    if (a->event.len == 0)
-        return 0; /* no data line since the last event */
-    /* Each data line was stored with a '\n' after it; the last one goes. */
-    a->event.data[--a->event.len] = '\0';
-    int rc = 0;
-    if (strcmp(a->event.data, "[DONE]") == 0) {
-        a->stream_done = true;
-    } else if (a->event.len > 0) {
-        a->events++;
-        rc = a->call->on_event(a->call->event_ctx, a->event.data, a->event.len);
-    }
-    buf_reset(&a->event);
-    return rc;
-}
-
-/* Handles one line of the stream (without its line ending). */
-static int sse_line(attempt_t *a, char *line, size_t len)
-{
-    if (len == 0)
-        return sse_dispatch(a);
-    if (line[0] == ':')
-        return 0; /* a comment, used as a keep-alive */
-    if (len < 5 || strncmp(line, "data:", 5) != 0)
-        return 0; /* event:, id:, retry: and unknown fields carry nothing we use */
-    const char *value = line + 5;
-    size_t value_len = len - 5;
-    if (value_len > 0 && value[0] == ' ')
-        value++, value_len--;
-    if (buf_append(&a->event, value, value_len) < 0 || buf_append(&a->event, "\n", 1) < 0) {
-        a->sse_too_long = true;
-        return KILN_ETOOBIG;
-    }
-    /* Some servers end "[DONE]" without a blank line before closing. */
-    if (strcmp(a->event.data, "[DONE]\n") == 0)
-        return sse_dispatch(a);
-    return 0;
-}
-
-static int sse_feed(attempt_t *a, const char *data, size_t len)
-{
-    for (size_t i = 0; i < len; i++) {
-        char ch = data[i];
-        if (ch == '\n') {
-            size_t n = a->line.len;
-            if (n > 0 && a->line.data[n - 1] == '\r')
-                n--;
-            int rc = sse_line(a, a->line.data ? a->line.data : (char *)"", n);
-            buf_reset(&a->line);
-            if (rc != 0)
-                return rc;
-        } else if (buf_append(&a->line, &ch, 1) < 0) {
-            a->sse_too_long = true;
-            return KILN_ETOOBIG;
-        }
-    }
-    return 0;
-}
-
-/* ---- NDJSON ---------------------------------------------------------------- */
-
-/* Delivers the line gathered in a->line, unless it is blank. */
-static int ndjson_dispatch(attempt_t *a)
-{
-    size_t n = a->line.len;
-    if (n > 0 && a->line.data[n - 1] == '\r')
-        a->line.data[--n] = '\0';
-    int rc = 0;
-    if (n > 0 && a->line.data[strspn(a->line.data, " \t")] != '\0') {
-        a->events++;
-        rc = a->call->on_line(a->call->line_ctx, a->line.data, n);
-    }
-    buf_reset(&a->line);
-    return rc;
-}
-
-static int ndjson_feed(attempt_t *a, const char *data, size_t len)
-{
-    while (len > 0) {
-        const char *nl = memchr(data, '\n', len);
-        size_t take = nl ? (size_t)(nl - data) : len;
-        if (buf_append(&a->line, data, take) < 0) {
-            a->line_too_long = true;
-            return KILN_ETOOBIG;
-        }
-        if (!nl)
-            break;
-        int rc = ndjson_dispatch(a);
-        if (rc != 0)
-            return rc;
-        data += take + 1;
-        len -= take + 1;
-    }
-    return 0;
-}
-
 /* ---- curl callbacks -------------------------------------------------------- */
 
 /* Retry-After as seconds or an HTTP date, in ms from now (-1 when unreadable). */
@@ -370,7 +200,7 @@ static long parse_retry_after(const char *value)
 
 static size_t on_header(char *buffer, size_t size, size_t nitems, void *userdata)
 {
-    attempt_t *a = userdata;
+    kiln_http_attempt_t *a = userdata;
     size_t len = size * nitems;
     char line[256]; /* the headers read here are short; longer ones are not ours */
     size_t keep = len < sizeof line - 1 ? len : sizeof line - 1;
@@ -390,7 +220,7 @@ static size_t on_header(char *buffer, size_t size, size_t nitems, void *userdata
 }
 
 /* Decides, at the first body byte, whether the body is an event stream. */
-static void on_body_start(attempt_t *a, CURL *curl)
+static void on_body_start(kiln_http_attempt_t *a, CURL *curl)
 {
     a->body_started = true;
     char *type = NULL;
@@ -407,23 +237,23 @@ static void on_body_start(attempt_t *a, CURL *curl)
         a->line.max = KILN_HTTP_NDJSON_LINE_MAX;
     }
     size_t max = ok ? a->client->max_response_bytes : KILN_HTTP_ERROR_BODY_MAX;
-    buf_init(&a->body, max);
+    kiln_http_buf_init(&a->body, max);
 }
 
 typedef struct body_ctx {
-    attempt_t *a;
+    kiln_http_attempt_t *a;
     CURL *curl;
 } body_ctx_t;
 
 static size_t on_body(char *ptr, size_t size, size_t nmemb, void *userdata)
 {
     body_ctx_t *ctx = userdata;
-    attempt_t *a = ctx->a;
+    kiln_http_attempt_t *a = ctx->a;
     size_t len = size * nmemb;
     if (!a->body_started)
         on_body_start(a, ctx->curl);
     if (a->is_stream) {
-        int rc = a->is_lines ? ndjson_feed(a, ptr, len) : sse_feed(a, ptr, len);
+        int rc = kiln_http_stream_feed(a, ptr, len);
         if (rc == KILN_ETOOBIG) {
             a->too_big = true;
             return 0;
@@ -434,7 +264,7 @@ static size_t on_body(char *ptr, size_t size, size_t nmemb, void *userdata)
         }
         return len;
     }
-    if (buf_append(&a->body, ptr, len) < 0) {
+    if (kiln_http_buf_append(&a->body, ptr, len) < 0) {
         bool ok = a->status >= 200 && a->status < 300;
         if (ok) {
             a->too_big = true;
@@ -448,7 +278,7 @@ static size_t on_body(char *ptr, size_t size, size_t nmemb, void *userdata)
 static int on_xferinfo(void *clientp, curl_off_t dltotal, curl_off_t dlnow, curl_off_t ultotal,
                        curl_off_t ulnow)
 {
-    attempt_t *a = clientp;
+    kiln_http_attempt_t *a = clientp;
     if (cancel_requested(a->call)) {
         a->cancelled = true;
         return 1;
@@ -458,8 +288,8 @@ static int on_xferinfo(void *clientp, curl_off_t dltotal, curl_off_t dlnow, curl
 
 /* ---- one attempt ----------------------------------------------------------- */
 
-static int setup_easy(CURL *curl, attempt_t *a, body_ctx_t *body, struct curl_slist **headers,
-                      char *errbuf, const char *url, long timeout_ms)
+static int setup_easy(CURL *curl, bool primed, kiln_http_attempt_t *a, body_ctx_t *body,
+                      struct curl_slist **headers, char *errbuf, const char *url, long timeout_ms)
 {
     const kiln_http_client_t *c = a->client;
     struct curl_slist *h = NULL, *next;
@@ -484,23 +314,25 @@ static int setup_easy(CURL *curl, attempt_t *a, body_ctx_t *body, struct curl_sl
 #define SET(opt, val)                                                                              \
     if (rc == CURLE_OK)                                                                            \
     rc = curl_easy_setopt(curl, opt, val)
+    if (!primed) { /* the same for every call: a kept handle has them already */
+        SET(CURLOPT_PROTOCOLS_STR, "http,https");
+        SET(CURLOPT_FOLLOWLOCATION, 0L); /* never forward the key to another host */
+        SET(CURLOPT_NOSIGNAL, 1L);
+        SET(CURLOPT_USERAGENT, "kiln");
+        SET(CURLOPT_TCP_KEEPALIVE, 1L);
+        SET(CURLOPT_ACCEPT_ENCODING, "");
+        SET(CURLOPT_HEADERFUNCTION, on_header);
+        SET(CURLOPT_WRITEFUNCTION, on_body);
+        SET(CURLOPT_NOPROGRESS, 0L);
+        SET(CURLOPT_XFERINFOFUNCTION, on_xferinfo);
+    }
     SET(CURLOPT_URL, url);
-    SET(CURLOPT_PROTOCOLS_STR, "http,https");
-    SET(CURLOPT_FOLLOWLOCATION, 0L); /* never forward the key to another host */
-    SET(CURLOPT_NOSIGNAL, 1L);
     SET(CURLOPT_ERRORBUFFER, errbuf);
-    SET(CURLOPT_USERAGENT, "kiln");
     SET(CURLOPT_HTTPHEADER, h);
     SET(CURLOPT_CONNECTTIMEOUT_MS, c->connect_timeout_ms);
     SET(CURLOPT_TIMEOUT_MS, timeout_ms);
-    SET(CURLOPT_TCP_KEEPALIVE, 1L);
-    SET(CURLOPT_ACCEPT_ENCODING, "");
-    SET(CURLOPT_HEADERFUNCTION, on_header);
     SET(CURLOPT_HEADERDATA, a);
-    SET(CURLOPT_WRITEFUNCTION, on_body);
     SET(CURLOPT_WRITEDATA, body);
-    SET(CURLOPT_NOPROGRESS, 0L);
-    SET(CURLOPT_XFERINFOFUNCTION, on_xferinfo);
     SET(CURLOPT_XFERINFODATA, a);
     bool post = a->call->body_json || (a->call->method && strcmp(a->call->method, "POST") == 0);
     if (post) {
@@ -518,7 +350,7 @@ nomem:
 }
 
 /* Runs the transfer on the thread's multi handle, waking on the cancel fd. */
-static CURLcode perform(CURL *curl, CURLM *multi, attempt_t *a)
+static CURLcode perform(CURL *curl, CURLM *multi, kiln_http_attempt_t *a)
 {
     if (curl_multi_add_handle(multi, curl) != CURLM_OK)
         return CURLE_OUT_OF_MEMORY;
@@ -562,7 +394,7 @@ static bool status_retryable(long status)
 
 /* The server's own words from an error body: OpenAI's {"error":{"message"}},
  * {"error":"..."}, {"message":"..."} or {"detail":"..."}, else the text. */
-static void server_message(const kiln_http_client_t *client, const buf_t *body, char *out,
+static void server_message(const kiln_http_client_t *client, const kiln_http_buf_t *body, char *out,
                            size_t size)
 {
     out[0] = '\0';
@@ -588,8 +420,8 @@ static void server_message(const kiln_http_client_t *client, const buf_t *body, 
 }
 
 /* Turns the end of an attempt into the call's return code. */
-static int classify(attempt_t *a, CURLcode cc, const char *errbuf, kiln_http_result_t *res,
-                    kiln_err_t *err)
+static int classify(kiln_http_attempt_t *a, CURLcode cc, const char *errbuf,
+                    kiln_http_result_t *res, kiln_err_t *err)
 {
     const kiln_http_call_t *call = a->call;
     const char *what = call->path;
@@ -636,7 +468,8 @@ static int classify(attempt_t *a, CURLcode cc, const char *errbuf, kiln_http_res
 }
 
 /* Runs one request into res. */
-static int attempt_once(attempt_t *a, long timeout_ms, kiln_http_result_t *res, kiln_err_t *err)
+static int attempt_once(kiln_http_attempt_t *a, long timeout_ms, kiln_http_result_t *res,
+                        kiln_err_t *err)
 {
     const kiln_http_client_t *c = a->client;
     char url[KILN_HTTP_URL_MAX * 2];
@@ -657,23 +490,16 @@ static int attempt_once(attempt_t *a, long timeout_ms, kiln_http_result_t *res, 
     char errbuf[CURL_ERROR_SIZE] = "";
     struct curl_slist *headers = NULL;
     body_ctx_t body = {.a = a, .curl = curl};
-    int rc = setup_easy(curl, a, &body, &headers, errbuf, url, timeout_ms);
+    int rc =
+        setup_easy(curl, reused && reused->primed, a, &body, &headers, errbuf, url, timeout_ms);
+    if (reused && rc == 0)
+        reused->primed = 1;
     if (rc < 0) {
         rc = kiln_err_set(err, rc, "%s: libcurl refused an option", a->call->path);
     } else {
         CURLcode cc = perform(curl, multi, a);
-        if (a->is_lines && cc == CURLE_OK && a->callback_rc == 0) {
-            /* A last line without its newline still counts. */
-            a->callback_rc = ndjson_dispatch(a);
-        } else if (a->is_stream && cc == CURLE_OK && a->callback_rc == 0) {
-            /* A last event without its blank line still counts. */
-            if (a->line.len > 0)
-                a->callback_rc = sse_line(a, a->line.data, a->line.len);
-            if (a->callback_rc == 0)
-                a->callback_rc = sse_dispatch(a);
-            if (a->callback_rc == KILN_ETOOBIG)
-                a->too_big = true, a->callback_rc = 0;
-        }
+        if (a->is_stream && cc == CURLE_OK && a->callback_rc == 0)
+            a->callback_rc = kiln_http_stream_end(a);
         rc = classify(a, cc, errbuf, res, err);
     }
     res->status = a->status;
@@ -749,14 +575,14 @@ int kiln_http_call(const kiln_http_client_t *client, const kiln_http_call_t *cal
             res->retryable = limit_rc != KILN_ECANCELLED;
             return limit_rc;
         }
-        attempt_t a = {.client = client, .call = call, .retry_after_ms = -1};
-        buf_init(&a.line, KILN_HTTP_SSE_LINE_MAX);
-        buf_init(&a.event, KILN_HTTP_SSE_LINE_MAX);
-        buf_init(&a.body, client->max_response_bytes);
+        kiln_http_attempt_t a = {.client = client, .call = call, .retry_after_ms = -1};
+        kiln_http_buf_init(&a.line, KILN_HTTP_SSE_LINE_MAX);
+        kiln_http_buf_init(&a.event, KILN_HTTP_SSE_LINE_MAX);
+        kiln_http_buf_init(&a.body, client->max_response_bytes);
         res->attempts++;
         int rc = attempt_once(&a, timeout_ms, res, err);
-        buf_free(&a.line);
-        buf_free(&a.event);
+        kiln_http_buf_free(&a.line);
+        kiln_http_buf_free(&a.event);
         if (rc == 0 && !a.is_stream) {
             free(res->body); /* an earlier attempt's error body */
             res->body = a.body.data ? a.body.data : strdup("");
@@ -774,7 +600,7 @@ int kiln_http_call(const kiln_http_client_t *client, const kiln_http_call_t *cal
             res->body_len = a.body.len;
             a.body.data = NULL;
         }
-        buf_free(&a.body);
+        kiln_http_buf_free(&a.body);
         if (rc == 0) { /* a stream: no body, not even an earlier attempt's error */
             free(res->body);
             res->body = NULL;

@@ -144,6 +144,24 @@ void kiln_http_redact(const kiln_http_client_t *client, char *s);
 int kiln_http_read_api_key(const kiln_connector_config_t *cfg, const char *default_env,
                            bool required, char **key, kiln_err_t *err);
 
+/* A connector's defaults for the transfer options (kiln_http_option_transfer). */
+typedef struct kiln_http_option_defaults {
+    int64_t timeout_ms;         /* timeout_ms when not given */
+    int64_t timeout_max_ms;     /* the most timeout_ms and connect_timeout_ms take */
+    int64_t max_retries;        /* max_retries when not given */
+    int64_t max_response_bytes; /* max_response_bytes when not given */
+} kiln_http_option_defaults_t;
+
+/* Reads the transfer options every HTTP connector takes into opts:
+ * timeout_ms and connect_timeout_ms (1-d->timeout_max_ms; the latter
+ * defaults to KILN_HTTP_CONNECT_TIMEOUT_MS), max_retries
+ * (0-KILN_HTTP_RETRIES_MAX) and max_response_bytes
+ * (1024-KILN_HTTP_MAX_RESPONSE_LIMIT). Returns 0 or KILN_EINVAL with a
+ * message naming the option and the range. */
+int kiln_http_option_transfer(const kiln_connector_config_t *cfg,
+                              const kiln_http_option_defaults_t *d,
+                              kiln_http_client_options_t *opts, kiln_err_t *err);
+
 /* Reads the server's URL of a local-service connector into opts: option
  * base_url (what KILN_CONNECTOR_URLS sets, so it wins), else url, else
  * default_url; opts->url_option names the option used, for messages. The

@@ -134,3 +134,30 @@ int kiln_http_option_base_url(const kiln_connector_config_t *cfg, const char *de
         opts->base_url = default_url;
     return rc;
 }
+
+/* Reads the transfer options (contract in http.h). */
+int kiln_http_option_transfer(const kiln_connector_config_t *cfg,
+                              const kiln_http_option_defaults_t *d,
+                              kiln_http_client_options_t *opts, kiln_err_t *err)
+{
+    int64_t timeout_ms = 0, connect_ms = 0, retries = 0, max_bytes = 0;
+    int rc = kiln_connector_option_int(cfg, "timeout_ms", 1, d->timeout_max_ms, d->timeout_ms,
+                                       &timeout_ms, err);
+    if (rc == 0)
+        rc = kiln_connector_option_int(cfg, "connect_timeout_ms", 1, d->timeout_max_ms,
+                                       KILN_HTTP_CONNECT_TIMEOUT_MS, &connect_ms, err);
+    if (rc == 0)
+        rc = kiln_connector_option_int(cfg, "max_retries", 0, KILN_HTTP_RETRIES_MAX, d->max_retries,
+                                       &retries, err);
+    if (rc == 0)
+        rc =
+            kiln_connector_option_int(cfg, "max_response_bytes", 1024, KILN_HTTP_MAX_RESPONSE_LIMIT,
+                                      d->max_response_bytes, &max_bytes, err);
+    if (rc < 0)
+        return rc;
+    opts->timeout_ms = (long)timeout_ms;
+    opts->connect_timeout_ms = (long)connect_ms;
+    opts->max_retries = (int)retries;
+    opts->max_response_bytes = (size_t)max_bytes;
+    return 0;
+}

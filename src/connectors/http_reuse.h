@@ -11,19 +11,21 @@
 #include <curl/curl.h>
 
 typedef struct kiln_http_handles {
-    CURL *easy;   /* with libcurl's default options whenever it is taken */
+    CURL *easy;   /* the options every call sets alike stay set between calls */
     CURLM *multi; /* holds the connections between calls */
     int in_use;
+    int primed; /* the HTTP layer set easy's constant options (http.c) */
 } kiln_http_handles_t;
 
-/* The calling thread's handles, easy with default options (its connections
- * and caches kept), marked in use until kiln_http_handles_give.
+/* The calling thread's handles (its connections and caches kept), marked
+ * in use until kiln_http_handles_give.
  * NULL when they are in use already (a call made from inside another one's
  * callback) or cannot be allocated: the caller then makes its own. */
 kiln_http_handles_t *kiln_http_handles_take(void);
 
-/* Gives the handles back to their thread for its next call, resetting the
- * easy handle's options (none may point into the finished call). */
+/* Gives the handles back to their thread for its next call, clearing the
+ * easy handle's options that point into the finished call (its error
+ * buffer, header list, body, callback data); the constant ones stay. */
 void kiln_http_handles_give(kiln_http_handles_t *h);
 
 #endif

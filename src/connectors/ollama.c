@@ -85,30 +85,24 @@ static int read_options(const kiln_connector_config_t *cfg, ollama_t *ol,
                         kiln_http_client_options_t *hopts, int64_t *pull_timeout_ms,
                         kiln_err_t *err)
 {
-    int64_t timeout_ms = 0, connect_ms = 0, retries = 0, max_bytes = 0;
+    static const kiln_http_option_defaults_t transfer = {
+        .timeout_ms = OLLAMA_TIMEOUT_DEFAULT,
+        .timeout_max_ms = OLLAMA_TIMEOUT_MAX,
+        .max_retries = OLLAMA_RETRIES_DEFAULT,
+        .max_response_bytes = KILN_HTTP_MAX_RESPONSE_DEFAULT,
+    };
     const char *model = NULL;
     int rc = kiln_http_option_base_url(cfg, OLLAMA_DEFAULT_URL, hopts, err);
     if (rc == 0)
         rc = kiln_connector_option_string(cfg, "model", &model, err);
     if (rc == 0)
-        rc = kiln_connector_option_int(cfg, "timeout_ms", 1, OLLAMA_TIMEOUT_MAX,
-                                       OLLAMA_TIMEOUT_DEFAULT, &timeout_ms, err);
+        rc = kiln_http_option_transfer(cfg, &transfer, hopts, err);
     if (rc == 0)
         rc = kiln_connector_option_int(cfg, "pull_timeout_ms", 1, OLLAMA_TIMEOUT_MAX,
                                        OLLAMA_PULL_TIMEOUT, pull_timeout_ms, err);
     if (rc == 0)
-        rc = kiln_connector_option_int(cfg, "connect_timeout_ms", 1, OLLAMA_TIMEOUT_MAX,
-                                       KILN_HTTP_CONNECT_TIMEOUT_MS, &connect_ms, err);
-    if (rc == 0)
-        rc = kiln_connector_option_int(cfg, "max_retries", 0, KILN_HTTP_RETRIES_MAX,
-                                       OLLAMA_RETRIES_DEFAULT, &retries, err);
-    if (rc == 0)
         rc = kiln_connector_option_int(cfg, "expected_tokens", 1, 10000000, OLLAMA_EXPECTED_TOKENS,
                                        &ol->expected_tokens, err);
-    if (rc == 0)
-        rc =
-            kiln_connector_option_int(cfg, "max_response_bytes", 1024, KILN_HTTP_MAX_RESPONSE_LIMIT,
-                                      KILN_HTTP_MAX_RESPONSE_DEFAULT, &max_bytes, err);
     if (rc == 0)
         rc = read_pull_missing(cfg, &ol->pull_missing, err);
     if (rc < 0)
@@ -119,11 +113,7 @@ static int read_options(const kiln_connector_config_t *cfg, ollama_t *ol,
                             cfg->name, OLLAMA_MODEL_MAX);
     if (model && !(ol->model = strdup(model)))
         return kiln_err_set(err, KILN_ENOMEM, "connectors.%s: out of memory", cfg->name);
-    hopts->timeout_ms = (long)timeout_ms;
-    hopts->connect_timeout_ms = (long)connect_ms;
-    hopts->max_retries = (int)retries;
-    hopts->max_response_bytes = (size_t)max_bytes;
-    ol->max_response_bytes = (size_t)max_bytes;
+    ol->max_response_bytes = hopts->max_response_bytes;
     return 0;
 }
 

@@ -93,7 +93,12 @@ static void openai_free(void *state)
 static int read_options(const kiln_connector_config_t *cfg, openai_t *oa,
                         kiln_http_client_options_t *hopts, const char **base_url, kiln_err_t *err)
 {
-    int64_t timeout_ms = 0, connect_ms = 0, retries = 0, max_bytes = 0;
+    static const kiln_http_option_defaults_t transfer = {
+        .timeout_ms = OPENAI_TIMEOUT_DEFAULT,
+        .timeout_max_ms = OPENAI_TIMEOUT_MAX,
+        .max_retries = OPENAI_RETRIES_DEFAULT,
+        .max_response_bytes = KILN_HTTP_MAX_RESPONSE_DEFAULT,
+    };
     const char *model = NULL, *outputs = NULL;
     int rc = kiln_connector_option_string(cfg, "base_url", base_url, err);
     if (rc == 0)
@@ -101,18 +106,7 @@ static int read_options(const kiln_connector_config_t *cfg, openai_t *oa,
     if (rc == 0)
         rc = kiln_connector_option_string(cfg, "outputs_dir", &outputs, err);
     if (rc == 0)
-        rc = kiln_connector_option_int(cfg, "timeout_ms", 1, OPENAI_TIMEOUT_MAX,
-                                       OPENAI_TIMEOUT_DEFAULT, &timeout_ms, err);
-    if (rc == 0)
-        rc = kiln_connector_option_int(cfg, "connect_timeout_ms", 1, OPENAI_TIMEOUT_MAX,
-                                       KILN_HTTP_CONNECT_TIMEOUT_MS, &connect_ms, err);
-    if (rc == 0)
-        rc = kiln_connector_option_int(cfg, "max_retries", 0, KILN_HTTP_RETRIES_MAX,
-                                       OPENAI_RETRIES_DEFAULT, &retries, err);
-    if (rc == 0)
-        rc =
-            kiln_connector_option_int(cfg, "max_response_bytes", 1024, KILN_HTTP_MAX_RESPONSE_LIMIT,
-                                      KILN_HTTP_MAX_RESPONSE_DEFAULT, &max_bytes, err);
+        rc = kiln_http_option_transfer(cfg, &transfer, hopts, err);
     if (rc < 0)
         return rc;
     if (model && (!model[0] || strlen(model) > OPENAI_MODEL_MAX))
@@ -126,11 +120,7 @@ static int read_options(const kiln_connector_config_t *cfg, openai_t *oa,
         return kiln_err_set(err, KILN_ENOMEM, "connectors.%s: out of memory", cfg->name);
     if (!*base_url)
         *base_url = OPENAI_DEFAULT_URL;
-    hopts->timeout_ms = (long)timeout_ms;
-    hopts->connect_timeout_ms = (long)connect_ms;
-    hopts->max_retries = (int)retries;
-    hopts->max_response_bytes = (size_t)max_bytes;
-    oa->max_response_bytes = (size_t)max_bytes;
+    oa->max_response_bytes = hopts->max_response_bytes;
     return 0;
 }
 

@@ -119,6 +119,7 @@ void kiln_config_init_defaults(kiln_config_t *cfg)
     cfg->worker.heartbeat_ms = 0;
     cfg->worker.shutdown_grace_ms = 30000;
     cfg->worker.registry_ttl_ms = 15000;
+    cfg->worker.health_interval_ms = 10000;
     cfg->worker.prefetch = 1;
     cfg->machine.type = KILN_MACHINE_AUTO;
     cfg->machine.gpu_count = -1;

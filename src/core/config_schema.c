@@ -96,6 +96,8 @@ const kiln_config_field_t kiln_config_fields[KILN_CONFIG_N_FIELDS] = {
           worker.active_windows),
     FIELD("machine.api_token", "KILN_MACHINE_API_TOKEN", NULL, KILN_FIELD_SECRET,
           machine.api_token),
+    INT_FIELD("worker.health_interval_ms", "KILN_WORKER_HEALTH_INTERVAL_MS", 100, 3600000,
+              worker.health_interval_ms),
 };
 
 /* Indexes of the rows that kiln_config_check_across relates. */

@@ -52,7 +52,7 @@ typedef struct kiln_config_field {
     const char *legacy_env2; /* a second, older legacy name ("PM2_INSTANCES_PER_GPU"), or NULL */
 } kiln_config_field_t;
 
-#define KILN_CONFIG_N_FIELDS 31
+#define KILN_CONFIG_N_FIELDS 32
 
 extern const kiln_config_field_t kiln_config_fields[KILN_CONFIG_N_FIELDS];
 

@@ -118,8 +118,11 @@ static kiln_step_call_t *build_step(kiln_worker_t *w, int s)
     kiln_service_t *svc = &w->services[s];
     /* Outside its active windows the worker claims nothing but still reports,
      * heartbeats and maintains; the heartbeat tick re-checks the window. */
+    /* Nor does a service whose connector's last health check failed. */
     int max_claim =
-        (w->stopping || !svc->maybe_work || !kiln_worker_window_open(w)) ? 0 : claim_capacity(w);
+        (w->stopping || !svc->maybe_work || !svc->healthy || !kiln_worker_window_open(w))
+            ? 0
+            : claim_capacity(w);
     bool maintain = svc->maintain && !w->stopping;
     if (svc->nreports == 0 && max_claim == 0 && !maintain)
         return NULL;
@@ -624,7 +627,7 @@ static void finish(kiln_worker_t *w, bool force)
         (uv_handle_t *)&w->registry_timer,  (uv_handle_t *)&w->due_timer,
         (uv_handle_t *)&w->reconnect_timer, (uv_handle_t *)&w->grace_timer,
         (uv_handle_t *)&w->progress_timer,  (uv_handle_t *)&w->hard_stop_timer,
-        (uv_handle_t *)&w->retry_timer};
+        (uv_handle_t *)&w->retry_timer,     (uv_handle_t *)&w->health_timer};
     for (size_t i = 0; i < sizeof handles / sizeof handles[0]; i++)
         close_handle(handles[i]);
 }
@@ -741,6 +744,7 @@ int kiln_worker_new(const kiln_config_t *cfg, kiln_worker_t **out, kiln_err_t *e
     if (!w)
         return kiln_err_set(err, KILN_ENOMEM, "out of memory");
     w->cfg = cfg;
+    w->ready_fd = -1;
     /* No prefetch until a run of short jobs has been seen. */
     w->run_ema_ms = 2 * PREFETCH_MAX_RUN_MS;
     kiln_broker_options_from_config(&w->opts, cfg);
@@ -784,7 +788,7 @@ static int init_loop(kiln_worker_t *w, kiln_err_t *err)
     w->wakeup.data = w;
     uv_timer_t *timers[] = {&w->heartbeat_timer, &w->registry_timer, &w->due_timer,
                             &w->reconnect_timer, &w->grace_timer,    &w->progress_timer,
-                            &w->hard_stop_timer, &w->retry_timer};
+                            &w->hard_stop_timer, &w->retry_timer,    &w->health_timer};
     for (size_t i = 0; i < sizeof timers / sizeof timers[0]; i++)
         init_timer(w, timers[i]);
     uv_signal_init(&w->loop, &w->sigterm);
@@ -812,6 +816,7 @@ int kiln_worker_run(kiln_worker_t *w, kiln_err_t *err)
     kiln_log(KILN_LOG_INFO, "worker", NULL, NULL, "worker %s starting: %d slots, %d services",
              w->who.id, w->pool.count, w->n_services);
     kiln_worker_redis_connect(w);
+    kiln_worker_health_start(w);
     if (atomic_load(&w->stop_requested))
         begin_shutdown(w);
     uv_run(&w->loop, UV_RUN_DEFAULT);
@@ -831,10 +836,19 @@ void kiln_worker_stop(kiln_worker_t *w)
         uv_async_send(&w->wakeup);
 }
 
+void kiln_worker_set_ready_fd(kiln_worker_t *w, int fd)
+{
+    if (w->ready_fd >= 0)
+        close(w->ready_fd);
+    w->ready_fd = fd;
+}
+
 void kiln_worker_free(kiln_worker_t *w)
 {
     if (!w)
         return;
+    if (w->ready_fd >= 0)
+        close(w->ready_fd);
     for (int i = 0; i < w->n_services; i++) {
         kiln_connector_free(w->services[i].connector);
         kiln_argv_free(&w->services[i].reports);

@@ -25,6 +25,13 @@ typedef struct kiln_service {
     bool maintain;       /* next step also promotes, recovers and trims by age */
     kiln_argv_t reports; /* finished jobs not sent yet: 5 values each (step.lua) */
     int nreports;
+    /* Connector health (health.c): no claims until a check has passed, nor
+     * while the last one failed. */
+    bool healthy;
+    bool health_known;                   /* a check has finished */
+    bool health_running;                 /* a check is out on libuv's thread pool */
+    char health_error[KILN_ERR_MSG_MAX]; /* the last failure ("" when healthy) */
+    long long health_checked_at;         /* wall-clock ms of the last check; 0: none yet */
 } kiln_service_t;
 
 /* A step call in flight, or waiting to be sent again after a failure. */
@@ -63,7 +70,7 @@ struct kiln_worker {
     uv_async_t wakeup; /* slots finished or reported progress; stop asked */
     uv_signal_t sigterm, sigint;
     uv_timer_t heartbeat_timer, registry_timer, due_timer, reconnect_timer, grace_timer,
-        progress_timer, hard_stop_timer, retry_timer;
+        progress_timer, hard_stop_timer, retry_timer, health_timer;
 
     redisAsyncContext *cmd; /* scripts and registry */
     redisAsyncContext *sub; /* notify channels */
@@ -87,6 +94,7 @@ struct kiln_worker {
     bool abandoned; /* slot threads still running at exit: not joined */
     int64_t last_progress_ms;
     int64_t started_ms;
+    int ready_fd; /* readiness pipe (kiln_worker_set_ready_fd), or -1 */
     char host[128];
 };
 
@@ -109,6 +117,20 @@ void kiln_worker_on_notify(kiln_worker_t *w, const char *channel, const char *me
 void kiln_worker_pump(kiln_worker_t *w);
 
 int64_t kiln_worker_now_ms(void);
+
+/* health.c: checks every connector's health now and then every
+ * worker.health_interval_ms, off the loop thread (libuv's thread pool), so a
+ * slow check delays no claim, report or heartbeat. A change of state is
+ * logged once, published on the worker's record, and wakes claims when a
+ * connector comes back. */
+void kiln_worker_health_start(kiln_worker_t *w);
+
+/* The services' health as the worker record shows it:
+ * {"<service>": {"status": "pass"|"fail"|"unknown", "error"?, "checked_at"?}}. */
+json_t *kiln_worker_health_json(const kiln_worker_t *w);
+
+/* Whether any service may claim now as far as health goes. */
+bool kiln_worker_health_any(const kiln_worker_t *w);
 
 /* Whether the worker's active windows allow claiming now (worker.c). */
 bool kiln_worker_window_open(const kiln_worker_t *w);

@@ -261,7 +261,9 @@ void kiln_worker_register(kiln_worker_t *w)
     kiln_windows_format(&w->windows, windows, sizeof windows);
     if (info) {
         json_object_set_new(info, "active_windows", json_string(windows));
-        json_object_set_new(info, "claiming", json_boolean(kiln_worker_window_open(w)));
+        json_object_set_new(info, "claiming",
+                            json_boolean(kiln_worker_window_open(w) && kiln_worker_health_any(w)));
+        json_object_set_new(info, "health", kiln_worker_health_json(w));
     }
     char *text = info ? json_dumps(info, JSON_COMPACT) : NULL;
     json_decref(info);

@@ -16,18 +16,15 @@
 #define USER_PASS "kiln:e2e-Pw5-secret"
 
 static kiln_test_worker_t worker;
-static kiln_test_fake_t fake;
 static char outputs[320];
 
 static int setup(void **state)
 {
     kiln_test_worker_init(&worker);
-    char fake_log[320];
-    snprintf(fake_log, sizeof fake_log, "%s/fake_a1111.log", worker.dir);
     snprintf(outputs, sizeof outputs, "%s/outputs", worker.dir);
     assert_int_equal(mkdir(outputs, 0755), 0);
     char *args[] = {"--auth", USER_PASS, NULL};
-    kiln_test_fake_start(&fake, "fake_a1111", args, fake_log);
+    kiln_test_worker_start_fake(&worker, "fake_a1111", args);
     char yaml[800];
     snprintf(yaml, sizeof yaml,
              "connectors:\n"
@@ -36,15 +33,14 @@ static int setup(void **state)
              "    url: http://%s@127.0.0.1:%d\n"
              "    outputs_dir: %s\n"
              "    poll_interval_ms: 100\n",
-             USER_PASS, fake.port, outputs);
+             USER_PASS, worker.fake.port, outputs);
     kiln_test_worker_start(&worker, yaml, "a1111", NULL);
     return 0;
 }
 
 static int teardown(void **state)
 {
-    kiln_test_fake_stop(&fake);
-    kiln_test_worker_stop(&worker, fake.log_path);
+    kiln_test_worker_stop(&worker, NULL);
     return 0;
 }
 
@@ -64,7 +60,7 @@ static bool running_with_progress(void *ctx)
 
 static bool interrupt_seen(void *ctx)
 {
-    return kiln_test_fake_stat(&fake, "interrupts") >= 1;
+    return kiln_test_fake_stat(&worker.fake, "interrupts") >= 1;
 }
 
 static void txt2img_job_saves_images_and_a_cancel_interrupts_the_server(void **state)
@@ -103,7 +99,7 @@ static void txt2img_job_saves_images_and_a_cancel_interrupts_the_server(void **s
     if (strstr(log, "e2e-Pw5-secret"))
         fail_msg("the URL's password appears in the worker's log");
     free(log);
-    assert_int_equal(kiln_test_fake_stat(&fake, "auth_bad"), 0);
+    assert_int_equal(kiln_test_fake_stat(&worker.fake, "auth_bad"), 0);
     worker.passed = true;
 }
 

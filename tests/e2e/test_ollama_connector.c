@@ -14,14 +14,11 @@
 #include "kiln_test_worker.h"
 
 static kiln_test_worker_t worker;
-static kiln_test_fake_t fake;
 
 static int setup(void **state)
 {
     kiln_test_worker_init(&worker);
-    char fake_log[320];
-    snprintf(fake_log, sizeof fake_log, "%s/fake_ollama.log", worker.dir);
-    kiln_test_fake_start(&fake, "fake_ollama", NULL, fake_log);
+    kiln_test_worker_start_fake(&worker, "fake_ollama", NULL);
     /* The file's url leads nowhere: the machine agent's KILN_CONNECTOR_URLS
      * (base_url) points the worker at the server, as on a machine. */
     const char *yaml = "connectors:\n"
@@ -31,7 +28,7 @@ static int setup(void **state)
                        "    model: llama3\n"
                        "    max_retries: 2\n";
     static char urls[128];
-    snprintf(urls, sizeof urls, "KILN_CONNECTOR_URLS=ollama=%s", fake.url);
+    snprintf(urls, sizeof urls, "KILN_CONNECTOR_URLS=ollama=%s", worker.fake.url);
     char *env[] = {urls, NULL};
     kiln_test_worker_start(&worker, yaml, "ollama", env);
     return 0;
@@ -39,8 +36,7 @@ static int setup(void **state)
 
 static int teardown(void **state)
 {
-    kiln_test_fake_stop(&fake);
-    kiln_test_worker_stop(&worker, fake.log_path);
+    kiln_test_worker_stop(&worker, NULL);
     return 0;
 }
 
@@ -70,7 +66,7 @@ static void generate_and_chat_jobs_complete_with_text_and_a_missing_model_is_pul
     result = json_object_get(job, "result");
     assert_string_equal(jstr(json_object_get(result, "message"), "content"),
                         "Hello! You said: pulled?");
-    assert_int_equal(kiln_test_fake_stat(&fake, "pulls"), 1);
+    assert_int_equal(kiln_test_fake_stat(&worker.fake, "pulls"), 1);
     json_decref(job);
 
     /* A model that cannot be pulled fails at once, without burning attempts. */

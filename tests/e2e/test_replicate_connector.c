@@ -10,7 +10,7 @@
 #include <sys/stat.h>
 
 #include "kiln_test.h"
-#include "kiln_test_remote.h"
+#include "kiln_test_worker.h"
 
 #define KEY     "r8_kilnE2eToken_Hq4rT8wZ2xC6vB1n"
 #define LOG_MAX (4 * 1024 * 1024)
@@ -19,7 +19,7 @@ static char outputs[256];
 
 static int setup(void **state)
 {
-    static kiln_test_api_e2e_t e;
+    static kiln_test_worker_t e;
     kiln_test_tmpdir(outputs, sizeof outputs);
     char yaml[1024];
     snprintf(yaml, sizeof yaml,
@@ -35,28 +35,30 @@ static int setup(void **state)
              "    rate_limit_per_minute: 600\n"
              "    rate_limit_key: replicate-account\n",
              outputs);
-    const char *fake_args[] = {"--key", KEY, NULL};
+    char *fake_args[] = {"--key", KEY, NULL};
     char *env[] = {"TEST_TOKEN=" KEY, NULL};
-    kiln_test_api_e2e_start(&e, "fake_replicate", fake_args, yaml, "replicate", env);
+    kiln_test_worker_init(&e);
+    kiln_test_worker_start_fake(&e, "fake_replicate", fake_args);
+    kiln_test_worker_start(&e, yaml, "replicate", env);
     *state = &e;
     return 0;
 }
 
 static int teardown(void **state)
 {
-    kiln_test_api_e2e_stop(*state);
+    kiln_test_worker_stop(*state, NULL);
     return 0;
 }
 
 typedef struct seen {
-    kiln_test_api_e2e_t *e;
+    kiln_test_worker_t *e;
     const char *id;
 } seen_t;
 
 static bool job_running(void *ctx)
 {
     seen_t *s = ctx;
-    json_t *job = kiln_test_api_e2e_job(s->e, s->id);
+    json_t *job = kiln_test_worker_job(s->e, s->id);
     const char *msg = json_string_value(json_object_get(job, "progress_message"));
     bool processing = msg && strcmp(msg, "processing") == 0;
     json_decref(job);
@@ -65,18 +67,18 @@ static bool job_running(void *ctx)
 
 static bool fake_saw_cancel(void *ctx)
 {
-    return kiln_test_remote_fake_stat(&((kiln_test_api_e2e_t *)ctx)->fake, "cancels") == 1;
+    return kiln_test_fake_stat(&((kiln_test_worker_t *)ctx)->fake, "cancels") == 1;
 }
 
 static void a_prediction_job_completes_with_its_files_and_a_cancel_reaches_replicate(void **state)
 {
-    kiln_test_api_e2e_t *e = *state;
+    kiln_test_worker_t *e = *state;
     char id[KILN_JOB_ID_MAX];
-    kiln_test_api_e2e_submit(
+    kiln_test_worker_submit(
         e,
         "{\"service\":\"replicate\",\"payload\":{\"input\":{\"prompt\":\"a kiln\",\"steps\":3}}}",
         id);
-    json_t *job = kiln_test_api_e2e_wait(e, id, "completed");
+    json_t *job = kiln_test_worker_wait_final(e, id, "completed");
     json_t *result = json_object_get(job, "result");
     assert_string_equal(json_string_value(json_object_get(result, "status")), "succeeded");
     json_t *file = json_array_get(json_object_get(result, "files"), 0);
@@ -91,21 +93,21 @@ static void a_prediction_job_completes_with_its_files_and_a_cancel_reaches_repli
     /* Every request went through the fleet budget in the worker's Redis. */
     redisContext *rc = kiln_test_redis_connect(&e->redis);
     redisReply *reply = redisCommand(rc, "ZCARD kiln:ratelimit:{replicate-account}");
-    assert_int_equal(reply->integer, kiln_test_remote_fake_stat(&e->fake, "requests"));
+    assert_int_equal(reply->integer, kiln_test_fake_stat(&e->fake, "requests"));
     freeReplyObject(reply);
     redisFree(rc);
 
     /* A cancel through the broker stops the job and cancels the prediction. */
-    kiln_test_api_e2e_submit(
+    kiln_test_worker_submit(
         e, "{\"service\":\"replicate\",\"payload\":{\"input\":{\"fault\":\"hang\"}}}", id);
     seen_t s = {e, id};
     assert_true(kiln_test_wait_until(job_running, &s, 30000));
     kiln_err_t err = {0};
     assert_int_equal(kiln_broker_cancel(e->broker, id, &err), 0);
-    json_decref(kiln_test_api_e2e_wait(e, id, "cancelled"));
+    json_decref(kiln_test_worker_wait_final(e, id, "cancelled"));
     assert_true(kiln_test_wait_until(fake_saw_cancel, e, 30000));
 
-    char *log = kiln_test_remote_slurp(e->log_path, LOG_MAX);
+    char *log = kiln_test_slurp(e->log_path, LOG_MAX);
     if (strstr(log, KEY))
         fail_msg("the API token appears in the worker's log");
     free(log);

@@ -9,14 +9,14 @@
 #include <string.h>
 
 #include "kiln_test.h"
-#include "kiln_test_remote.h"
+#include "kiln_test_worker.h"
 
 #define KEY     "rpa_KILNE2EKEY0123456789ABCDEFGHIJKLMN"
 #define LOG_MAX (4 * 1024 * 1024)
 
 static int setup(void **state)
 {
-    static kiln_test_api_e2e_t e;
+    static kiln_test_worker_t e;
     static const char yaml[] = "connectors:\n"
                                "  runpod:\n"
                                "    type: runpod\n"
@@ -25,28 +25,30 @@ static int setup(void **state)
                                "    api_key_env: TEST_KEY\n"
                                "    poll_interval_ms: 20\n"
                                "    poll_interval_max_ms: 100\n";
-    const char *fake_args[] = {"--key", KEY, "--endpoint", "ep-e2e", NULL};
+    char *fake_args[] = {"--key", KEY, "--endpoint", "ep-e2e", NULL};
     char *env[] = {"TEST_KEY=" KEY, NULL};
-    kiln_test_api_e2e_start(&e, "fake_runpod", fake_args, yaml, "runpod", env);
+    kiln_test_worker_init(&e);
+    kiln_test_worker_start_fake(&e, "fake_runpod", fake_args);
+    kiln_test_worker_start(&e, yaml, "runpod", env);
     *state = &e;
     return 0;
 }
 
 static int teardown(void **state)
 {
-    kiln_test_api_e2e_stop(*state);
+    kiln_test_worker_stop(*state, NULL);
     return 0;
 }
 
 typedef struct seen {
-    kiln_test_api_e2e_t *e;
+    kiln_test_worker_t *e;
     const char *id;
 } seen_t;
 
 static bool job_in_progress(void *ctx)
 {
     seen_t *s = ctx;
-    json_t *job = kiln_test_api_e2e_job(s->e, s->id);
+    json_t *job = kiln_test_worker_job(s->e, s->id);
     const char *msg = json_string_value(json_object_get(job, "progress_message"));
     bool running = msg && strcmp(msg, "loading model") == 0;
     json_decref(job);
@@ -55,17 +57,17 @@ static bool job_in_progress(void *ctx)
 
 static bool fake_saw_cancel(void *ctx)
 {
-    return kiln_test_remote_fake_stat(&((kiln_test_api_e2e_t *)ctx)->fake, "cancels") == 1;
+    return kiln_test_fake_stat(&((kiln_test_worker_t *)ctx)->fake, "cancels") == 1;
 }
 
 static void a_job_completes_through_a_worker_and_a_cancel_reaches_runpod(void **state)
 {
-    kiln_test_api_e2e_t *e = *state;
+    kiln_test_worker_t *e = *state;
     char id[KILN_JOB_ID_MAX];
-    kiln_test_api_e2e_submit(
+    kiln_test_worker_submit(
         e, "{\"service\":\"runpod\",\"payload\":{\"input\":{\"prompt\":\"a kiln\",\"steps\":3}}}",
         id);
-    json_t *job = kiln_test_api_e2e_wait(e, id, "completed");
+    json_t *job = kiln_test_worker_wait_final(e, id, "completed");
     json_t *result = json_object_get(job, "result");
     assert_string_equal(json_string_value(json_object_get(result, "status")), "COMPLETED");
     json_t *images = json_object_get(json_object_get(result, "output"), "images");
@@ -73,24 +75,24 @@ static void a_job_completes_through_a_worker_and_a_cancel_reaches_runpod(void **
     json_decref(job);
 
     /* A job RunPod fails is failed at once: a retry would fail the same way. */
-    kiln_test_api_e2e_submit(
+    kiln_test_worker_submit(
         e, "{\"service\":\"runpod\",\"payload\":{\"input\":{\"fault\":\"fail\"}}}", id);
-    job = kiln_test_api_e2e_wait(e, id, "failed");
+    job = kiln_test_worker_wait_final(e, id, "failed");
     assert_int_equal(json_integer_value(json_object_get(job, "attempts")), 1);
     assert_non_null(strstr(json_string_value(json_object_get(job, "error")), "CUDA out of memory"));
     json_decref(job);
 
     /* A cancel through the broker stops the job and cancels it on RunPod. */
-    kiln_test_api_e2e_submit(
+    kiln_test_worker_submit(
         e, "{\"service\":\"runpod\",\"payload\":{\"input\":{\"fault\":\"hang\"}}}", id);
     seen_t s = {e, id};
     assert_true(kiln_test_wait_until(job_in_progress, &s, 30000));
     kiln_err_t err = {0};
     assert_int_equal(kiln_broker_cancel(e->broker, id, &err), 0);
-    json_decref(kiln_test_api_e2e_wait(e, id, "cancelled"));
+    json_decref(kiln_test_worker_wait_final(e, id, "cancelled"));
     assert_true(kiln_test_wait_until(fake_saw_cancel, e, 30000));
 
-    char *log = kiln_test_remote_slurp(e->log_path, LOG_MAX);
+    char *log = kiln_test_slurp(e->log_path, LOG_MAX);
     if (strstr(log, KEY))
         fail_msg("the API key appears in the worker's log");
     free(log);

@@ -35,25 +35,13 @@
  * first progress message. Prints "fake_comfyui: listening on
  * 127.0.0.1:PORT" once ready and runs until SIGTERM or SIGINT.
  */
-#include <civetweb.h>
-#include <jansson.h>
-#include <pthread.h>
-#include <signal.h>
-#include <stdbool.h>
-#include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
-#include <time.h>
-#include <unistd.h>
+#include "fake_common.h"
 
-#define BODY_MAX    (4 * 1024 * 1024)
 #define MAX_PROMPTS 256
 #define MAX_SOCKETS 64
-#define MAX_MODES   16
 #define FILE_BYTES  2048
 #define STEP_MS     2
 #define STALL_STEP  5
-#define STALL_MAX_S 60
 
 typedef enum { P_PENDING, P_RUNNING, P_DONE, P_DELETED } prompt_state_t;
 
@@ -67,19 +55,16 @@ typedef struct prompt {
     bool interrupt;
 } prompt_t;
 
+/* The prompts and what the fake saw, under fake_common.mu (its condition
+ * wakes the executor and interrupted prompts). */
 static struct {
-    pthread_mutex_t mu;
-    pthread_cond_t changed;
-    bool stopping;
     const char *ws_mode;
     prompt_t prompts[MAX_PROMPTS];
     int n_prompts;
     json_t *history;
     json_t *files; /* "subfolder/filename" -> true */
-    char modes[MAX_MODES][64];
-    int mode_requests[MAX_MODES];
     long prompts_posted, interrupts, queue_deletes, ws_connects, view_requests, history_requests;
-} fake = {.mu = PTHREAD_MUTEX_INITIALIZER, .changed = PTHREAD_COND_INITIALIZER};
+} fake;
 
 /* The open sockets by client id, under their own lock (writes happen under it). */
 static struct {
@@ -90,21 +75,6 @@ static struct {
 } sockets = {.mu = PTHREAD_MUTEX_INITIALIZER};
 
 /* ---- HTTP helpers ------------------------------------------------------------ */
-
-static void send_json(struct mg_connection *conn, int status, const char *reason,
-                      const char *extra_headers, json_t *body)
-{
-    char *text = json_dumps(body, JSON_COMPACT);
-    json_decref(body);
-    size_t len = text ? strlen(text) : 0;
-    mg_printf(conn,
-              "HTTP/1.1 %d %s\r\nContent-Type: application/json\r\nContent-Length: %zu\r\n"
-              "Connection: close\r\n%s\r\n",
-              status, reason, len, extra_headers ? extra_headers : "");
-    if (text)
-        mg_write(conn, text, len);
-    free(text);
-}
 
 /* ComfyUI's error shape: {"error": {type, message, details, extra_info}, "node_errors"}. */
 /* ComfyUI answers POST /queue and /interrupt with an empty 200. */
@@ -118,39 +88,11 @@ static int send_error(struct mg_connection *conn, int status, const char *reason
                       const char *extra_headers, const char *type, const char *message,
                       const char *details, json_t *node_errors)
 {
-    send_json(conn, status, reason, extra_headers,
-              json_pack("{s:{s:s, s:s, s:s, s:{}}, s:o}", "error", "type", type, "message", message,
-                        "details", details, "extra_info", "node_errors",
-                        node_errors ? node_errors : json_object()));
+    fake_send_json(conn, status, reason, extra_headers,
+                   json_pack("{s:{s:s, s:s, s:s, s:{}}, s:o}", "error", "type", type, "message",
+                             message, "details", details, "extra_info", "node_errors",
+                             node_errors ? node_errors : json_object()));
     return status;
-}
-
-static json_t *read_body(struct mg_connection *conn)
-{
-    char *buf = malloc(BODY_MAX + 1);
-    if (!buf)
-        return NULL;
-    size_t got = 0;
-    for (int n; got < BODY_MAX && (n = mg_read(conn, buf + got, BODY_MAX - got)) > 0;)
-        got += (size_t)n;
-    json_t *doc = json_loadb(buf, got, 0, NULL);
-    free(buf);
-    return doc;
-}
-
-/* Counts a POST /prompt of mode; returns how many that mode has had. */
-static int count_mode(const char *mode)
-{
-    int n = 0;
-    for (int i = 0; i < MAX_MODES; i++) {
-        if (fake.modes[i][0] == '\0')
-            snprintf(fake.modes[i], sizeof fake.modes[i], "%s", mode);
-        if (strcmp(fake.modes[i], mode) == 0) {
-            n = ++fake.mode_requests[i];
-            break;
-        }
-    }
-    return n;
 }
 
 /* ---- the progress socket ------------------------------------------------------ */
@@ -199,12 +141,12 @@ static void ws_ready(struct mg_connection *conn, void *cbdata)
         }
     }
     pthread_mutex_unlock(&sockets.mu);
-    pthread_mutex_lock(&fake.mu);
+    pthread_mutex_lock(&fake_common.mu);
     fake.ws_connects++;
     int pending = 0;
     for (int i = 0; i < fake.n_prompts; i++)
         pending += fake.prompts[i].state == P_PENDING || fake.prompts[i].state == P_RUNNING;
-    pthread_mutex_unlock(&fake.mu);
+    pthread_mutex_unlock(&fake_common.mu);
     ws_send(client_id, "status",
             json_pack("{s:{s:{s:i}}, s:s}", "status", "exec_info", "queue_remaining", pending,
                       "sid", client_id));
@@ -234,12 +176,12 @@ static bool pause_ms(prompt_t *p, long ms)
     until.tv_nsec += ms * 1000000L;
     until.tv_sec += until.tv_nsec / 1000000000L;
     until.tv_nsec %= 1000000000L;
-    pthread_mutex_lock(&fake.mu);
-    while (!fake.stopping && !p->interrupt)
-        if (pthread_cond_timedwait(&fake.changed, &fake.mu, &until) != 0)
+    pthread_mutex_lock(&fake_common.mu);
+    while (!fake_common.stopping && !p->interrupt)
+        if (pthread_cond_timedwait(&fake_common.changed, &fake_common.mu, &until) != 0)
             break;
-    bool go_on = !fake.stopping && !p->interrupt;
-    pthread_mutex_unlock(&fake.mu);
+    bool go_on = !fake_common.stopping && !p->interrupt;
+    pthread_mutex_unlock(&fake_common.mu);
     return go_on;
 }
 
@@ -270,9 +212,9 @@ static json_t *save_image(prompt_t *p, const char *node)
         snprintf(name, sizeof name, "%s_%05d_.png", prefix ? prefix : "ComfyUI", p->number);
     }
     snprintf(key, sizeof key, "%s/%s", subfolder, name);
-    pthread_mutex_lock(&fake.mu);
+    pthread_mutex_lock(&fake_common.mu);
     json_object_set_new(fake.files, key, json_true());
-    pthread_mutex_unlock(&fake.mu);
+    pthread_mutex_unlock(&fake_common.mu);
     return json_pack("{s:[{s:s, s:s, s:s}]}", "images", "filename", name, "subfolder", subfolder,
                      "type", "output");
 }
@@ -299,7 +241,8 @@ static bool sample(prompt_t *p, const char *node, json_t *messages)
         ws_send(p->client_id, "progress",
                 json_pack("{s:i, s:i, s:s, s:s}", "value", s, "max", steps, "prompt_id", p->id,
                           "node", node));
-        long wait = strcmp(p->mode, "slow") == 0 && s >= STALL_STEP ? STALL_MAX_S * 1000L : STEP_MS;
+        long wait =
+            strcmp(p->mode, "slow") == 0 && s >= STALL_STEP ? FAKE_STALL_MAX_S * 1000L : STEP_MS;
         if (!pause_ms(p, wait) && p->interrupt) {
             json_t *data = json_pack("{s:s, s:s, s:s, s:[]}", "prompt_id", p->id, "node_id", node,
                                      "node_type", class_of(p->graph, node), "executed");
@@ -386,10 +329,10 @@ static void execute(prompt_t *p)
         json_pack("{s:[i, s, O, {s:s}, []], s:o, s:{s:s, s:b, s:o}}", "prompt", p->number, p->id,
                   p->graph, "client_id", p->client_id, "outputs", outputs, "status", "status_str",
                   ok ? "success" : "error", "completed", ok, "messages", messages);
-    pthread_mutex_lock(&fake.mu);
+    pthread_mutex_lock(&fake_common.mu);
     json_object_set_new(fake.history, p->id, entry);
     p->state = P_DONE;
-    pthread_mutex_unlock(&fake.mu);
+    pthread_mutex_unlock(&fake_common.mu);
     /* As ComfyUI does: the history is written, then "executing" with no node. */
     ws_send(p->client_id, "executing", json_pack("{s:n, s:s}", "node", "prompt_id", p->id));
     free(ids);
@@ -398,18 +341,18 @@ static void execute(prompt_t *p)
 static void *executor_main(void *arg)
 {
     for (;;) {
-        pthread_mutex_lock(&fake.mu);
+        pthread_mutex_lock(&fake_common.mu);
         prompt_t *next = NULL;
-        while (!fake.stopping && !next) {
+        while (!fake_common.stopping && !next) {
             for (int i = 0; i < fake.n_prompts && !next; i++)
                 if (fake.prompts[i].state == P_PENDING)
                     next = &fake.prompts[i];
             if (!next)
-                pthread_cond_wait(&fake.changed, &fake.mu);
+                pthread_cond_wait(&fake_common.changed, &fake_common.mu);
         }
         if (next)
             next->state = P_RUNNING;
-        pthread_mutex_unlock(&fake.mu);
+        pthread_mutex_unlock(&fake_common.mu);
         if (!next)
             return NULL;
         execute(next);
@@ -483,9 +426,7 @@ static const char *fault_mode(json_t *graph)
 /* The faults of POST /prompt itself; a status when it answered. */
 static int prompt_faults(struct mg_connection *conn, const char *mode)
 {
-    pthread_mutex_lock(&fake.mu);
-    int n = mode[0] ? count_mode(mode) : 0;
-    pthread_mutex_unlock(&fake.mu);
+    int n = mode[0] ? fake_count(mode) : 0;
     if (strcmp(mode, "429-then-ok") == 0 && n == 1)
         return send_error(conn, 429, "Too Many Requests", "Retry-After: 1\r\n", "rate_limited",
                           "Too many requests", "", NULL);
@@ -494,11 +435,7 @@ static int prompt_faults(struct mg_connection *conn, const char *mode)
                           "Internal Server Error", "", NULL);
     if (strcmp(mode, "malformed") == 0) {
         static const char broken[] = "{\"prompt_id\": \"abc\", \"number\": ";
-        mg_printf(conn,
-                  "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: "
-                  "%zu\r\nConnection: close\r\n\r\n%s",
-                  strlen(broken), broken);
-        return 200;
+        return fake_send(conn, 200, "OK", "application/json", NULL, broken, strlen(broken));
     }
     return 0;
 }
@@ -507,7 +444,7 @@ static int on_prompt(struct mg_connection *conn, void *cbdata)
 {
     if (strcmp(mg_get_request_info(conn)->request_method, "POST") != 0)
         return send_error(conn, 405, "Method Not Allowed", NULL, "method", "POST only", "", NULL);
-    json_t *req = read_body(conn);
+    json_t *req = fake_read_body(conn);
     json_t *graph = json_object_get(req, "prompt");
     const char *client_id = json_string_value(json_object_get(req, "client_id"));
     int status = 0;
@@ -522,10 +459,10 @@ static int on_prompt(struct mg_connection *conn, void *cbdata)
         json_decref(req);
         return status;
     }
-    pthread_mutex_lock(&fake.mu);
+    pthread_mutex_lock(&fake_common.mu);
     fake.prompts_posted++;
     if (fake.n_prompts == MAX_PROMPTS) {
-        pthread_mutex_unlock(&fake.mu);
+        pthread_mutex_unlock(&fake_common.mu);
         json_decref(req);
         return send_error(conn, 503, "Service Unavailable", NULL, "full", "queue full", "", NULL);
     }
@@ -539,9 +476,9 @@ static int on_prompt(struct mg_connection *conn, void *cbdata)
     p->state = P_PENDING;
     json_t *answer =
         json_pack("{s:s, s:i, s:{}}", "prompt_id", p->id, "number", p->number, "node_errors");
-    pthread_cond_broadcast(&fake.changed);
-    pthread_mutex_unlock(&fake.mu);
-    send_json(conn, 200, "OK", NULL, answer);
+    pthread_cond_broadcast(&fake_common.changed);
+    pthread_mutex_unlock(&fake_common.mu);
+    fake_send_json(conn, 200, "OK", NULL, answer);
     json_decref(req);
     return 200;
 }
@@ -550,14 +487,14 @@ static int on_history(struct mg_connection *conn, void *cbdata)
 {
     const char *uri = mg_get_request_info(conn)->local_uri;
     const char *id = strncmp(uri, "/history/", 9) == 0 ? uri + 9 : "";
-    pthread_mutex_lock(&fake.mu);
+    pthread_mutex_lock(&fake_common.mu);
     fake.history_requests++;
     json_t *entry = id[0] ? json_object_get(fake.history, id) : NULL;
     json_t *answer = id[0] ? json_object() : json_deep_copy(fake.history);
     if (entry)
         json_object_set_new(answer, id, json_deep_copy(entry));
-    pthread_mutex_unlock(&fake.mu);
-    send_json(conn, 200, "OK", NULL, answer);
+    pthread_mutex_unlock(&fake_common.mu);
+    fake_send_json(conn, 200, "OK", NULL, answer);
     return 200;
 }
 
@@ -570,10 +507,10 @@ static int on_view(struct mg_connection *conn, void *cbdata)
     mg_get_var(qs, strlen(qs), "subfolder", subfolder, sizeof subfolder);
     mg_get_var(qs, strlen(qs), "type", type, sizeof type);
     snprintf(key, sizeof key, "%s/%s", subfolder, filename);
-    pthread_mutex_lock(&fake.mu);
+    pthread_mutex_lock(&fake_common.mu);
     fake.view_requests++;
     bool known = json_object_get(fake.files, key) != NULL && strcmp(type, "output") == 0;
-    pthread_mutex_unlock(&fake.mu);
+    pthread_mutex_unlock(&fake_common.mu);
     if (!known) {
         mg_printf(conn, "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
         return 404;
@@ -599,8 +536,8 @@ static json_t *queue_item(const prompt_t *p)
 static int on_queue(struct mg_connection *conn, void *cbdata)
 {
     bool post = strcmp(mg_get_request_info(conn)->request_method, "POST") == 0;
-    json_t *req = post ? read_body(conn) : NULL;
-    pthread_mutex_lock(&fake.mu);
+    json_t *req = post ? fake_read_body(conn) : NULL;
+    pthread_mutex_lock(&fake_common.mu);
     json_t *item;
     size_t i;
     json_array_foreach(json_object_get(req, "delete"), i, item)
@@ -622,56 +559,64 @@ static int on_queue(struct mg_connection *conn, void *cbdata)
         if (fake.prompts[k].state == P_PENDING)
             json_array_append_new(pending, queue_item(&fake.prompts[k]));
     }
-    pthread_mutex_unlock(&fake.mu);
+    pthread_mutex_unlock(&fake_common.mu);
     json_decref(req);
     if (post) {
         json_decref(running);
         json_decref(pending);
         send_empty_ok(conn);
     } else {
-        send_json(conn, 200, "OK", NULL,
-                  json_pack("{s:o, s:o}", "queue_running", running, "queue_pending", pending));
+        fake_send_json(conn, 200, "OK", NULL,
+                       json_pack("{s:o, s:o}", "queue_running", running, "queue_pending", pending));
     }
     return 200;
 }
 
 static int on_interrupt(struct mg_connection *conn, void *cbdata)
 {
-    json_t *req = read_body(conn);
+    json_t *req = fake_read_body(conn);
     const char *only = json_string_value(json_object_get(req, "prompt_id"));
-    pthread_mutex_lock(&fake.mu);
+    pthread_mutex_lock(&fake_common.mu);
     fake.interrupts++;
     for (int k = 0; k < fake.n_prompts; k++)
         if (fake.prompts[k].state == P_RUNNING && (!only || strcmp(only, fake.prompts[k].id) == 0))
             fake.prompts[k].interrupt = true;
-    pthread_cond_broadcast(&fake.changed);
-    pthread_mutex_unlock(&fake.mu);
+    pthread_cond_broadcast(&fake_common.changed);
+    pthread_mutex_unlock(&fake_common.mu);
     json_decref(req);
     return send_empty_ok(conn);
 }
 
 static int on_system_stats(struct mg_connection *conn, void *cbdata)
 {
-    send_json(conn, 200, "OK", NULL,
-              json_pack("{s:{s:s, s:s, s:s, s:b}, s:[{s:s, s:s, s:i, s:I, s:I}]}", "system", "os",
-                        "posix", "python_version", "3.11.2", "comfyui_version", "0.3.40",
-                        "embedded_python", 0, "devices", "name", "cuda:0 Fake GPU", "type", "cuda",
-                        "index", 0, "vram_total", (json_int_t)25769803776LL, "vram_free",
-                        (json_int_t)21474836480LL));
+    fake_send_json(conn, 200, "OK", NULL,
+                   json_pack("{s:{s:s, s:s, s:s, s:b}, s:[{s:s, s:s, s:i, s:I, s:I}]}", "system",
+                             "os", "posix", "python_version", "3.11.2", "comfyui_version", "0.3.40",
+                             "embedded_python", 0, "devices", "name", "cuda:0 Fake GPU", "type",
+                             "cuda", "index", 0, "vram_total", (json_int_t)25769803776LL,
+                             "vram_free", (json_int_t)21474836480LL));
     return 200;
 }
 
 static int on_stats(struct mg_connection *conn, void *cbdata)
 {
-    pthread_mutex_lock(&fake.mu);
+    pthread_mutex_lock(&fake_common.mu);
     json_t *stats = json_pack(
         "{s:I, s:I, s:I, s:I, s:I, s:I}", "prompts", (json_int_t)fake.prompts_posted, "interrupts",
         (json_int_t)fake.interrupts, "queue_deletes", (json_int_t)fake.queue_deletes, "ws_connects",
         (json_int_t)fake.ws_connects, "view_requests", (json_int_t)fake.view_requests,
         "history_requests", (json_int_t)fake.history_requests);
-    pthread_mutex_unlock(&fake.mu);
-    send_json(conn, 200, "OK", NULL, stats);
+    pthread_mutex_unlock(&fake_common.mu);
+    fake_send_json(conn, 200, "OK", NULL, stats);
     return 200;
+}
+
+/* Once listening: the progress socket's handler and the executor. */
+static void on_listening(struct mg_context *ctx)
+{
+    mg_set_websocket_handler(ctx, "/ws$", ws_connect, ws_ready, ws_data, ws_close, NULL);
+    pthread_t executor;
+    pthread_create(&executor, NULL, executor_main, NULL);
 }
 
 int main(int argc, char **argv)
@@ -686,46 +631,12 @@ int main(int argc, char **argv)
             fake.ws_mode = argv[i + 1];
     fake.history = json_object();
     fake.files = json_object();
-    sigset_t stop_signals;
-    sigemptyset(&stop_signals);
-    sigaddset(&stop_signals, SIGTERM);
-    sigaddset(&stop_signals, SIGINT);
-    pthread_sigmask(SIG_BLOCK, &stop_signals, NULL); /* civetweb's threads inherit it */
-    signal(SIGPIPE, SIG_IGN);
-
-    char listen[64];
-    snprintf(listen, sizeof listen, "127.0.0.1:%s", argv[1]);
-    const char *options[] = {"listening_ports",   listen, "num_threads", "32",
-                             "enable_keep_alive", "no",   NULL};
-    mg_init_library(0);
-    struct mg_context *ctx = mg_start(NULL, NULL, options);
-    if (!ctx) {
-        fprintf(stderr, "fake_comfyui: cannot listen on %s\n", listen);
-        return 2;
-    }
-    struct mg_server_port ports[2];
-    if (mg_get_server_ports(ctx, 2, ports) < 1) {
-        fprintf(stderr, "fake_comfyui: no listening port\n");
-        return 2;
-    }
-    pthread_t executor;
-    pthread_create(&executor, NULL, executor_main, NULL);
-    mg_set_request_handler(ctx, "/prompt$", on_prompt, NULL);
-    mg_set_request_handler(ctx, "/history", on_history, NULL);
-    mg_set_request_handler(ctx, "/view$", on_view, NULL);
-    mg_set_request_handler(ctx, "/queue$", on_queue, NULL);
-    mg_set_request_handler(ctx, "/interrupt$", on_interrupt, NULL);
-    mg_set_request_handler(ctx, "/system_stats$", on_system_stats, NULL);
-    mg_set_request_handler(ctx, "/fake/stats$", on_stats, NULL);
-    mg_set_websocket_handler(ctx, "/ws$", ws_connect, ws_ready, ws_data, ws_close, NULL);
-    printf("fake_comfyui: listening on 127.0.0.1:%d (socket: %s)\n", ports[0].port, fake.ws_mode);
-    fflush(stdout);
-
-    int sig = 0;
-    sigwait(&stop_signals, &sig);
-    pthread_mutex_lock(&fake.mu);
-    fake.stopping = true;
-    pthread_cond_broadcast(&fake.changed);
-    pthread_mutex_unlock(&fake.mu);
-    _exit(0); /* as fake_openai: nothing to save, and mg_stop takes seconds */
+    printf("fake_comfyui: progress socket %s\n", fake.ws_mode);
+    static const fake_route_t routes[] = {
+        {"/prompt$", on_prompt},       {"/history", on_history},
+        {"/view$", on_view},           {"/queue$", on_queue},
+        {"/interrupt$", on_interrupt}, {"/system_stats$", on_system_stats},
+        {"/fake/stats$", on_stats},    {NULL, NULL}};
+    const fake_serve_options_t o = {.on_listening = on_listening};
+    return fake_serve_with("fake_comfyui", argv[1], routes, &o);
 }

@@ -1,6 +1,7 @@
 /*
  * What the civetweb fakes of outside services share (fake_ollama.c,
- * fake_a1111.c): a stop flag with a condition to wait on, per-key request
+ * fake_a1111.c, fake_openai.c, fake_comfyui.c, and through fake_remote.h
+ * fake_replicate.c and fake_runpod.c): a stop flag with a condition to wait on, per-key request
  * counts for "fail the first time" faults, JSON in and out, and the main
  * loop that prints the port and waits for SIGTERM.
  *
@@ -30,6 +31,7 @@ static struct {
     pthread_mutex_t mu;
     pthread_cond_t changed;
     bool stopping;
+    bool keep_alive; /* fake_serve_with: responses keep the connection */
     int port;
     char keys[FAKE_MAX_KEYS][FAKE_KEY_LEN];
     int key_requests[FAKE_MAX_KEYS];
@@ -77,29 +79,48 @@ static inline bool fake_pause_ms(long ms)
     return go_on;
 }
 
-/* Sends body (stolen) as a JSON response that closes the connection. */
-static inline void fake_send_json(struct mg_connection *conn, int status, const char *reason,
-                                  const char *extra_headers, json_t *body)
+/* Sends a response of len bytes of body with the given type (and
+ * extra_headers, each ending "\r\n", may be NULL), closing the connection
+ * unless the fake keeps connections alive; returns status. Head and body go
+ * out in one write: two small ones on a kept-alive connection meet the
+ * client's delayed ACK (Nagle) and stall 40 ms. */
+static inline int fake_send(struct mg_connection *conn, int status, const char *reason,
+                            const char *type, const char *extra_headers, const char *body,
+                            size_t len)
+{
+    char head[1024];
+    int n = snprintf(
+        head, sizeof head, "HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %zu\r\n%s%s\r\n",
+        status, reason, type, len, fake_common.keep_alive ? "" : "Connection: close\r\n",
+        extra_headers ? extra_headers : "");
+    size_t head_len = n < 0 ? 0 : (size_t)n < sizeof head ? (size_t)n : sizeof head - 1;
+    char *all = malloc(head_len + len);
+    if (!all)
+        return 500;
+    memcpy(all, head, head_len);
+    if (len)
+        memcpy(all + head_len, body, len);
+    mg_write(conn, all, head_len + len);
+    free(all);
+    return status;
+}
+
+/* Sends body (stolen) as a JSON response that closes the connection; returns status. */
+static inline int fake_send_json(struct mg_connection *conn, int status, const char *reason,
+                                 const char *extra_headers, json_t *body)
 {
     char *text = body ? json_dumps(body, JSON_COMPACT) : NULL;
     json_decref(body);
-    size_t len = text ? strlen(text) : 0;
-    mg_printf(conn,
-              "HTTP/1.1 %d %s\r\nContent-Type: application/json\r\nContent-Length: %zu\r\n"
-              "Connection: close\r\n%s\r\n",
-              status, reason, len, extra_headers ? extra_headers : "");
-    if (text)
-        mg_write(conn, text, len);
+    fake_send(conn, status, reason, "application/json", extra_headers, text ? text : "",
+              text ? strlen(text) : 0);
     free(text);
+    return status;
 }
 
 /* Sends raw text as a 200 response of the given type. */
 static inline void fake_send_raw(struct mg_connection *conn, const char *type, const char *text)
 {
-    mg_printf(conn,
-              "HTTP/1.1 200 OK\r\nContent-Type: %s\r\nContent-Length: %zu\r\nConnection: "
-              "close\r\n\r\n%s",
-              type, strlen(text), text);
+    fake_send(conn, 200, "OK", type, NULL, text, strlen(text));
 }
 
 /* Reads the request body as a JSON object (NULL when it is not one). */
@@ -125,10 +146,18 @@ typedef struct fake_route {
     mg_request_handler handler;
 } fake_route_t;
 
+/* How fake_serve_with serves. */
+typedef struct fake_serve_options {
+    bool keep_alive; /* keep connections (160 threads, enough for 64 busy clients) */
+    int (*on_connection)(const struct mg_connection *conn, void **conn_data); /* may be NULL */
+    void (*on_listening)(struct mg_context *ctx); /* more setup before the port is printed */
+} fake_serve_options_t;
+
 /* Serves routes (ending with a NULL uri) on 127.0.0.1:port_text, prints
  * "NAME: listening on 127.0.0.1:PORT" once ready, and runs until SIGTERM or
  * SIGINT. Returns the exit status. */
-static inline int fake_serve(const char *name, const char *port_text, const fake_route_t *routes)
+static inline int fake_serve_with(const char *name, const char *port_text,
+                                  const fake_route_t *routes, const fake_serve_options_t *o)
 {
     sigset_t stop_signals;
     sigemptyset(&stop_signals);
@@ -137,12 +166,22 @@ static inline int fake_serve(const char *name, const char *port_text, const fake
     pthread_sigmask(SIG_BLOCK, &stop_signals, NULL); /* civetweb's threads inherit it */
     signal(SIGPIPE, SIG_IGN);
 
+    fake_common.keep_alive = o->keep_alive;
     char listen[64];
     snprintf(listen, sizeof listen, "127.0.0.1:%s", port_text);
-    const char *options[] = {"listening_ports",   listen, "num_threads", "16",
-                             "enable_keep_alive", "no",   NULL};
+    /* A kept-alive connection holds its civetweb thread while idle. */
+    const char *options[] = {"listening_ports",
+                             listen,
+                             "num_threads",
+                             o->keep_alive ? "160" : "32",
+                             "enable_keep_alive",
+                             o->keep_alive ? "yes" : "no",
+                             "keep_alive_timeout_ms",
+                             "60000",
+                             NULL};
     mg_init_library(0);
-    struct mg_context *ctx = mg_start(NULL, NULL, options);
+    struct mg_callbacks callbacks = {.init_connection = o->on_connection};
+    struct mg_context *ctx = mg_start(&callbacks, NULL, options);
     if (!ctx) {
         fprintf(stderr, "%s: cannot listen on %s\n", name, listen);
         return 2;
@@ -155,6 +194,8 @@ static inline int fake_serve(const char *name, const char *port_text, const fake
     fake_common.port = ports[0].port;
     for (const fake_route_t *r = routes; r->uri; r++)
         mg_set_request_handler(ctx, r->uri, r->handler, NULL);
+    if (o->on_listening)
+        o->on_listening(ctx);
     printf("%s: listening on 127.0.0.1:%d\n", name, fake_common.port);
     fflush(stdout);
 
@@ -167,6 +208,13 @@ static inline int fake_serve(const char *name, const char *port_text, const fake
     /* mg_stop takes seconds to wind its threads down; a fake has nothing to
      * save, so it leaves at once and lets the kernel close its sockets. */
     _exit(0);
+}
+
+/* fake_serve_with, closing every connection after its response. */
+static inline int fake_serve(const char *name, const char *port_text, const fake_route_t *routes)
+{
+    const fake_serve_options_t o = {0};
+    return fake_serve_with(name, port_text, routes, &o);
 }
 
 #endif

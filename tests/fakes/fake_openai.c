@@ -6,7 +6,8 @@
  *                                or server-sent "chat.completion.chunk" events
  *   POST /v1/images/generations  {"model","prompt","n","response_format"}
  *   POST /v1/embeddings          {"model","input","dimensions"}
- *   GET  /fake/stats             what it saw: {"requests","auth_ok","auth_bad",
+ *   GET  /fake/stats             what it saw (405 for another method or a body):
+ *                                {"requests","auth_ok","auth_bad",
  *                                "connections"}
  *
  * Faults are chosen by the model name's start (or an X-Fake-Fault header):
@@ -30,126 +31,26 @@
  * Prints "fake_openai: listening on 127.0.0.1:PORT" on stdout once ready and
  * runs until SIGTERM or SIGINT.
  */
-#include <civetweb.h>
-#include <jansson.h>
-#include <pthread.h>
-#include <signal.h>
-#include <stdbool.h>
-#include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
-#include <time.h>
-#include <unistd.h>
-
-#define BODY_MAX    (1024 * 1024)
-#define STALL_MAX_S 60 /* a stalled handler gives up after this, whatever happens */
-#define MAX_MODELS  64
-#define MODEL_LEN   128
+#include "fake_common.h"
 
 /* A 1x1 transparent PNG. */
 static const char tiny_png_b64[] = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNkYPh"
                                    "fDwAChwGA60e6kgAAAABJRU5ErkJggg==";
 
+/* What the fake saw; mu guards the counters. */
 static struct {
     pthread_mutex_t mu;
-    pthread_cond_t changed;
-    bool stopping;
     const char *key;
-    bool keep_alive;
-    int port;
     long requests, auth_ok, auth_bad, connections;
-    char models[MAX_MODELS][MODEL_LEN];
-    int model_requests[MAX_MODELS];
-} fake = {.mu = PTHREAD_MUTEX_INITIALIZER, .changed = PTHREAD_COND_INITIALIZER};
-
-/* Counts a request of model; returns how many that model has had, this one included. */
-static int count_model(const char *model)
-{
-    pthread_mutex_lock(&fake.mu);
-    int n = 0;
-    for (int i = 0; i < MAX_MODELS; i++) {
-        if (fake.models[i][0] == '\0')
-            snprintf(fake.models[i], MODEL_LEN, "%s", model);
-        if (strncmp(fake.models[i], model, MODEL_LEN - 1) == 0) {
-            n = ++fake.model_requests[i];
-            break;
-        }
-    }
-    pthread_mutex_unlock(&fake.mu);
-    return n;
-}
-
-/* Waits until the server stops or STALL_MAX_S pass. */
-static void stall(void)
-{
-    struct timespec until;
-    clock_gettime(CLOCK_REALTIME, &until);
-    until.tv_sec += STALL_MAX_S;
-    pthread_mutex_lock(&fake.mu);
-    while (!fake.stopping)
-        if (pthread_cond_timedwait(&fake.changed, &fake.mu, &until) != 0)
-            break;
-    pthread_mutex_unlock(&fake.mu);
-}
-
-/* Waits up to ms; false once the server is stopping. */
-static bool pause_ms(long ms)
-{
-    struct timespec until;
-    clock_gettime(CLOCK_REALTIME, &until);
-    until.tv_nsec += ms * 1000000L;
-    until.tv_sec += until.tv_nsec / 1000000000L;
-    until.tv_nsec %= 1000000000L;
-    pthread_mutex_lock(&fake.mu);
-    while (!fake.stopping)
-        if (pthread_cond_timedwait(&fake.changed, &fake.mu, &until) != 0)
-            break;
-    bool go_on = !fake.stopping;
-    pthread_mutex_unlock(&fake.mu);
-    return go_on;
-}
-
-static void send_json(struct mg_connection *conn, int status, const char *reason,
-                      const char *extra_headers, json_t *body)
-{
-    char *text = json_dumps(body, JSON_COMPACT);
-    json_decref(body);
-    size_t len = text ? strlen(text) : 0;
-    /* One write for head and body: two small ones on a kept-alive
-     * connection meet the client's delayed ACK (Nagle) and stall 40 ms. */
-    mg_printf(conn,
-              "HTTP/1.1 %d %s\r\nContent-Type: application/json\r\nContent-Length: %zu\r\n"
-              "%s%s\r\n%s",
-              status, reason, len, fake.keep_alive ? "" : "Connection: close\r\n",
-              extra_headers ? extra_headers : "", text ? text : "");
-    free(text);
-}
+} fake = {.mu = PTHREAD_MUTEX_INITIALIZER};
 
 static int send_error(struct mg_connection *conn, int status, const char *reason,
                       const char *extra_headers, const char *type, const char *message)
 {
-    send_json(conn, status, reason, extra_headers,
-              json_pack("{s:{s:s, s:s, s:n, s:n}}", "error", "message", message, "type", type,
-                        "param", "code"));
+    fake_send_json(conn, status, reason, extra_headers,
+                   json_pack("{s:{s:s, s:s, s:n, s:n}}", "error", "message", message, "type", type,
+                             "param", "code"));
     return status;
-}
-
-/* Reads the request body as a JSON object (NULL when it is not one). */
-static json_t *read_body(struct mg_connection *conn)
-{
-    char *buf = malloc(BODY_MAX + 1);
-    if (!buf)
-        return NULL;
-    size_t got = 0;
-    for (int n; got < BODY_MAX && (n = mg_read(conn, buf + got, BODY_MAX - got)) > 0;)
-        got += (size_t)n;
-    json_t *doc = json_loadb(buf, got, 0, NULL);
-    free(buf);
-    if (!json_is_object(doc)) {
-        json_decref(doc);
-        return NULL;
-    }
-    return doc;
 }
 
 /* Counts the request and checks its key; false (401 sent) when it is wrong. */
@@ -173,12 +74,6 @@ static bool authorized(struct mg_connection *conn)
     return ok;
 }
 
-static bool starts_with(const char *s, const char *prefix)
-{
-    return s && strncmp(s, prefix, strlen(prefix)) == 0;
-}
-
-/* The fault for this request: the X-Fake-Fault header, else the model name. */
 static const char *fault_of(struct mg_connection *conn, const char *model)
 {
     const char *header = mg_get_header(conn, "X-Fake-Fault");
@@ -189,10 +84,10 @@ static const char *fault_of(struct mg_connection *conn, const char *model)
  * answered, 0 when the request goes on normally. */
 static int common_faults(struct mg_connection *conn, const char *fault, const char *model)
 {
-    if (starts_with(fault, "429-then-ok") && count_model(model) == 1)
+    if (fake_starts_with(fault, "429-then-ok") && fake_count(model) == 1)
         return send_error(conn, 429, "Too Many Requests", "Retry-After: 1\r\n",
                           "rate_limit_exceeded", "Rate limit reached; try again in 1s");
-    if (starts_with(fault, "429-date-then-ok") && count_model(model) == 1) {
+    if (fake_starts_with(fault, "429-date-then-ok") && fake_count(model) == 1) {
         /* Retry-After as an HTTP date two seconds ahead: a wait of 1-2 s. */
         char header[96];
         time_t when = time(NULL) + 2;
@@ -202,20 +97,20 @@ static int common_faults(struct mg_connection *conn, const char *fault, const ch
         return send_error(conn, 429, "Too Many Requests", header, "rate_limit_exceeded",
                           "Rate limit reached; try again later");
     }
-    if (starts_with(fault, "500-then-ok") && count_model(model) == 1)
+    if (fake_starts_with(fault, "500-then-ok") && fake_count(model) == 1)
         return send_error(conn, 500, "Internal Server Error", NULL, "server_error",
                           "The server had an error while processing your request");
-    if (starts_with(fault, "400"))
+    if (fake_starts_with(fault, "400"))
         return send_error(conn, 400, "Bad Request", NULL, "invalid_request_error",
                           "Invalid value for 'temperature': must be at most 2");
-    if (starts_with(fault, "echo-key-400")) {
+    if (fake_starts_with(fault, "echo-key-400")) {
         const char *auth = mg_get_header(conn, "Authorization");
         char message[600];
         snprintf(message, sizeof message, "Bad request from %.500s", auth ? auth : "(none)");
         return send_error(conn, 400, "Bad Request", NULL, "invalid_request_error", message);
     }
-    if (starts_with(fault, "slow")) {
-        stall();
+    if (fake_starts_with(fault, "slow")) {
+        fake_pause_ms(FAKE_STALL_MAX_S * 1000L);
         return send_error(conn, 503, "Service Unavailable", NULL, "server_error", "stalled");
     }
     return 0;
@@ -226,7 +121,7 @@ static int common_faults(struct mg_connection *conn, const char *fault, const ch
 static void reply_text(struct mg_connection *conn, json_t *req, const char *fault, char *out,
                        size_t size)
 {
-    if (starts_with(fault, "echo-key")) {
+    if (fake_starts_with(fault, "echo-key")) {
         const char *auth = mg_get_header(conn, "Authorization");
         snprintf(out, size, "Your header was %s", auth ? auth : "(none)");
         return;
@@ -268,7 +163,7 @@ static int stream_chat(struct mg_connection *conn, json_t *req, const char *mode
 {
     mg_printf(conn, "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: "
                     "no-cache\r\nConnection: close\r\n\r\n");
-    if (starts_with(fault, "malformed")) {
+    if (fake_starts_with(fault, "malformed")) {
         mg_printf(conn, "data: {\"id\": \"chatcmpl-fake\", \"choices\": [\n\n");
         return 200;
     }
@@ -280,9 +175,9 @@ static int stream_chat(struct mg_connection *conn, json_t *req, const char *mode
         if (!send_event(conn, chunk_of(model, word, NULL)))
             return 200;
         p += n;
-        if (starts_with(fault, "hang-stream") && ++sent == 2) {
+        if (fake_starts_with(fault, "hang-stream") && ++sent == 2) {
             /* Keep-alive comments until the client goes away. */
-            while (pause_ms(50) && mg_printf(conn, ": keep-alive\n\n") > 0)
+            while (fake_pause_ms(50) && mg_printf(conn, ": keep-alive\n\n") > 0)
                 ;
             return 200;
         }
@@ -301,7 +196,7 @@ static int on_chat(struct mg_connection *conn, void *cbdata)
 {
     if (!authorized(conn))
         return 401;
-    json_t *req = read_body(conn);
+    json_t *req = fake_read_body(conn);
     if (!req)
         return send_error(conn, 400, "Bad Request", NULL, "invalid_request_error",
                           "We could not parse the JSON body of your request.");
@@ -319,7 +214,7 @@ static int on_chat(struct mg_connection *conn, void *cbdata)
     reply_text(conn, req, fault, text, sizeof text);
     if (json_is_true(json_object_get(req, "stream"))) {
         status = stream_chat(conn, req, model, fault, text);
-    } else if (starts_with(fault, "malformed")) {
+    } else if (fake_starts_with(fault, "malformed")) {
         static const char broken[] = "{\"choices\": [{\"message\": ";
         mg_printf(conn,
                   "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: "
@@ -327,12 +222,12 @@ static int on_chat(struct mg_connection *conn, void *cbdata)
                   strlen(broken), broken);
         status = 200;
     } else {
-        send_json(conn, 200, "OK", NULL,
-                  json_pack("{s:s, s:s, s:i, s:s, s:[{s:i, s:{s:s, s:s}, s:s}], s:o}", "id",
-                            "chatcmpl-fake", "object", "chat.completion", "created",
-                            (int)time(NULL), "model", model, "choices", "index", 0, "message",
-                            "role", "assistant", "content", text, "finish_reason", "stop", "usage",
-                            usage_of(text)));
+        fake_send_json(conn, 200, "OK", NULL,
+                       json_pack("{s:s, s:s, s:i, s:s, s:[{s:i, s:{s:s, s:s}, s:s}], s:o}", "id",
+                                 "chatcmpl-fake", "object", "chat.completion", "created",
+                                 (int)time(NULL), "model", model, "choices", "index", 0, "message",
+                                 "role", "assistant", "content", text, "finish_reason", "stop",
+                                 "usage", usage_of(text)));
         status = 200;
     }
     json_decref(req);
@@ -343,7 +238,7 @@ static int on_images(struct mg_connection *conn, void *cbdata)
 {
     if (!authorized(conn))
         return 401;
-    json_t *req = read_body(conn);
+    json_t *req = fake_read_body(conn);
     const char *model = json_string_value(json_object_get(req, "model"));
     const char *prompt = json_string_value(json_object_get(req, "prompt"));
     int status = req ? common_faults(conn, fault_of(conn, model), model ? model : "") : 0;
@@ -356,17 +251,17 @@ static int on_images(struct mg_connection *conn, void *cbdata)
     }
     json_int_t n = json_integer_value(json_object_get(req, "n"));
     const char *format = json_string_value(json_object_get(req, "response_format"));
-    bool b64 = (format && strcmp(format, "b64_json") == 0) || starts_with(model, "gpt-image");
+    bool b64 = (format && strcmp(format, "b64_json") == 0) || fake_starts_with(model, "gpt-image");
     json_t *data = json_array();
     for (json_int_t i = 0; i < (n > 0 && n <= 10 ? n : 1); i++) {
         char url[128];
-        snprintf(url, sizeof url, "http://127.0.0.1:%d/files/img-%d.png", fake.port, (int)i);
+        snprintf(url, sizeof url, "http://127.0.0.1:%d/files/img-%d.png", fake_common.port, (int)i);
         json_array_append_new(
             data, b64 ? json_pack("{s:s, s:s}", "b64_json", tiny_png_b64, "revised_prompt", prompt)
                       : json_pack("{s:s}", "url", url));
     }
-    send_json(conn, 200, "OK", NULL,
-              json_pack("{s:i, s:o}", "created", (int)time(NULL), "data", data));
+    fake_send_json(conn, 200, "OK", NULL,
+                   json_pack("{s:i, s:o}", "created", (int)time(NULL), "data", data));
     json_decref(req);
     return 200;
 }
@@ -375,7 +270,7 @@ static int on_embeddings(struct mg_connection *conn, void *cbdata)
 {
     if (!authorized(conn))
         return 401;
-    json_t *req = read_body(conn);
+    json_t *req = fake_read_body(conn);
     const char *model = json_string_value(json_object_get(req, "model"));
     json_t *input = json_object_get(req, "input");
     int status = req ? common_faults(conn, fault_of(conn, model), model ? model : "") : 0;
@@ -399,10 +294,10 @@ static int on_embeddings(struct mg_connection *conn, void *cbdata)
         json_array_append_new(data, json_pack("{s:s, s:i, s:o}", "object", "embedding", "index",
                                               (int)k, "embedding", vector));
     }
-    send_json(conn, 200, "OK", NULL,
-              json_pack("{s:s, s:o, s:s, s:{s:i, s:i}}", "object", "list", "data", data, "model",
-                        model ? model : "", "usage", "prompt_tokens", (int)count * 3,
-                        "total_tokens", (int)count * 3));
+    fake_send_json(conn, 200, "OK", NULL,
+                   json_pack("{s:s, s:o, s:s, s:{s:i, s:i}}", "object", "list", "data", data,
+                             "model", model ? model : "", "usage", "prompt_tokens", (int)count * 3,
+                             "total_tokens", (int)count * 3));
     json_decref(req);
     return 200;
 }
@@ -418,74 +313,36 @@ static int on_connection(const struct mg_connection *conn, void **conn_data)
 
 static int on_stats(struct mg_connection *conn, void *cbdata)
 {
+    const struct mg_request_info *ri = mg_get_request_info(conn);
+    if (strcmp(ri->request_method, "GET") != 0 || ri->content_length > 0)
+        return fake_send_json(conn, 405, "Method Not Allowed", "Allow: GET\r\n",
+                              json_pack("{s:s}", "error", "GET /fake/stats, without a body"));
     pthread_mutex_lock(&fake.mu);
     json_t *stats = json_pack("{s:I, s:I, s:I, s:I}", "connections", (json_int_t)fake.connections,
                               "requests", (json_int_t)fake.requests, "auth_ok",
                               (json_int_t)fake.auth_ok, "auth_bad", (json_int_t)fake.auth_bad);
     pthread_mutex_unlock(&fake.mu);
-    send_json(conn, 200, "OK", NULL, stats);
+    fake_send_json(conn, 200, "OK", NULL, stats);
     return 200;
 }
 
 int main(int argc, char **argv)
 {
     if (argc < 2) {
-        fprintf(stderr, "usage: fake_openai PORT [--key KEY]\n");
+        fprintf(stderr, "usage: fake_openai PORT [--key KEY] [--keep-alive]\n");
         return 64;
     }
+    fake_serve_options_t o = {.on_connection = on_connection};
     for (int i = 2; i < argc; i++) {
         if (strcmp(argv[i], "--key") == 0 && i + 1 < argc)
             fake.key = argv[++i];
         else if (strcmp(argv[i], "--keep-alive") == 0)
-            fake.keep_alive = true;
+            o.keep_alive = true;
     }
-    sigset_t stop_signals;
-    sigemptyset(&stop_signals);
-    sigaddset(&stop_signals, SIGTERM);
-    sigaddset(&stop_signals, SIGINT);
-    pthread_sigmask(SIG_BLOCK, &stop_signals, NULL); /* civetweb's threads inherit it */
-    signal(SIGPIPE, SIG_IGN);
-
-    char listen[64];
-    snprintf(listen, sizeof listen, "127.0.0.1:%s", argv[1]);
-    /* A kept-alive connection holds its civetweb thread while idle: enough
-     * threads for a benchmark's 64 slots and then some. */
-    const char *options[] = {"listening_ports",
-                             listen,
-                             "num_threads",
-                             fake.keep_alive ? "160" : "16",
-                             "enable_keep_alive",
-                             fake.keep_alive ? "yes" : "no",
-                             "keep_alive_timeout_ms",
-                             "60000",
-                             NULL};
-    mg_init_library(0);
-    struct mg_callbacks callbacks = {.init_connection = on_connection};
-    struct mg_context *ctx = mg_start(&callbacks, NULL, options);
-    if (!ctx) {
-        fprintf(stderr, "fake_openai: cannot listen on %s\n", listen);
-        return 2;
-    }
-    struct mg_server_port ports[2];
-    if (mg_get_server_ports(ctx, 2, ports) < 1) {
-        fprintf(stderr, "fake_openai: no listening port\n");
-        return 2;
-    }
-    fake.port = ports[0].port;
-    mg_set_request_handler(ctx, "/v1/chat/completions", on_chat, NULL);
-    mg_set_request_handler(ctx, "/v1/images/generations", on_images, NULL);
-    mg_set_request_handler(ctx, "/v1/embeddings", on_embeddings, NULL);
-    mg_set_request_handler(ctx, "/fake/stats", on_stats, NULL);
-    printf("fake_openai: listening on 127.0.0.1:%d\n", fake.port);
-    fflush(stdout);
-
-    int sig = 0;
-    sigwait(&stop_signals, &sig);
-    pthread_mutex_lock(&fake.mu);
-    fake.stopping = true;
-    pthread_cond_broadcast(&fake.changed);
-    pthread_mutex_unlock(&fake.mu);
-    /* mg_stop takes seconds to wind its threads down; a fake has nothing to
-     * save, so it leaves at once and lets the kernel close its sockets. */
-    _exit(0);
+    static const fake_route_t routes[] = {{"/v1/chat/completions", on_chat},
+                                          {"/v1/images/generations", on_images},
+                                          {"/v1/embeddings", on_embeddings},
+                                          {"/fake/stats", on_stats},
+                                          {NULL, NULL}};
+    return fake_serve_with("fake_openai", argv[1], routes, &o);
 }

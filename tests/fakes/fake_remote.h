@@ -5,27 +5,16 @@
  * see progress without timing), per-fault counters, stalls that end when
  * the fake stops, and files served for download.
  *
- * Header-only (static functions): each fake is one program.
+ * Header-only (static functions): each fake is one program. Built on
+ * fake_common.h (stop flag, stalls, fault counts, sending, serving).
  */
 #ifndef KILN_FAKE_REMOTE_H
 #define KILN_FAKE_REMOTE_H
 
-#include <civetweb.h>
-#include <jansson.h>
-#include <pthread.h>
-#include <signal.h>
-#include <stdbool.h>
-#include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
-#include <time.h>
-#include <unistd.h>
+#include "fake_common.h"
 
-#define FAKE_BODY_MAX    (1024 * 1024)
-#define FAKE_STALL_MAX_S 60
-#define FAKE_JOBS_MAX    256
-#define FAKE_FAULTS_MAX  64
-#define FAKE_NAME_LEN    128
+#define FAKE_JOBS_MAX 256
+#define FAKE_NAME_LEN 128
 
 /* One remote job. */
 typedef struct fake_job {
@@ -41,104 +30,16 @@ typedef struct fake_job {
     bool finished_at_once; /* answered finished on create (Prefer: wait) */
 } fake_job_t;
 
+/* The remote jobs and what the fake saw; mu guards them. */
 static struct {
     pthread_mutex_t mu;
-    pthread_cond_t changed;
-    bool stopping;
     const char *key;
-    int port;
     long requests, auth_ok, auth_bad, creates, polls, cancels, downloads, prefer_wait;
     char last_cancelled[64];
     fake_job_t jobs[FAKE_JOBS_MAX];
     int n_jobs;
     long seq;
-    char faults[FAKE_FAULTS_MAX][FAKE_NAME_LEN];
-    int fault_count[FAKE_FAULTS_MAX];
-} fake = {.mu = PTHREAD_MUTEX_INITIALIZER, .changed = PTHREAD_COND_INITIALIZER};
-
-static bool starts_with(const char *s, const char *prefix)
-{
-    return s && strncmp(s, prefix, strlen(prefix)) == 0;
-}
-
-/* Counts one more request with this fault; returns the count, this one included. */
-static int fake_count_fault(const char *fault)
-{
-    pthread_mutex_lock(&fake.mu);
-    int n = 0;
-    for (int i = 0; i < FAKE_FAULTS_MAX; i++) {
-        if (fake.faults[i][0] == '\0')
-            snprintf(fake.faults[i], FAKE_NAME_LEN, "%s", fault);
-        if (strncmp(fake.faults[i], fault, FAKE_NAME_LEN - 1) == 0) {
-            n = ++fake.fault_count[i];
-            break;
-        }
-    }
-    pthread_mutex_unlock(&fake.mu);
-    return n;
-}
-
-/* Waits up to ms (or FAKE_STALL_MAX_S when ms < 0); false once stopping. */
-static bool fake_pause(long ms)
-{
-    struct timespec until;
-    clock_gettime(CLOCK_REALTIME, &until);
-    if (ms < 0) {
-        until.tv_sec += FAKE_STALL_MAX_S;
-    } else {
-        until.tv_nsec += (ms % 1000) * 1000000L;
-        until.tv_sec += ms / 1000 + until.tv_nsec / 1000000000L;
-        until.tv_nsec %= 1000000000L;
-    }
-    pthread_mutex_lock(&fake.mu);
-    while (!fake.stopping)
-        if (pthread_cond_timedwait(&fake.changed, &fake.mu, &until) != 0)
-            break;
-    bool go_on = !fake.stopping;
-    pthread_mutex_unlock(&fake.mu);
-    return go_on;
-}
-
-static void fake_send_raw(struct mg_connection *conn, int status, const char *reason,
-                          const char *type, const char *extra_headers, const char *body, size_t len)
-{
-    mg_printf(conn,
-              "HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %zu\r\nConnection: "
-              "close\r\n%s\r\n",
-              status, reason, type, len, extra_headers ? extra_headers : "");
-    if (len)
-        mg_write(conn, body, len);
-}
-
-/* Sends body (stolen) as JSON; returns status. */
-static int fake_send_json(struct mg_connection *conn, int status, const char *reason,
-                          const char *extra_headers, json_t *body)
-{
-    char *text = json_dumps(body, JSON_COMPACT);
-    json_decref(body);
-    fake_send_raw(conn, status, reason, "application/json", extra_headers, text ? text : "",
-                  text ? strlen(text) : 0);
-    free(text);
-    return status;
-}
-
-/* Reads the request body as a JSON object (NULL when it is not one). */
-static json_t *fake_read_body(struct mg_connection *conn)
-{
-    char *buf = malloc(FAKE_BODY_MAX + 1);
-    if (!buf)
-        return NULL;
-    size_t got = 0;
-    for (int n; got < FAKE_BODY_MAX && (n = mg_read(conn, buf + got, FAKE_BODY_MAX - got)) > 0;)
-        got += (size_t)n;
-    json_t *doc = json_loadb(buf, got, 0, NULL);
-    free(buf);
-    if (!json_is_object(doc)) {
-        json_decref(doc);
-        return NULL;
-    }
-    return doc;
-}
+} fake = {.mu = PTHREAD_MUTEX_INITIALIZER};
 
 /* Counts the request and checks "Authorization: Bearer KEY" (or the bare
  * key, which RunPod accepts too). False when wrong: the caller answers 401. */
@@ -194,8 +95,8 @@ static json_t *fake_output_urls(const fake_job_t *j)
     json_t *urls = json_array();
     for (int i = 0; i < j->outputs; i++) {
         char url[160];
-        snprintf(url, sizeof url, "http://127.0.0.1:%d/files/%s%s-%d.png?sig=abc", fake.port,
-                 starts_with(j->fault, "big-output") ? "big-" : "", j->id, i);
+        snprintf(url, sizeof url, "http://127.0.0.1:%d/files/%s%s-%d.png?sig=abc", fake_common.port,
+                 fake_starts_with(j->fault, "big-output") ? "big-" : "", j->id, i);
         json_array_append_new(urls, json_string(url));
     }
     return urls;
@@ -230,7 +131,7 @@ static int fake_on_file(struct mg_connection *conn, void *cbdata)
                 break;
         return 200;
     }
-    fake_send_raw(conn, 200, "OK", "image/png", NULL, (const char *)fake_png, sizeof fake_png);
+    fake_send(conn, 200, "OK", "image/png", NULL, (const char *)fake_png, sizeof fake_png);
     return 200;
 }
 
@@ -248,11 +149,12 @@ static int fake_on_stats(struct mg_connection *conn, void *cbdata)
     return fake_send_json(conn, 200, "OK", NULL, stats);
 }
 
-/* Starts the server on 127.0.0.1:port_text, prints "NAME: listening on
- * 127.0.0.1:PORT", lets add_handlers register its routes, and runs until
- * SIGTERM or SIGINT. */
-static int fake_main(const char *name, int argc, char **argv,
-                     void (*add_handlers)(struct mg_context *))
+#define FAKE_ROUTES_MAX 16
+
+/* Serves routes (ending with a NULL uri) plus /files/ and /fake/stats on
+ * 127.0.0.1:argv[1] (fake_serve), with --key KEY required as the bearer
+ * token when given. */
+static int fake_main(const char *name, int argc, char **argv, const fake_route_t *routes)
 {
     if (argc < 2) {
         fprintf(stderr, "usage: %s PORT [--key KEY]\n", name);
@@ -261,36 +163,11 @@ static int fake_main(const char *name, int argc, char **argv,
     for (int i = 2; i + 1 < argc; i += 2)
         if (strcmp(argv[i], "--key") == 0)
             fake.key = argv[i + 1];
-    sigset_t stop_signals;
-    sigemptyset(&stop_signals);
-    sigaddset(&stop_signals, SIGTERM);
-    sigaddset(&stop_signals, SIGINT);
-    pthread_sigmask(SIG_BLOCK, &stop_signals, NULL); /* civetweb's threads inherit it */
-    signal(SIGPIPE, SIG_IGN);
-    char listen[64];
-    snprintf(listen, sizeof listen, "127.0.0.1:%s", argv[1]);
-    const char *options[] = {"listening_ports",   listen, "num_threads", "16",
-                             "enable_keep_alive", "no",   NULL};
-    mg_init_library(0);
-    struct mg_context *ctx = mg_start(NULL, NULL, options);
-    struct mg_server_port ports[2];
-    if (!ctx || mg_get_server_ports(ctx, 2, ports) < 1) {
-        fprintf(stderr, "%s: cannot listen on %s\n", name, listen);
-        return 2;
-    }
-    fake.port = ports[0].port;
-    mg_set_request_handler(ctx, "/files/", fake_on_file, NULL);
-    mg_set_request_handler(ctx, "/fake/stats", fake_on_stats, NULL);
-    add_handlers(ctx);
-    printf("%s: listening on 127.0.0.1:%d\n", name, fake.port);
-    fflush(stdout);
-    int sig = 0;
-    sigwait(&stop_signals, &sig);
-    pthread_mutex_lock(&fake.mu);
-    fake.stopping = true;
-    pthread_cond_broadcast(&fake.changed);
-    pthread_mutex_unlock(&fake.mu);
-    _exit(0); /* nothing to save; mg_stop would take seconds */
+    fake_route_t all[FAKE_ROUTES_MAX + 3] = {{"/files/", fake_on_file},
+                                             {"/fake/stats", fake_on_stats}};
+    for (int i = 0; routes[i].uri && i < FAKE_ROUTES_MAX; i++)
+        all[2 + i] = routes[i];
+    return fake_serve(name, argv[1], all);
 }
 
 #endif

@@ -61,18 +61,18 @@ static json_t *prediction_json(const fake_job_t *j, const char *auth)
     json_t *logs = json_string(""), *output = json_null(), *error = json_null();
     if (j->cancelled) {
         status = "canceled";
-    } else if (starts_with(j->fault, "hang") && j->polls > 0) {
+    } else if (fake_starts_with(j->fault, "hang") && j->polls > 0) {
         status = "processing";
         json_decref(logs);
         logs = json_string("Using seed: 42\n 10%|#         | 1/10 [00:01<00:09]\n");
-    } else if (starts_with(j->fault, "canceled-remote") && j->polls > 0) {
+    } else if (fake_starts_with(j->fault, "canceled-remote") && j->polls > 0) {
         status = "canceled";
-    } else if ((starts_with(j->fault, "fail") || starts_with(j->fault, "echo-key")) &&
+    } else if ((fake_starts_with(j->fault, "fail") || fake_starts_with(j->fault, "echo-key")) &&
                j->polls >= 2) {
         status = "failed";
         json_decref(error);
         char text[600];
-        if (starts_with(j->fault, "echo-key"))
+        if (fake_starts_with(j->fault, "echo-key"))
             snprintf(text, sizeof text, "upstream refused the header %.500s",
                      auth ? auth : "(none)");
         else
@@ -83,15 +83,15 @@ static json_t *prediction_json(const fake_job_t *j, const char *auth)
         json_decref(logs);
         logs = logs_of(j->steps, j->steps);
         json_decref(output);
-        output = starts_with(j->fault, "text-output") ? json_pack("[s, s]", "Hello", " world")
-                                                      : fake_output_urls(j);
+        output = fake_starts_with(j->fault, "text-output") ? json_pack("[s, s]", "Hello", " world")
+                                                           : fake_output_urls(j);
     } else if (j->polls > 0) {
         status = "processing";
         json_decref(logs);
         logs = logs_of(j->polls - 1, j->steps);
     }
     char get[160], cancel[176];
-    snprintf(get, sizeof get, "http://127.0.0.1:%d/v1/predictions/%s", fake.port, j->id);
+    snprintf(get, sizeof get, "http://127.0.0.1:%d/v1/predictions/%s", fake_common.port, j->id);
     snprintf(cancel, sizeof cancel, "%s/cancel", get);
     return json_pack("{s:s, s:o, s:s, s:O, s:o, s:o, s:o, s:s, s:s, s:{s:s, s:s}, s:{s:f}}", "id",
                      j->id, "model", j->model[0] ? json_string(j->model) : json_null(), "version",
@@ -104,21 +104,21 @@ static json_t *prediction_json(const fake_job_t *j, const char *auth)
 /* Faults of a create request; a status when answered, else 0. */
 static int create_faults(struct mg_connection *conn, const char *fault)
 {
-    if (starts_with(fault, "429-then-ok") && fake_count_fault(fault) == 1)
+    if (fake_starts_with(fault, "429-then-ok") && fake_count(fault) == 1)
         return send_problem(conn, 429, "Too Many Requests", "Retry-After: 1\r\n",
                             "Request was throttled",
                             "Request was throttled. Expected available "
                             "in 1 second.");
-    if (starts_with(fault, "500-then-ok") && fake_count_fault(fault) == 1)
+    if (fake_starts_with(fault, "500-then-ok") && fake_count(fault) == 1)
         return send_problem(conn, 500, "Internal Server Error", NULL, "Internal Server Error",
                             "Something went wrong");
-    if (starts_with(fault, "slow")) {
-        fake_pause(-1);
+    if (fake_starts_with(fault, "slow")) {
+        fake_pause_ms(FAKE_STALL_MAX_S * 1000L);
         return send_problem(conn, 503, "Service Unavailable", NULL, "Unavailable", "stalled");
     }
-    if (starts_with(fault, "malformed")) {
+    if (fake_starts_with(fault, "malformed")) {
         static const char broken[] = "{\"id\": \"abc\", \"status\": ";
-        fake_send_raw(conn, 201, "Created", "application/json", NULL, broken, strlen(broken));
+        fake_send(conn, 201, "Created", "application/json", NULL, broken, strlen(broken));
         return 201;
     }
     return 0;
@@ -146,12 +146,12 @@ static int create(struct mg_connection *conn, const char *model)
     json_t *body = NULL;
     if (j) {
         snprintf(j->model, sizeof j->model, "%s", model ? model : "");
-        if (starts_with(prefer, "wait")) {
+        if (fake_starts_with(prefer, "wait")) {
             fake.prefer_wait++;
-            j->finished_at_once = !starts_with(j->fault, "hang");
+            j->finished_at_once = !fake_starts_with(j->fault, "hang");
         }
         body = prediction_json(j, mg_get_header(conn, "Authorization"));
-        if (starts_with(j->fault, "bad-id")) /* hostile: a path in the id */
+        if (fake_starts_with(j->fault, "bad-id")) /* hostile: a path in the id */
             json_object_set_new(body, "id", json_string("../../v1/account?x="));
     }
     pthread_mutex_unlock(&fake.mu);
@@ -190,12 +190,12 @@ static int on_predictions(struct mg_connection *conn, void *cbdata)
         body = prediction_json(j, NULL);
     } else if (j && !cancel && strcmp(ri->request_method, "GET") == 0) {
         fake.polls++;
-        poll_fault = starts_with(j->fault, "poll-500-then-ok") && !j->faulted;
+        poll_fault = fake_starts_with(j->fault, "poll-500-then-ok") && !j->faulted;
         j->faulted = true;
-        poll_malformed = starts_with(j->fault, "poll-malformed");
+        poll_malformed = fake_starts_with(j->fault, "poll-malformed");
         if (!poll_fault) {
             j->polls++;
-            body = starts_with(j->fault, "no-status")
+            body = fake_starts_with(j->fault, "no-status")
                        ? json_pack("{s:s, s:s}", "id", j->id, "detail", "who knows")
                        : prediction_json(j, mg_get_header(conn, "Authorization"));
         }
@@ -206,7 +206,7 @@ static int on_predictions(struct mg_connection *conn, void *cbdata)
                             "Something went wrong");
     if (poll_malformed) {
         json_decref(body);
-        fake_send_raw(conn, 200, "OK", "application/json", NULL, "<html>oops", 10);
+        fake_send(conn, 200, "OK", "application/json", NULL, "<html>oops", 10);
         return 200;
     }
     if (!body)
@@ -240,14 +240,11 @@ static int on_account(struct mg_connection *conn, void *cbdata)
                                     "name", "Kiln Test", "github_url"));
 }
 
-static void add_handlers(struct mg_context *ctx)
-{
-    mg_set_request_handler(ctx, "/v1/predictions", on_predictions, NULL);
-    mg_set_request_handler(ctx, "/v1/models/", on_models, NULL);
-    mg_set_request_handler(ctx, "/v1/account", on_account, NULL);
-}
-
 int main(int argc, char **argv)
 {
-    return fake_main("fake_replicate", argc, argv, add_handlers);
+    static const fake_route_t routes[] = {{"/v1/predictions", on_predictions},
+                                          {"/v1/models/", on_models},
+                                          {"/v1/account", on_account},
+                                          {NULL, NULL}};
+    return fake_main("fake_replicate", argc, argv, routes);
 }

@@ -52,23 +52,23 @@ static json_t *update_of(const fake_job_t *j, int step)
 static json_t *status_json(const fake_job_t *j, const char *auth)
 {
     int running = j->polls - 1; /* polls since it left the queue */
-    if (j->cancelled || (starts_with(j->fault, "canceled-remote") && running >= 0))
+    if (j->cancelled || (fake_starts_with(j->fault, "canceled-remote") && running >= 0))
         return json_pack("{s:s, s:s}", "id", j->id, "status", "CANCELLED");
     if (j->polls <= 1)
         return json_pack("{s:s, s:s}", "id", j->id, "status", "IN_QUEUE");
-    if (starts_with(j->fault, "hang"))
+    if (fake_starts_with(j->fault, "hang"))
         return json_pack("{s:s, s:s, s:s, s:i}", "id", j->id, "status", "IN_PROGRESS", "output",
                          "loading model", "delayTime", 120);
-    if (starts_with(j->fault, "fail") || starts_with(j->fault, "echo-key")) {
+    if (fake_starts_with(j->fault, "fail") || fake_starts_with(j->fault, "echo-key")) {
         char text[600];
         snprintf(text, sizeof text, "%s %.500s",
-                 starts_with(j->fault, "fail") ? "handler raised: CUDA out of memory;"
-                                               : "worker saw header",
-                 starts_with(j->fault, "fail") ? "" : (auth ? auth : "(none)"));
+                 fake_starts_with(j->fault, "fail") ? "handler raised: CUDA out of memory;"
+                                                    : "worker saw header",
+                 fake_starts_with(j->fault, "fail") ? "" : (auth ? auth : "(none)"));
         return json_pack("{s:s, s:s, s:s, s:i, s:i}", "id", j->id, "status", "FAILED", "error",
                          text, "delayTime", 120, "executionTime", 300);
     }
-    if (starts_with(j->fault, "timed-out"))
+    if (fake_starts_with(j->fault, "timed-out"))
         return json_pack("{s:s, s:s, s:i}", "id", j->id, "status", "TIMED_OUT", "delayTime", 120);
     if (running < j->steps)
         return json_pack("{s:s, s:s, s:o, s:i}", "id", j->id, "status", "IN_PROGRESS", "output",
@@ -80,18 +80,18 @@ static json_t *status_json(const fake_job_t *j, const char *auth)
 
 static int create_faults(struct mg_connection *conn, const char *fault)
 {
-    if (starts_with(fault, "429-then-ok") && fake_count_fault(fault) == 1)
+    if (fake_starts_with(fault, "429-then-ok") && fake_count(fault) == 1)
         return send_error(conn, 429, "Too Many Requests", "Retry-After: 1\r\n",
                           "rate limit exceeded");
-    if (starts_with(fault, "500-then-ok") && fake_count_fault(fault) == 1)
+    if (fake_starts_with(fault, "500-then-ok") && fake_count(fault) == 1)
         return send_error(conn, 500, "Internal Server Error", NULL, "internal error");
-    if (starts_with(fault, "slow")) {
-        fake_pause(-1);
+    if (fake_starts_with(fault, "slow")) {
+        fake_pause_ms(FAKE_STALL_MAX_S * 1000L);
         return send_error(conn, 503, "Service Unavailable", NULL, "stalled");
     }
-    if (starts_with(fault, "malformed")) {
+    if (fake_starts_with(fault, "malformed")) {
         static const char broken[] = "{\"id\": \"x\", \"status\": \"IN_QU";
-        fake_send_raw(conn, 200, "OK", "application/json", NULL, broken, strlen(broken));
+        fake_send(conn, 200, "OK", "application/json", NULL, broken, strlen(broken));
         return 200;
     }
     return 0;
@@ -147,8 +147,8 @@ static int on_v2(struct mg_connection *conn, void *cbdata)
         return run(conn);
     if (strcmp(op, "health") == 0 && !post)
         return health(conn);
-    bool is_status = starts_with(op, "status/") && !post;
-    bool is_cancel = starts_with(op, "cancel/") && post;
+    bool is_status = fake_starts_with(op, "status/") && !post;
+    bool is_cancel = fake_starts_with(op, "cancel/") && post;
     if (!is_status && !is_cancel)
         return send_error(conn, 404, "Not Found", NULL, "not found");
     const char *id = op + strlen("status/");
@@ -163,12 +163,12 @@ static int on_v2(struct mg_connection *conn, void *cbdata)
         body = json_pack("{s:s, s:s}", "id", j->id, "status", "CANCELLED");
     } else if (j) {
         fake.polls++;
-        poll_fault = starts_with(j->fault, "poll-500-then-ok") && !j->faulted;
+        poll_fault = fake_starts_with(j->fault, "poll-500-then-ok") && !j->faulted;
         j->faulted = true;
-        poll_malformed = starts_with(j->fault, "poll-malformed");
+        poll_malformed = fake_starts_with(j->fault, "poll-malformed");
         if (!poll_fault) {
             j->polls++;
-            body = starts_with(j->fault, "no-status")
+            body = fake_starts_with(j->fault, "no-status")
                        ? json_pack("{s:s}", "id", j->id)
                        : status_json(j, mg_get_header(conn, "Authorization"));
         }
@@ -178,7 +178,7 @@ static int on_v2(struct mg_connection *conn, void *cbdata)
         return send_error(conn, 500, "Internal Server Error", NULL, "internal error");
     if (poll_malformed) {
         json_decref(body);
-        fake_send_raw(conn, 200, "OK", "application/json", NULL, "<html>oops", 10);
+        fake_send(conn, 200, "OK", "application/json", NULL, "<html>oops", 10);
         return 200;
     }
     if (!body)
@@ -186,15 +186,11 @@ static int on_v2(struct mg_connection *conn, void *cbdata)
     return fake_send_json(conn, 200, "OK", NULL, body);
 }
 
-static void add_handlers(struct mg_context *ctx)
-{
-    mg_set_request_handler(ctx, "/v2/", on_v2, NULL);
-}
-
 int main(int argc, char **argv)
 {
     for (int i = 2; i + 1 < argc; i += 2)
         if (strcmp(argv[i], "--endpoint") == 0)
             endpoint_id = argv[i + 1];
-    return fake_main("fake_runpod", argc, argv, add_handlers);
+    static const fake_route_t routes[] = {{"/v2/", on_v2}, {NULL, NULL}};
+    return fake_main("fake_runpod", argc, argv, routes);
 }

@@ -25,6 +25,7 @@ typedef struct kiln_test_fake {
     int port;
     char url[64];
     char log_path[320];
+    char program[64];
 } kiln_test_fake_t;
 
 /* Starts KILN_TEST_FAKES_DIR/program with "0" and extra_args (NULL-terminated,
@@ -36,8 +37,15 @@ void kiln_test_fake_start(kiln_test_fake_t *f, const char *program, char *const 
 /* Stops the fake (SIGTERM) and waits for it. */
 void kiln_test_fake_stop(kiln_test_fake_t *f);
 
-/* One counter of the fake's GET /fake/stats. */
+/* Starts a stopped fake again on the port it had (without extra_args), its
+ * output appended to the same log: the service coming back after an outage. */
+void kiln_test_fake_restart(kiln_test_fake_t *f);
+
+/* One counter of the fake's GET /fake/stats (the test fails when it has none). */
 long kiln_test_fake_stat(const kiln_test_fake_t *f, const char *name);
+
+/* One string of the fake's GET /fake/stats into out ("" when it has none). */
+void kiln_test_fake_stat_text(const kiln_test_fake_t *f, const char *name, char *out, size_t size);
 
 /* A free loopback port nothing listens on (bound, read, closed). */
 int kiln_test_free_port(void);
@@ -45,6 +53,16 @@ int kiln_test_free_port(void);
 /* A connector of type named "name" with options (borrowed); fails the test
  * when init refuses them. */
 kiln_connector_t *kiln_test_connector_new(const char *type, const char *name, json_t *options);
+
+/* The same from options as JSON text, with the Redis URL the connector may
+ * use (NULL: none), as the worker gives it. */
+kiln_connector_t *kiln_test_connector_parse(const char *type, const char *name, const char *options,
+                                            const char *redis_url);
+
+/* Builds one expecting init to refuse options (JSON text); returns the code
+ * and puts the message in msg. */
+int kiln_test_connector_refused(const char *type, const char *name, const char *options, char *msg,
+                                size_t size);
 
 typedef struct kiln_test_job {
     kiln_job_outcome_t out;
@@ -57,17 +75,31 @@ typedef struct kiln_test_job {
     int64_t cancelled_at_ms, finished_at_ms; /* cancelled_at_ms: 0 when not cancelled */
 } kiln_test_job_t;
 
-/* Runs one job (id, payload JSON, timeout_ms: 0 none) through c into j,
+/* Runs one job (id, payload JSON, timeout_ms: 0 none) through c as a job of
+ * the service named like the connector into j,
  * which must be cleared with kiln_test_job_clear. With cancel_after >= 1
  * the job is cancelled once it has reported that many progress updates;
  * with 0 it is not. */
 void kiln_test_job_run(kiln_connector_t *c, const char *id, const char *payload, int64_t timeout_ms,
                        int cancel_after, kiln_test_job_t *j);
 
+/* When kiln_test_job_run_cancelling cancels: called with the job's
+ * progress so far (from another thread) until it returns true, 30 s at most. */
+typedef bool (*kiln_test_cancel_when_fn)(const kiln_test_job_t *j, void *ctx);
+
+/* Runs one job like kiln_test_job_run, cancelled (flag, then fd, as the
+ * worker does) once when(j, ctx) holds; j->cancelled_at_ms says when. */
+void kiln_test_job_run_cancelling(kiln_connector_t *c, const char *id, const char *payload,
+                                  int64_t timeout_ms, kiln_test_cancel_when_fn when, void *ctx,
+                                  kiln_test_job_t *j);
+
 void kiln_test_job_clear(kiln_test_job_t *j);
 
 /* Whether any progress message of j holds needle. */
 bool kiln_test_job_progress_mentions(const kiln_test_job_t *j, const char *needle);
+
+/* The last progress message j recorded ("" when none). */
+const char *kiln_test_job_last_message(const kiln_test_job_t *j);
 
 /* Fail the test unless j completed with a JSON result / failed with an
  * error holding needle and the given retryable flag. */

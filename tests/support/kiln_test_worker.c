@@ -17,14 +17,38 @@ void kiln_test_worker_init(kiln_test_worker_t *w)
     snprintf(w->log_path, sizeof w->log_path, "%s/worker.log", w->dir);
 }
 
+/* Starts the fake (contract in kiln_test_worker.h). */
+void kiln_test_worker_start_fake(kiln_test_worker_t *w, const char *program, char *const args[])
+{
+    char log[320];
+    snprintf(log, sizeof log, "%s/%s.log", w->dir, program);
+    kiln_test_fake_start(&w->fake, program, args, log);
+}
+
+/* Writes yaml into path, each "@FAKE@" in it replaced by fake_url. */
+static void write_config(const char *path, const char *yaml, const char *fake_url)
+{
+    FILE *fp = fopen(path, "w");
+    assert_non_null(fp);
+    for (const char *p = yaml; *p;) {
+        const char *at = strstr(p, "@FAKE@");
+        size_t n = at ? (size_t)(at - p) : strlen(p);
+        fwrite(p, 1, n, fp);
+        if (!at)
+            break;
+        if (!fake_url[0])
+            fail_msg("the config names @FAKE@ but no fake was started");
+        fputs(fake_url, fp);
+        p = at + strlen("@FAKE@");
+    }
+    fclose(fp);
+}
+
 /* Starts redis, the broker and the worker (contract in kiln_test_worker.h). */
 void kiln_test_worker_start(kiln_test_worker_t *w, const char *yaml, const char *connector,
                             char *const env_extra[])
 {
-    FILE *fp = fopen(w->config, "w");
-    assert_non_null(fp);
-    fputs(yaml, fp);
-    fclose(fp);
+    write_config(w->config, yaml, w->fake.url);
 
     kiln_test_redis_start(&w->redis, false);
     w->opts = (kiln_broker_options_t){
@@ -68,8 +92,11 @@ void kiln_test_worker_stop(kiln_test_worker_t *w, const char *extra_log)
 {
     if (w->pid > 0)
         kiln_test_kill(w->pid, SIGTERM, 10000);
+    kiln_test_fake_stop(&w->fake);
     if (!w->passed) {
         kiln_test_dump_file("worker log", w->log_path);
+        if (w->fake.log_path[0])
+            kiln_test_dump_file(w->fake.program, w->fake.log_path);
         if (extra_log)
             kiln_test_dump_file(extra_log, extra_log);
     }

@@ -13,6 +13,7 @@
 
 #include "kiln/broker.h"
 #include "kiln_test.h"
+#include "kiln_test_connector.h"
 
 typedef struct kiln_test_worker {
     kiln_test_redis_t redis;
@@ -21,20 +22,27 @@ typedef struct kiln_test_worker {
     kiln_broker_options_t opts;
     kiln_broker_t *broker;
     pid_t pid;
-    bool passed; /* set by the test's last line; otherwise the logs are dumped */
+    kiln_test_fake_t fake; /* the outside service's fake, when started */
+    bool passed;           /* set by the test's last line; otherwise the logs are dumped */
 } kiln_test_worker_t;
 
 /* Makes w->dir (call first, so the test can put files there). */
 void kiln_test_worker_init(kiln_test_worker_t *w);
 
-/* Writes yaml as w->config, starts redis and connects the broker, and
- * spawns `kiln worker` serving connector (its name in the config) with
+/* Starts KILN_TEST_FAKES_DIR/program (args NULL-terminated, may be NULL)
+ * as w->fake, its log in w->dir. Call between init and start: each
+ * "@FAKE@" in the yaml then stands for the fake's URL, and stop stops it
+ * (dumping its log unless w->passed). */
+void kiln_test_worker_start_fake(kiln_test_worker_t *w, const char *program, char *const args[]);
+
+/* Writes yaml (with "@FAKE@" replaced, see kiln_test_worker_start_fake) as w->config, starts redis
+ * and connects the broker, and spawns `kiln worker` serving connector (its name in the config) with
  * env_extra ("NAME=value", NULL-terminated, may be NULL). */
 void kiln_test_worker_start(kiln_test_worker_t *w, const char *yaml, const char *connector,
                             char *const env_extra[]);
 
-/* Stops the worker and redis, dumps the worker's log (and extra_log, may be
- * NULL) unless w->passed, and removes w->dir. */
+/* Stops the worker, the fake and redis, dumps the worker's log (the fake's,
+ * and extra_log, may be NULL) unless w->passed, and removes w->dir. */
 void kiln_test_worker_stop(kiln_test_worker_t *w, const char *extra_log);
 
 /* Submits a job (spec JSON); id receives its id (KILN_JOB_ID_MAX bytes). */

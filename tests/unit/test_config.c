@@ -379,7 +379,7 @@ static void unknown_keys_are_refused_with_a_did_you_mean(void **state)
     assert_problem("%s:5: worker.lease_ms: unknown key; did you mean broker.lease_ms?", f);
     assert_problem("%s:6: worker.colour: unknown key; expected one of id, connectors, "
                    "capabilities, concurrency, heartbeat_ms, shutdown_grace_ms, registry_ttl_ms, "
-                   "prefetch, active_windows",
+                   "prefetch, active_windows, health_interval_ms",
                    f);
     assert_problem("%s:7: concurrency: unknown key; did you mean worker.concurrency?", f);
     assert_int_equal(problems.count, 5);

@@ -4,77 +4,29 @@
  * ComfyUI's API and injects faults chosen by a KilnFakeFault node of the
  * workflow. Each test starts its own fake, so its counters start at zero.
  */
-#include "connectors/http.h"
 #include "kiln/connector.h"
 #include "kiln_test.h"
+#include "kiln_test_connector.h"
 
-#include <arpa/inet.h>
-#include <netinet/in.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/eventfd.h>
-#include <sys/socket.h>
 #include <sys/stat.h>
 #include <unistd.h>
-
-#define FAKE(name)  KILN_TEST_FAKES_DIR "/" name
-#define MAX_UPDATES 256
-#define MESSAGE_MAX 160
 
 static char tmp_root[256];
 static int test_seq;
 
-typedef struct fake {
-    pid_t pid;
-    int port;
-    char url[64];
-    char log_path[320];
-} fake_t;
-
 /* ---- the fake server --------------------------------------------------------- */
 
-static char *slurp(const char *path, size_t max, size_t *len)
+static int fake_start_with(void **state, char *ws_mode)
 {
-    char *buf = calloc(1, max + 1);
-    assert_non_null(buf);
-    size_t n = 0;
-    FILE *f = fopen(path, "rb");
-    if (f) {
-        n = fread(buf, 1, max, f);
-        fclose(f);
-    }
-    if (len)
-        *len = n;
-    return buf;
-}
-
-static bool fake_listening(void *ctx)
-{
-    fake_t *f = ctx;
-    char *log = slurp(f->log_path, 4096, NULL);
-    const char *at = strstr(log, "listening on 127.0.0.1:");
-    if (at)
-        f->port = atoi(at + strlen("listening on 127.0.0.1:"));
-    free(log);
-    return f->port > 0;
-}
-
-static int fake_start_with(void **state, const char *ws_mode)
-{
-    static fake_t fake;
-    memset(&fake, 0, sizeof fake);
-    snprintf(fake.log_path, sizeof fake.log_path, "%s/fake-%02d.log", tmp_root, ++test_seq);
-    char *argv[] = {FAKE("fake_comfyui"), "0", "--ws", (char *)ws_mode, NULL};
-    fake.pid = kiln_test_spawn(argv, NULL, fake.log_path);
-    if (!kiln_test_wait_until(fake_listening, &fake, 10000)) {
-        kiln_test_dump_file("fake_comfyui log", fake.log_path);
-        kiln_test_kill(fake.pid, SIGKILL, 1000);
-        return -1;
-    }
-    snprintf(fake.url, sizeof fake.url, "http://127.0.0.1:%d", fake.port);
+    static kiln_test_fake_t fake;
+    char log[320], *args[] = {"--ws", ws_mode, NULL};
+    snprintf(log, sizeof log, "%s/fake-%02d.log", tmp_root, ++test_seq);
+    kiln_test_fake_start(&fake, "fake_comfyui", args, log);
     *state = &fake;
     return 0;
 }
@@ -96,33 +48,12 @@ static int fake_start_dropping_sockets(void **state)
 
 static int fake_stop(void **state)
 {
-    fake_t *f = *state;
-    kiln_test_kill(f->pid, SIGTERM, 5000);
+    kiln_test_fake_stop(*state);
     return 0;
 }
 
-/* One counter from GET /fake/stats, fetched with the HTTP layer itself. */
-static long fake_stat(const fake_t *f, const char *name)
-{
-    kiln_http_client_options_t opts = {.base_url = f->url, .name = "stats", .timeout_ms = 5000};
-    kiln_http_client_t *client = NULL;
-    kiln_err_t err = {0};
-    assert_int_equal(kiln_http_client_new(&opts, &client, &err), 0);
-    kiln_http_call_t call = {.method = "GET", .path = "/fake/stats", .cancel_fd = -1};
-    kiln_http_result_t res;
-    if (kiln_http_call(client, &call, &res, &err) != 0)
-        fail_msg("GET /fake/stats: %s", err.msg);
-    json_t *stats = json_loads(res.body, 0, NULL);
-    assert_non_null(stats);
-    long value = (long)json_integer_value(json_object_get(stats, name));
-    json_decref(stats);
-    kiln_http_result_clear(&res);
-    kiln_http_client_free(client);
-    return value;
-}
-
 typedef struct stat_cond {
-    const fake_t *f;
+    const kiln_test_fake_t *f;
     const char *name;
     long at_least;
 } stat_cond_t;
@@ -130,14 +61,14 @@ typedef struct stat_cond {
 static bool stat_reached(void *ctx)
 {
     stat_cond_t *c = ctx;
-    return fake_stat(c->f, c->name) >= c->at_least;
+    return kiln_test_fake_stat(c->f, c->name) >= c->at_least;
 }
 
 /* ---- the connector ----------------------------------------------------------- */
 
 /* A comfyui connector for the fake, overridden and extended by extra (JSON
  * text, may be NULL). */
-static kiln_connector_t *connector_for(const fake_t *f, const char *extra)
+static kiln_connector_t *connector_for(const kiln_test_fake_t *f, const char *extra)
 {
     json_t *options =
         json_pack("{s:s, s:i, s:i}", "base_url", f->url, "max_retries", 2, "poll_max_ms", 200);
@@ -147,17 +78,13 @@ static kiln_connector_t *connector_for(const fake_t *f, const char *extra)
         json_object_update(options, more);
         json_decref(more);
     }
-    kiln_connector_config_t cfg = {.name = "comfyui", .type = "comfyui", .options = options};
-    kiln_connector_t *c = NULL;
-    kiln_err_t err = {0};
-    if (kiln_connector_new(&cfg, &c, &err) != 0)
-        fail_msg("kiln_connector_new: %s", err.msg);
+    kiln_connector_t *c = kiln_test_connector_new("comfyui", "comfyui", options);
     json_decref(options);
     return c;
 }
 
 /* A connector saving under a fresh outputs folder (its path into dir). */
-static kiln_connector_t *connector_with_outputs(const fake_t *f, char *dir, size_t size,
+static kiln_connector_t *connector_with_outputs(const kiln_test_fake_t *f, char *dir, size_t size,
                                                 const char *more)
 {
     snprintf(dir, size, "%s/outputs-%02d", tmp_root, test_seq);
@@ -168,139 +95,21 @@ static kiln_connector_t *connector_with_outputs(const fake_t *f, char *dir, size
     return connector_for(f, options);
 }
 
-typedef struct progress_log {
-    pthread_mutex_t lock;
-    atomic_int count;
-    double percents[MAX_UPDATES];
-    char messages[MAX_UPDATES][MESSAGE_MAX];
-} progress_log_t;
-
-static void record_progress(void *ctx, double percent, const char *message)
-{
-    progress_log_t *p = ctx;
-    pthread_mutex_lock(&p->lock);
-    int n = atomic_load(&p->count);
-    if (n < MAX_UPDATES) {
-        p->percents[n] = percent;
-        snprintf(p->messages[n], MESSAGE_MAX, "%s", message ? message : "");
-    }
-    pthread_mutex_unlock(&p->lock);
-    atomic_fetch_add(&p->count, 1);
-}
-
-static bool progress_says(progress_log_t *p, const char *needle)
-{
-    int n = atomic_load(&p->count);
-    for (int i = 0; i < n && i < MAX_UPDATES; i++)
-        if (strstr(p->messages[i], needle))
-            return true;
-    return false;
-}
-
-/* Cancels a job the way the worker does (flag, then the fd) once its
- * progress has said `after`, and notes when. */
-typedef struct canceller {
-    atomic_int flag;
-    int fd;
-    progress_log_t *progress;
+/* Cancels once a progress message holds after (and, when go is set, it is non-zero). */
+typedef struct cancel_at {
     const char *after;
-    const atomic_int *go; /* set: also wait until it is non-zero */
-    int64_t cancelled_at_ms;
-    pthread_t thread;
-} canceller_t;
+    const atomic_int *go;
+} cancel_at_t;
 
-static bool progress_reached(void *ctx)
+static bool progress_said(const kiln_test_job_t *j, void *ctx)
 {
-    canceller_t *c = ctx;
-    return progress_says(c->progress, c->after) && (!c->go || atomic_load(c->go));
+    const cancel_at_t *at = ctx;
+    return kiln_test_job_progress_mentions(j, at->after) && (!at->go || atomic_load(at->go));
 }
 
-static void *cancel_main(void *ctx)
+static void run_job(kiln_connector_t *c, const char *payload, kiln_test_job_t *r)
 {
-    canceller_t *c = ctx;
-    kiln_test_wait_until(progress_reached, c, 30000);
-    c->cancelled_at_ms = kiln_test_now_ms();
-    atomic_store(&c->flag, 1);
-    uint64_t one = 1;
-    ssize_t n = write(c->fd, &one, sizeof one);
-    (void)n;
-    return NULL;
-}
-
-typedef struct run {
-    kiln_job_outcome_t out;
-    progress_log_t progress;
-    json_t *result; /* parsed result_json */
-    int64_t elapsed_ms;
-    int64_t finished_at_ms;
-} run_t;
-
-static void run_job_with(kiln_connector_t *c, const char *id, const char *payload,
-                         int64_t timeout_ms, canceller_t *cancel, run_t *r)
-{
-    static atomic_int never = 0;
-    memset(r, 0, sizeof *r);
-    pthread_mutex_init(&r->progress.lock, NULL);
-    int fd = -1;
-    if (cancel) {
-        atomic_init(&cancel->flag, 0);
-        cancel->fd = fd = eventfd(0, EFD_CLOEXEC);
-        assert_true(fd >= 0);
-        cancel->progress = &r->progress;
-        assert_int_equal(pthread_create(&cancel->thread, NULL, cancel_main, cancel), 0);
-    }
-    kiln_job_context_t job = {
-        .job_id = id,
-        .service = "comfyui",
-        .payload_json = payload,
-        .attempt = 1,
-        .timeout_ms = timeout_ms,
-        .progress = record_progress,
-        .progress_ctx = &r->progress,
-        .cancel = cancel ? &cancel->flag : &never,
-        .cancel_fd = fd,
-    };
-    int64_t start = kiln_test_now_ms();
-    assert_int_equal(kiln_connector_run(c, &job, &r->out), 0);
-    r->finished_at_ms = kiln_test_now_ms();
-    r->elapsed_ms = r->finished_at_ms - start;
-    if (cancel) {
-        pthread_join(cancel->thread, NULL);
-        close(cancel->fd);
-    }
-    if (r->out.result_json)
-        r->result = json_loads(r->out.result_json, 0, NULL);
-}
-
-static void run_job(kiln_connector_t *c, const char *payload, run_t *r)
-{
-    run_job_with(c, "comfyui.1", payload, 0, NULL, r);
-}
-
-static void run_clear(run_t *r)
-{
-    json_decref(r->result);
-    kiln_job_outcome_clear(&r->out);
-    pthread_mutex_destroy(&r->progress.lock);
-}
-
-static void expect_completed(const run_t *r)
-{
-    if (r->out.status != KILN_OUTCOME_COMPLETED || !r->result)
-        fail_msg("expected completed, got status %d: %s", (int)r->out.status,
-                 r->out.error ? r->out.error : "(no error)");
-}
-
-static void expect_failed(const run_t *r, bool retryable, const char *needle)
-{
-    if (r->out.status != KILN_OUTCOME_FAILED)
-        fail_msg("expected failed, got status %d (result %s)", (int)r->out.status,
-                 r->out.result_json ? r->out.result_json : "null");
-    assert_non_null(r->out.error);
-    if (!strstr(r->out.error, needle))
-        fail_msg("error \"%s\" does not mention \"%s\"", r->out.error, needle);
-    if (r->out.retryable != retryable)
-        fail_msg("error \"%s\": expected retryable=%d", r->out.error, (int)retryable);
+    kiln_test_job_run(c, "comfyui.1", payload, 0, 0, r);
 }
 
 static const char *jstr(const json_t *obj, const char *key)
@@ -339,36 +148,35 @@ static char *workflow_payload(int steps, const char *fault, const char *extra)
 
 static void runs_a_workflow_reporting_node_progress_and_saves_the_output(void **state)
 {
-    fake_t *f = *state;
+    kiln_test_fake_t *f = *state;
     char outputs[300];
     kiln_connector_t *c = connector_with_outputs(f, outputs, sizeof outputs, NULL);
     char *payload = workflow_payload(8, NULL, NULL);
-    run_t r;
-    run_job_with(c, "comfyui.42", payload, 0, NULL, &r);
-    expect_completed(&r);
+    kiln_test_job_t r;
+    kiln_test_job_run(c, "comfyui.42", payload, 0, 0, &r);
+    kiln_test_expect_completed(&r);
     assert_string_equal(jstr(r.result, "progress"), "websocket");
     assert_true(strlen(jstr(r.result, "prompt_id")) > 0);
 
     /* Node by node, the sampler step by step; never backwards, below 100
      * until the output is saved. 4 of the 5 nodes run (the loader is cached). */
-    assert_true(progress_says(&r.progress, "node 3 KSampler: step 4/8"));
-    assert_true(progress_says(&r.progress, "node 9 SaveImage"));
-    for (int i = 0; i < atomic_load(&r.progress.count); i++)
-        if (strcmp(r.progress.messages[i], "node 9 SaveImage") == 0)
-            assert_true(r.progress.percents[i] == 75.0); /* 3 of 4 done */
-    int n = atomic_load(&r.progress.count);
+    assert_true(kiln_test_job_progress_mentions(&r, "node 3 KSampler: step 4/8"));
+    assert_true(kiln_test_job_progress_mentions(&r, "node 9 SaveImage"));
+    for (int i = 0; i < atomic_load(&r.progress_count); i++)
+        if (strcmp(r.messages[i], "node 9 SaveImage") == 0)
+            assert_true(r.percents[i] == 75.0); /* 3 of 4 done */
+    int n = atomic_load(&r.progress_count);
     assert_true(n >= 10);
     for (int i = 1; i < n; i++)
-        assert_true(r.progress.percents[i] >= r.progress.percents[i - 1]);
+        assert_true(r.percents[i] >= r.percents[i - 1]);
     for (int i = 0; i < n - 1; i++)
-        assert_true(r.progress.percents[i] < 100.0);
-    assert_true(r.progress.percents[n - 1] == 100.0);
+        assert_true(r.percents[i] < 100.0);
+    assert_true(r.percents[n - 1] == 100.0);
     for (int i = 0; i < n; i++)
-        if (strcmp(r.progress.messages[i], "node 3 KSampler: step 4/8") == 0) {
+        if (strcmp(r.messages[i], "node 3 KSampler: step 4/8") == 0) {
             /* The first of 4 nodes to run (3, 6, 8, 9) half way: 0.5 / 4. */
-            if (r.progress.percents[i] < 12.4 || r.progress.percents[i] > 12.6)
-                fail_msg("step 4/8 of the second of 4 nodes reported %.2f%%",
-                         r.progress.percents[i]);
+            if (r.percents[i] < 12.4 || r.percents[i] > 12.6)
+                fail_msg("step 4/8 of the second of 4 nodes reported %.2f%%", r.percents[i]);
         }
 
     json_t *list = json_object_get(r.result, "outputs");
@@ -384,102 +192,103 @@ static void runs_a_workflow_reporting_node_progress_and_saves_the_output(void **
     snprintf(want, sizeof want, "%s/comfyui.42/kiln_00000_.png", outputs);
     assert_string_equal(jstr(item, "path"), want);
     assert_int_equal(json_integer_value(json_object_get(item, "bytes")), 2048);
-    size_t len = 0;
-    char *bytes = slurp(want, 4096, &len);
-    assert_int_equal(len, 2048);
+    struct stat st;
+    assert_int_equal(stat(want, &st), 0);
+    assert_int_equal(st.st_size, 2048);
+    char *bytes = kiln_test_slurp(want, 4096);
     assert_memory_equal(bytes, "\x89PNG\r\n\x1a\n", 8);
     free(bytes);
     snprintf(want, sizeof want, "%s/comfyui.42/kiln_00000_.png.tmp", outputs);
     assert_int_not_equal(access(want, F_OK), 0); /* renamed into place */
-    assert_int_equal(fake_stat(f, "ws_connects"), 1);
-    assert_int_equal(fake_stat(f, "view_requests"), 1);
-    run_clear(&r);
+    assert_int_equal(kiln_test_fake_stat(f, "ws_connects"), 1);
+    assert_int_equal(kiln_test_fake_stat(f, "view_requests"), 1);
+    kiln_test_job_clear(&r);
     free(payload);
     kiln_connector_free(c);
 }
 
 static void inputs_override_the_workflow(void **state)
 {
-    fake_t *f = *state;
+    kiln_test_fake_t *f = *state;
     kiln_connector_t *c = connector_for(f, NULL);
     char *payload = workflow_payload(2, NULL, ",\"inputs\":{\"9.filename_prefix\":\"override\"}");
-    run_t r;
+    kiln_test_job_t r;
     run_job(c, payload, &r);
-    expect_completed(&r);
+    kiln_test_expect_completed(&r);
     json_t *item = json_array_get(json_object_get(r.result, "outputs"), 0);
     assert_string_equal(jstr(item, "filename"), "override_00000_.png");
     /* Without outputs_dir the outputs are listed, not fetched. */
     assert_null(json_object_get(item, "path"));
-    assert_int_equal(fake_stat(f, "view_requests"), 0);
-    run_clear(&r);
+    assert_int_equal(kiln_test_fake_stat(f, "view_requests"), 0);
+    kiln_test_job_clear(&r);
     free(payload);
     kiln_connector_free(c);
 }
 
 static void retries_429_honouring_retry_after(void **state)
 {
-    fake_t *f = *state;
+    kiln_test_fake_t *f = *state;
     kiln_connector_t *c = connector_for(f, NULL);
     char *payload = workflow_payload(2, "429-then-ok", NULL);
-    run_t r;
+    kiln_test_job_t r;
     run_job(c, payload, &r);
-    expect_completed(&r);
+    kiln_test_expect_completed(&r);
     /* Retry-After: 1 is longer than the first backoff (at most 250 ms). */
     if (r.elapsed_ms < 950)
         fail_msg("retried after %lld ms; Retry-After asked for 1 s", (long long)r.elapsed_ms);
-    assert_int_equal(fake_stat(f, "prompts"), 1);
-    run_clear(&r);
+    assert_int_equal(kiln_test_fake_stat(f, "prompts"), 1);
+    kiln_test_job_clear(&r);
     free(payload);
     kiln_connector_free(c);
 }
 
 static void retries_500_then_succeeds(void **state)
 {
-    fake_t *f = *state;
+    kiln_test_fake_t *f = *state;
     kiln_connector_t *c = connector_for(f, NULL);
     char *payload = workflow_payload(2, "500-then-ok", NULL);
-    run_t r;
+    kiln_test_job_t r;
     run_job(c, payload, &r);
-    expect_completed(&r);
-    assert_int_equal(fake_stat(f, "prompts"), 1);
-    run_clear(&r);
+    kiln_test_expect_completed(&r);
+    assert_int_equal(kiln_test_fake_stat(f, "prompts"), 1);
+    kiln_test_job_clear(&r);
     free(payload);
     kiln_connector_free(c);
 }
 
 static void timeout_interrupts_the_prompt_and_fails_retryable(void **state)
 {
-    fake_t *f = *state;
+    kiln_test_fake_t *f = *state;
     char *payload = workflow_payload(20, "slow", NULL);
     /* The job's timeout. */
     kiln_connector_t *c = connector_for(f, NULL);
-    run_t r;
-    run_job_with(c, "comfyui.2", payload, 700, NULL, &r);
-    expect_failed(&r, true, "timed out after 700 ms");
+    kiln_test_job_t r;
+    kiln_test_job_run(c, "comfyui.2", payload, 700, 0, &r);
+    kiln_test_expect_failed(&r, true, "timed out after 700 ms");
     assert_true(r.elapsed_ms >= 700 && r.elapsed_ms < 5000);
-    assert_int_equal(fake_stat(f, "interrupts"), 1); /* the GPU is not left busy */
-    run_clear(&r);
+    assert_int_equal(kiln_test_fake_stat(f, "interrupts"), 1); /* the GPU is not left busy */
+    kiln_test_job_clear(&r);
     kiln_connector_free(c);
 
     /* The option's, when the job sets none. */
     c = connector_for(f, "{\"timeout_ms\": 500}");
     run_job(c, payload, &r);
-    expect_failed(&r, true, "timed out after 500 ms");
-    assert_int_equal(fake_stat(f, "interrupts"), 2);
-    run_clear(&r);
+    kiln_test_expect_failed(&r, true, "timed out after 500 ms");
+    assert_int_equal(kiln_test_fake_stat(f, "interrupts"), 2);
+    kiln_test_job_clear(&r);
     free(payload);
     kiln_connector_free(c);
 }
 
 static void malformed_response_fails_not_retryable(void **state)
 {
-    fake_t *f = *state;
+    kiln_test_fake_t *f = *state;
     kiln_connector_t *c = connector_for(f, NULL);
     char *payload = workflow_payload(2, "malformed", NULL);
-    run_t r;
+    kiln_test_job_t r;
     run_job(c, payload, &r);
-    expect_failed(&r, false, "no usable prompt_id");
-    run_clear(&r);
+    kiln_test_expect_failed(&r, false, "no usable prompt_id");
+    kiln_test_job_clear(&r);
     free(payload);
     kiln_connector_free(c);
 }
@@ -487,43 +296,37 @@ static void malformed_response_fails_not_retryable(void **state)
 static void connection_refused_fails_retryable(void **state)
 {
     /* A port that was free a moment ago: nothing listens there. */
-    int s = socket(AF_INET, SOCK_STREAM, 0);
-    struct sockaddr_in addr = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-    socklen_t len = sizeof addr;
-    assert_int_equal(bind(s, (struct sockaddr *)&addr, sizeof addr), 0);
-    assert_int_equal(getsockname(s, (struct sockaddr *)&addr, &len), 0);
-    close(s);
-    fake_t nowhere = {.port = ntohs(addr.sin_port)};
+    kiln_test_fake_t nowhere = {.port = kiln_test_free_port()};
     snprintf(nowhere.url, sizeof nowhere.url, "http://127.0.0.1:%d", nowhere.port);
     kiln_connector_t *c = connector_for(&nowhere, "{\"max_retries\": 1}");
     char *payload = workflow_payload(2, NULL, NULL);
-    run_t r;
+    kiln_test_job_t r;
     run_job(c, payload, &r);
-    expect_failed(&r, true, "127.0.0.1");
+    kiln_test_expect_failed(&r, true, "127.0.0.1");
     assert_true(r.elapsed_ms < 5000);
     kiln_err_t err = {0};
     assert_int_not_equal(kiln_connector_health(c, &err), 0);
     assert_non_null(strstr(err.msg, "/system_stats"));
-    run_clear(&r);
+    kiln_test_job_clear(&r);
     free(payload);
     kiln_connector_free(c);
 }
 
 static void cancel_mid_job_interrupts_comfyui(void **state)
 {
-    fake_t *f = *state;
+    kiln_test_fake_t *f = *state;
     kiln_connector_t *c = connector_for(f, NULL);
     char *payload = workflow_payload(20, "slow", NULL);
-    canceller_t cancel = {.after = "step 3/20"};
-    run_t r;
-    run_job_with(c, "comfyui.7", payload, 0, &cancel, &r);
+    cancel_at_t at = {"step 3/20", NULL};
+    kiln_test_job_t r;
+    kiln_test_job_run_cancelling(c, "comfyui.7", payload, 0, progress_said, &at, &r);
     assert_int_equal(r.out.status, KILN_OUTCOME_CANCELLED);
-    int64_t reaction = r.finished_at_ms - cancel.cancelled_at_ms;
+    int64_t reaction = r.finished_at_ms - r.cancelled_at_ms;
     if (reaction > 1000)
         fail_msg("run() returned %lld ms after the cancel", (long long)reaction);
-    assert_int_equal(fake_stat(f, "interrupts"), 1);
-    assert_int_equal(fake_stat(f, "queue_deletes"), 0);
-    run_clear(&r);
+    assert_int_equal(kiln_test_fake_stat(f, "interrupts"), 1);
+    assert_int_equal(kiln_test_fake_stat(f, "queue_deletes"), 0);
+    kiln_test_job_clear(&r);
     free(payload);
     kiln_connector_free(c);
 }
@@ -531,43 +334,42 @@ static void cancel_mid_job_interrupts_comfyui(void **state)
 typedef struct background {
     kiln_connector_t *c;
     const char *payload;
-    canceller_t cancel;
-    run_t r;
+    cancel_at_t at;
+    kiln_test_job_t r;
     pthread_t thread;
 } background_t;
 
 static void *background_main(void *ctx)
 {
     background_t *b = ctx;
-    run_job_with(b->c, "comfyui.busy", b->payload, 0, &b->cancel, &b->r);
+    kiln_test_job_run_cancelling(b->c, "comfyui.busy", b->payload, 0, progress_said, &b->at, &b->r);
     return NULL;
 }
 
 static void cancel_while_queued_deletes_the_prompt(void **state)
 {
-    fake_t *f = *state;
+    kiln_test_fake_t *f = *state;
     kiln_connector_t *c = connector_for(f, NULL);
     char *slow = workflow_payload(20, "slow", NULL);
     char *payload = workflow_payload(2, NULL, NULL);
     /* Another job holds ComfyUI (until ours is done); ours waits in its queue. */
     static atomic_int ours_done;
     atomic_store(&ours_done, 0);
-    background_t busy = {
-        .c = c, .payload = slow, .cancel = {.after = "step 5/20", .go = &ours_done}};
+    background_t busy = {.c = c, .payload = slow, .at = {"step 5/20", &ours_done}};
     assert_int_equal(pthread_create(&busy.thread, NULL, background_main, &busy), 0);
     stat_cond_t posted = {f, "prompts", 1};
     assert_true(kiln_test_wait_until(stat_reached, &posted, 10000));
-    canceller_t cancel = {.after = "queued"};
-    run_t r;
-    run_job_with(c, "comfyui.8", payload, 0, &cancel, &r);
+    cancel_at_t at = {"queued", NULL};
+    kiln_test_job_t r;
+    kiln_test_job_run_cancelling(c, "comfyui.8", payload, 0, progress_said, &at, &r);
     atomic_store(&ours_done, 1);
     assert_int_equal(r.out.status, KILN_OUTCOME_CANCELLED);
-    assert_int_equal(fake_stat(f, "queue_deletes"), 1);
+    assert_int_equal(kiln_test_fake_stat(f, "queue_deletes"), 1);
     pthread_join(busy.thread, NULL);
     assert_int_equal(busy.r.out.status, KILN_OUTCOME_CANCELLED);
-    assert_int_equal(fake_stat(f, "interrupts"), 1); /* the running one only */
-    run_clear(&busy.r);
-    run_clear(&r);
+    assert_int_equal(kiln_test_fake_stat(f, "interrupts"), 1); /* the running one only */
+    kiln_test_job_clear(&busy.r);
+    kiln_test_job_clear(&r);
     free(payload);
     free(slow);
     kiln_connector_free(c);
@@ -575,92 +377,92 @@ static void cancel_while_queued_deletes_the_prompt(void **state)
 
 static void node_errors_400_names_the_node_and_is_not_retried(void **state)
 {
-    fake_t *f = *state;
+    kiln_test_fake_t *f = *state;
     kiln_connector_t *c = connector_for(f, NULL);
     char *payload = workflow_payload(0, NULL, NULL);
-    run_t r;
+    kiln_test_job_t r;
     run_job(c, payload, &r);
-    expect_failed(&r, false, "node 3 KSampler: Value smaller than min: steps: 0 < 1");
+    kiln_test_expect_failed(&r, false, "node 3 KSampler: Value smaller than min: steps: 0 < 1");
     assert_non_null(strstr(r.out.error, "Prompt outputs failed validation"));
-    assert_int_equal(fake_stat(f, "prompts"), 0);
-    run_clear(&r);
+    assert_int_equal(kiln_test_fake_stat(f, "prompts"), 0);
+    kiln_test_job_clear(&r);
     free(payload);
     kiln_connector_free(c);
 }
 
 static void execution_error_fails_naming_the_node(void **state)
 {
-    fake_t *f = *state;
+    kiln_test_fake_t *f = *state;
     kiln_connector_t *c = connector_for(f, NULL);
     char *payload = workflow_payload(8, "execution-error", NULL);
-    run_t r;
+    kiln_test_job_t r;
     run_job(c, payload, &r);
-    expect_failed(&r, false, "node 3 KSampler: RuntimeError: Expected all tensors");
-    run_clear(&r);
+    kiln_test_expect_failed(&r, false, "node 3 KSampler: RuntimeError: Expected all tensors");
+    kiln_test_job_clear(&r);
     free(payload);
     kiln_connector_free(c);
 }
 
 static void falls_back_to_polling_when_the_socket_is_refused(void **state)
 {
-    fake_t *f = *state;
+    kiln_test_fake_t *f = *state;
     char outputs[300];
     kiln_connector_t *c = connector_with_outputs(f, outputs, sizeof outputs, NULL);
     char *payload = workflow_payload(8, NULL, NULL);
-    run_t r;
+    kiln_test_job_t r;
     run_job(c, payload, &r);
-    expect_completed(&r);
+    kiln_test_expect_completed(&r);
     assert_string_equal(jstr(r.result, "progress"), "polling");
-    assert_true(progress_says(&r.progress, "progress socket unavailable"));
-    assert_true(fake_stat(f, "history_requests") >= 1);
+    assert_true(kiln_test_job_progress_mentions(&r, "progress socket unavailable"));
+    assert_true(kiln_test_fake_stat(f, "history_requests") >= 1);
     json_t *item = json_array_get(json_object_get(r.result, "outputs"), 0);
     assert_int_equal(access(jstr(item, "path"), R_OK), 0);
-    run_clear(&r);
+    kiln_test_job_clear(&r);
     free(payload);
     kiln_connector_free(c);
 }
 
 static void falls_back_to_polling_when_the_socket_drops(void **state)
 {
-    fake_t *f = *state;
+    kiln_test_fake_t *f = *state;
     kiln_connector_t *c = connector_for(f, NULL);
     char *payload = workflow_payload(30, NULL, NULL);
-    run_t r;
+    kiln_test_job_t r;
     run_job(c, payload, &r);
-    expect_completed(&r);
+    kiln_test_expect_completed(&r);
     assert_string_equal(jstr(r.result, "progress"), "polling");
-    assert_true(progress_says(&r.progress, "step 1/30"));
-    assert_true(progress_says(&r.progress, "progress socket lost"));
-    assert_int_equal(fake_stat(f, "ws_connects"), 1);
-    run_clear(&r);
+    assert_true(kiln_test_job_progress_mentions(&r, "step 1/30"));
+    assert_true(kiln_test_job_progress_mentions(&r, "progress socket lost"));
+    assert_int_equal(kiln_test_fake_stat(f, "ws_connects"), 1);
+    kiln_test_job_clear(&r);
     free(payload);
     kiln_connector_free(c);
 }
 
 static void junk_and_oversized_socket_messages_fall_back_to_polling(void **state)
 {
-    fake_t *f = *state;
+    kiln_test_fake_t *f = *state;
     kiln_connector_t *c = connector_for(f, NULL);
     char *payload = workflow_payload(4, "noise", NULL);
-    run_t r;
+    kiln_test_job_t r;
     run_job(c, payload, &r);
-    expect_completed(&r);
+    kiln_test_expect_completed(&r);
     assert_string_equal(jstr(r.result, "progress"), "polling");
-    assert_true(progress_says(&r.progress, "larger than 1 MiB"));
-    run_clear(&r);
+    assert_true(kiln_test_job_progress_mentions(&r, "larger than 1 MiB"));
+    kiln_test_job_clear(&r);
     free(payload);
     kiln_connector_free(c);
 }
 
 static void hostile_output_names_stay_in_the_outputs_folder(void **state)
 {
-    fake_t *f = *state;
+    kiln_test_fake_t *f = *state;
     char outputs[300];
     kiln_connector_t *c = connector_with_outputs(f, outputs, sizeof outputs, NULL);
     char *payload = workflow_payload(2, "hostile-names", NULL);
-    run_t r;
-    run_job_with(c, "../../comfyui.9", payload, 0, NULL, &r);
-    expect_completed(&r);
+    kiln_test_job_t r;
+    kiln_test_job_run(c, "../../comfyui.9", payload, 0, 0, &r);
+    kiln_test_expect_completed(&r);
     json_t *item = json_array_get(json_object_get(r.result, "outputs"), 0);
     assert_string_equal(jstr(item, "filename"), "../../escape.png");
     char want[600];
@@ -669,29 +471,29 @@ static void hostile_output_names_stay_in_the_outputs_folder(void **state)
     assert_int_equal(access(want, R_OK), 0);
     snprintf(want, sizeof want, "%s/../escape.png", outputs);
     assert_int_not_equal(access(want, F_OK), 0);
-    run_clear(&r);
+    kiln_test_job_clear(&r);
     free(payload);
     kiln_connector_free(c);
 }
 
 static void output_over_max_output_bytes_fails_not_retryable(void **state)
 {
-    fake_t *f = *state;
+    kiln_test_fake_t *f = *state;
     char outputs[300];
     kiln_connector_t *c =
         connector_with_outputs(f, outputs, sizeof outputs, "\"max_output_bytes\": 1024");
     char *payload = workflow_payload(2, NULL, NULL);
-    run_t r;
+    kiln_test_job_t r;
     run_job(c, payload, &r);
-    expect_failed(&r, false, "connectors.comfyui.max_output_bytes (1024)");
-    run_clear(&r);
+    kiln_test_expect_failed(&r, false, "connectors.comfyui.max_output_bytes (1024)");
+    kiln_test_job_clear(&r);
     free(payload);
     kiln_connector_free(c);
 }
 
 static void health_reads_system_stats(void **state)
 {
-    fake_t *f = *state;
+    kiln_test_fake_t *f = *state;
     kiln_connector_t *c = connector_for(f, NULL);
     kiln_err_t err = {0};
     if (kiln_connector_health(c, &err) != 0)
@@ -701,7 +503,7 @@ static void health_reads_system_stats(void **state)
 
 static void bad_payloads_are_refused_naming_the_field(void **state)
 {
-    fake_t *f = *state;
+    kiln_test_fake_t *f = *state;
     kiln_connector_t *c = connector_for(f, NULL);
     const struct {
         const char *payload, *needle;
@@ -723,12 +525,12 @@ static void bad_payloads_are_refused_naming_the_field(void **state)
          "payload.inputs[\"seed\"]"},
     };
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
-        run_t r;
+        kiln_test_job_t r;
         run_job(c, bad[i].payload, &r);
-        expect_failed(&r, false, bad[i].needle);
-        run_clear(&r);
+        kiln_test_expect_failed(&r, false, bad[i].needle);
+        kiln_test_job_clear(&r);
     }
-    assert_int_equal(fake_stat(f, "prompts"), 0);
+    assert_int_equal(kiln_test_fake_stat(f, "prompts"), 0);
     /* A hostile, oversized workflow is refused before it is sent. */
     json_t *huge = json_object();
     for (int i = 0; i < 5001; i++) {
@@ -738,10 +540,10 @@ static void bad_payloads_are_refused_naming_the_field(void **state)
     }
     json_t *payload = json_pack("{s:o}", "workflow", huge);
     char *text = json_dumps(payload, JSON_COMPACT);
-    run_t r;
+    kiln_test_job_t r;
     run_job(c, text, &r);
-    expect_failed(&r, false, "payload.workflow: expected 1-5000 nodes, got 5001");
-    run_clear(&r);
+    kiln_test_expect_failed(&r, false, "payload.workflow: expected 1-5000 nodes, got 5001");
+    kiln_test_job_clear(&r);
     free(text);
     json_decref(payload);
     kiln_connector_free(c);

@@ -8,111 +8,46 @@
 #include "kiln/connector.h"
 #include "kiln/log.h"
 #include "kiln_test.h"
+#include "kiln_test_connector.h"
 
-#include <arpa/inet.h>
 #include <fcntl.h>
-#include <netinet/in.h>
-#include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/eventfd.h>
-#include <sys/socket.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
-#define FAKE(name)   KILN_TEST_FAKES_DIR "/" name
-#define KEY          "sk-kiln-test-Zq8wX3vB7nM2pL5rT9yU"
-#define KEY_ENV      "KILN_TEST_OPENAI_KEY"
-#define MAX_PERCENTS 64
-#define CAPTURE_MAX  (1024 * 1024)
+#define KEY         "sk-kiln-test-Zq8wX3vB7nM2pL5rT9yU"
+#define KEY_ENV     "KILN_TEST_OPENAI_KEY"
+#define CAPTURE_MAX (1024 * 1024)
 
 static char tmp_root[256];
 static int test_seq;
 
-typedef struct fake {
-    pid_t pid;
-    int port;
-    char url[64];
-    char log_path[320];
-} fake_t;
-
 /* ---- the fake server --------------------------------------------------------- */
-
-static char *slurp(const char *path, size_t max)
-{
-    char *buf = calloc(1, max + 1);
-    assert_non_null(buf);
-    FILE *f = fopen(path, "rb");
-    if (f) {
-        size_t n = fread(buf, 1, max, f);
-        buf[n] = '\0';
-        fclose(f);
-    }
-    return buf;
-}
-
-static bool fake_listening(void *ctx)
-{
-    fake_t *f = ctx;
-    char *log = slurp(f->log_path, 4096);
-    const char *at = strstr(log, "listening on 127.0.0.1:");
-    if (at)
-        f->port = atoi(at + strlen("listening on 127.0.0.1:"));
-    free(log);
-    return f->port > 0;
-}
 
 static int fake_start(void **state)
 {
-    static fake_t fake;
-    memset(&fake, 0, sizeof fake);
-    snprintf(fake.log_path, sizeof fake.log_path, "%s/fake-%02d.log", tmp_root, ++test_seq);
-    char *argv[] = {FAKE("fake_openai"), "0", "--key", KEY, NULL};
-    fake.pid = kiln_test_spawn(argv, NULL, fake.log_path);
-    if (!kiln_test_wait_until(fake_listening, &fake, 10000)) {
-        kiln_test_dump_file("fake_openai log", fake.log_path);
-        kiln_test_kill(fake.pid, SIGKILL, 1000);
-        return -1;
-    }
-    snprintf(fake.url, sizeof fake.url, "http://127.0.0.1:%d", fake.port);
+    static kiln_test_fake_t fake;
+    char log[320], *args[] = {"--key", KEY, NULL};
+    snprintf(log, sizeof log, "%s/fake-%02d.log", tmp_root, ++test_seq);
+    kiln_test_fake_start(&fake, "fake_openai", args, log);
     *state = &fake;
     return 0;
 }
 
 static int fake_stop(void **state)
 {
-    fake_t *f = *state;
-    kiln_test_kill(f->pid, SIGTERM, 5000);
+    kiln_test_fake_stop(*state);
     return 0;
-}
-
-/* One counter from GET /fake/stats, fetched with the HTTP layer itself. */
-static long fake_stat(const fake_t *f, const char *name)
-{
-    kiln_http_client_options_t opts = {.base_url = f->url, .name = "stats", .timeout_ms = 5000};
-    kiln_http_client_t *client = NULL;
-    kiln_err_t err = {0};
-    assert_int_equal(kiln_http_client_new(&opts, &client, &err), 0);
-    kiln_http_call_t call = {.method = "GET", .path = "/fake/stats", .cancel_fd = -1};
-    kiln_http_result_t res;
-    if (kiln_http_call(client, &call, &res, &err) != 0)
-        fail_msg("GET /fake/stats: %s", err.msg);
-    json_t *stats = json_loads(res.body, 0, NULL);
-    assert_non_null(stats);
-    long value = (long)json_integer_value(json_object_get(stats, name));
-    json_decref(stats);
-    kiln_http_result_clear(&res);
-    kiln_http_client_free(client);
-    return value;
 }
 
 /* ---- the connector ----------------------------------------------------------- */
 
 /* An openai connector for the fake: base_url, the key's variable, fast
  * retries, overridden and extended by extra (JSON text, may be NULL). */
-static kiln_connector_t *connector_for(const fake_t *f, const char *extra)
+static kiln_connector_t *connector_for(const kiln_test_fake_t *f, const char *extra)
 {
     json_t *options =
         json_pack("{s:s, s:s, s:i}", "base_url", f->url, "api_key_env", KEY_ENV, "max_retries", 2);
@@ -122,137 +57,14 @@ static kiln_connector_t *connector_for(const fake_t *f, const char *extra)
         json_object_update(options, more);
         json_decref(more);
     }
-    kiln_connector_config_t cfg = {.name = "openai", .type = "openai", .options = options};
-    kiln_connector_t *c = NULL;
-    kiln_err_t err = {0};
-    if (kiln_connector_new(&cfg, &c, &err) != 0)
-        fail_msg("kiln_connector_new: %s", err.msg);
+    kiln_connector_t *c = kiln_test_connector_new("openai", "openai", options);
     json_decref(options);
     return c;
 }
 
-typedef struct progress_log {
-    pthread_mutex_t lock;
-    atomic_int count;
-    double percents[MAX_PERCENTS];
-    char last_message[64];
-} progress_log_t;
-
-static void record_progress(void *ctx, double percent, const char *message)
+static void run_job(kiln_connector_t *c, const char *payload, kiln_test_job_t *r)
 {
-    progress_log_t *p = ctx;
-    pthread_mutex_lock(&p->lock);
-    int n = atomic_load(&p->count);
-    if (n < MAX_PERCENTS)
-        p->percents[n] = percent;
-    snprintf(p->last_message, sizeof p->last_message, "%s", message ? message : "");
-    pthread_mutex_unlock(&p->lock);
-    atomic_fetch_add(&p->count, 1);
-}
-
-/* Cancels a job the way the worker does (flag, then the fd) once it has
- * reported `after` progress updates, and notes when. */
-typedef struct canceller {
-    atomic_int flag;
-    int fd;
-    progress_log_t *progress;
-    int after;
-    int64_t cancelled_at_ms;
-    pthread_t thread;
-} canceller_t;
-
-static bool progress_reached(void *ctx)
-{
-    canceller_t *c = ctx;
-    return atomic_load(&c->progress->count) >= c->after;
-}
-
-static void *cancel_main(void *ctx)
-{
-    canceller_t *c = ctx;
-    kiln_test_wait_until(progress_reached, c, 30000);
-    c->cancelled_at_ms = kiln_test_now_ms();
-    atomic_store(&c->flag, 1);
-    uint64_t one = 1;
-    ssize_t n = write(c->fd, &one, sizeof one);
-    (void)n;
-    return NULL;
-}
-
-typedef struct run {
-    kiln_job_outcome_t out;
-    progress_log_t progress;
-    json_t *result; /* parsed result_json */
-    int64_t elapsed_ms;
-    int64_t finished_at_ms;
-} run_t;
-
-static void run_job_with(kiln_connector_t *c, const char *id, const char *payload,
-                         int64_t timeout_ms, canceller_t *cancel, run_t *r)
-{
-    static atomic_int never = 0;
-    memset(r, 0, sizeof *r);
-    pthread_mutex_init(&r->progress.lock, NULL);
-    int fd = -1;
-    if (cancel) {
-        atomic_init(&cancel->flag, 0);
-        cancel->fd = fd = eventfd(0, EFD_CLOEXEC);
-        assert_true(fd >= 0);
-        cancel->progress = &r->progress;
-        assert_int_equal(pthread_create(&cancel->thread, NULL, cancel_main, cancel), 0);
-    }
-    kiln_job_context_t job = {
-        .job_id = id,
-        .service = "openai",
-        .payload_json = payload,
-        .attempt = 1,
-        .timeout_ms = timeout_ms,
-        .progress = record_progress,
-        .progress_ctx = &r->progress,
-        .cancel = cancel ? &cancel->flag : &never,
-        .cancel_fd = fd,
-    };
-    int64_t start = kiln_test_now_ms();
-    assert_int_equal(kiln_connector_run(c, &job, &r->out), 0);
-    r->finished_at_ms = kiln_test_now_ms();
-    r->elapsed_ms = r->finished_at_ms - start;
-    if (cancel) {
-        pthread_join(cancel->thread, NULL);
-        close(cancel->fd);
-    }
-    if (r->out.result_json)
-        r->result = json_loads(r->out.result_json, 0, NULL);
-}
-
-static void run_job(kiln_connector_t *c, const char *payload, run_t *r)
-{
-    run_job_with(c, "openai.1", payload, 0, NULL, r);
-}
-
-static void run_clear(run_t *r)
-{
-    json_decref(r->result);
-    kiln_job_outcome_clear(&r->out);
-    pthread_mutex_destroy(&r->progress.lock);
-}
-
-static void expect_completed(const run_t *r)
-{
-    if (r->out.status != KILN_OUTCOME_COMPLETED || !r->result)
-        fail_msg("expected completed, got status %d: %s", (int)r->out.status,
-                 r->out.error ? r->out.error : "(no error)");
-}
-
-static void expect_failed(const run_t *r, bool retryable, const char *needle)
-{
-    if (r->out.status != KILN_OUTCOME_FAILED)
-        fail_msg("expected failed, got status %d (result %s)", (int)r->out.status,
-                 r->out.result_json ? r->out.result_json : "null");
-    assert_non_null(r->out.error);
-    if (!strstr(r->out.error, needle))
-        fail_msg("error \"%s\" does not mention \"%s\"", r->out.error, needle);
-    if (r->out.retryable != retryable)
-        fail_msg("error \"%s\": expected retryable=%d", r->out.error, (int)retryable);
+    kiln_test_job_run(c, "openai.1", payload, 0, 0, r);
 }
 
 static const char *jstr(const json_t *obj, const char *key)
@@ -268,11 +80,11 @@ static const char *const chat_payload =
 
 static void chat_streams_progress_and_returns_the_text(void **state)
 {
-    fake_t *f = *state;
+    kiln_test_fake_t *f = *state;
     kiln_connector_t *c = connector_for(f, NULL);
-    run_t r;
+    kiln_test_job_t r;
     run_job(c, chat_payload, &r);
-    expect_completed(&r);
+    kiln_test_expect_completed(&r);
     assert_string_equal(jstr(r.result, "text"), "Hello! You said: make it so");
     assert_string_equal(jstr(r.result, "finish_reason"), "stop");
     assert_string_equal(jstr(r.result, "model"), "gpt-test");
@@ -281,174 +93,168 @@ static void chat_streams_progress_and_returns_the_text(void **state)
 
     /* One update per chunk (6 words), then 100 at the end; growing, and
      * below 100 until done. */
-    int n = atomic_load(&r.progress.count);
+    int n = atomic_load(&r.progress_count);
     assert_int_equal(n, 7);
     for (int i = 1; i < n; i++)
-        assert_true(r.progress.percents[i] > r.progress.percents[i - 1]);
-    assert_true(r.progress.percents[n - 2] <= 99.0);
-    assert_true(r.progress.percents[n - 1] == 100.0);
-    assert_string_equal(r.progress.last_message, "6 tokens");
-    run_clear(&r);
+        assert_true(r.percents[i] > r.percents[i - 1]);
+    assert_true(r.percents[n - 2] <= 99.0);
+    assert_true(r.percents[n - 1] == 100.0);
+    assert_string_equal(kiln_test_job_last_message(&r), "6 tokens");
+    kiln_test_job_clear(&r);
     kiln_connector_free(c);
 }
 
 static void chat_without_stream_returns_the_text(void **state)
 {
-    fake_t *f = *state;
+    kiln_test_fake_t *f = *state;
     kiln_connector_t *c = connector_for(f, "{\"model\": \"gpt-default\"}");
-    run_t r;
+    kiln_test_job_t r;
     /* The model comes from the option; a prompt stands for one user message. */
     run_job(c, "{\"endpoint\":\"chat\",\"prompt\":\"no stream\",\"stream\":false}", &r);
-    expect_completed(&r);
+    kiln_test_expect_completed(&r);
     assert_string_equal(jstr(r.result, "text"), "Hello! You said: no stream");
     assert_string_equal(jstr(r.result, "finish_reason"), "stop");
     assert_string_equal(jstr(r.result, "model"), "gpt-default");
     assert_true(json_is_object(json_object_get(r.result, "usage")));
-    assert_int_equal(fake_stat(f, "requests"), 1);
-    run_clear(&r);
+    assert_int_equal(kiln_test_fake_stat(f, "requests"), 1);
+    kiln_test_job_clear(&r);
     kiln_connector_free(c);
 }
 
 static void retries_429_honouring_retry_after(void **state)
 {
-    fake_t *f = *state;
+    kiln_test_fake_t *f = *state;
     kiln_connector_t *c = connector_for(f, NULL);
-    run_t r;
+    kiln_test_job_t r;
     run_job(c, "{\"model\":\"429-then-ok\",\"messages\":[{\"role\":\"user\",\"content\":\"x\"}]}",
             &r);
-    expect_completed(&r);
+    kiln_test_expect_completed(&r);
     assert_string_equal(jstr(r.result, "text"), "Hello! You said: x");
-    assert_int_equal(fake_stat(f, "requests"), 2);
+    assert_int_equal(kiln_test_fake_stat(f, "requests"), 2);
     /* Retry-After: 1 is longer than the first backoff (at most 250 ms). */
     if (r.elapsed_ms < 950)
         fail_msg("retried after %lld ms; Retry-After asked for 1 s", (long long)r.elapsed_ms);
-    run_clear(&r);
+    kiln_test_job_clear(&r);
 
     /* Retry-After as an HTTP date (whole seconds: 1-2 s from when it was sent). */
     run_job(c,
             "{\"model\":\"429-date-then-ok\",\"stream\":false,"
             "\"messages\":[{\"role\":\"user\",\"content\":\"y\"}]}",
             &r);
-    expect_completed(&r);
-    assert_int_equal(fake_stat(f, "requests"), 4);
+    kiln_test_expect_completed(&r);
+    assert_int_equal(kiln_test_fake_stat(f, "requests"), 4);
     if (r.elapsed_ms < 900)
         fail_msg("retried after %lld ms; Retry-After gave a date 2 s ahead",
                  (long long)r.elapsed_ms);
-    run_clear(&r);
+    kiln_test_job_clear(&r);
     kiln_connector_free(c);
 }
 
 static void retries_500_then_succeeds(void **state)
 {
-    fake_t *f = *state;
+    kiln_test_fake_t *f = *state;
     kiln_connector_t *c = connector_for(f, NULL);
-    run_t r;
+    kiln_test_job_t r;
     run_job(c,
             "{\"model\":\"500-then-ok\",\"stream\":false,"
             "\"messages\":[{\"role\":\"user\",\"content\":\"again\"}]}",
             &r);
-    expect_completed(&r);
+    kiln_test_expect_completed(&r);
     assert_string_equal(jstr(r.result, "text"), "Hello! You said: again");
-    assert_int_equal(fake_stat(f, "requests"), 2);
-    run_clear(&r);
+    assert_int_equal(kiln_test_fake_stat(f, "requests"), 2);
+    kiln_test_job_clear(&r);
     kiln_connector_free(c);
 }
 
 static void timeout_fails_retryable(void **state)
 {
-    fake_t *f = *state;
+    kiln_test_fake_t *f = *state;
     const char *slow = "{\"model\":\"slow\",\"messages\":[{\"role\":\"user\",\"content\":\"x\"}]}";
     /* The option's per-request timeout, with no retry left. */
     kiln_connector_t *c = connector_for(f, "{\"timeout_ms\": 300, \"max_retries\": 0}");
-    run_t r;
+    kiln_test_job_t r;
     run_job(c, slow, &r);
-    expect_failed(&r, true, "timed out");
+    kiln_test_expect_failed(&r, true, "timed out");
     assert_true(r.elapsed_ms < 5000);
-    run_clear(&r);
+    kiln_test_job_clear(&r);
     kiln_connector_free(c);
 
     /* The job's own timeout bounds every attempt and wait together. */
     c = connector_for(f, NULL);
-    run_job_with(c, "openai.2", slow, 400, NULL, &r);
-    expect_failed(&r, true, "timed out after 400 ms");
+    kiln_test_job_run(c, "openai.2", slow, 400, 0, &r);
+    kiln_test_expect_failed(&r, true, "timed out after 400 ms");
     assert_true(r.elapsed_ms < 5000);
-    run_clear(&r);
+    kiln_test_job_clear(&r);
     kiln_connector_free(c);
 }
 
 static void malformed_response_fails_not_retryable(void **state)
 {
-    fake_t *f = *state;
+    kiln_test_fake_t *f = *state;
     kiln_connector_t *c = connector_for(f, NULL);
-    run_t r;
+    kiln_test_job_t r;
     run_job(c,
             "{\"model\":\"malformed\",\"stream\":false,"
             "\"messages\":[{\"role\":\"user\",\"content\":\"x\"}]}",
             &r);
-    expect_failed(&r, false, "not a JSON object");
-    run_clear(&r);
+    kiln_test_expect_failed(&r, false, "not a JSON object");
+    kiln_test_job_clear(&r);
     run_job(c, "{\"model\":\"malformed\",\"messages\":[{\"role\":\"user\",\"content\":\"x\"}]}",
             &r);
-    expect_failed(&r, false, "stream event is not a JSON object");
-    run_clear(&r);
-    assert_int_equal(fake_stat(f, "requests"), 2); /* neither was retried */
+    kiln_test_expect_failed(&r, false, "stream event is not a JSON object");
+    kiln_test_job_clear(&r);
+    assert_int_equal(kiln_test_fake_stat(f, "requests"), 2); /* neither was retried */
     kiln_connector_free(c);
 }
 
 static void connection_refused_fails_retryable(void **state)
 {
     /* A port that was free a moment ago: nothing listens there. */
-    int s = socket(AF_INET, SOCK_STREAM, 0);
-    struct sockaddr_in addr = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-    socklen_t len = sizeof addr;
-    assert_int_equal(bind(s, (struct sockaddr *)&addr, sizeof addr), 0);
-    assert_int_equal(getsockname(s, (struct sockaddr *)&addr, &len), 0);
-    close(s);
-    fake_t nowhere = {.port = ntohs(addr.sin_port)};
+    kiln_test_fake_t nowhere = {.port = kiln_test_free_port()};
     snprintf(nowhere.url, sizeof nowhere.url, "http://127.0.0.1:%d", nowhere.port);
     kiln_connector_t *c = connector_for(&nowhere, "{\"max_retries\": 1}");
-    run_t r;
+    kiln_test_job_t r;
     run_job(c, chat_payload, &r);
-    expect_failed(&r, true, "127.0.0.1");
+    kiln_test_expect_failed(&r, true, "127.0.0.1");
     assert_true(r.elapsed_ms < 5000);
-    run_clear(&r);
+    kiln_test_job_clear(&r);
     kiln_connector_free(c);
 }
 
 static void cancel_mid_stream_stops_promptly(void **state)
 {
-    fake_t *f = *state;
+    kiln_test_fake_t *f = *state;
     kiln_connector_t *c = connector_for(f, NULL);
-    canceller_t cancel = {.after = 2};
-    run_t r;
-    run_job_with(c, "openai.7",
-                 "{\"model\":\"hang-stream\",\"messages\":[{\"role\":\"user\",\"content\":\"a b "
-                 "c d e f\"}]}",
-                 0, &cancel, &r);
+    kiln_test_job_t r;
+    kiln_test_job_run(
+        c, "openai.7",
+        "{\"model\":\"hang-stream\",\"messages\":[{\"role\":\"user\",\"content\":\"a b "
+        "c d e f\"}]}",
+        0, 2, &r);
     assert_int_equal(r.out.status, KILN_OUTCOME_CANCELLED);
-    int64_t reaction = r.finished_at_ms - cancel.cancelled_at_ms;
+    int64_t reaction = r.finished_at_ms - r.cancelled_at_ms;
     if (reaction > 500)
         fail_msg("run() returned %lld ms after the cancel", (long long)reaction);
-    assert_int_equal(fake_stat(f, "requests"), 1);
-    run_clear(&r);
+    assert_int_equal(kiln_test_fake_stat(f, "requests"), 1);
+    kiln_test_job_clear(&r);
     kiln_connector_free(c);
 }
 
 static void images_are_saved_under_outputs(void **state)
 {
-    fake_t *f = *state;
+    kiln_test_fake_t *f = *state;
     char outputs[300], options[400];
     snprintf(outputs, sizeof outputs, "%s/outputs-%02d", tmp_root, test_seq);
     assert_int_equal(mkdir(outputs, 0755), 0);
     snprintf(options, sizeof options, "{\"outputs_dir\": \"%s\"}", outputs);
     kiln_connector_t *c = connector_for(f, options);
 
-    run_t r;
-    run_job_with(c, "openai.42",
-                 "{\"endpoint\":\"images\",\"model\":\"gpt-image-1\",\"prompt\":\"a kiln\","
-                 "\"parameters\":{\"n\":2}}",
-                 0, NULL, &r);
-    expect_completed(&r);
+    kiln_test_job_t r;
+    kiln_test_job_run(c, "openai.42",
+                      "{\"endpoint\":\"images\",\"model\":\"gpt-image-1\",\"prompt\":\"a kiln\","
+                      "\"parameters\":{\"n\":2}}",
+                      0, 0, &r);
+    kiln_test_expect_completed(&r);
     json_t *images = json_object_get(r.result, "images");
     assert_int_equal(json_array_size(images), 2);
     for (size_t i = 0; i < 2; i++) {
@@ -457,38 +263,38 @@ static void images_are_saved_under_outputs(void **state)
         json_t *image = json_array_get(images, i);
         assert_string_equal(jstr(image, "path"), want);
         assert_string_equal(jstr(image, "revised_prompt"), "a kiln");
-        char *bytes = slurp(want, 4096);
+        char *bytes = kiln_test_slurp(want, 4096);
         assert_memory_equal(bytes, "\x89PNG\r\n\x1a\n", 8);
         free(bytes);
     }
-    run_clear(&r);
+    kiln_test_job_clear(&r);
 
     /* A model that answers with URLs: they are returned as they are. */
     run_job(c, "{\"endpoint\":\"images\",\"model\":\"dall-e-3\",\"prompt\":\"a kiln\"}", &r);
-    expect_completed(&r);
+    kiln_test_expect_completed(&r);
     json_t *first = json_array_get(json_object_get(r.result, "images"), 0);
     assert_true(strncmp(jstr(first, "url"), "http://127.0.0.1:", 17) == 0);
-    run_clear(&r);
+    kiln_test_job_clear(&r);
     kiln_connector_free(c);
 
     /* Base64 images without an outputs_dir fail, naming the option. */
     c = connector_for(f, NULL);
     run_job(c, "{\"endpoint\":\"images\",\"model\":\"gpt-image-1\",\"prompt\":\"a kiln\"}", &r);
-    expect_failed(&r, false, "connectors.openai.outputs_dir");
-    run_clear(&r);
+    kiln_test_expect_failed(&r, false, "connectors.openai.outputs_dir");
+    kiln_test_job_clear(&r);
     kiln_connector_free(c);
 }
 
 static void embeddings_are_returned(void **state)
 {
-    fake_t *f = *state;
+    kiln_test_fake_t *f = *state;
     kiln_connector_t *c = connector_for(f, NULL);
-    run_t r;
+    kiln_test_job_t r;
     run_job(c,
             "{\"endpoint\":\"embeddings\",\"model\":\"text-embedding-3-small\","
             "\"input\":[\"a\",\"b\",\"c\"],\"parameters\":{\"dimensions\":3}}",
             &r);
-    expect_completed(&r);
+    kiln_test_expect_completed(&r);
     json_t *vectors = json_object_get(r.result, "embeddings");
     assert_int_equal(json_array_size(vectors), 3);
     /* The fake sends them last first; they come back in input order. */
@@ -500,19 +306,19 @@ static void embeddings_are_returned(void **state)
     json_t *usage = json_object_get(r.result, "usage");
     assert_int_equal(json_integer_value(json_object_get(usage, "total_tokens")), 9);
     assert_string_equal(jstr(r.result, "model"), "text-embedding-3-small");
-    run_clear(&r);
+    kiln_test_job_clear(&r);
     kiln_connector_free(c);
 }
 
 static void bad_request_400_is_not_retried(void **state)
 {
-    fake_t *f = *state;
+    kiln_test_fake_t *f = *state;
     kiln_connector_t *c = connector_for(f, NULL);
-    run_t r;
+    kiln_test_job_t r;
     run_job(c, "{\"model\":\"400\",\"messages\":[{\"role\":\"user\",\"content\":\"x\"}]}", &r);
-    expect_failed(&r, false, "HTTP 400: Invalid value for 'temperature'");
-    assert_int_equal(fake_stat(f, "requests"), 1);
-    run_clear(&r);
+    kiln_test_expect_failed(&r, false, "HTTP 400: Invalid value for 'temperature'");
+    assert_int_equal(kiln_test_fake_stat(f, "requests"), 1);
+    kiln_test_job_clear(&r);
 
     /* Payloads the connector can tell are wrong never reach the server. */
     static const struct {
@@ -529,30 +335,11 @@ static void bad_request_400_is_not_retried(void **state)
     };
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
         run_job(c, bad[i].payload, &r);
-        expect_failed(&r, false, bad[i].needle);
-        run_clear(&r);
+        kiln_test_expect_failed(&r, false, bad[i].needle);
+        kiln_test_job_clear(&r);
     }
-    assert_int_equal(fake_stat(f, "requests"), 1);
+    assert_int_equal(kiln_test_fake_stat(f, "requests"), 1);
     kiln_connector_free(c);
-}
-
-/* Points fd 2 (where kiln_log writes) at a file until capture_end. */
-static int capture_begin(const char *path)
-{
-    fflush(stderr);
-    int saved = dup(2);
-    int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
-    assert_true(saved >= 0 && fd >= 0);
-    dup2(fd, 2);
-    close(fd);
-    return saved;
-}
-
-static void capture_end(int saved)
-{
-    fflush(stderr);
-    dup2(saved, 2);
-    close(saved);
 }
 
 static void expect_no_key(const char *what, const char *text)
@@ -563,7 +350,7 @@ static void expect_no_key(const char *what, const char *text)
 
 static void api_key_never_appears_in_logs_errors_or_results(void **state)
 {
-    fake_t *f = *state;
+    kiln_test_fake_t *f = *state;
     char log_path[320], key_path[320];
     snprintf(log_path, sizeof log_path, "%s/stderr-%02d.log", tmp_root, test_seq);
     snprintf(key_path, sizeof key_path, "%s/key-%02d", tmp_root, test_seq);
@@ -573,13 +360,13 @@ static void api_key_never_appears_in_logs_errors_or_results(void **state)
     fclose(kf);
 
     kiln_log_configure(KILN_LOG_JSON, KILN_LOG_DEBUG);
-    int saved = capture_begin(log_path);
+    int saved = kiln_test_capture_begin(log_path);
     char options[400];
     snprintf(options, sizeof options, "{\"api_key_file\": \"%s\", \"api_key_env\": null}",
              key_path);
     kiln_connector_t *from_env = connector_for(f, NULL);
     kiln_connector_t *from_file = connector_for(f, options);
-    run_t echo, echo_err, retried, unauthorized;
+    kiln_test_job_t echo, echo_err, retried, unauthorized;
     /* A server that quotes the header back, in a reply and in an error. */
     run_job(from_file,
             "{\"model\":\"echo-key\",\"messages\":[{\"role\":\"user\",\"content\":\"x\"}]}", &echo);
@@ -597,18 +384,18 @@ static void api_key_never_appears_in_logs_errors_or_results(void **state)
     kiln_connector_t *wrong = connector_for(f, "{\"api_key_env\": \"KILN_TEST_OPENAI_WRONG_KEY\"}");
     run_job(wrong, chat_payload, &unauthorized);
     kiln_connector_free(wrong);
-    capture_end(saved);
+    kiln_test_capture_end(saved);
     kiln_log_configure(KILN_LOG_JSON, KILN_LOG_INFO);
 
-    expect_completed(&echo);
+    kiln_test_expect_completed(&echo);
     assert_string_equal(jstr(echo.result, "text"), "Your header was Bearer [redacted]");
-    expect_failed(&echo_err, false, "Bad request from Bearer [redacted]");
-    expect_completed(&retried);
-    expect_failed(&unauthorized, false, "HTTP 401");
+    kiln_test_expect_failed(&echo_err, false, "Bad request from Bearer [redacted]");
+    kiln_test_expect_completed(&retried);
+    kiln_test_expect_failed(&unauthorized, false, "HTTP 401");
     if (strstr(unauthorized.out.error, "sk-wrong-key-but-also-secret"))
         fail_msg("the wrong key appears in the error: %s", unauthorized.out.error);
 
-    char *logs = slurp(log_path, CAPTURE_MAX);
+    char *logs = kiln_test_slurp(log_path, CAPTURE_MAX);
     assert_non_null(strstr(logs, "HTTP 429")); /* the capture did see the retry's record */
     expect_no_key("the logs", logs);
     expect_no_key("a result", echo.out.result_json);
@@ -616,12 +403,12 @@ static void api_key_never_appears_in_logs_errors_or_results(void **state)
     expect_no_key("a result", retried.out.result_json);
     free(logs);
     /* Every request but the deliberate one carried the right header. */
-    assert_int_equal(fake_stat(f, "auth_ok"), 4);
-    assert_int_equal(fake_stat(f, "auth_bad"), 1);
-    run_clear(&echo);
-    run_clear(&echo_err);
-    run_clear(&retried);
-    run_clear(&unauthorized);
+    assert_int_equal(kiln_test_fake_stat(f, "auth_ok"), 4);
+    assert_int_equal(kiln_test_fake_stat(f, "auth_bad"), 1);
+    kiln_test_job_clear(&echo);
+    kiln_test_job_clear(&echo_err);
+    kiln_test_job_clear(&retried);
+    kiln_test_job_clear(&unauthorized);
 }
 
 static void bad_options_are_refused_naming_them(void **state)

@@ -6,7 +6,7 @@
 #include "connectors/ratelimit.h"
 #include "kiln/log.h"
 #include "kiln_test.h"
-#include "kiln_test_remote.h"
+#include "kiln_test_connector.h"
 
 #include <inttypes.h>
 #include <pthread.h>
@@ -252,32 +252,34 @@ static void openai_requests_take_slots_of_the_budget(void **state)
 {
     char dir[256];
     kiln_test_tmpdir(dir, sizeof dir);
-    kiln_test_remote_fake_t fake;
-    kiln_test_remote_fake_start(&fake, "fake_openai", NULL, dir);
+    kiln_test_fake_t fake;
+    char log[320];
+    snprintf(log, sizeof log, "%s/fake_openai.log", dir);
+    kiln_test_fake_start(&fake, "fake_openai", NULL, log);
     char options[512];
     snprintf(options, sizeof options,
              "{\"base_url\": \"%s\", \"model\": \"gpt-test\", \"rate_limit_per_minute\": 2}",
              fake.url);
-    kiln_connector_t *c = kiln_test_remote_connector("llm", "openai", options, redis.url);
+    kiln_connector_t *c = kiln_test_connector_parse("openai", "llm", options, redis.url);
     const char *payload = "{\"prompt\": \"hi\", \"stream\": false}";
-    kiln_test_remote_run_t r;
+    kiln_test_job_t r;
     for (int i = 0; i < 2; i++) {
-        kiln_test_remote_run_job(c, "llm.1", payload, 0, 0, &r);
-        kiln_test_remote_expect_completed(&r);
-        kiln_test_remote_run_clear(&r);
+        kiln_test_job_run(c, "llm.1", payload, 0, 0, &r);
+        kiln_test_expect_completed(&r);
+        kiln_test_job_clear(&r);
     }
     /* The budget (key: the connector's name) is spent for a minute. */
-    kiln_test_remote_run_job(c, "llm.2", payload, 1000, 0, &r);
-    kiln_test_remote_expect_failed(&r, true, "rate limit");
-    kiln_test_remote_run_clear(&r);
-    assert_int_equal(kiln_test_remote_fake_stat(&fake, "requests"), 2);
+    kiln_test_job_run(c, "llm.2", payload, 1000, 0, &r);
+    kiln_test_expect_failed(&r, true, "rate limit");
+    kiln_test_job_clear(&r);
+    assert_int_equal(kiln_test_fake_stat(&fake, "requests"), 2);
     redisContext *rc = kiln_test_redis_connect(&redis);
     redisReply *reply = redisCommand(rc, "ZCARD kiln:ratelimit:{llm}");
     assert_int_equal(reply->integer, 2);
     freeReplyObject(reply);
     redisFree(rc);
     kiln_connector_free(c);
-    kiln_test_remote_fake_stop(&fake);
+    kiln_test_fake_stop(&fake);
 }
 
 int main(void)
