@@ -91,7 +91,7 @@ function serviceItem(machine, svc) {
     : null;
   return el('li', { 'data-service': svc.name },
     el('span', {}, svc.name, ' ', el('span', { class: 'badge ' + (phase ? 'booting' : svc.state) }, phase || svc.state)),
-    el('span', { class: 'muted' }, `${svc.restarts || 0} restarts`), restart);
+    el('span', { class: 'muted' }, `${svc.restarts || 0} restart${svc.restarts === 1 ? '' : 's'}`), restart);
 }
 
 function gpuItem(gpu) {
@@ -297,10 +297,18 @@ function summaryRows(job) {
   return rows;
 }
 
+// The waiting explanation: a string, or the hub's explanation object
+// (summary, workers and machines with can_run/reason, offline_matches).
+function waitingOf(job) {
+  const w = job.waiting;
+  return !w || (typeof w === 'object' && w.waiting === false) ? null : w;
+}
+
 function waitingBox(waiting) {
   if (!waiting) return [];
   if (typeof waiting === 'string') return [waiting];
   const parts = [el('b', {}, waiting.summary || 'waiting')];
+  if ((waiting.offline_matches || []).length) parts.push(el('div', {}, `would run on (offline): ${waiting.offline_matches.join(', ')}`));
   for (const w of waiting.workers || []) if (!w.can_run) parts.push(el('div', {}, `worker ${w.id}: ${w.reason}`));
   for (const m of waiting.machines || []) parts.push(el('div', {}, `machine ${m.id} (${m.state}): ${m.can_run ? 'can run it' : m.reason}`));
   return parts;
@@ -313,8 +321,8 @@ async function showJob(id) {
       ? el('button', { class: 'danger', onclick: () => cancelJob(job.id).then(() => showJob(id)) }, 'cancel') : null);
   $('#job-summary').replaceChildren(...summaryRows(job));
   const box = $('#job-waiting');
-  box.replaceChildren(...waitingBox(job.waiting));
-  box.hidden = !job.waiting;
+  box.replaceChildren(...waitingBox(waitingOf(job)));
+  box.hidden = !waitingOf(job);
 }
 
 function followJob(id) {

@@ -7,8 +7,9 @@
 //
 // admin (the default): the page loads, the machine's card appears online,
 // a job submitted from the form runs to completion with its progress bar
-// seen at two or more distinct values between 0 and 100, and the machine's
-// worker restarts from its card's button. read: the submit form and the
+// seen at two or more distinct values between 0 and 100, its job page shows
+// the event timeline up to completed, and the machine's worker restarts from
+// its card's button. read: the submit form and the
 // restart buttons are not shown. Prints one JSON line with what it saw;
 // exits 0 on success, 1 with the reason on stderr.
 import { createRequire } from 'node:module';
@@ -61,6 +62,14 @@ async function adminFlow(page, seen) {
   const moving = values.filter((v) => v > 0 && v < 100);
   if (moving.length < 2) throw new Error(`progress bar of ${job} took ${JSON.stringify(values)}: fewer than two values between 0 and 100`);
   await page.screenshot({ path: opt.screenshot, fullPage: true });
+
+  // The job page: its timeline, followed from the job's event stream.
+  await page.click(`tr[data-job="${job}"] a`);
+  await page.waitForSelector('#job-page:not([hidden]) [data-field="state"]', { timeout: TIMEOUT_MS });
+  await page.waitForFunction(() => /completed/.test(document.querySelector('#timeline').textContent), null, { timeout: TIMEOUT_MS });
+  seen.timeline = await page.locator('#timeline li').count();
+  await page.click('#job-page a[href="#"]');
+  await page.waitForSelector('#overview:not([hidden])', { timeout: TIMEOUT_MS });
 
   // Restart the worker from the machine card; its restart count goes up.
   const service = `.machine[data-id="${opt.machine}"] li[data-service^="worker-"]`;
