@@ -70,6 +70,7 @@ machines_bytes=$(curl -fs "$URL/v1/machines" | wc -c)
 jobs_bytes=$(curl -fs "$URL/v1/jobs?limit=50" | wc -c)
 
 log "loading the page $RUNS times"
+LOAD=$(cut -d' ' -f1 /proc/loadavg) # others share this machine: say how busy it was
 timeout 300 node "$ROOT/bench/monitor_render.mjs" "$URL/" "$RUNS" /usr/bin/chromium >"$TMP/runs.ndjson"
 
 python3 - "$TMP/runs.ndjson" "$MACHINES" "$JOBS" "$TARGET_MS" >"$TMP/table.md" <<'PYEOF'
@@ -101,7 +102,7 @@ first page of jobs are in the document. The page fetches \`/v1/machines\` ($mach
 and one page of \`/v1/jobs?limit=50\` ($jobs_bytes bytes): the job list is paged, never fetched whole.
 
 - Machine: $(nproc) cores (nproc), headless Debian chromium $(/usr/bin/chromium --version 2>/dev/null | awk '{print $2}')
-- Date: $(date -u '+%Y-%m-%d %H:%M UTC'); kiln commit $BENCH_COMMIT
+- Date: $(date -u '+%Y-%m-%d %H:%M UTC'); kiln commit $BENCH_COMMIT; load average (1 min) when the loads began: $LOAD
 
 $(cat "$TMP/table.md")
 $END
