@@ -7,7 +7,8 @@
 //
 // admin (the default): the page loads, the machine's card appears online,
 // a job submitted from the form runs to completion with its progress bar
-// seen at two or more distinct values between 0 and 100, its job page shows
+// seen at two or more distinct values between 0 and 100 (across a dropped
+// event socket, which the page resumes with ?since=), its job page shows
 // the event timeline up to completed, and the machine's worker restarts from
 // its card's button. read: the submit form and the
 // restart buttons are not shown. Prints one JSON line with what it saw;
@@ -55,6 +56,12 @@ async function adminFlow(page, seen) {
       { subtree: true, childList: true, attributes: true });
     note();
   }, job);
+  // Drop the event socket while the job runs: the page reconnects with the
+  // cursor of the last event it saw (?since=), and the bar keeps moving.
+  await page.waitForFunction((id) => window.__progress.size >= 2, job, { timeout: TIMEOUT_MS });
+  await page.evaluate(() => state.socket.close());
+  await page.waitForFunction(() => state.socket.readyState === WebSocket.OPEN && /since=/.test(state.socket.url), null, { timeout: TIMEOUT_MS });
+  seen.resumed = true;
   await page.waitForSelector(`tr[data-job="${job}"][data-state="completed"]`, { timeout: TIMEOUT_MS });
   const values = await page.evaluate(() => [...window.__progress].sort((a, b) => a - b));
   seen.job = job;

@@ -152,6 +152,7 @@ page_shows_the_machine_and_a_job_from_the_form_runs_with_its_progress_bar_moving
     assert_non_null(strstr(out, "\"machine_card\":true"));
     assert_non_null(strstr(out, "\"progress_values\":["));
     assert_non_null(strstr(out, "\"timeline\":"));
+    assert_non_null(strstr(out, "\"resumed\":true"));
     assert_non_null(strstr(out, "\"restarted\":\"worker-"));
     struct stat st;
     assert_int_equal(stat(shot, &st), 0);
