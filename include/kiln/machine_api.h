@@ -94,16 +94,16 @@ typedef struct kiln_machine_api_options {
     /* The bearer token control endpoints (POST) require; copied. NULL or
      * "": every control endpoint answers 403 until one is set. */
     const char *token;
-    const char *machine_id; /* for /api/health and /health; NULL: "unknown" */
-    const char *disk_path;  /* file system reported as "disk"; NULL: "/" */
-    long hook_timeout_ms;   /* a request waits this long for the loop; 0: 5000 */
-    int max_followers;      /* 0: KILN_MACHINE_API_FOLLOWERS_MAX */
-    /* Redis to take the hub's control requests from (service restarts,
-     * include/kiln/machine_control.h); NULL: none. */
-    const char *control_redis_url;
+    const char *machine_id;                /* for /api/health and /health; NULL: "unknown" */
+    const char *disk_path;                 /* file system reported as "disk"; NULL: "/" */
+    long hook_timeout_ms;                  /* a request waits this long for the loop; 0: 5000 */
+    int max_followers;                     /* 0: KILN_MACHINE_API_FOLLOWERS_MAX */
     const kiln_machine_api_hooks_t *hooks; /* copied */
     void *hooks_ctx;
     uv_loop_t *loop; /* borrowed; outlives the server */
+    /* Redis to take the hub's control requests from (service restarts,
+     * include/kiln/machine_control.h); NULL: none. */
+    const char *control_redis_url;
 } kiln_machine_api_options_t;
 
 typedef struct kiln_machine_api kiln_machine_api_t;
