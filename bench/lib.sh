@@ -27,3 +27,25 @@ bench_redis_stop() {
         wait "$REDIS_PID" 2>/dev/null || true
     fi
 }
+
+# bench_write_section OUT SECTION_FILE START END: replaces the part of OUT
+# between the START and END marker lines (markers included) with
+# SECTION_FILE's text, or appends it when OUT has no such part; prints it.
+bench_write_section() {
+    python3 - "$@" <<'PYEOF'
+import sys
+out, section_file, start, end = sys.argv[1:]
+section = open(section_file).read().rstrip('\n')
+try:
+    text = open(out).read()
+except FileNotFoundError:
+    text = ''
+a, b = text.find(start), text.find(end)
+if a >= 0 and b > a:
+    text = text[:a] + section + text[b + len(end):]
+else:
+    text = (text.rstrip('\n') + '\n\n' if text else '') + section + '\n'
+open(out, 'w').write(text)
+print(section)
+PYEOF
+}

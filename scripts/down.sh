@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# make down: stops what `make up` started (worker first, so it hands its
-# unfinished jobs back, then Redis, which flushes its AOF on shutdown).
+# make down: stops what `make up` started (the hub, then the machine agent,
+# whose worker hands its unfinished jobs back, then Redis, which flushes its
+# AOF on shutdown).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 state=.kiln
@@ -19,5 +20,7 @@ stop() {
   rm -f "$pidfile"
 }
 
-stop worker "$state/worker.pid"
+stop hub "$state/hub.pid"
+stop "machine agent" "$state/agent.pid"
+stop worker "$state/worker.pid" # left by an earlier `make up`
 stop redis "$state/redis.pid"

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# make up: a private Redis (data under .kiln/, loopback only), a worker with
-# the simulation connector, a small demo batch with live progress and a
-# summary. Everything stays running; `make down` stops it.
+# make up: a private Redis (data under .kiln/, loopback only), the hub with
+# the web monitor, a local machine agent (`kiln machine run`) supervising a
+# simulation worker, a small demo batch with live progress and a summary.
+# Everything stays running; `make down` stops it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
@@ -34,17 +35,44 @@ done
 redis-cli -p "$port" ping >/dev/null || { echo "up: redis did not start; see $state/redis.log"; exit 1; }
 echo "up: redis on 127.0.0.1:$port (data in .kiln/redis)"
 
-# Worker: simulation connector, 4 slots.
-if ! alive "$state/worker.pid"; then
-  setsid "$kiln" worker --connectors simulation --concurrency 4 --log-format text \
-    >>"$state/worker.log" 2>&1 < /dev/null &
-  echo $! > "$state/worker.pid"
+# Machine agent: supervises a simulation worker with 4 slots and publishes
+# the machine's status; its machine API on a free loopback port.
+cat >"$state/kiln.yaml" <<EOY
+redis: {url: "$KILN_REDIS_URL"}
+machine: {id: local, type: api}
+worker: {connectors: [simulation], concurrency: 4}
+EOY
+if ! alive "$state/agent.pid"; then
+  setsid "$kiln" machine run --config "$state/kiln.yaml" --state-dir "$state/machine" \
+    --api 127.0.0.1:0 --log-format text >>"$state/agent.log" 2>&1 < /dev/null &
+  echo $! > "$state/agent.pid"
 fi
-for _ in $(seq 100); do
+for _ in $(seq 200); do
   "$kiln" workers --json 2>/dev/null | grep -q '"simulation"' && break
   sleep 0.05
 done
-echo "up: worker running (pid $(cat "$state/worker.pid"), log .kiln/worker.log)"
+"$kiln" workers --json 2>/dev/null | grep -q '"simulation"' ||
+  { echo "up: the machine agent's worker did not start; see $state/agent.log"; exit 1; }
+echo "up: machine agent running (pid $(cat "$state/agent.pid"), log .kiln/agent.log)"
+
+# Hub with the monitor: no tokens, so loopback only; first free port from 8080.
+if alive "$state/hub.pid"; then
+  hub_port=$(cat "$state/hub.port")
+else
+  hub_port=${KILN_UP_HUB_PORT:-8080}
+  while ! port_free "$hub_port"; do hub_port=$((hub_port + 1)); done
+  setsid "$kiln" hub --listen "127.0.0.1:$hub_port" --log-format text \
+    >>"$state/hub.log" 2>&1 < /dev/null &
+  echo $! > "$state/hub.pid"
+  echo "$hub_port" > "$state/hub.port"
+fi
+hub="http://127.0.0.1:$hub_port"
+for _ in $(seq 100); do
+  curl -fs "$hub/health" >/dev/null 2>&1 && break
+  sleep 0.05
+done
+curl -fs "$hub/health" >/dev/null || { echo "up: the hub did not start; see $state/hub.log"; exit 1; }
+echo "up: hub and monitor on $hub (pid $(cat "$state/hub.pid"), log .kiln/hub.log)"
 
 # A demo batch: different lengths, a high-priority job, one that fails once
 # and succeeds on its retry.
@@ -83,9 +111,14 @@ echo
 echo "up: all ${#ids[@]} demo jobs finished in ${elapsed} ms."
 cat <<EOM
 
-kiln is running. To submit more:
-  export KILN_REDIS_URL=$KILN_REDIS_URL
-  ./build/kiln submit simulation --payload '{"duration_ms": 3000}' --wait
-  ./build/kiln jobs        ./build/kiln queues        ./build/kiln workers
-Logs: .kiln/worker.log, .kiln/redis.log.  Stop everything: make down
+kiln is running.
+  Monitor:  $hub/
+  A first job through the hub:
+    curl -s -X POST $hub/v1/jobs -H 'Content-Type: application/json' \\
+      -d '{"service": "simulation", "payload": {"duration_ms": 3000, "steps": 10}}'
+  The same with the CLI:
+    export KILN_REDIS_URL=$KILN_REDIS_URL
+    ./build/kiln submit simulation --payload '{"duration_ms": 3000}' --wait
+  ./build/kiln jobs        ./build/kiln queues        ./build/kiln machines
+Logs: .kiln/hub.log, .kiln/agent.log, .kiln/redis.log.  Stop everything: make down
 EOM

@@ -101,6 +101,9 @@ typedef struct kiln_machine_api_options {
     const kiln_machine_api_hooks_t *hooks; /* copied */
     void *hooks_ctx;
     uv_loop_t *loop; /* borrowed; outlives the server */
+    /* Redis to take the hub's control requests from (service restarts,
+     * include/kiln/machine_control.h); NULL: none. */
+    const char *control_redis_url;
 } kiln_machine_api_options_t;
 
 typedef struct kiln_machine_api kiln_machine_api_t;

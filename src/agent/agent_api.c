@@ -131,6 +131,7 @@ int kiln_agent_api_start(kiln_agent_t *a, kiln_err_t *err)
                                        .disk_path = a->state_dir,
                                        .hooks = &hooks,
                                        .hooks_ctx = a,
+                                       .control_redis_url = a->cfg.redis_url,
                                        .loop = &a->loop};
     int rc = kiln_machine_api_new(&opts, &a->api, err);
     if (rc)

@@ -5,6 +5,7 @@
  *   api_http.c     civetweb side: routing, validation, auth, writing replies
  *   api_calls.c    loop side: each request kind against the hooks
  *   api_follow.c   /logs?follow=1 streams (both sides)
+ *   api_control.c  control requests from the hub through Redis
  *
  * Threads: civetweb threads build an api_call_t, queue it and wait on
  * done_cond; the loop thread runs it and produces a finished response (a
@@ -20,6 +21,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 
+#include "core/redis_url.h"
 #include "kiln/machine_api.h"
 
 #define API_NAME_MAX      64           /* service names: [a-z0-9][a-z0-9_-]{0,63} */
@@ -115,6 +117,11 @@ struct kiln_machine_api {
     api_follow_t *followers;
     size_t n_followers;
     size_t streaming; /* request threads inside a follow reply */
+
+    /* The control thread (api_control.c), when a Redis URL was given. */
+    kiln_redis_url_t control_url;
+    pthread_t control;
+    bool control_started;
 };
 
 /* ---- machine_api.c ---------------------------------------------------------- */
@@ -181,5 +188,13 @@ void api_follow_unfollow_all(kiln_machine_api_t *api);
 
 /* Loop thread, after civetweb stopped: frees every stream left. */
 void api_follow_free_all(kiln_machine_api_t *api);
+
+/* ---- api_control.c ------------------------------------------------------------ */
+
+/* Starts the thread that answers the hub's control requests for this
+ * machine (include/kiln/machine_control.h) from redis_url; NULL or "":
+ * none. It stops once api->stopping is set: join it with api_control_join. */
+int api_control_start(kiln_machine_api_t *api, const char *redis_url, kiln_err_t *err);
+void api_control_join(kiln_machine_api_t *api);
 
 #endif

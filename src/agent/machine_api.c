@@ -334,6 +334,11 @@ int kiln_machine_api_new(const kiln_machine_api_options_t *opts, kiln_machine_ap
         uv_close((uv_handle_t *)&api->wake, on_wake_closed);
         return rc;
     }
+    rc = api_control_start(api, opts->control_redis_url, err);
+    if (rc) {
+        kiln_machine_api_free(api);
+        return rc;
+    }
     kiln_log(KILN_LOG_INFO, COMPONENT, NULL, NULL, "machine API listening on %s (port %d)%s",
              api->listen, api->port,
              api->has_token ? "" : "; control endpoints disabled (no token)");
@@ -363,6 +368,7 @@ void kiln_machine_api_free(kiln_machine_api_t *api)
     pthread_cond_broadcast(&api->done_cond);
     pthread_mutex_unlock(&api->mu);
     api_follow_unfollow_all(api);
+    api_control_join(api);
 
     /* 2. Give the streams a moment to write their last chunk: once mg_stop
      *    raises civetweb's stop flag, writes fail and a client would see a

@@ -33,13 +33,21 @@ const hub_route_t hub_routes[] = {
     {"GET", "/openapi.json", KILN_HUB_ROLE_READ, hub_jobs_openapi},
     {"POST", "/api/jobs", KILN_HUB_ROLE_SUBMIT, hub_compat_submit},
     {"GET", "/api/jobs/{id}", KILN_HUB_ROLE_READ, hub_compat_get},
+    {"GET", "/v1/machines", KILN_HUB_ROLE_READ, hub_fleet_list},
+    {"GET", "/v1/machines/{id}", KILN_HUB_ROLE_READ, hub_fleet_get},
+    {"POST", "/v1/machines/{id}/wake", KILN_HUB_ROLE_ADMIN, hub_fleet_wake},
+    {"POST", "/v1/machines/{id}/services/{name}/restart", KILN_HUB_ROLE_ADMIN, hub_fleet_restart},
+    {"GET", "/v1/me", KILN_HUB_ROLE_READ, hub_web_me},
+    {"GET", "/", KILN_HUB_ROLE_READ, hub_web_serve},
+    {"GET", "/ui/{file}", KILN_HUB_ROLE_READ, hub_web_serve},
 };
 const size_t hub_n_routes = sizeof hub_routes / sizeof hub_routes[0];
 
 /* Routes open without a token even when the hub has tokens. */
 static bool open_route(const hub_route_t *route)
 {
-    return route->handler == hub_jobs_health || route->handler == hub_jobs_openapi;
+    return route->handler == hub_jobs_health || route->handler == hub_jobs_openapi ||
+           route->handler == hub_web_serve;
 }
 
 static const char *error_code(int status)
@@ -397,7 +405,12 @@ static bool match(const char *pattern, const char *path, char *param, size_t siz
     const char *suffix = strchr(brace, '}') + 1;
     const char *value = path + prefix;
     size_t value_len = strcspn(value, "/");
-    if (value_len == 0 || strcmp(value + value_len, suffix) != 0)
+    if (value_len == 0)
+        return false;
+    /* A second {param} is matched here and left for the handler to read. */
+    char rest[KILN_JOB_ID_MAX + 32];
+    if (strchr(suffix, '{') ? !match(suffix, value + value_len, rest, sizeof rest)
+                            : strcmp(value + value_len, suffix) != 0)
         return false;
     snprintf(param, size, "%.*s", (int)(value_len < size ? value_len : size - 1), value);
     return value_len < size;

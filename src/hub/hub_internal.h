@@ -8,6 +8,8 @@
  *   hub_stream.c  /v1/events (SSE and WebSocket), /v1/jobs/{id}/events
  *   hub_compat.c  the earlier system's /api/jobs and /ws/client/{id}
  *   hub_metrics.c /metrics
+ *   hub_fleet.c   /v1/machines...: the registry's views, wake, service restarts
+ *   hub_web.c     the monitor UI (web/, embedded at build)
  */
 #ifndef KILN_HUB_INTERNAL_H
 #define KILN_HUB_INTERNAL_H
@@ -158,6 +160,12 @@ int hub_stream_job_events(hub_req_t *req);
 int hub_stream_events_sse(hub_req_t *req);
 int hub_compat_submit(hub_req_t *req);
 int hub_compat_get(hub_req_t *req);
+int hub_fleet_list(hub_req_t *req); /* hub_fleet.c: /v1/machines... */
+int hub_fleet_get(hub_req_t *req);
+int hub_fleet_wake(hub_req_t *req);
+int hub_fleet_restart(hub_req_t *req);
+int hub_web_serve(hub_req_t *req); /* hub_web.c: the monitor UI */
+int hub_web_me(hub_req_t *req);
 
 /* Submits a job spec object (borrowed; kiln's own fields) for req's
  * token, recording the owner for the submit role. 0 with id filled, else

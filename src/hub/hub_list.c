@@ -97,7 +97,7 @@ static int list_service(kiln_broker_t *b, const char *service, const char *state
         if (!state || strcmp(state, states[s]) == 0)
             rc = collect_state(b, service, states[s], &l, err);
     }
-    if (rc == 0)
+    if (rc == 0 && l.count > 0) /* no items: l.items is NULL, which qsort must not get */
         qsort(l.items, l.count, sizeof *l.items, newest_first);
     for (size_t i = 0; rc == 0 && i < l.count && json_array_size(out) <= want; i++) {
         if ((cursor_seq >= 0 && l.items[i] >= cursor_seq) ||
