@@ -405,7 +405,10 @@ async function measureStart(sys) {
   // The last service process to start, as the probes recorded it.
   let first = null, last = 0n;
   for (const n of NAMES) {
-    const s = readStarts(path.join(sys.startsDir, n));
+    // A supervisor may count a service running once it has exec'd, a
+    // moment before the probe's main has written its record.
+    let s = readStarts(path.join(sys.startsDir, n));
+    for (const t = now(); !s.length && msSince(t) < 2000; s = readStarts(path.join(sys.startsDir, n))) await sleep(POLL_MS);
     if (!s.length) throw new Error(`${sys.name}: service ${n} has no start record`);
     if (s[0].mono > last) last = s[0].mono;
     if (first === null || s[0].mono < first) first = s[0].mono;
