@@ -7,6 +7,7 @@
 //                    --supervisorctl BIN --redis URL --work DIR
 //                    [--services 50] [--starts 3] [--kills 30] [--idle-s 60]
 //                    [--floor BIN]   (bench_respawn_floor: the machine's own respawn floor)
+//                    [--only kiln,floor]
 //
 // 1. start: from launching the supervisor until it reports all N services
 //    running, each through what it says itself, read without asking it
@@ -475,6 +476,8 @@ async function measureIdle(systems) {
 
 const makers = { kiln: kilnSystem, pm2: pm2System, supervisord: supervisordSystem };
 if (args.floor) makers.floor = floorSystem;
+// --only kiln,floor: measure just those (while iterating on one of them).
+if (args.only) for (const k of Object.keys(makers)) if (!args.only.split(',').includes(k)) delete makers[k];
 const results = {
   services: N,
   starts: STARTS,
