@@ -9,6 +9,7 @@
 #include <string.h>
 
 #include "core/config_schema.h"
+#include "core/curl_util.h"
 #include "kiln/download.h"
 
 #define ENTRY_PATH_MAX     (KILN_YAML_MAX_KEY * 2 + 160)
@@ -156,12 +157,13 @@ json_t *kiln_config_downloads_to_json(const kiln_service_config_t *s)
     json_t *list = json_array();
     for (size_t i = 0; i < s->n_downloads; i++) {
         const kiln_download_config_t *d = &s->downloads[i];
-        char *url = kiln_config_redact_url(d->url);
-        json_t *entry = json_pack("{s:s?, s:s}", "url", url, "path", d->path);
+        /* Signed URLs carry their credentials in the query: shown without. */
+        char url[KILN_DOWNLOAD_URL_MAX];
+        kiln_url_redact(d->url, url, sizeof url);
+        json_t *entry = json_pack("{s:s, s:s}", "url", url, "path", d->path);
         if (d->sha256)
             json_object_set_new(entry, "sha256", json_string(d->sha256));
         json_array_append_new(list, entry);
-        free(url);
     }
     return list;
 }

@@ -142,7 +142,8 @@ json_t *kiln_config_templates_to_json(const kiln_config_t *cfg);
 bool kiln_config_load_downloads(kiln_config_ctx_t *ctx, const kiln_config_origin_t *o,
                                 const char *path, const json_t *value, kiln_service_config_t *s);
 
-/* s's downloads as JSON, passwords in URLs redacted; NULL when it has none. */
+/* s's downloads as JSON, URLs without user information or query
+ * (kiln_url_redact); NULL when it has none. */
 json_t *kiln_config_downloads_to_json(const kiln_service_config_t *s);
 
 /* Releases s's downloads. */

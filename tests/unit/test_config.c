@@ -1008,16 +1008,17 @@ static void bad_services_are_refused_with_file_and_line(void **state)
 static void service_downloads_load_with_url_sha256_and_path(void **state)
 {
     (void)state;
-    assert_ok(load_yaml("services:\n"
-                        "  painter:\n"
-                        "    command: [/bin/x]\n"
-                        "    downloads:\n"
-                        "      - url: https://user:pw@models.example/sd.safetensors\n"
-                        "        sha256: "
-                        "ABCDEF0123456789abcdef0123456789abcdef0123456789abcdef0123456789\n"
-                        "        path: models/checkpoints/sd.safetensors\n"
-                        "      - {url: \"http://h/lora.bin\", path: /opt/lora.bin}\n",
-                        NULL));
+    assert_ok(load_yaml(
+        "services:\n"
+        "  painter:\n"
+        "    command: [/bin/x]\n"
+        "    downloads:\n"
+        "      - url: https://user:pw@models.example/sd.safetensors\n"
+        "        sha256: "
+        "ABCDEF0123456789abcdef0123456789abcdef0123456789abcdef0123456789\n"
+        "        path: models/checkpoints/sd.safetensors\n"
+        "      - {url: \"http://h/lora.bin?X-Amz-Signature=s1gn\", path: /opt/lora.bin}\n",
+        NULL));
     const kiln_service_config_t *s = &cfg.services[0];
     assert_int_equal(s->n_downloads, 2);
     assert_string_equal(s->downloads[0].url, "https://user:pw@models.example/sd.safetensors");
@@ -1026,9 +1027,11 @@ static void service_downloads_load_with_url_sha256_and_path(void **state)
                         "abcdef0123456789abcdef0123456789abcdef0123456789abcdef0123456789");
     assert_string_equal(s->downloads[0].path, "models/checkpoints/sd.safetensors");
     assert_null(s->downloads[1].sha256);
+    assert_string_equal(s->downloads[1].url, "http://h/lora.bin?X-Amz-Signature=s1gn");
     json_t *shown = kiln_config_to_json_redacted(&cfg);
     char *text = json_dumps(shown, 0);
     assert_null(strstr(text, ":pw@"));
+    assert_null(strstr(text, "s1gn"));
     assert_non_null(strstr(text, "lora.bin"));
     free(text);
     json_decref(shown);
