@@ -35,7 +35,7 @@ die() { log "$*"; exit 1; }
 for tool in redis-server redis-cli node npm; do
     command -v "$tool" >/dev/null || die "$tool not found (redis-server: scripts/deps.sh; node/npm: Node 20)"
 done
-for bin in kiln bench_respawn_probe; do
+for bin in kiln bench_respawn_probe bench_respawn_floor; do
     [ -x "$BUILD/$bin" ] || die "no $BUILD/$bin: build first (cmake -S . -B build && cmake --build build)"
 done
 
@@ -118,7 +118,8 @@ fi
 
 log "$(nproc) cores; ${BENCH_AGENT_SERVICES:-50} services per supervisor; redis $REDIS_VERSION on port $PORT"
 timeout "$HARNESS_TIMEOUT" node "$ROOT/bench/agent/harness.mjs" \
-    --kiln "$BUILD/kiln" --probe "$BUILD/bench_respawn_probe" --pm2 "$PM2_DIR" \
+    --kiln "$BUILD/kiln" --probe "$BUILD/bench_respawn_probe" --floor "$BUILD/bench_respawn_floor" \
+    --pm2 "$PM2_DIR" \
     --supervisord "$(command -v supervisord)" --supervisorctl "$(command -v supervisorctl)" \
     --redis "redis://127.0.0.1:$PORT" --work "$TMP" \
     --services "${BENCH_AGENT_SERVICES:-50}" --starts "${BENCH_AGENT_STARTS:-3}" \

@@ -6,6 +6,8 @@
 //   node harness.mjs --kiln BIN --probe BIN --pm2 DIR --supervisord BIN
 //                    --supervisorctl BIN --redis URL --work DIR
 //                    [--services 50] [--starts 3] [--kills 30] [--idle-s 60]
+//                    [--floor BIN]   (bench_respawn_floor: the machine's own respawn floor)
+//                    [--only kiln,floor]
 //
 // 1. start: from launching the supervisor until it reports all N services
 //    running, each through what it says itself, read without asking it
@@ -35,6 +37,7 @@ for (let i = 2; i < process.argv.length; i += 2) args[process.argv[i].replace(/^
 for (const k of ['kiln', 'probe', 'pm2', 'supervisord', 'supervisorctl', 'redis', 'work'])
   if (!args[k]) throw new Error(`harness: --${k} is required`);
 for (const k of ['kiln', 'probe', 'pm2']) args[k] = path.resolve(args[k]);
+if (args.floor) args.floor = path.resolve(args.floor);
 const N = Number(args.services ?? 50);
 const STARTS = Number(args.starts ?? 3);
 const KILLS = Math.min(Number(args.kills ?? 30), N);
@@ -343,6 +346,46 @@ function supervisordSystem(run) {
   };
 }
 
+// ---- the floor ------------------------------------------------------------------
+
+// bench_respawn_floor: a blocking waitpid and posix_spawn, nothing else, so
+// its respawn is what the machine itself costs (bench/respawn_floor.c).
+// Measured for respawn only (and start, as a by-product); it stays out of
+// the idle window, where it would only sleep in waitpid.
+function floorSystem(run) {
+  const dir = path.join(WORK, `floor-${run}`);
+  const startsDir = path.join(dir, 'starts');
+  fs.mkdirSync(startsDir, { recursive: true });
+  const logFile = path.join(dir, 'floor.log');
+  let child;
+  return {
+    name: 'floor',
+    startsDir,
+    respawnOnly: true,
+    launch() {
+      const t0 = now();
+      child = spawnLogged(args.floor, ['--probe', args.probe, '--dir', startsDir, ...NAMES], { cwd: dir }, logFile);
+      live.add(this);
+      return t0;
+    },
+    async running() {
+      const m = /running (\d+)/.exec(fs.existsSync(logFile) ? fs.readFileSync(logFile, 'utf8') : '');
+      return m ? Number(m[1]) : 0;
+    },
+    pid: () => child.pid,
+    failed: () => exitNote(child, logFile),
+    async stop() {
+      live.delete(this);
+      if (!child) return;
+      child.kill('SIGTERM');
+      if (!(await waitExit(child, 10000))) {
+        child.kill('SIGKILL');
+        await waitExit(child, 5000);
+      }
+    },
+  };
+}
+
 // ---- measures -----------------------------------------------------------------
 
 async function measureStart(sys) {
@@ -363,7 +406,10 @@ async function measureStart(sys) {
   // The last service process to start, as the probes recorded it.
   let first = null, last = 0n;
   for (const n of NAMES) {
-    const s = readStarts(path.join(sys.startsDir, n));
+    // A supervisor may count a service running once it has exec'd, a
+    // moment before the probe's main has written its record.
+    let s = readStarts(path.join(sys.startsDir, n));
+    for (const t = now(); !s.length && msSince(t) < 2000; s = readStarts(path.join(sys.startsDir, n))) await sleep(POLL_MS);
     if (!s.length) throw new Error(`${sys.name}: service ${n} has no start record`);
     if (s[0].mono > last) last = s[0].mono;
     if (first === null || s[0].mono < first) first = s[0].mono;
@@ -429,6 +475,9 @@ async function measureIdle(systems) {
 // ---- run ----------------------------------------------------------------------
 
 const makers = { kiln: kilnSystem, pm2: pm2System, supervisord: supervisordSystem };
+if (args.floor) makers.floor = floorSystem;
+// --only kiln,floor: measure just those (while iterating on one of them).
+if (args.only) for (const k of Object.keys(makers)) if (!args.only.split(',').includes(k)) delete makers[k];
 const results = {
   services: N,
   starts: STARTS,
@@ -484,7 +533,8 @@ async function main() {
     await sleep(1000); // let the start settle before killing
     results.respawn[name] = await measureRespawn(sys);
     log(`${name} respawn: median ${results.respawn[name].median_ms.toFixed(2)} ms over ${KILLS} kills`);
-    kept.push(sys);
+    if (sys.respawnOnly) await sys.stop();
+    else kept.push(sys);
   }
   await sleep(5000);
   log(`idle: ${kept.length} supervisors with ${N} services each, ${IDLE_S} s`);

@@ -74,6 +74,15 @@ out.push('| measure | kiln | PM2 | supervisord | target | met? |');
 out.push('|---|---:|---:|---:|---|---|');
 for (const row of rows) out.push(`| ${row.join(' | ')} |`);
 out.push('');
+if (r.respawn.floor) {
+  const f = r.respawn.floor;
+  const times = (s) => (respawn(s) && f.median_ms ? `${fix(respawn(s) / f.median_ms, 1)}×` : 'n/a');
+  out.push(`**The machine's floor for a respawn**, measured the same way in the same run: \`bench_respawn_floor\``);
+  out.push('(bench/respawn_floor.c), a supervisor that does nothing but sleep in a blocking `waitpid` and');
+  out.push('`posix_spawn` the service again, with no event loop, state file, pipes or readiness: median');
+  out.push(`${ms(f.median_ms)} (p90 ${ms(f.p90_ms)}, min ${ms(f.min_ms)}). kiln's median is ${times('kiln')} that floor, PM2's`);
+  out.push(`${times('pm2')}. kiln's own minimum this run: ${ms(r.respawn.kiln?.min_ms)}.`, '');
+}
 out.push('How each figure is taken:', '');
 out.push(`- **Start**: from launching the supervisor to its own report that all ${r.services} run, read without`);
 out.push('  asking it anything while it starts (a status request costs the supervisor work: kiln\'s');

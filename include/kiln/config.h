@@ -59,6 +59,13 @@ typedef struct kiln_ready_config {
     size_t n_command;
 } kiln_ready_config_t;
 
+/* A file fetched before its service starts: services.NAME.downloads[i]. */
+typedef struct kiln_download_config {
+    char *url;    /* http:// or https://; owned */
+    char *sha256; /* 64 lowercase hex digits, or NULL: no check; owned */
+    char *path;   /* where it goes; relative to the service's cwd when set; owned */
+} kiln_download_config_t;
+
 /* One user-defined service: services: { NAME: {...} }. */
 typedef struct kiln_service_config {
     char *name;
@@ -77,7 +84,13 @@ typedef struct kiln_service_config {
     long memory_limit_mb;   /* restart above this RSS, 1-1048576; -1: no limit */
     int port;               /* 0: none */
     int gpu;                /* -1: none; else pins CUDA_VISIBLE_DEVICES to that GPU */
+    kiln_download_config_t *downloads; /* fetched, in order, before the service starts */
+    size_t n_downloads;
 } kiln_service_config_t;
+
+/* A 32-bit digest of s's downloads (URLs, checksums, paths): it changes
+ * when the list does. */
+unsigned long kiln_config_downloads_digest(const kiln_service_config_t *s);
 
 /* The settings of a service the plan generates (templates.<name>). */
 typedef struct kiln_template_config {

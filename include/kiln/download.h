@@ -7,9 +7,12 @@
 #ifndef KILN_DOWNLOAD_H
 #define KILN_DOWNLOAD_H
 
+#include <jansson.h>
 #include <stdatomic.h>
 #include <stdint.h>
+#include <stdio.h>
 
+#include "kiln/config.h"
 #include "kiln/err.h"
 
 typedef struct kiln_download_options {
@@ -52,5 +55,30 @@ typedef struct kiln_download_options {
  * KILN_ECONFLICT (another download holds the .part), KILN_EIO (anything
  * else, a sha256 mismatch included; the .part is then deleted). */
 int kiln_download(const kiln_download_options_t *opts, kiln_err_t *err);
+
+/* ---- the download step of a service (download_step.c) -------------------- */
+
+/* What a download step writes before each progress or failure line (one
+ * JSON object), so the agent can tell them from other output. */
+#define KILN_DOWNLOAD_LINE_PREFIX "kiln-download: "
+/* At most one progress line per file this often (and one at its end). */
+#define KILN_DOWNLOAD_PROGRESS_EVERY_MS 200
+
+/* Fetches services.<service>.downloads of cfg in order (paths relative to
+ * the working directory), writing to out, after KILN_DOWNLOAD_LINE_PREFIX,
+ * a progress line {"service", "file" (1-based), "files", "url" (redacted),
+ * "path", "bytes_done", "bytes_total" (0: unknown), "percent", "eta_ms"
+ * (null: unknown)} at most every KILN_DOWNLOAD_PROGRESS_EVERY_MS, or on
+ * failure {"service", "file", "files", "url", "path", "error"}. Files
+ * already there (and matching their sha256) are not fetched again; a file
+ * without a sha256 that exists is kept. Returns 0, or kiln_download's
+ * error (KILN_ENOTFOUND for an unknown service or one without downloads)
+ * with a message naming the entry, the URL without credentials, and the fix. */
+int kiln_download_service(const kiln_config_t *cfg, const char *service, FILE *out,
+                          const atomic_int *cancel, kiln_err_t *err);
+
+/* The JSON object of a line a download step wrote, or NULL for any other
+ * line. Caller owns the result. */
+json_t *kiln_download_line_parse(const char *line);
 
 #endif

@@ -56,6 +56,8 @@ typedef struct kiln_plan_service {
     long ready_timeout_ms; /* readiness deadline; -1: the supervisor's default */
     long stop_timeout_ms;  /* SIGKILL after; -1: the supervisor's default */
     long memory_limit_mb;  /* restart above this RSS; -1: none */
+    char *downloads_for;   /* a "NAME-downloads" step: the service NAME it fetches files for
+                              (`kiln machine download`); owned, else NULL */
 } kiln_plan_service_t;
 
 typedef struct kiln_plan {

@@ -65,7 +65,12 @@ static int spec_from_plan(const kiln_agent_t *a, const kiln_plan_service_t *ps,
          * period, then hands the rest back; SIGKILL must not come sooner. */
         spec->stop_timeout_ms = a->cfg.worker.shutdown_grace_ms + 15000;
     }
-    if (spec->oneshot) {
+    if (spec->oneshot && ps->downloads_for) {
+        /* A download step runs at every start (a file already there costs
+         * a sha256 pass) and has no overall timeout: kiln_download gives
+         * up on a stalled transfer itself, and a model may take hours. */
+        spec->oneshot_timeout_ms = 0;
+    } else if (spec->oneshot) {
         /* Install/setup steps: bounded by machine.install_timeout_s, and
          * skipped once done (until their command changes). */
         spec->oneshot_timeout_ms = a->cfg.machine.install_timeout_s * 1000L;
@@ -146,6 +151,7 @@ int kiln_agent_apply_plan(kiln_agent_t *a, kiln_err_t *err)
         return rc;
     }
     kiln_plan_free(&old);
+    kiln_agent_downloads_follow(a);
     kiln_agent_event(a, "startup",
                      json_pack("{s:s, s:i}", "phase", "plan", "services", (int)plan.count));
     update_readiness(a);
@@ -171,12 +177,12 @@ json_t *kiln_agent_status(kiln_agent_t *a)
      * published status and every /status call comes through here. */
     kiln_gpu_refresh(&a->gpus, NULL);
     json_t *services = a->sv ? kiln_supervisor_status(a->sv) : json_array();
-    return json_pack("{s:s, s:s, s:s, s:o, s:o, s:s, s:I, s:I}", "machine_id",
+    return json_pack("{s:s, s:s, s:s, s:o, s:o, s:s, s:I, s:I, s:O}", "machine_id",
                      a->cfg.machine_id ? a->cfg.machine_id : "", "machine_type",
                      machine_type_name(a->plan.machine_type), "state", a->state, "services",
                      services ? services : json_array(), "gpus", kiln_gpu_list_to_json(&a->gpus),
                      "gpu_source", a->gpus.source, "started_at", (json_int_t)a->started_ms,
-                     "updated_at", (json_int_t)kiln_ops_wall_ms());
+                     "updated_at", (json_int_t)kiln_ops_wall_ms(), "downloads", a->downloads);
 }
 
 void kiln_agent_publish_status(kiln_agent_t *a)
@@ -192,8 +198,7 @@ void kiln_agent_on_status_timer(uv_timer_t *t)
     kiln_agent_publish_status(t->data);
 }
 
-/* A change publishes the status at once (coalesced within 100 ms). */
-static void publish_soon(kiln_agent_t *a)
+void kiln_agent_publish_soon(kiln_agent_t *a)
 {
     if (!uv_is_active((uv_handle_t *)&a->publish_soon_timer))
         uv_timer_start(&a->publish_soon_timer, kiln_agent_on_status_timer, 100, 0);
@@ -237,6 +242,46 @@ static const char *worker_phase(const char *state, int *progress)
     return NULL;
 }
 
+static void phase_event(kiln_agent_t *a, const char *service, const char *phase, int progress,
+                        const char *reason)
+{
+    json_t *f = json_pack("{s:s, s:s, s:i, s:n}", "worker", service, "phase", phase, "progress",
+                          progress, "eta_ms");
+    if (reason)
+        json_object_set_new(f, "reason", json_string(reason));
+    kiln_agent_event(a, "worker_phase", f);
+}
+
+/* Lifecycle phases of workers and of services with downloads: announcing
+ * when it leaves down, downloading while its download step runs (the
+ * step's progress lines come from agent_downloads.c), configuring once the
+ * step is done or while it waits for other dependencies, then starting,
+ * ready or failed. */
+static void publish_phases(kiln_agent_t *a, const char *service, json_t *fields)
+{
+    const char *to = json_string_value(json_object_get(fields, "to"));
+    const char *from = json_string_value(json_object_get(fields, "from"));
+    const char *owner = kiln_agent_downloads_owner(a, service);
+    if (owner && to && strcmp(to, "exited") == 0) {
+        phase_event(a, owner, "configuring", 25, NULL);
+        return;
+    }
+    const char *step_state = kiln_agent_downloads_step_state(a, service);
+    if (strncmp(service, "worker-", 7) != 0 && !step_state)
+        return;
+    int progress = 0;
+    const char *phase = worker_phase(to, &progress);
+    if (from && strcmp(from, "down") == 0)
+        phase_event(a, service, "announcing", 0, NULL);
+    if (phase && strcmp(to, "waiting") == 0 && step_state && strcmp(step_state, "exited") != 0) {
+        phase = "downloading";
+        progress = 0;
+    }
+    if (phase)
+        phase_event(a, service, phase, progress,
+                    json_string_value(json_object_get(fields, "reason")));
+}
+
 void kiln_agent_on_supervisor_event(void *ctx, const char *service, const char *event,
                                     json_t *fields)
 {
@@ -245,20 +290,10 @@ void kiln_agent_on_supervisor_event(void *ctx, const char *service, const char *
     json_object_set_new(copy, "service", json_string(service));
     kiln_agent_event(a, strcmp(event, "alert") == 0 ? "alert" : "service_state", copy);
     const char *to = json_string_value(json_object_get(fields, "to"));
-    const char *from = json_string_value(json_object_get(fields, "from"));
-    if (to && strcmp(event, "state") == 0)
+    if (to && strcmp(event, "state") == 0) {
         json_object_set_new(a->service_states, service, json_string(to));
-    int progress = 0;
-    bool worker = strncmp(service, "worker-", 7) == 0;
-    const char *phase = worker ? worker_phase(to, &progress) : NULL;
-    if (worker && from && strcmp(from, "down") == 0)
-        kiln_agent_event(a, "worker_phase",
-                         json_pack("{s:s, s:s, s:i, s:n}", "worker", service, "phase", "announcing",
-                                   "progress", 0, "eta_ms"));
-    if (phase)
-        kiln_agent_event(a, "worker_phase",
-                         json_pack("{s:s, s:s, s:i, s:n}", "worker", service, "phase", phase,
-                                   "progress", progress, "eta_ms"));
+        publish_phases(a, service, fields);
+    }
     update_readiness(a);
-    publish_soon(a);
+    kiln_agent_publish_soon(a);
 }

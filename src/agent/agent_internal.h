@@ -35,6 +35,7 @@ struct kiln_agent {
     kiln_gpu_list_t gpus;
     kiln_plan_t plan;
     json_t *service_states; /* service name -> last state the supervisor reported */
+    json_t *downloads;      /* service name -> its download step's last progress or error */
     int lock_fd;            /* flock on <state_dir>/agent.lock: one agent per folder */
 
     const char *state; /* "starting", "ready", "stopping" */
@@ -50,6 +51,10 @@ int kiln_agent_apply_plan(kiln_agent_t *a, kiln_err_t *err);
 /* Publishes the full status now; the status timer's callback. */
 void kiln_agent_publish_status(kiln_agent_t *a);
 void kiln_agent_on_status_timer(uv_timer_t *t);
+
+/* Publishes the status soon: a change shows at once, yet changes within
+ * 100 ms of each other make one publish. */
+void kiln_agent_publish_soon(kiln_agent_t *a);
 
 /* The supervisor's event callback: lifecycle events, worker phases,
  * readiness, a status publish. */
@@ -71,6 +76,22 @@ void kiln_agent_event(kiln_agent_t *a, const char *type, json_t *fields);
 int kiln_agent_specs_from_plan(const kiln_agent_t *a, const kiln_plan_t *plan,
                                kiln_svc_spec_t **specs, size_t *n, kiln_err_t *err);
 void kiln_agent_specs_free(kiln_svc_spec_t *specs, size_t n);
+
+/* Creates dir and its missing parents (mode 0750); 0, or KILN_EIO with
+ * "cannot create the <what> <dir>: <reason>" in err. */
+int kiln_agent_make_dirs(const char *dir, const char *what, kiln_err_t *err);
+
+/* agent_downloads.c. Follows the output of the plan's download steps, so
+ * their progress and failures become worker_phase events of the service
+ * they fetch for. Call after each apply. */
+void kiln_agent_downloads_follow(kiln_agent_t *a);
+
+/* The service whose download step is `service`, or NULL. */
+const char *kiln_agent_downloads_owner(const kiln_agent_t *a, const char *service);
+
+/* The state last reported for `service`'s download step; NULL when it has
+ * none. */
+const char *kiln_agent_downloads_step_state(const kiln_agent_t *a, const char *service);
 
 /* queue_counts.c. Pending and running jobs summed over the stats rows of
  * services[0..n) (the rest are left out). 0 or the broker's error. */

@@ -110,7 +110,7 @@ static void on_stop_async(uv_async_t *handle)
     begin_shutdown(handle->data);
 }
 
-static int make_dirs(const char *dir, kiln_err_t *err)
+int kiln_agent_make_dirs(const char *dir, const char *what, kiln_err_t *err)
 {
     char path[1024];
     snprintf(path, sizeof path, "%s", dir);
@@ -122,7 +122,7 @@ static int make_dirs(const char *dir, kiln_err_t *err)
         }
     }
     if (mkdir(path, 0750) != 0 && errno != EEXIST)
-        return kiln_err_set(err, KILN_EIO, "cannot create the state folder %s: %s", dir,
+        return kiln_err_set(err, KILN_EIO, "cannot create the %s %s: %s", what, dir,
                             strerror(errno));
     return 0;
 }
@@ -174,7 +174,7 @@ static int start(kiln_agent_t *a, kiln_err_t *err)
     char state_file[1100], log_dir[1100];
     snprintf(state_file, sizeof state_file, "%s/services.json", a->state_dir);
     snprintf(log_dir, sizeof log_dir, "%s/logs", a->state_dir);
-    int rc = make_dirs(a->state_dir, err);
+    int rc = kiln_agent_make_dirs(a->state_dir, "state folder", err);
     if (!rc)
         rc = lock_state_dir(a, err);
     if (!rc)
@@ -266,6 +266,7 @@ int kiln_agent_new(kiln_config_t *cfg, const kiln_agent_options_t *opts, kiln_ag
     a->api_listen = opts->api_listen ? strdup(opts->api_listen) : NULL;
     a->state = "starting";
     a->service_states = json_object();
+    a->downloads = json_object();
     a->lock_fd = -1;
     *out = a;
     return 0;
@@ -279,6 +280,7 @@ void kiln_agent_free(kiln_agent_t *a)
         kiln_publisher_free(a->pub, true);
     kiln_plan_free(&a->plan);
     json_decref(a->service_states);
+    json_decref(a->downloads);
     if (a->lock_fd >= 0)
         close(a->lock_fd);
     kiln_gpu_list_free(&a->gpus);

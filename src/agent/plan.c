@@ -247,6 +247,7 @@ static void service_free(kiln_plan_service_t *s)
     strv_free(s->depends_on);
     free(s->ready.target);
     strv_free(s->ready.command);
+    free(s->downloads_for);
     memset(s, 0, sizeof *s);
 }
 
@@ -651,6 +652,44 @@ static int add_api_workers(builder_t *b, const conn_sets_t *c)
     return 0;
 }
 
+/* services.NAME.downloads: a one-shot "NAME-downloads" step that runs
+ * `kiln machine download` (it reads the list from the same config file, so
+ * no URL, with its credentials, is on a command line) and NAME depending
+ * on it. The step is never restarted: kiln_download retries what is worth
+ * retrying itself. */
+static int add_download_step(builder_t *b, const kiln_service_config_t *u)
+{
+    char name[96], config[PATH_MAX];
+    snprintf(name, sizeof name, "%s-downloads", u->name);
+    /* The step runs in the service's folder: relative paths land there. */
+    if (!b->cfg->source_path || !realpath(b->cfg->source_path, config))
+        return kiln_err_set(b->err, KILN_EINVAL,
+                            "services.%s.downloads: the config file %s cannot be found again for "
+                            "the download step; load the config from a file",
+                            u->name, b->cfg->source_path ? b->cfg->source_path : "(none)");
+    kiln_plan_service_t *step = add_service(b, name, KILN_SERVICE_SETUP, false);
+    if (!step)
+        return b->err->code;
+    step->restart = KILN_RESTART_NEVER;
+    step->ready.kind = KILN_READY_EXIT;
+    const char *argv[] = {b->kiln_path, "machine",   "download", "--config",
+                          config,       "--service", u->name};
+    /* The list is part of the step's identity: a reload with a changed
+     * list runs the step again (its argv alone would not change). */
+    int rc = env_set_owned(
+        step, printf_alloc("KILN_DOWNLOADS_DIGEST=%08lx", kiln_config_downloads_digest(u)));
+    if (rc == 0)
+        rc = (step->downloads_for = strdup(u->name)) ? 0 : KILN_ENOMEM;
+    for (size_t i = 0; rc == 0 && i < sizeof argv / sizeof argv[0]; i++)
+        rc = strv_push(&step->argv, &step->argc, argv[i]);
+    kiln_plan_service_t *owner = find_service(b->plan, u->name); /* add_service moved it */
+    if (rc == 0 && owner->cwd)
+        rc = (step->cwd = strdup(owner->cwd)) ? 0 : KILN_ENOMEM;
+    if (rc == 0)
+        rc = strv_push(&owner->depends_on, &owner->n_depends_on, name);
+    return rc == 0 ? 0 : kiln_err_set(b->err, KILN_ENOMEM, "out of memory");
+}
+
 static int add_user_service(builder_t *b, const kiln_service_config_t *u)
 {
     char field[128];
@@ -702,6 +741,8 @@ static int add_user_service(builder_t *b, const kiln_service_config_t *u)
         if (strv_push(&s->depends_on, &s->n_depends_on, u->depends_on[i]) != 0)
             rc = kiln_err_set(b->err, KILN_ENOMEM, "out of memory");
     }
+    if (rc == 0 && u->n_downloads)
+        rc = add_download_step(b, u);
     return rc;
 }
 

@@ -118,6 +118,9 @@ struct sv_service {
      * max_failures whatever the window, which a deadline longer than
      * failure_window_ms would otherwise always outlast. */
     int unready_runs;
+    /* Failed only because a dependency failed: started again once every
+     * dependency is ready (a fixed step run again, say). */
+    bool failed_for_dependency;
 
     /* Handles and helpers. */
     uv_timer_t timer;       /* backoff, stop timeout, start deadline */

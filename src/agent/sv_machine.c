@@ -91,6 +91,8 @@ static void notify_dependents(kiln_supervisor_t *sv)
         sv_service_t *s = sv->svcs[i];
         if (s->state == KILN_SVC_WAITING && sv_deps_ready(s))
             sv_dispatch(s, SV_EV_DEPS_READY);
+        else if (s->state == KILN_SVC_FAILED && s->failed_for_dependency && sv_deps_ready(s))
+            sv_dispatch(s, SV_EV_START);
     }
 }
 
@@ -165,6 +167,32 @@ static void arm_readiness(sv_service_t *svc)
     }
 }
 
+static void go_failed(sv_service_t *svc, const char *reason);
+
+/* The first dependency of svc that has failed, or NULL. */
+static const sv_service_t *failed_dependency(const sv_service_t *svc)
+{
+    for (size_t i = 0; svc->spec.depends_on && svc->spec.depends_on[i]; i++) {
+        const sv_service_t *dep = sv_find(svc->sv, svc->spec.depends_on[i]);
+        if (dep && dep->state == KILN_SVC_FAILED)
+            return dep;
+    }
+    return NULL;
+}
+
+/* Fails svc because its dependency dep failed: a failed service starts
+ * again only when told to, so waiting for it would be waiting forever. */
+static void fail_for_dependency(sv_service_t *svc, const sv_service_t *dep)
+{
+    char why[sizeof svc->last_error];
+    snprintf(why, sizeof why, "depends on %s, which failed (%.*s); fix %s, then start this service",
+             dep->spec.name, 300, dep->last_error[0] ? dep->last_error : "see its log",
+             dep->spec.name);
+    snprintf(svc->last_error, sizeof svc->last_error, "%s", why);
+    go_failed(svc, why);
+    svc->failed_for_dependency = true;
+}
+
 static void go_failed(sv_service_t *svc, const char *reason)
 {
     kiln_svclog_note(svc->log, "failed: %s", reason);
@@ -175,6 +203,11 @@ static void go_failed(sv_service_t *svc, const char *reason)
                         svc->has_exited ? exit_json(svc->exit_status) : json_null());
     sv_emit(svc, "alert", alert);
     json_decref(alert);
+    for (size_t i = 0; i < svc->sv->n_svcs; i++) {
+        sv_service_t *s = svc->sv->svcs[i];
+        if (s->state == KILN_SVC_WAITING && failed_dependency(s) == svc)
+            fail_for_dependency(s, svc);
+    }
 }
 
 /* Spawns a run, or skips a one-shot whose marker exists. */
@@ -221,7 +254,11 @@ static void begin_run(sv_service_t *svc)
         svc->next_spec = NULL;
     }
     if (!sv_deps_ready(svc)) {
-        set_state(svc, KILN_SVC_WAITING, NULL);
+        const sv_service_t *failed = failed_dependency(svc);
+        if (failed)
+            fail_for_dependency(svc, failed);
+        else
+            set_state(svc, KILN_SVC_WAITING, NULL);
         return;
     }
     launch(svc);
@@ -306,6 +343,7 @@ void sv_on_launch_failed(sv_service_t *svc, const char *reason)
 /* An explicit start (operator, apply) forgets earlier failures. */
 static void act_start(sv_service_t *svc)
 {
+    svc->failed_for_dependency = false;
     memset(svc->fail_ms, 0, sizeof svc->fail_ms);
     svc->fail_n = 0;
     svc->unready_runs = 0;

@@ -19,6 +19,7 @@ static const char usage_text[] =
     "       kiln machine gpus [--json] [global options]\n"
     "       kiln machine run [--state-dir DIR] [--gpus N] [global options]\n"
     "       kiln machine reload [--state-dir DIR]\n"
+    "       kiln machine download --service NAME [global options]\n"
     "\n"
     "  run    run the machine agent: start and supervise the plan, publish\n"
     "         status and events to Redis (see kiln machine run --help)\n"
@@ -27,6 +28,8 @@ static const char usage_text[] =
     "         worker-apiN, your services) built from the configuration and the\n"
     "         GPUs; starts nothing\n"
     "  gpus   list the GPUs discovered (NVML, else nvidia-smi, else none)\n"
+    "  download fetch services.NAME.downloads (the step the agent runs before\n"
+    "         NAME; see docs/downloads.md)\n"
     "\n"
     "See docs/machine.md.\n";
 
@@ -254,6 +257,8 @@ int kiln_cmd_machine(int argc, char **argv)
         return kiln_cmd_machine_run(argc - 1, argv + 1);
     if (argc > 1 && strcmp(argv[1], "reload") == 0)
         return kiln_cmd_machine_reload(argc - 1, argv + 1);
+    if (argc > 1 && strcmp(argv[1], "download") == 0)
+        return kiln_cmd_machine_download(argc - 1, argv + 1);
     kiln_cli_globals_t g;
     int rc = kiln_cli_parse_globals(&argc, argv, &g);
     if (rc != 0)

@@ -34,6 +34,8 @@ int kiln_cmd_workers(int argc, char **argv);
 int kiln_cmd_machine(int argc, char **argv);
 int kiln_cmd_machine_run(int argc, char **argv);    /* kiln machine run */
 int kiln_cmd_machine_reload(int argc, char **argv); /* kiln machine reload */
+/* kiln machine download (cmd_machine_download.c) */
+int kiln_cmd_machine_download(int argc, char **argv);
 int kiln_cmd_services(int argc, char **argv);
 int kiln_cmd_logs(int argc, char **argv);
 int kiln_cmd_restart(int argc, char **argv);

@@ -135,6 +135,20 @@ void kiln_config_load_templates(kiln_config_ctx_t *ctx, const kiln_config_origin
 json_t *kiln_config_services_to_json(const kiln_config_t *cfg);
 json_t *kiln_config_templates_to_json(const kiln_config_t *cfg);
 
+/* services.NAME.downloads (config_downloads.c): a list of at most
+ * KILN_CONFIG_MAX_DOWNLOADS {url, sha256, path} mappings into s. Records
+ * each problem; false when it recorded one. */
+#define KILN_CONFIG_MAX_DOWNLOADS 64
+bool kiln_config_load_downloads(kiln_config_ctx_t *ctx, const kiln_config_origin_t *o,
+                                const char *path, const json_t *value, kiln_service_config_t *s);
+
+/* s's downloads as JSON, URLs without user information or query
+ * (kiln_url_redact); NULL when it has none. */
+json_t *kiln_config_downloads_to_json(const kiln_service_config_t *s);
+
+/* Releases s's downloads. */
+void kiln_config_downloads_free(kiln_service_config_t *s);
+
 /* Releases cfg->services and cfg->templates. */
 void kiln_config_services_free(kiln_config_t *cfg);
 

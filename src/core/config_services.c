@@ -309,6 +309,7 @@ static void service_free(kiln_service_config_t *s)
     free_strv(s->depends_on, s->n_depends_on);
     free(s->ready.target);
     free_strv(s->ready.command, s->ready.n_command);
+    kiln_config_downloads_free(s);
     memset(s, 0, sizeof *s);
 }
 
@@ -455,6 +456,8 @@ static bool load_service_key(kiln_config_ctx_t *ctx, const kiln_config_origin_t 
                           "megabytes 1-1048576", &s->memory_limit_mb);
     if (strcmp(key, "port") == 0)
         return load_port(ctx, o, path, value, &s->port);
+    if (strcmp(key, "downloads") == 0)
+        return kiln_config_load_downloads(ctx, o, path, value, s);
     if (strcmp(key, "gpu") == 0) {
         if (!json_is_integer(value) || json_integer_value(value) < 0 ||
             json_integer_value(value) > 63) {
@@ -466,7 +469,7 @@ static bool load_service_key(kiln_config_ctx_t *ctx, const kiln_config_origin_t 
     }
     unknown_in(ctx, o, path,
                "command, env, cwd, depends_on, ready, restart, backoff_ms, ready_timeout_ms, "
-               "stop_timeout_ms, memory_limit_mb, port, gpu");
+               "stop_timeout_ms, memory_limit_mb, port, gpu, downloads");
     return false;
 }
 
@@ -595,6 +598,8 @@ json_t *kiln_config_services_to_json(const kiln_config_t *cfg)
             json_object_set_new(body, "port", json_integer(s->port));
         if (s->gpu >= 0)
             json_object_set_new(body, "gpu", json_integer(s->gpu));
+        if (s->n_downloads)
+            json_object_set_new(body, "downloads", kiln_config_downloads_to_json(s));
         json_object_set_new(out, s->name, body);
     }
     return out;

@@ -990,7 +990,7 @@ static void bad_services_are_refused_with_file_and_line(void **state)
                    f);
     assert_problem("%s:16: services.typo.comand: unknown key; expected one of command, env, cwd, "
                    "depends_on, ready, restart, backoff_ms, ready_timeout_ms, stop_timeout_ms, "
-                   "memory_limit_mb, port, gpu",
+                   "memory_limit_mb, port, gpu, downloads",
                    f);
     assert_problem("%s:19: services.selfish.depends_on[0]: \"selfish\" is the service itself; "
                    "list each other service once",
@@ -1003,6 +1003,80 @@ static void bad_services_are_refused_with_file_and_line(void **state)
                    "4096 bytes, got \"\"",
                    f);
     assert_int_equal(problems.count, 10);
+}
+
+static void service_downloads_load_with_url_sha256_and_path(void **state)
+{
+    (void)state;
+    assert_ok(load_yaml(
+        "services:\n"
+        "  painter:\n"
+        "    command: [/bin/x]\n"
+        "    downloads:\n"
+        "      - url: https://user:pw@models.example/sd.safetensors\n"
+        "        sha256: "
+        "ABCDEF0123456789abcdef0123456789abcdef0123456789abcdef0123456789\n"
+        "        path: models/checkpoints/sd.safetensors\n"
+        "      - {url: \"http://h/lora.bin?X-Amz-Signature=s1gn\", path: /opt/lora.bin}\n",
+        NULL));
+    const kiln_service_config_t *s = &cfg.services[0];
+    assert_int_equal(s->n_downloads, 2);
+    assert_string_equal(s->downloads[0].url, "https://user:pw@models.example/sd.safetensors");
+    /* Stored lowercase, as kiln_download and sha256sum print it. */
+    assert_string_equal(s->downloads[0].sha256,
+                        "abcdef0123456789abcdef0123456789abcdef0123456789abcdef0123456789");
+    assert_string_equal(s->downloads[0].path, "models/checkpoints/sd.safetensors");
+    assert_null(s->downloads[1].sha256);
+    assert_string_equal(s->downloads[1].url, "http://h/lora.bin?X-Amz-Signature=s1gn");
+    json_t *shown = kiln_config_to_json_redacted(&cfg);
+    char *text = json_dumps(shown, 0);
+    assert_null(strstr(text, ":pw@"));
+    assert_null(strstr(text, "s1gn"));
+    assert_non_null(strstr(text, "lora.bin"));
+    free(text);
+    json_decref(shown);
+}
+
+static void bad_downloads_are_refused_naming_the_entry_and_the_fix(void **state)
+{
+    (void)state;
+    int rc = load_yaml("services:\n"
+                       "  a:\n"
+                       "    command: [/bin/x]\n"
+                       "    downloads: {url: http://h/x}\n"
+                       "  b:\n"
+                       "    command: [/bin/x]\n"
+                       "    downloads:\n"
+                       "      - {url: \"ftp://h/x\", path: x}\n"
+                       "      - {url: \"http://h/x\", path: y, sha256: abc}\n"
+                       "      - {url: \"http://h/x\"}\n"
+                       "      - {url: \"http://h/x\", path: dir/}\n"
+                       "      - {url: \"http://h/x\", path: z, size: 3}\n"
+                       "  c:\n"
+                       "    command: [/bin/x]\n"
+                       "    downloads:\n"
+                       "      - {url: \"http://h/1\", path: same}\n"
+                       "      - {url: \"http://h/2\", path: same}\n"
+                       "  a-very-long-service-name-that-leaves-no-room-for-the-suffix-x:\n"
+                       "    command: [/bin/x]\n"
+                       "    downloads: [{url: \"http://h/x\", path: x}]\n",
+                       NULL);
+    assert_int_equal(rc, KILN_EINVAL);
+    const char *f = file_path;
+    assert_problem("%s:4: services.a.downloads: expected a list of at most 64 {url, sha256, "
+                   "path} mappings, got a mapping",
+                   f);
+    assert_problem("%s:8: services.b.downloads[0].url: expected an http:// or https:// URL, got "
+                   "\"ftp://h/x\"",
+                   f);
+    assert_problem_has("services.b.downloads[1].sha256: expected 64 hex digits", "\"abc\"");
+    assert_problem_has("services.b.downloads[2]: missing path", "each download needs url and path");
+    assert_problem_has("services.b.downloads[3].path: expected a file path", "\"dir/\"");
+    assert_problem_has("services.b.downloads[4].size: unknown key", "use url, sha256 or path");
+    assert_problem_has("services.c.downloads[1].path: same is also the path of entry 0",
+                       "give each download its own path");
+    assert_problem_has("downloads: a service with downloads needs a name of at most 54 characters",
+                       "shorten the name");
 }
 
 static void service_backoff_ms_sets_the_first_restart_delay_and_zero_is_allowed(void **state)
@@ -1321,6 +1395,8 @@ int main(void)
         TEST(gpu_count_with_has_gpu_false_is_refused),
         TEST(services_load_with_argv_env_dependencies_readiness_and_restart),
         TEST(bad_services_are_refused_with_file_and_line),
+        TEST(service_downloads_load_with_url_sha256_and_path),
+        TEST(bad_downloads_are_refused_naming_the_entry_and_the_fix),
         TEST(service_backoff_ms_sets_the_first_restart_delay_and_zero_is_allowed),
         TEST(bad_service_backoff_ms_is_refused_with_file_and_line),
         TEST(machine_api_token_comes_from_yaml_or_env_and_is_never_shown),

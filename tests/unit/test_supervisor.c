@@ -442,6 +442,49 @@ static void oneshot_timeout_fails_it(void **state)
     json_decref(st);
 }
 
+static void a_service_waiting_on_a_failed_step_fails_too_naming_it(void **state)
+{
+    svfx_t *fx = *state;
+    const char *step_argv[] = {HELPER("svc_crasher"), "3", "100", NULL};
+    const char *app_argv[] = {HELPER("svc_sleeper"), NULL};
+    kiln_svc_spec_t specs[3] = {svfx_make_spec("fetch", step_argv), svfx_make_spec("app", app_argv),
+                                svfx_make_spec("front", app_argv)};
+    specs[0].oneshot = true;
+    specs[0].restart = KILN_RESTART_NEVER;
+    specs[1].depends_on = svfx_strv("fetch", NULL);
+    specs[2].depends_on = svfx_strv("app", NULL);
+    svfx_apply_ok(fx, specs, 3);
+    svfx_clear_specs(specs, 3);
+    svfx_wait_state(fx, "fetch", "failed");
+    /* Not left waiting forever: app fails at once, and so does front. */
+    json_t *st = svfx_status_of(fx, "app");
+    assert_string_equal(json_string_value(json_object_get(st, "state")), "failed");
+    const char *why = json_string_value(json_object_get(st, "last_error"));
+    assert_non_null(why);
+    assert_non_null(strstr(why, "depends on fetch, which failed"));
+    json_decref(st);
+    st = svfx_status_of(fx, "front");
+    assert_string_equal(json_string_value(json_object_get(st, "state")), "failed");
+    assert_non_null(strstr(json_string_value(json_object_get(st, "last_error")), "depends on app"));
+    json_decref(st);
+    json_t *ev[2];
+    assert_int_equal(svfx_find_events(fx, "app", "state", "starting", ev, 2), 0);
+    assert_int_equal(svfx_find_events(fx, "app", "state", "running", ev, 2), 0);
+    /* The step fixed and run again: both start without being told. */
+    const char *fixed_argv[] = {HELPER("svc_crasher"), "0", "50", NULL};
+    kiln_svc_spec_t again[3] = {svfx_make_spec("fetch", fixed_argv),
+                                svfx_make_spec("app", app_argv), svfx_make_spec("front", app_argv)};
+    again[0].oneshot = true;
+    again[0].restart = KILN_RESTART_NEVER;
+    again[1].depends_on = svfx_strv("fetch", NULL);
+    again[2].depends_on = svfx_strv("app", NULL);
+    svfx_apply_ok(fx, again, 3);
+    svfx_clear_specs(again, 3);
+    svfx_wait_state(fx, "fetch", "exited");
+    svfx_wait_state(fx, "app", "running");
+    svfx_wait_state(fx, "front", "running");
+}
+
 static void readiness_fd_marks_running(void **state)
 {
     svfx_t *fx = *state;
@@ -701,6 +744,7 @@ int main(void)
         TEST(exec_failure_is_reported_clearly),
         TEST(oneshot_runs_once_and_marker_skips_it_next_time),
         TEST(oneshot_timeout_fails_it),
+        TEST(a_service_waiting_on_a_failed_step_fails_too_naming_it),
         TEST(readiness_fd_marks_running),
         TEST(apply_reload_keeps_untouched_pids_and_restarts_changed),
         TEST(apply_refuses_unknown_dependency_and_cycles_changing_nothing),
