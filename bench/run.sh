@@ -14,6 +14,7 @@
 #   BENCH_SLOTS            slot counts for throughput (default "1 10 50")
 #   BENCH_OUT              the report to write (default BENCHMARKS.md at the root)
 #   BENCH_OPENAI=0         skips bench/openai.sh (the openai connector's overhead)
+#   BENCH_HUB_FANOUT=0     skips bench/hub_fanout.sh (the hub's event fan-out)
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -318,3 +319,4 @@ EOF
 log "wrote $OUT"
 [ "${BENCH_AGENT:-1}" = 0 ] || BUILD=$BUILD BENCH_OUT=$OUT "$ROOT/bench/agent.sh" || log "bench/agent.sh failed (BENCH_AGENT=0 skips it)"
 [ "${BENCH_OPENAI:-1}" = 0 ] || BUILD=$BUILD BENCH_OUT=$OUT "$ROOT/bench/openai.sh" || log "bench/openai.sh failed (BENCH_OPENAI=0 skips it)"
+[ "${BENCH_HUB_FANOUT:-1}" = 0 ] || BUILD=$BUILD BENCH_OUT=$OUT "$ROOT/bench/hub_fanout.sh" || log "bench/hub_fanout.sh failed (BENCH_HUB_FANOUT=0 skips it)"
