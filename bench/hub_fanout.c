@@ -11,7 +11,9 @@
  * script); the time is taken just before the submit is sent, so every
  * latency includes the script's own run. Each client notes when each event
  * reaches it. Per event: the time until the LAST client has it; per
- * delivery: the time until one client has it. Prints one Markdown table
+ * delivery: the time until one client has it; and the hub's CPU time
+ * (user + system, /proc) per event over the measured phase, which a busy
+ * shared machine disturbs far less than latency. Prints one Markdown table
  * row; exits non-zero when an event never reached every client.
  */
 #include <civetweb.h>
@@ -93,6 +95,24 @@ static int start_hub(const char *kiln, const char *redis_url, int clients, const
     }
     fprintf(stderr, "hub_fanout: the hub did not start; its log is %s\n", log_path);
     return -1;
+}
+
+/* The hub's CPU time (user + system) so far, in µs; -1 if unknown. */
+static int64_t hub_cpu_us(void)
+{
+    char path[64], text[1024];
+    snprintf(path, sizeof path, "/proc/%d/stat", (int)hub_pid);
+    FILE *f = fopen(path, "r");
+    size_t n = f ? fread(text, 1, sizeof text - 1, f) : 0;
+    if (f)
+        fclose(f);
+    text[n] = '\0';
+    const char *p = strrchr(text, ')'); /* fields after the command name */
+    unsigned long long utime = 0, stime = 0;
+    if (!p ||
+        sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %llu %llu", &utime, &stime) != 2)
+        return -1;
+    return (int64_t)((utime + stime) * 1000000ULL / (unsigned long long)sysconf(_SC_CLK_TCK));
 }
 
 /* "…"job":"fanout.N"…" -> N, or -1. */
@@ -223,7 +243,7 @@ static int produce(kiln_broker_t *b, const kiln_job_spec_t *spec, const options_
 
 /* Prints the row: per event (last client) and per delivery percentiles. */
 static int report(const options_t *o, client_t *clients, const int64_t *sent_us,
-                  const long *numbers)
+                  const long *numbers, int64_t cpu_us)
 {
     int64_t *last = calloc((size_t)o->events, sizeof *last);
     int64_t *each = calloc((size_t)o->events * (size_t)o->clients, sizeof *each);
@@ -242,13 +262,13 @@ static int report(const options_t *o, client_t *clients, const int64_t *sent_us,
     }
     bench_sort_i64(last, o->events);
     bench_sort_i64(each, n_each);
-    printf("| %d | %ld | %.0f | %.2f | %.2f | %.2f | %.2f | %.2f | %ld |\n", o->clients, o->events,
-           o->interval_us ? 1e6 / (double)o->interval_us : 0.0,
+    printf("| %d | %ld | %.0f | %.2f | %.2f | %.2f | %.2f | %.2f | %.2f | %ld |\n", o->clients,
+           o->events, o->interval_us ? 1e6 / (double)o->interval_us : 0.0,
            bench_percentile(last, o->events, 50) / 1000.0,
            bench_percentile(last, o->events, 99) / 1000.0,
            bench_percentile(last, o->events, 100) / 1000.0,
            bench_percentile(each, n_each, 50) / 1000.0, bench_percentile(each, n_each, 99) / 1000.0,
-           missing);
+           cpu_us >= 0 ? (double)cpu_us / 1000.0 / (double)o->events : -1.0, missing);
     free(last);
     free(each);
     return missing ? 1 : 0;
@@ -302,14 +322,17 @@ int main(int argc, char **argv)
     }
     fprintf(stderr, "hub_fanout: %d clients live after %.1f s\n", o.clients,
             (bench_now_us(CLOCK_MONOTONIC) - t0) / 1e6);
+    int64_t cpu_before = hub_cpu_us();
     if (rc == 0)
         rc = produce(b, &spec, &o, sent_us, numbers);
     fprintf(stderr, "hub_fanout: %ld events sent after %.1f s\n", o.events,
             (bench_now_us(CLOCK_MONOTONIC) - t0) / 1e6);
     if (rc == 0 && !all_have(clients, o.clients, numbers[o.events - 1]))
         fprintf(stderr, "hub_fanout: the last event did not reach every client\n");
+    int64_t cpu_after = hub_cpu_us();
     if (rc == 0)
-        rc = report(&o, clients, sent_us, numbers);
+        rc = report(&o, clients, sent_us, numbers,
+                    cpu_before >= 0 && cpu_after >= 0 ? cpu_after - cpu_before : -1);
     fprintf(stderr, "hub_fanout: reported after %.1f s\n",
             (bench_now_us(CLOCK_MONOTONIC) - t0) / 1e6);
     stop_hub();
