@@ -598,10 +598,114 @@ compat_job_with_minima_and_negative_requirements_runs_only_where_it_matches(void
     f->passed = true;
 }
 
+/* ---- the earlier clients' socket ------------------------------------------------- */
+
+typedef struct inbox {
+    pthread_mutex_t mu;
+    json_t *messages;
+} inbox_t;
+
+static int inbox_on_data(struct mg_connection *conn, int flags, char *data, size_t len, void *ctx)
+{
+    (void)conn;
+    inbox_t *in = ctx;
+    if ((flags & 0xf) == MG_WEBSOCKET_OPCODE_TEXT) {
+        json_t *msg = json_loadb(data, len, 0, NULL);
+        pthread_mutex_lock(&in->mu);
+        if (msg)
+            json_array_append_new(in->messages, msg);
+        pthread_mutex_unlock(&in->mu);
+    }
+    return 1;
+}
+
+typedef struct inbox_wait {
+    inbox_t *in;
+    const char *type;
+    size_t count;
+} inbox_wait_t;
+
+static bool inbox_has(void *ctx)
+{
+    inbox_wait_t *w = ctx;
+    pthread_mutex_lock(&w->in->mu);
+    size_t n = 0, i;
+    json_t *m;
+    json_array_foreach(w->in->messages, i, m)
+    {
+        n += strcmp(kiln_test_jstr(m, "type"), w->type) == 0;
+    }
+    pthread_mutex_unlock(&w->in->mu);
+    return n >= w->count;
+}
+
+/* The message_id'th reply's field (a copy in out). */
+static void inbox_field(inbox_t *in, const char *message_id, const char *key, char *out,
+                        size_t size)
+{
+    pthread_mutex_lock(&in->mu);
+    size_t i;
+    json_t *m;
+    out[0] = '\0';
+    json_array_foreach(in->messages, i, m)
+    {
+        if (!strcmp(kiln_test_jstr(m, "message_id"), message_id))
+            snprintf(out, size, "%s", kiln_test_jstr(m, key));
+    }
+    pthread_mutex_unlock(&in->mu);
+}
+
+static void compat_socket_submit_job_is_routed_and_its_requirements_mapped(void **state)
+{
+    fixture_t *f = *state;
+    start_hub(f, NULL, NULL);
+    set_wake("desktop", "127.0.0.1", 9);
+    start_worker(f, "spot-w", "spot", "{\"gpu_memory_gb\":24,\"tags\":[\"spot\"]}");
+    start_worker(f, "good-w", "good", "{\"gpu_memory_gb\":24}");
+    wait_machine("spot", "online");
+    wait_machine("good", "online");
+    inbox_t in = {.messages = json_array()};
+    pthread_mutex_init(&in.mu, NULL);
+    int port = atoi(strrchr(f->hub.url, ':') + 1);
+    char error[256] = "";
+    struct mg_connection *conn = mg_connect_websocket_client(
+        "127.0.0.1", port, 0, error, sizeof error, "/ws/client/c1", NULL, inbox_on_data, NULL, &in);
+    assert_non_null(conn);
+    static const char *const msgs[] = {
+        "{\"type\":\"submit_job\",\"message_id\":\"pinned\",\"service_required\":"
+        "\"simulation\",\"requirements\":{\"machine\":\"desktop\"}}",
+        "{\"type\":\"submit_job\",\"message_id\":\"bad\",\"service_required\":\"simulation\","
+        "\"requirements\":{\"positive_requirements\":{\"hardware\":{\"gpu_memory_gb\":-1}}}}",
+        "{\"type\":\"submit_job\",\"message_id\":\"good\",\"service_required\":"
+        "\"simulation\",\"payload\":{\"duration_ms\":10},\"requirements\":{"
+        "\"positive_requirements\":{\"hardware\":{\"gpu_memory_gb\":16}},"
+        "\"negative_requirements\":{\"tags\":[\"spot\"]}}}"};
+    for (size_t i = 0; i < 3; i++)
+        mg_websocket_client_write(conn, MG_WEBSOCKET_OPCODE_TEXT, msgs[i], strlen(msgs[i]));
+    inbox_wait_t w = {&in, "complete_job", 1};
+    assert_true(kiln_test_wait_until(inbox_has, &w, 15000));
+    w = (inbox_wait_t){&in, "error", 2};
+    assert_true(kiln_test_wait_until(inbox_has, &w, 5000));
+    char text[512], id[KILN_JOB_ID_MAX];
+    inbox_field(&in, "pinned", "error", text, sizeof text);
+    assert_non_null(strstr(text, "machine 'desktop' is offline"));
+    inbox_field(&in, "bad", "error", text, sizeof text);
+    assert_non_null(strstr(text, "requirements.positive_requirements.hardware.gpu_memory_gb"));
+    inbox_field(&in, "good", "job_id", id, sizeof id);
+    assert_true(id[0] != '\0');
+    mg_close_connection(conn);
+    json_decref(in.messages);
+    kiln_test_http_t r = get_job(id);
+    assert_string_equal(kiln_test_jstr(r.json, "state"), "completed");
+    assert_string_equal(kiln_test_jstr(r.json, "worker"), "good-w");
+    kiln_test_http_free(&r);
+    f->passed = true;
+}
+
 int main(void)
 {
     curl_global_init(CURL_GLOBAL_ALL);
-    mg_init_library(0);
+    mg_init_library(MG_FEATURES_WEBSOCKET);
     kiln_test_tmpdir(log_dir, sizeof log_dir);
     kiln_test_redis_start(&redis, false);
     const struct CMUnitTest tests[] = {
@@ -614,6 +718,7 @@ int main(void)
         T(webhook_is_signed_retried_after_a_failure_and_shown_delivered),
         T(webhook_is_refused_when_the_hub_has_no_secret),
         T(compat_job_with_minima_and_negative_requirements_runs_only_where_it_matches),
+        T(compat_socket_submit_job_is_routed_and_its_requirements_mapped),
 #undef T
     };
     if (getenv("KILN_TEST_FILTER"))
