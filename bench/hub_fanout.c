@@ -173,6 +173,22 @@ static bool all_have(client_t *clients, int n_clients, long n)
     return false;
 }
 
+/* Warm-up: the hub follows the new queue's stream and every client is
+ * live before the measured events. */
+static int warm_up(kiln_broker_t *b, const kiln_job_spec_t *spec, client_t *clients, int n_clients)
+{
+    for (int k = 0; k < WARMUP; k++) {
+        long n;
+        if (submit_one(b, spec, &n) != 0)
+            return -1;
+        if (!all_have(clients, n_clients, n)) {
+            fprintf(stderr, "hub_fanout: warm-up event %ld did not reach every client\n", n);
+            return -1;
+        }
+    }
+    return 0;
+}
+
 typedef struct options {
     const char *kiln, *redis_url;
     int clients;
@@ -310,16 +326,8 @@ int main(int argc, char **argv)
     long *numbers = calloc((size_t)o.events, sizeof *numbers);
     int rc =
         port > 0 && clients && sent_us && numbers ? connect_clients(clients, o.clients, port) : -1;
-    /* Warm-up: the hub follows the new queue's stream and every client is
-     * live before the measured events. */
-    for (int k = 0; rc == 0 && k < WARMUP; k++) {
-        long n;
-        rc = submit_one(b, &spec, &n);
-        if (rc == 0 && !all_have(clients, o.clients, n)) {
-            fprintf(stderr, "hub_fanout: warm-up event %ld did not reach every client\n", n);
-            rc = -1;
-        }
-    }
+    if (rc == 0)
+        rc = warm_up(b, &spec, clients, o.clients);
     fprintf(stderr, "hub_fanout: %d clients live after %.1f s\n", o.clients,
             (bench_now_us(CLOCK_MONOTONIC) - t0) / 1e6);
     int64_t cpu_before = hub_cpu_us();
