@@ -446,8 +446,10 @@ static bool signature_ok(const char *header, const char *body, size_t len)
 static int on_webhook(struct mg_connection *conn, void *cbdata)
 {
     receiver_t *rx = cbdata;
-    char body[65536];
-    int len = mg_read(conn, body, sizeof body - 1);
+    enum { BODY_MAX = 65536 };
+    char *body = malloc(BODY_MAX); /* civetweb's thread stacks are small */
+    assert_non_null(body);
+    int len = mg_read(conn, body, BODY_MAX - 1);
     body[len > 0 ? len : 0] = '\0';
     bool ok = signature_ok(mg_get_header(conn, "X-Kiln-Signature"), body, len > 0 ? len : 0);
     json_t *job = json_loads(body, 0, NULL);
@@ -459,6 +461,7 @@ static int on_webhook(struct mg_connection *conn, void *cbdata)
     }
     pthread_mutex_unlock(&rx->mu);
     json_decref(job);
+    free(body);
     int status = attempt == 1 ? 500 : ok ? 200 : 401;
     mg_printf(conn,
               "HTTP/1.1 %d %s\r\nContent-Type: text/plain\r\nContent-Length: 2\r\n"
