@@ -188,6 +188,7 @@ typedef struct kiln_config {
         struct {
             char *secret;      /* KILN_HUB_WEBHOOKS_SECRET, or the file hub.webhooks.secret_file |
                                   KILN_HUB_WEBHOOKS_SECRET_FILE names; never logged */
+            char *secret_file; /* the file it was read from (NULL: from the environment) */
             char *default_url; /* hub.webhooks.default_url | KILN_HUB_WEBHOOKS_DEFAULT_URL */
             int max_attempts;  /* hub.webhooks.max_attempts | KILN_HUB_WEBHOOKS_MAX_ATTEMPTS;
                                   default 5, 1-20 */

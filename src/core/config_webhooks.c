@@ -77,6 +77,10 @@ static bool read_secret_file(kiln_config_ctx_t *ctx, const char *where, const ch
         kiln_problems_add(ctx->problems, "%s: the secret file is over %d bytes", where,
                           SECRET_FILE_MAX);
     explicit_bzero(buf, sizeof buf);
+    if (ok) {
+        free(ctx->cfg->hub.webhooks.secret_file);
+        ctx->cfg->hub.webhooks.secret_file = strdup(path);
+    }
     return ok;
 }
 
@@ -166,32 +170,47 @@ void kiln_config_hub_webhooks_apply_env(kiln_config_ctx_t *ctx, char **envp)
             char where[64];
             snprintf(where, sizeof where, "environment %.*s", (int)n - 1, vars[i]);
             const char *text = *e + n;
-            if (i == 0)
-                take_secret(ctx, where, text);
-            else if (i == 1)
+            switch (i) {
+            case 0:
+                if (take_secret(ctx, where, text)) { /* no file behind it */
+                    free(ctx->cfg->hub.webhooks.secret_file);
+                    ctx->cfg->hub.webhooks.secret_file = NULL;
+                }
+                break;
+            case 1:
                 read_secret_file(ctx, where, text);
-            else if (i == 2)
+                break;
+            case 2:
                 set_default_url(ctx, where, text);
-            else
+                break;
+            default:
                 set_max_attempts(ctx, where, text);
+            }
         }
     }
 }
 
 json_t *kiln_config_hub_webhooks_to_json(const kiln_config_t *cfg)
 {
+    /* Only keys that load back: the secret itself never appears, its file
+     * does (a secret from the environment shows as nothing). */
+    json_t *out = json_pack("{s:i}", "max_attempts", cfg->hub.webhooks.max_attempts);
     const char *url = cfg->hub.webhooks.default_url;
-    char shown[KILN_WEBHOOK_URL_MAX + 32] = "";
-    if (url)
+    if (url) {
+        char shown[KILN_WEBHOOK_URL_MAX + 32];
         kiln_url_redact(url, shown, sizeof shown);
-    return json_pack("{s:s?, s:s?, s:i}", "secret", cfg->hub.webhooks.secret ? "***" : NULL,
-                     "default_url", url ? shown : NULL, "max_attempts",
-                     cfg->hub.webhooks.max_attempts);
+        json_object_set_new(out, "default_url", json_string(shown));
+    }
+    if (cfg->hub.webhooks.secret_file)
+        json_object_set_new(out, "secret_file", json_string(cfg->hub.webhooks.secret_file));
+    return out;
 }
 
 void kiln_config_hub_webhooks_free(kiln_config_t *cfg)
 {
     set_secret(cfg, NULL);
+    free(cfg->hub.webhooks.secret_file);
+    cfg->hub.webhooks.secret_file = NULL;
     free(cfg->hub.webhooks.default_url);
     cfg->hub.webhooks.default_url = NULL;
 }

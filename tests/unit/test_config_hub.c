@@ -167,6 +167,7 @@ static void webhooks_load_from_the_file_a_secret_file_and_the_environment(void *
     char *text = json_dumps(shown, 0);
     assert_null(strstr(text, "file-secret"));
     assert_non_null(strstr(text, "\"max_attempts\": 7"));
+    assert_non_null(strstr(text, "webhook.secret\"")); /* the file, which loads back */
     free(text);
     json_decref(shown);
 
