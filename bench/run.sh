@@ -15,6 +15,7 @@
 #   BENCH_OUT              the report to write (default BENCHMARKS.md at the root)
 #   BENCH_OPENAI=0         skips bench/openai.sh (the openai connector's overhead)
 #   BENCH_MONITOR=0        skips bench/monitor_render.sh (the monitor's first render)
+#   BENCH_HUB_FANOUT=0     skips bench/hub_fanout.sh (the hub's event fan-out)
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -320,3 +321,4 @@ log "wrote $OUT"
 [ "${BENCH_AGENT:-1}" = 0 ] || BUILD=$BUILD BENCH_OUT=$OUT "$ROOT/bench/agent.sh" || log "bench/agent.sh failed (BENCH_AGENT=0 skips it)"
 [ "${BENCH_OPENAI:-1}" = 0 ] || BUILD=$BUILD BENCH_OUT=$OUT "$ROOT/bench/openai.sh" || log "bench/openai.sh failed (BENCH_OPENAI=0 skips it)"
 [ "${BENCH_MONITOR:-1}" = 0 ] || BUILD=$BUILD BENCH_OUT=$OUT "$ROOT/bench/monitor_render.sh" || log "bench/monitor_render.sh failed (BENCH_MONITOR=0 skips it)"
+[ "${BENCH_HUB_FANOUT:-1}" = 0 ] || BUILD=$BUILD BENCH_OUT=$OUT "$ROOT/bench/hub_fanout.sh" || log "bench/hub_fanout.sh failed (BENCH_HUB_FANOUT=0 skips it)"

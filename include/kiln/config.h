@@ -209,6 +209,15 @@ typedef struct kiln_config {
         size_t n_tokens;
         char **cors_origins; /* hub.cors_origins | KILN_HUB_CORS_ORIGINS (comma list) */
         size_t n_cors_origins;
+        /* Webhook delivery (docs/hub.md); off while secret is NULL. */
+        struct {
+            char *secret;      /* KILN_HUB_WEBHOOKS_SECRET, or the file hub.webhooks.secret_file |
+                                  KILN_HUB_WEBHOOKS_SECRET_FILE names; never logged */
+            char *secret_file; /* the file it was read from (NULL: from the environment) */
+            char *default_url; /* hub.webhooks.default_url | KILN_HUB_WEBHOOKS_DEFAULT_URL */
+            int max_attempts;  /* hub.webhooks.max_attempts | KILN_HUB_WEBHOOKS_MAX_ATTEMPTS;
+                                  default 5, 1-20 */
+        } webhooks;
     } hub;
 } kiln_config_t;
 

@@ -308,6 +308,7 @@ void kiln_config_hub_defaults(kiln_config_t *cfg)
     cfg->hub.listen = strdup(KILN_CONFIG_HUB_LISTEN_DEFAULT);
     cfg->hub.threads = 64;
     cfg->hub.max_body_bytes = 2 * 1048576;
+    cfg->hub.webhooks.max_attempts = 5;
 }
 
 void kiln_config_load_hub(kiln_config_ctx_t *ctx, const kiln_config_origin_t *o,
@@ -333,6 +334,8 @@ void kiln_config_load_hub(kiln_config_ctx_t *ctx, const kiln_config_origin_t *o,
             load_tokens(ctx, o, value);
         else if (strcmp(key, "cors_origins") == 0)
             load_origins(ctx, where, value);
+        else if (strcmp(key, "webhooks") == 0)
+            kiln_config_load_hub_webhooks(ctx, o, value);
         else if (is_scalar_key(key)) {
             char num[32];
             const char *text = json_string_value(value);
@@ -344,8 +347,7 @@ void kiln_config_load_hub(kiln_config_ctx_t *ctx, const kiln_config_origin_t *o,
         } else
             kiln_problems_add(ctx->problems,
                               "%s: unknown key; expected one of listen, threads, max_body_bytes, "
-                              "rate_limit_per_s, "
-                              "tokens, cors_origins",
+                              "rate_limit_per_s, tokens, cors_origins, webhooks",
                               where);
     }
 }
@@ -414,6 +416,7 @@ void kiln_config_hub_apply_env(kiln_config_ctx_t *ctx, char **envp)
         else if (strncmp(*e, "KILN_HUB_CORS_ORIGINS=", 22) == 0)
             env_origins(ctx, *e + 22);
     }
+    kiln_config_hub_webhooks_apply_env(ctx, envp);
 }
 
 bool kiln_config_hub_set_text(kiln_config_ctx_t *ctx, const char *path, const char *flag,
@@ -436,10 +439,11 @@ json_t *kiln_config_hub_to_json(const kiln_config_t *cfg)
                               kiln_config_hub_role_name(cfg->hub.tokens[i].role), "token", "***"));
     for (size_t i = 0; i < cfg->hub.n_cors_origins; i++)
         json_array_append_new(origins, json_string(cfg->hub.cors_origins[i]));
-    return json_pack("{s:s, s:i, s:I, s:i, s:o, s:o}", "listen",
+    return json_pack("{s:s, s:i, s:I, s:i, s:o, s:o, s:o}", "listen",
                      cfg->hub.listen ? cfg->hub.listen : "", "threads", cfg->hub.threads,
                      "max_body_bytes", (json_int_t)cfg->hub.max_body_bytes, "rate_limit_per_s",
-                     cfg->hub.rate_limit_per_s, "tokens", tokens, "cors_origins", origins);
+                     cfg->hub.rate_limit_per_s, "tokens", tokens, "cors_origins", origins,
+                     "webhooks", kiln_config_hub_webhooks_to_json(cfg));
 }
 
 void kiln_config_hub_free(kiln_config_t *cfg)
@@ -448,4 +452,5 @@ void kiln_config_hub_free(kiln_config_t *cfg)
     cfg->hub.listen = NULL;
     clear_tokens(cfg);
     clear_origins(cfg);
+    kiln_config_hub_webhooks_free(cfg);
 }

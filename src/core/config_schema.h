@@ -172,4 +172,20 @@ json_t *kiln_config_hub_to_json(const kiln_config_t *cfg);
 
 void kiln_config_hub_free(kiln_config_t *cfg);
 
+/* ---- hub.webhooks (config_webhooks.c) ----------------------------------------- */
+
+/* Loads hub.webhooks (default_url, max_attempts, secret_file; a secret
+ * written in the file itself is refused). */
+void kiln_config_load_hub_webhooks(kiln_config_ctx_t *ctx, const kiln_config_origin_t *o,
+                                   const json_t *section);
+
+/* Applies KILN_HUB_WEBHOOKS_SECRET, _SECRET_FILE, _DEFAULT_URL, _MAX_ATTEMPTS. */
+void kiln_config_hub_webhooks_apply_env(kiln_config_ctx_t *ctx, char **envp);
+
+/* hub.webhooks as JSON, the secret shown as "***". Caller owns. */
+json_t *kiln_config_hub_webhooks_to_json(const kiln_config_t *cfg);
+
+/* Releases hub.webhooks, wiping the secret. */
+void kiln_config_hub_webhooks_free(kiln_config_t *cfg);
+
 #endif

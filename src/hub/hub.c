@@ -156,6 +156,28 @@ static int start_civetweb(kiln_hub_t *hub, int threads, kiln_err_t *err)
     return 0;
 }
 
+/* The webhook delivery loop, when a secret is configured. Its consumer
+ * name is this hub's host and pid, so hubs side by side share the work. */
+static int start_webhooks(kiln_hub_t *hub, const kiln_config_t *cfg, kiln_err_t *err)
+{
+    if (!cfg->hub.webhooks.secret) {
+        kiln_log(KILN_LOG_INFO, COMPONENT, NULL, NULL,
+                 "webhooks off: set KILN_HUB_WEBHOOKS_SECRET or hub.webhooks.secret_file to "
+                 "deliver them");
+        return 0;
+    }
+    kiln_webhook_options_t opts = {.redis_url = hub->redis_url,
+                                   .default_url = cfg->hub.webhooks.default_url,
+                                   .secret = cfg->hub.webhooks.secret,
+                                   .max_attempts = cfg->hub.webhooks.max_attempts};
+    int rc = kiln_webhooks_start(&opts, &hub->webhooks, err);
+    if (rc == 0)
+        kiln_log(KILN_LOG_INFO, COMPONENT, NULL, NULL,
+                 "webhooks on: up to %d attempts per delivery%s", opts.max_attempts,
+                 opts.default_url ? ", with a default URL" : "");
+    return rc;
+}
+
 static void free_memory(kiln_hub_t *hub)
 {
     for (size_t i = 0; i < hub->n_origins; i++)
@@ -193,9 +215,16 @@ int kiln_hub_new(const kiln_config_t *cfg, kiln_hub_t **out, kiln_err_t *err)
         hub_batcher_stop(hub);
         goto error;
     }
+    rc = start_webhooks(hub, cfg, err);
+    if (rc) {
+        hub_events_stop(hub);
+        hub_batcher_stop(hub);
+        goto error;
+    }
     mg_init_library(MG_FEATURES_WEBSOCKET);
     rc = start_civetweb(hub, hub->threads, err);
     if (rc) {
+        kiln_webhooks_stop(hub->webhooks);
         hub_events_stop(hub);
         hub_batcher_stop(hub);
         mg_exit_library();
@@ -235,6 +264,7 @@ void kiln_hub_free(kiln_hub_t *hub)
     atomic_store(&hub->stopping, true);
     hub_events_shutdown(hub);
     mg_stop(hub->mg);
+    kiln_webhooks_stop(hub->webhooks);
     hub_batcher_stop(hub);
     hub_events_stop(hub);
     mg_exit_library();

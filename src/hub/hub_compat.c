@@ -15,12 +15,13 @@
 
 #include "broker/ops.h"
 #include "hub/hub_internal.h"
+#include "kiln/hub_compat.h"
 
 /* The one place where the earlier format's requirements become kiln's
- * (docs/hub.md). For now kiln's own requirement language passes through;
- * the earlier positive_requirements / negative_requirements are refused
- * with the field named. Returns a new reference in *out, or a KILN_E*
- * code with err naming the field. */
+ * (docs/hub-compat.md): {positive_requirements, negative_requirements} are
+ * mapped by kiln_hub_compat_requirements; an object without them is taken
+ * as kiln's own requirement language. Returns a new reference in *out, or
+ * a KILN_E* code with err naming the field. */
 static int convert_requirements(json_t *old, json_t **out, kiln_err_t *err)
 {
     *out = NULL;
@@ -28,16 +29,20 @@ static int convert_requirements(json_t *old, json_t **out, kiln_err_t *err)
         return 0;
     if (!json_is_object(old))
         return kiln_err_set(err, KILN_EINVAL, "requirements: expected an object");
-    static const char *const later[] = {"positive_requirements", "negative_requirements"};
-    for (size_t i = 0; i < 2; i++) {
-        if (json_object_get(old, later[i]))
-            return kiln_err_set(err, KILN_EINVAL,
-                                "requirements.%s: not supported yet by this hub; state the "
-                                "requirements in kiln's form (docs/requirements.md)",
-                                later[i]);
+    json_t *positive = json_object_get(old, "positive_requirements");
+    json_t *negative = json_object_get(old, "negative_requirements");
+    if (!positive && !negative) {
+        *out = json_incref(old);
+        return 0;
     }
-    *out = json_incref(old);
-    return 0;
+    if (json_object_size(old) != (size_t)(positive != NULL) + (negative != NULL))
+        return kiln_err_set(err, KILN_EINVAL,
+                            "requirements: give either positive_requirements / "
+                            "negative_requirements or kiln's requirements "
+                            "(docs/requirements.md), not both");
+    kiln_hub_error_t he = {0};
+    int rc = kiln_hub_compat_requirements(positive, negative, out, &he);
+    return rc ? kiln_err_set(err, rc, "requirements.%s", he.message) : 0;
 }
 
 /* Builds kiln's job spec from an earlier-format job (borrowed). */

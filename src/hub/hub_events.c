@@ -49,6 +49,11 @@ struct hub_sub {
     size_t count;
     bool closed;
     const char *reason;
+    /* qmu guards the queue (head, tail, count), closed and reason, and is
+     * what cond waits with: a writer woken for an event takes only its own
+     * lock, not the hub-wide mu the reader holds while it hands the event
+     * to every subscriber. Lock order: ev->mu, then qmu. */
+    pthread_mutex_t qmu;
     pthread_cond_t cond;
     char **watched;
     size_t n_watched;
@@ -198,9 +203,13 @@ static bool filter_passes(const hub_sub_t *sub, json_t *event)
 /* Queues event (a new reference is taken) for sub. Called with mu held. */
 static void enqueue_locked(hub_events_t *ev, hub_sub_t *sub, json_t *event)
 {
-    if (sub->closed)
+    node_t *n = malloc(sizeof *n);
+    if (!n)
         return;
-    if (sub->count >= KILN_HUB_CLIENT_QUEUE_MAX) {
+    n->event = json_incref(event);
+    n->next = NULL;
+    pthread_mutex_lock(&sub->qmu);
+    if (!sub->closed && sub->count >= KILN_HUB_CLIENT_QUEUE_MAX) {
         sub->closed = true;
         sub->reason = "slow client: more than "
                       "4096"
@@ -208,21 +217,23 @@ static void enqueue_locked(hub_events_t *ev, hub_sub_t *sub, json_t *event)
                       "last cursor";
         ev->dropped++;
         pthread_cond_signal(&sub->cond);
-        return;
     }
-    node_t *n = malloc(sizeof *n);
-    if (!n)
-        return;
-    n->event = json_incref(event);
-    n->next = NULL;
-    if (sub->tail)
-        sub->tail->next = n;
-    else
-        sub->head = n;
-    sub->tail = n;
-    sub->count++;
-    ev->delivered++;
-    pthread_cond_signal(&sub->cond);
+    bool queued = !sub->closed;
+    if (queued) {
+        if (sub->tail)
+            sub->tail->next = n;
+        else
+            sub->head = n;
+        sub->tail = n;
+        sub->count++;
+        ev->delivered++;
+        pthread_cond_signal(&sub->cond);
+    }
+    pthread_mutex_unlock(&sub->qmu);
+    if (!queued) {
+        json_decref(n->event);
+        free(n);
+    }
 }
 
 /* Hands one live event to every subscriber. Called with mu held. */
@@ -427,9 +438,11 @@ void hub_events_shutdown(kiln_hub_t *hub)
     ev->stop = true;
     pthread_cond_broadcast(&ev->stop_cond);
     for (hub_sub_t *sub = ev->subs; sub; sub = sub->next) {
+        pthread_mutex_lock(&sub->qmu);
         sub->closed = true;
         sub->reason = "the hub is shutting down; reconnect with the last cursor";
         pthread_cond_signal(&sub->cond);
+        pthread_mutex_unlock(&sub->qmu);
     }
     pthread_mutex_unlock(&ev->mu);
     if (ev->started)
@@ -574,6 +587,7 @@ static int catch_up(hub_events_t *ev, kiln_broker_t *b, hub_sub_t *sub, const ch
     }
     free(map);
     pthread_mutex_lock(&ev->mu);
+    pthread_mutex_lock(&sub->qmu);
     if (rc == 0 && list.count > KILN_HUB_CLIENT_QUEUE_MAX) {
         sub->closed = true;
         sub->reason = "the cursor is more than 4096 events behind; resume from a later cursor";
@@ -587,6 +601,7 @@ static int catch_up(hub_events_t *ev, kiln_broker_t *b, hub_sub_t *sub, const ch
         list.head = NULL;
         pthread_cond_signal(&sub->cond);
     }
+    pthread_mutex_unlock(&sub->qmu);
     pthread_mutex_unlock(&ev->mu);
     free_nodes(list.head);
     return rc;
@@ -603,6 +618,7 @@ hub_sub_t *hub_sub_new(kiln_hub_t *hub, kiln_broker_t *broker, const hub_filter_
     }
     sub->ev = ev;
     sub->filter = *filter;
+    pthread_mutex_init(&sub->qmu, NULL);
     pthread_cond_init(&sub->cond, NULL);
     bool resume = since && *since;
     if (resume && !parse_cursor(since, &sub->floor, &sub->n_floor)) {
@@ -633,6 +649,7 @@ hub_sub_t *hub_sub_new(kiln_hub_t *hub, kiln_broker_t *broker, const hub_filter_
         kiln_err_set(err, KILN_ECANCELLED, "the hub is shutting down");
         free(sub->floor);
         pthread_cond_destroy(&sub->cond);
+        pthread_mutex_destroy(&sub->qmu);
         free(sub);
         return NULL;
     }
@@ -689,7 +706,6 @@ int hub_sub_watch_job(hub_sub_t *sub, kiln_broker_t *broker, const char *job_id,
 int hub_sub_next(hub_sub_t *sub, long timeout_ms, json_t **event, const char **reason)
 {
     *event = NULL;
-    hub_events_t *ev = sub->ev;
     struct timespec ts;
     clock_gettime(CLOCK_REALTIME, &ts);
     ts.tv_sec += timeout_ms / 1000;
@@ -698,9 +714,9 @@ int hub_sub_next(hub_sub_t *sub, long timeout_ms, json_t **event, const char **r
         ts.tv_sec++;
         ts.tv_nsec -= 1000000000L;
     }
-    pthread_mutex_lock(&ev->mu);
+    pthread_mutex_lock(&sub->qmu);
     while (!sub->head && !sub->closed) {
-        if (pthread_cond_timedwait(&sub->cond, &ev->mu, &ts) == ETIMEDOUT)
+        if (pthread_cond_timedwait(&sub->cond, &sub->qmu, &ts) == ETIMEDOUT)
             break;
     }
     int rc = 0;
@@ -717,19 +733,19 @@ int hub_sub_next(hub_sub_t *sub, long timeout_ms, json_t **event, const char **r
         free(n);
         rc = 1;
     }
-    pthread_mutex_unlock(&ev->mu);
+    pthread_mutex_unlock(&sub->qmu);
     return rc;
 }
 
 void hub_sub_close(hub_sub_t *sub, const char *reason)
 {
-    pthread_mutex_lock(&sub->ev->mu);
+    pthread_mutex_lock(&sub->qmu);
     if (!sub->closed) {
         sub->closed = true;
         sub->reason = reason;
     }
     pthread_cond_signal(&sub->cond);
-    pthread_mutex_unlock(&sub->ev->mu);
+    pthread_mutex_unlock(&sub->qmu);
 }
 
 void hub_sub_free(hub_sub_t *sub)
@@ -754,5 +770,6 @@ void hub_sub_free(hub_sub_t *sub)
     free(sub->watched);
     free(sub->floor);
     pthread_cond_destroy(&sub->cond);
+    pthread_mutex_destroy(&sub->qmu);
     free(sub);
 }

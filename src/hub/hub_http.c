@@ -22,6 +22,7 @@ const hub_route_t hub_routes[] = {
     {"POST", "/v1/jobs", KILN_HUB_ROLE_SUBMIT, hub_jobs_submit},
     {"GET", "/v1/jobs", KILN_HUB_ROLE_READ, hub_jobs_list},
     {"GET", "/v1/jobs/{id}", KILN_HUB_ROLE_READ, hub_jobs_get},
+    {"GET", "/v1/jobs/{id}/waiting", KILN_HUB_ROLE_READ, hub_jobs_waiting},
     {"DELETE", "/v1/jobs/{id}", KILN_HUB_ROLE_SUBMIT, hub_jobs_cancel},
     {"POST", "/v1/jobs/{id}/retry", KILN_HUB_ROLE_SUBMIT, hub_jobs_retry},
     {"GET", "/v1/jobs/{id}/events", KILN_HUB_ROLE_READ, hub_stream_job_events},

@@ -23,6 +23,7 @@
 
 #include "kiln/broker.h"
 #include "kiln/hub.h"
+#include "kiln/hub_webhook.h"
 
 #define HUB_TOKEN_DIGEST 32
 
@@ -55,6 +56,7 @@ struct kiln_hub {
     long retention_age_s;
     hub_events_t *events;
     hub_batcher_t *batcher;
+    kiln_webhooks_t *webhooks; /* the delivery loop; NULL without hub.webhooks.secret */
     atomic_bool stopping;
     /* Counters for /metrics. */
     atomic_ullong requests[6]; /* by status class: 1xx..5xx, [0] other */
@@ -148,6 +150,7 @@ bool hub_job_id_ok(const char *text);
 
 int hub_jobs_submit(hub_req_t *req);
 int hub_jobs_get(hub_req_t *req);
+int hub_jobs_waiting(hub_req_t *req);
 int hub_jobs_list(hub_req_t *req);
 int hub_jobs_cancel(hub_req_t *req);
 int hub_jobs_retry(hub_req_t *req);
@@ -167,8 +170,10 @@ int hub_fleet_restart(hub_req_t *req);
 int hub_web_serve(hub_req_t *req); /* hub_web.c: the monitor UI */
 int hub_web_me(hub_req_t *req);
 
-/* Submits a job spec object (borrowed; kiln's own fields) for req's
- * token, recording the owner for the submit role. 0 with id filled, else
+/* Submits a job spec object (borrowed, and changed: the hub-only fields
+ * webhook and on_offline are taken out, the pin may be dropped) for req's
+ * token: routes a pinned job (kiln_hub_route_job), records the webhook
+ * URL, and records the owner for the submit role. 0 with id filled, else
  * a KILN_E* code with err set. */
 int hub_jobs_submit_spec(hub_req_t *req, kiln_broker_t *broker, json_t *spec, char *id,
                          kiln_err_t *err);

@@ -8,6 +8,8 @@
 
 #include "broker/broker_internal.h"
 #include "hub/hub_internal.h"
+#include "kiln/hub_machines.h"
+#include "kiln/hub_webhook.h"
 
 bool hub_state_final(const char *state)
 {
@@ -60,7 +62,7 @@ static int check_owner(hub_req_t *req, kiln_broker_t *b, const char *id)
                            req->token->name, id);
 }
 
-int hub_jobs_submit_spec(hub_req_t *req, kiln_broker_t *b, json_t *spec, char *id, kiln_err_t *err)
+static int submit_checked(hub_req_t *req, kiln_broker_t *b, json_t *spec, char *id, kiln_err_t *err)
 {
     kiln_job_spec_t s;
     int rc = kiln_job_spec_from_json(spec, req->hub->broker_opts.max_payload_bytes, &s, err);
@@ -76,6 +78,54 @@ int hub_jobs_submit_spec(hub_req_t *req, kiln_broker_t *b, json_t *spec, char *i
         rc = set_owner(req, b, id, err);
     if (rc == 0)
         atomic_fetch_add(&req->hub->submitted, 1);
+    return rc;
+}
+
+/* A library module's error as a kiln_err_t: its code already matches the
+ * status (404 ENOTFOUND, 409 ECONFLICT, 400 EINVAL, which is sent as 422
+ * with the field its message starts with). */
+static int hub_error_to_err(int rc, const kiln_hub_error_t *he, kiln_err_t *err)
+{
+    return kiln_err_set(err, rc, "%s", he->message);
+}
+
+/* Takes the hub-only fields out of spec before the broker sees it: the
+ * webhook URL (*webhook, caller frees) and the routing of a pinned job
+ * (on_offline), which may wake the machine or drop the pin. */
+static int take_hub_fields(hub_req_t *req, kiln_broker_t *b, json_t *spec, char **webhook,
+                           kiln_err_t *err)
+{
+    kiln_hub_error_t he = {0};
+    int rc = kiln_webhook_take_from_job(spec, webhook, &he);
+    if (rc)
+        return hub_error_to_err(rc, &he, err);
+    if (*webhook && !req->hub->webhooks)
+        return kiln_err_set(err, KILN_EINVAL,
+                            "webhook: this hub delivers no webhooks; set hub.webhooks.secret "
+                            "(KILN_HUB_WEBHOOKS_SECRET or KILN_HUB_WEBHOOKS_SECRET_FILE) to "
+                            "enable them");
+    kiln_hub_route_t route;
+    rc = kiln_hub_route_job(b, spec, &route, &he);
+    if (rc)
+        return hub_error_to_err(rc, &he, err);
+    return 0;
+}
+
+int hub_jobs_submit_spec(hub_req_t *req, kiln_broker_t *b, json_t *spec, char *id, kiln_err_t *err)
+{
+    char *webhook = NULL;
+    int rc = take_hub_fields(req, b, spec, &webhook, err);
+    if (rc == 0)
+        rc = submit_checked(req, b, spec, id, err);
+    if (rc == 0 && webhook) {
+        kiln_hub_error_t he = {0};
+        if (kiln_webhook_set_url(b, id, webhook, &he) != 0)
+            rc = kiln_err_set(err, KILN_EREDIS,
+                              "job %s submitted, but its webhook was not "
+                              "recorded: %s",
+                              id, he.message);
+    }
+    free(webhook);
     return rc;
 }
 
@@ -131,6 +181,33 @@ int hub_jobs_submit(hub_req_t *req)
     return hub_reply_json(req, 201, json_pack("{s:s}", "id", id));
 }
 
+/* A pending (or delayed) job waits for a worker: that is when the
+ * explanation means something. */
+static bool is_waiting(const char *state)
+{
+    return state && (!strcmp(state, "pending") || !strcmp(state, "delayed"));
+}
+
+/* Adds what the hub knows beside the broker's record: "webhook" (its
+ * delivery state, when the job has one) and, while it waits, "waiting"
+ * (why no worker runs it). A failed lookup leaves the key out rather than
+ * failing the read. Returns job. */
+static json_t *with_hub_state(kiln_broker_t *b, json_t *job)
+{
+    kiln_hub_error_t he = {0};
+    json_t *extra = NULL;
+    const char *id = json_string_value(json_object_get(job, "id"));
+    if (id && kiln_webhook_state(b, id, &extra, &he) == 0 && !json_is_null(extra))
+        json_object_set(job, "webhook", extra);
+    json_decref(extra);
+    extra = NULL;
+    if (id && is_waiting(json_string_value(json_object_get(job, "state"))) &&
+        kiln_hub_explain_waiting(b, id, &extra, &he) == 0)
+        json_object_set(job, "waiting", extra);
+    json_decref(extra);
+    return job;
+}
+
 /* Parses ?wait=SECONDS (0-KILN_HUB_WAIT_MAX_S). -1 after replying 422. */
 static long wait_ms_of(hub_req_t *req)
 {
@@ -179,7 +256,36 @@ int hub_jobs_get(hub_req_t *req)
             return hub_reply_kiln_error(req, &err);
         }
     }
-    return hub_reply_json(req, 200, job);
+    return hub_reply_json(req, 200, with_hub_state(b, job));
+}
+
+int hub_jobs_waiting(hub_req_t *req)
+{
+    kiln_broker_t *b = hub_broker(req);
+    if (!b)
+        return 503;
+    kiln_err_t err = {0};
+    json_t *job = NULL;
+    if (kiln_broker_get_job(b, req->param, &job, &err) != 0)
+        return hub_reply_kiln_error(req, &err);
+    const char *state = json_string_value(json_object_get(job, "state"));
+    if (!is_waiting(state)) {
+        int rc = hub_reply_error(req, 409, NULL,
+                                 "job %s is %s, not waiting for a worker; only a pending or "
+                                 "delayed job has a waiting explanation",
+                                 req->param, state ? state : "in an unknown state");
+        json_decref(job);
+        return rc;
+    }
+    json_decref(job);
+    kiln_hub_error_t he = {0};
+    json_t *out = NULL;
+    if (kiln_hub_explain_waiting(b, req->param, &out, &he) != 0) {
+        if (he.status == 503)
+            hub_broker_reset();
+        return hub_reply_json(req, he.status ? he.status : 500, kiln_hub_error_json(&he));
+    }
+    return hub_reply_json(req, 200, out);
 }
 
 typedef int (*job_command_t)(kiln_broker_t *b, const char *id, kiln_err_t *err);

@@ -151,6 +151,58 @@ static void a_hub_flag_sets_the_listen_address(void **state)
     assert_true(has_problem("--listen: expected host:port"));
 }
 
+static void webhooks_load_from_the_file_a_secret_file_and_the_environment(void **state)
+{
+    char secret_path[400], yaml[1024];
+    snprintf(secret_path, sizeof secret_path, "%s/webhook.secret", dir);
+    FILE *f = fopen(secret_path, "w");
+    fputs("file-secret-0123456789abcdef\n", f);
+    fclose(f);
+    snprintf(yaml, sizeof yaml,
+             "hub:\n  webhooks:\n    default_url: https://hooks.example/in\n"
+             "    max_attempts: 7\n    secret_file: %s\n",
+             secret_path);
+    assert_int_equal(load(yaml, NULL), 0);
+    assert_string_equal(cfg.hub.webhooks.secret, "file-secret-0123456789abcdef");
+    assert_string_equal(cfg.hub.webhooks.default_url, "https://hooks.example/in");
+    assert_int_equal(cfg.hub.webhooks.max_attempts, 7);
+    json_t *shown = kiln_config_to_json_redacted(&cfg);
+    char *text = json_dumps(shown, 0);
+    assert_null(strstr(text, "file-secret"));
+    assert_non_null(strstr(text, "\"max_attempts\": 7"));
+    assert_non_null(strstr(text, "webhook.secret\"")); /* the file, which loads back */
+    free(text);
+    json_decref(shown);
+
+    char *env[] = {"KILN_HUB_WEBHOOKS_SECRET=env-secret-0123456789abcdef",
+                   "KILN_HUB_WEBHOOKS_MAX_ATTEMPTS=2", NULL};
+    assert_int_equal(load(yaml, env), 0);
+    assert_string_equal(cfg.hub.webhooks.secret, "env-secret-0123456789abcdef");
+    assert_int_equal(cfg.hub.webhooks.max_attempts, 2);
+    assert_int_equal(load(NULL, NULL), 0);
+    assert_null(cfg.hub.webhooks.secret);
+    assert_int_equal(cfg.hub.webhooks.max_attempts, 5);
+}
+
+static void bad_webhook_settings_name_the_key_and_never_show_the_secret(void **state)
+{
+    assert_int_equal(load("hub:\n  webhooks:\n    secret: inline-secret-0123456789\n"
+                          "    default_url: ftp://nope\n    max_attempts: 50\n"
+                          "    secret_file: /nonexistent/kiln.secret\n    colour: red\n",
+                          NULL),
+                     KILN_EINVAL);
+    assert_true(has_problem("hub.webhooks.secret: keep the secret out of kiln.yaml"));
+    assert_true(has_problem("hub.webhooks.default_url: expected an http:// or https:// URL"));
+    assert_true(has_problem("hub.webhooks.max_attempts: expected an integer 1-20, got \"50\""));
+    assert_true(has_problem("hub.webhooks.secret_file: cannot read the secret file"));
+    assert_true(has_problem("hub.webhooks.colour: unknown key"));
+    assert_false(problems_mention("inline-secret"));
+    char *env[] = {"KILN_HUB_WEBHOOKS_SECRET=short\x01", NULL};
+    assert_int_equal(load(NULL, env), KILN_EINVAL);
+    assert_true(has_problem("environment KILN_HUB_WEBHOOKS_SECRET: expected a secret of 16-1024"));
+    assert_false(problems_mention("short"));
+}
+
 int main(void)
 {
     kiln_test_tmpdir(dir, sizeof dir);
@@ -161,6 +213,8 @@ int main(void)
         cmocka_unit_test(bad_hub_values_name_the_key_and_the_fix),
         cmocka_unit_test(a_bad_environment_token_is_named_without_its_value),
         cmocka_unit_test(a_hub_flag_sets_the_listen_address),
+        cmocka_unit_test(webhooks_load_from_the_file_a_secret_file_and_the_environment),
+        cmocka_unit_test(bad_webhook_settings_name_the_key_and_never_show_the_secret),
     };
     int failed = cmocka_run_group_tests(tests, NULL, NULL);
     kiln_problems_clear(&problems);
