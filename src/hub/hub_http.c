@@ -106,11 +106,11 @@ void hub_http_cors_headers(hub_req_t *req)
 }
 
 /* Whether the connection stays open after this reply: as civetweb decides
- * it (HTTP/1.1 or "Connection: keep-alive", never after a 401), unless the
- * handler asked to close. */
-static bool keep_alive(hub_req_t *req, int status)
+ * it (HTTP/1.1 or "Connection: keep-alive"), unless the handler asked to
+ * close. */
+static bool keep_alive(hub_req_t *req)
 {
-    if (req->close || status == 401)
+    if (req->close)
         return false;
     const char *connection = mg_get_header(req->conn, "Connection");
     if (connection)
@@ -138,7 +138,7 @@ static size_t reply_head(hub_req_t *req, int status, const char *content_type, s
                  status == 429 ? "Retry-After: 1\r\n" : "",
                  origin ? "Access-Control-Allow-Origin: " : "", origin ? origin : "",
                  origin ? "\r\nVary: Origin\r\nAccess-Control-Expose-Headers: Location\r\n" : "",
-                 date, keep_alive(req, status) ? "keep-alive" : "close");
+                 date, keep_alive(req) ? "keep-alive" : "close");
     return n > 0 && (size_t)n < size ? (size_t)n : 0;
 }
 
