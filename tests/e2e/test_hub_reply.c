@@ -4,7 +4,8 @@
  * reply), so these tests read the raw bytes from a plain socket and check
  * what clients rely on: keep-alive with several requests on one connection,
  * Content-Length that matches the body (also for a reply larger than one
- * write), HEAD without a body, closing for HTTP/1.0, and a 401 on a kept\n * connection.
+ * write), HEAD without a body, closing for HTTP/1.0, and a 401 on a kept
+ * connection.
  * A real hub against a real redis-server; every wait is for a condition.
  */
 #include <arpa/inet.h>
