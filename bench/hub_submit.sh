@@ -159,7 +159,10 @@ arguments, captured with MONITOR) against the same Redis. wrk, the hub and Redis
 machine's cores, and other work on the machine moves both rates from run to run; the ratio and
 the CPU split are the steadier figures. The hub sends submits without an idempotency key as
 group commits (src/hub/hub_batch.c): the jobs-per-call row shows how many jobs one EVALSHA
-carried, which is why the hub can pass redis-benchmark's one-job calls.
+carried, which is why the hub can pass redis-benchmark's one-job calls; the batch row runs that
+same call with as many jobs as the hub's calls carried, the fairer bound (the hub cannot submit
+faster than Redis runs its batches). The ceiling row is wrk against a path the hub answers 404
+without Redis: civetweb, the hub's routing and wrk alone on this machine.
 
 - Machine: $cpu, $(nproc) cores (nproc)
 - Date: $(date -u '+%Y-%m-%d %H:%M UTC'); kiln commit $(git -C "$ROOT" rev-parse --short HEAD)
