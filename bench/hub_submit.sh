@@ -75,6 +75,23 @@ PY
 [ -s "$WORK/evalsha.args" ] || die "could not capture the submit call"
 mapfile -d '' EVALSHA_ARGS <"$WORK/evalsha.args"
 
+# The same call carrying n jobs (ARGV[10] is the job count, then 10 values a
+# job), as the hub's group commit sends it.
+batch_args() {
+    python3 - "$WORK/evalsha.args" "$1" <<'PY'
+import sys
+a = open(sys.argv[1]).read().split("\0")
+n = int(sys.argv[2])
+sys.stdout.write("\0".join(a[:13] + [str(n)] + a[14:24] * n))
+PY
+}
+
+# wrk against a path the hub answers 404 without touching Redis: what
+# civetweb, the hub's routing and wrk cost on this machine, the ceiling of
+# any route.
+wrk -t2 -c"$CONNS" -d"${SECONDS_PER_RUN}s" "$URL/bench-no-such-route" >"$WORK/wrk404.txt" 2>&1
+ceiling_rps=$(awk '/^Requests\/sec:/ {print $2}' "$WORK/wrk404.txt")
+
 log "wrk: ${SECONDS_PER_RUN}s, $CONNS connections, hub threads $THREADS"
 rcli config resetstat >/dev/null
 hub_t0=$(cpu_ticks "$hub_pid")
@@ -91,6 +108,8 @@ hub_cpu=$(python3 -c "print(f'{($(cpu_ticks "$hub_pid") - $hub_t0) / $(getconf C
 redis_cpu=$(python3 -c "print(f'{($(cpu_ticks "$redis_pid") - $redis_t0) / $(getconf CLK_TCK):.1f}')")
 calls=$(rcli info commandstats | tr -d '\r' | awk -F'[=,]' '/^cmdstat_evalsha:/ {print $2}')
 per_call=$(python3 -c "print(f'{($jobs - 1) / max(1, ${calls:-0}):.1f}')")
+hub_us=$(python3 -c "print(f'{$hub_cpu * 1e6 / max(1, $jobs - 1):.0f}')")
+redis_us=$(python3 -c "print(f'{$redis_cpu * 1e6 / max(1, $jobs - 1):.0f}')")
 [ -n "$hub_rps" ] || die "wrk failed: $(cat "$WORK/wrk.txt")"
 
 n_redis=$(python3 -c "print(max(10000, int(float('$hub_rps') * $SECONDS_PER_RUN)))")
@@ -98,6 +117,14 @@ log "redis-benchmark: $n_redis EVALSHA calls, $CONNS connections"
 redis_rps=$(redis-benchmark -p "$REDIS_PORT" -c "$CONNS" -n "$n_redis" -q "${EVALSHA_ARGS[@]}" \
     2>/dev/null | tr '\r' '\n' | awk '/requests per second/ {v=$(NF-5)} END {print v}')
 ratio=$(python3 -c "print(f'{float(\"$hub_rps\") / float(\"$redis_rps\"):.2f}')")
+batch_n=$(python3 -c "print(max(1, round($per_call)))")
+batch_args "$batch_n" >"$WORK/batch.args"
+mapfile -d '' BATCH_ARGS <"$WORK/batch.args"
+log "redis-benchmark: the same call with $batch_n jobs"
+batch_rps=$(redis-benchmark -p "$REDIS_PORT" -c "$CONNS" -n "$((n_redis / batch_n + 1000))" -q \
+    "${BATCH_ARGS[@]}" 2>/dev/null | tr '\r' '\n' | awk '/requests per second/ {v=$(NF-5)} END {print v}')
+batch_jobs=$(python3 -c "print(f'{float(\"$batch_rps\") * $batch_n:.0f}')")
+batch_ratio=$(python3 -c "print(f'{float(\"$hub_rps\") / float(\"$batch_jobs\"):.2f}')")
 
 cpu=$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')
 table=$(cat <<TABLE
@@ -109,8 +136,12 @@ table=$(cat <<TABLE
 | jobs in Redis after the run (\`kiln:{bench}:seq\`) | $jobs |
 | submit calls (EVALSHA) during the run; jobs per call (group commit) | ${calls:-0}; $per_call |
 | CPU during the run: hub / redis-server | $hub_cpu s / $redis_cpu s |
-| the same submit script by \`redis-benchmark\` (EVALSHA, $CONNS connections) | $(printf '%.0f' "$redis_rps") calls/s |
-| hub / redis-benchmark | **$ratio** |
+| CPU per submitted job: hub / redis-server | $hub_us µs / $redis_us µs |
+| the same submit script by \`redis-benchmark\` (EVALSHA, one job a call, $CONNS connections) | $(printf '%.0f' "$redis_rps") calls/s |
+| hub / redis-benchmark (one job a call) | **$ratio** |
+| the batch the hub sends, by \`redis-benchmark\` ($batch_n jobs a call) | $(printf '%.0f' "$batch_rps") calls/s = $batch_jobs jobs/s |
+| hub / redis-benchmark ($batch_n jobs a call) | **$batch_ratio** |
+| ceiling: wrk against a path the hub answers 404 without Redis | $(printf '%.0f' "$ceiling_rps") replies/s |
 TABLE
 )
 echo "$table"
@@ -128,7 +159,10 @@ arguments, captured with MONITOR) against the same Redis. wrk, the hub and Redis
 machine's cores, and other work on the machine moves both rates from run to run; the ratio and
 the CPU split are the steadier figures. The hub sends submits without an idempotency key as
 group commits (src/hub/hub_batch.c): the jobs-per-call row shows how many jobs one EVALSHA
-carried, which is why the hub can pass redis-benchmark's one-job calls.
+carried, which is why the hub can pass redis-benchmark's one-job calls; the batch row runs that
+same call with as many jobs as the hub's calls carried, the fairer bound (the hub cannot submit
+faster than Redis runs its batches). The ceiling row is wrk against a path the hub answers 404
+without Redis: civetweb, the hub's routing and wrk alone on this machine.
 
 - Machine: $cpu, $(nproc) cores (nproc)
 - Date: $(date -u '+%Y-%m-%d %H:%M UTC'); kiln commit $(git -C "$ROOT" rev-parse --short HEAD)

@@ -14,6 +14,8 @@
 #include "hub/hub_internal.h"
 
 #define REALM "Bearer realm=\"kiln-hub\""
+/* A reply up to this size (status line, headers and body) is one write. */
+#define HUB_REPLY_ONE_WRITE_MAX 4096
 
 /* Every HTTP route. A new endpoint is one line here (and its entry in
  * docs/openapi.json, which a test checks). WebSocket routes are registered
@@ -85,42 +87,95 @@ static void count_status(kiln_hub_t *hub, int status)
     atomic_fetch_add(&hub->requests[cls >= 1 && cls <= 5 ? cls : 0], 1);
 }
 
-void hub_http_cors_headers(hub_req_t *req)
+/* The allowed origin to echo for req ("*" or the request's Origin), or
+ * NULL when the request has no Origin or it is not in hub.cors_origins. */
+static const char *cors_origin(hub_req_t *req)
 {
     const char *origin = mg_get_header(req->conn, "Origin");
     if (!origin)
-        return;
+        return NULL;
     for (size_t i = 0; i < req->hub->n_origins; i++) {
         const char *allowed = req->hub->origins[i];
-        if (strcmp(allowed, "*") == 0 || strcmp(allowed, origin) == 0) {
-            mg_response_header_add(req->conn, "Access-Control-Allow-Origin",
-                                   strcmp(allowed, "*") == 0 ? "*" : origin, -1);
-            mg_response_header_add(req->conn, "Vary", "Origin", -1);
-            mg_response_header_add(req->conn, "Access-Control-Expose-Headers", "Location", -1);
-            return;
-        }
+        if (strcmp(allowed, "*") == 0)
+            return "*";
+        if (strcmp(allowed, origin) == 0)
+            return origin;
     }
+    return NULL;
 }
 
+void hub_http_cors_headers(hub_req_t *req)
+{
+    const char *origin = cors_origin(req);
+    if (!origin)
+        return;
+    mg_response_header_add(req->conn, "Access-Control-Allow-Origin", origin, -1);
+    mg_response_header_add(req->conn, "Vary", "Origin", -1);
+    mg_response_header_add(req->conn, "Access-Control-Expose-Headers", "Location", -1);
+}
+
+/* Whether the connection stays open after this reply: as civetweb decides
+ * it (HTTP/1.1 or "Connection: keep-alive"), unless the handler asked to
+ * close. */
+static bool keep_alive(hub_req_t *req)
+{
+    if (req->close)
+        return false;
+    const char *connection = mg_get_header(req->conn, "Connection");
+    if (connection)
+        return strcasestr(connection, "keep-alive") != NULL;
+    return req->ri->http_version && strcmp(req->ri->http_version, "1.1") == 0;
+}
+
+/* Formats the status line and headers of a reply into head (size bytes);
+ * returns their length, or 0 when they do not fit. */
+static size_t reply_head(hub_req_t *req, int status, const char *content_type, size_t len,
+                         char *head, size_t size)
+{
+    char date[64];
+    time_t now = time(NULL);
+    struct tm tm;
+    strftime(date, sizeof date, "%a, %d %b %Y %H:%M:%S GMT", gmtime_r(&now, &tm));
+    const char *origin = cors_origin(req);
+    int n =
+        snprintf(head, size,
+                 "HTTP/%s %d %s\r\nContent-Type: %s\r\nContent-Length: %zu\r\n"
+                 "Cache-Control: no-store\r\n%s%s%s%s%sDate: %s\r\nConnection: %s\r\n\r\n",
+                 req->ri->http_version ? req->ri->http_version : "1.1", status,
+                 mg_get_response_code_text(req->conn, status), content_type, len,
+                 status == 401 ? "WWW-Authenticate: " REALM "\r\n" : "",
+                 status == 429 ? "Retry-After: 1\r\n" : "",
+                 origin ? "Access-Control-Allow-Origin: " : "", origin ? origin : "",
+                 origin ? "\r\nVary: Origin\r\nAccess-Control-Expose-Headers: Location\r\n" : "",
+                 date, keep_alive(req) ? "keep-alive" : "close");
+    return n > 0 && (size_t)n < size ? (size_t)n : 0;
+}
+
+/* Replies are written with as few writes as possible: with TCP_NODELAY
+ * each write is a packet, and civetweb's header API writes one per header
+ * line (eight for a submit's reply), which cost more CPU than the submit
+ * itself. A small reply goes out in one write, a large one in two. */
 int hub_reply_text(hub_req_t *req, int status, const char *content_type, const char *body,
                    size_t len)
 {
-    char length[32];
-    snprintf(length, sizeof length, "%zu", len);
-    mg_response_header_start(req->conn, status);
-    mg_response_header_add(req->conn, "Content-Type", content_type, -1);
-    mg_response_header_add(req->conn, "Content-Length", length, -1);
-    mg_response_header_add(req->conn, "Cache-Control", "no-store", -1);
-    if (status == 401)
-        mg_response_header_add(req->conn, "WWW-Authenticate", REALM, -1);
-    if (status == 429)
-        mg_response_header_add(req->conn, "Retry-After", "1", -1);
-    if (req->close)
-        mg_response_header_add(req->conn, "Connection", "close", -1);
-    hub_http_cors_headers(req);
-    mg_response_header_send(req->conn);
-    if (len > 0 && strcmp(req->ri->request_method, "HEAD") != 0)
+    char buf[HUB_REPLY_ONE_WRITE_MAX];
+    size_t head = reply_head(req, status, content_type, len, buf, sizeof buf);
+    if (head == 0) {
+        static const char too_long[] = "HTTP/1.1 500 Internal Server Error\r\nContent-Length: "
+                                       "0\r\nConnection: close\r\n\r\n";
+        mg_write(req->conn, too_long, sizeof too_long - 1);
+        count_status(req->hub, 500);
+        return 500;
+    }
+    if (strcmp(req->ri->request_method, "HEAD") == 0)
+        len = 0;
+    if (len <= sizeof buf - head) {
+        memcpy(buf + head, body, len);
+        mg_write(req->conn, buf, head + len);
+    } else {
+        mg_write(req->conn, buf, head);
         mg_write(req->conn, body, len);
+    }
     count_status(req->hub, status);
     return status;
 }

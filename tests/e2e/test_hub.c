@@ -676,8 +676,7 @@ static void without_tokens_the_hub_listens_on_loopback_only(void **state)
     char *argv[] = {KILN_BIN,    "hub",          "--redis", redis.url, "--listen",
                     "0.0.0.0:0", "--log-format", "text",    NULL};
     f->hub.pid = kiln_test_spawn(argv, NULL, f->hub.log_path);
-    log_wait_t w = {f->hub.log_path, "kiln hub listening on http://", 1};
-    assert_true(kiln_test_wait_until(log_has, &w, 10000));
+    assert_true(kiln_test_log_wait(f->hub.log_path, "kiln hub listening on http://", 1, 10000));
     char *log = slurp(f->hub.log_path);
     assert_non_null(strstr(log, "kiln hub listening on http://127.0.0.1:"));
     assert_non_null(strstr(log, "(loopback only) instead of 0.0.0.0:0"));

@@ -148,8 +148,8 @@ static void submit(const char *body, char *id)
 /* GET /v1/jobs/{id}; the caller frees the reply. */
 static kiln_test_http_t get_job(const char *id)
 {
-    char path[160];
-    snprintf(path, sizeof path, "/v1/jobs/%s", id);
+    char path[KILN_JOB_ID_MAX + 16];
+    snprintf(path, sizeof path, "/v1/jobs/%.*s", KILN_JOB_ID_MAX, id);
     return http("GET", path, NULL);
 }
 

@@ -28,13 +28,20 @@ bool kiln_test_log_count(const char *path, const char *needle, int times)
 
 typedef struct log_wait {
     const char *path;
+    const char *needle;
     int times;
 } log_wait_t;
 
-static bool hub_listening(void *ctx)
+static bool log_counted(void *ctx)
 {
     log_wait_t *w = ctx;
-    return kiln_test_log_count(w->path, "kiln hub listening on http://", w->times);
+    return kiln_test_log_count(w->path, w->needle, w->times);
+}
+
+bool kiln_test_log_wait(const char *path, const char *needle, int times, long timeout_ms)
+{
+    log_wait_t w = {path, needle, times};
+    return kiln_test_wait_until(log_counted, &w, timeout_ms);
 }
 
 void kiln_test_hub_start(kiln_test_hub_t *h, const char *redis_url, char *const env_extra[])
@@ -42,8 +49,8 @@ void kiln_test_hub_start(kiln_test_hub_t *h, const char *redis_url, char *const 
     char *argv[] = {KILN_BIN,       "hub",  "--redis", (char *)redis_url, "--listen", "127.0.0.1:0",
                     "--log-format", "text", NULL};
     h->pid = kiln_test_spawn(argv, env_extra, h->log_path);
-    log_wait_t w = {h->log_path, ++h->starts};
-    assert_true(kiln_test_wait_until(hub_listening, &w, 10000));
+    assert_true(
+        kiln_test_log_wait(h->log_path, "kiln hub listening on http://", ++h->starts, 10000));
     char *text = kiln_test_slurp(h->log_path, LOG_MAX);
     const char *at = NULL, *next = text;
     while ((next = strstr(next, "kiln hub listening on "))) /* the last start's line */

@@ -33,6 +33,10 @@ pid_t kiln_test_hub_worker(const char *redis_url, const char *log_path, char *co
 /* Whether the file at path holds needle at least times times. */
 bool kiln_test_log_count(const char *path, const char *needle, int times);
 
+/* Waits up to timeout_ms until the file at path holds needle at least
+ * times times; returns whether it came to. */
+bool kiln_test_log_wait(const char *path, const char *needle, int times, long timeout_ms);
+
 typedef struct kiln_test_http {
     long status; /* 0 when the request failed */
     char *body;  /* NUL-terminated */
