@@ -282,10 +282,30 @@ static void publish_phases(kiln_agent_t *a, const char *service, json_t *fields)
                     json_string_value(json_object_get(fields, "reason")));
 }
 
+static void on_publish_release(uv_prepare_t *h)
+{
+    kiln_agent_t *a = h->data;
+    uv_prepare_stop(h);
+    if (a->pub)
+        kiln_publisher_hold(a->pub, false);
+}
+
+/* A service's events wait for the end of the loop turn: an exit's events
+ * are written after its respawn has exec'd (the supervisor releases the
+ * new run within the same callback), not while it competes for a CPU. */
+static void hold_publisher(kiln_agent_t *a)
+{
+    if (!a->pub || uv_is_active((uv_handle_t *)&a->publish_release))
+        return;
+    kiln_publisher_hold(a->pub, true);
+    uv_prepare_start(&a->publish_release, on_publish_release);
+}
+
 void kiln_agent_on_supervisor_event(void *ctx, const char *service, const char *event,
                                     json_t *fields)
 {
     kiln_agent_t *a = ctx;
+    hold_publisher(a);
     json_t *copy = fields ? json_deep_copy(fields) : json_object();
     json_object_set_new(copy, "service", json_string(service));
     kiln_agent_event(a, strcmp(event, "alert") == 0 ? "alert" : "service_state", copy);

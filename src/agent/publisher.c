@@ -36,6 +36,7 @@ struct kiln_publisher {
     pthread_mutex_t mu;
     pthread_cond_t wake;    /* work arrived or stop */
     pthread_cond_t drained; /* the queue went empty */
+    bool held;              /* queue without waking the thread (kiln_publisher_hold) */
     char *status;           /* latest status to write, or NULL */
     event_t *head, *tail;
     size_t queued;
@@ -227,7 +228,8 @@ void kiln_publisher_status(kiln_publisher_t *p, json_t *status)
     pthread_mutex_lock(&p->mu);
     free(p->status);
     p->status = text;
-    pthread_cond_signal(&p->wake);
+    if (!p->held)
+        pthread_cond_signal(&p->wake);
     pthread_mutex_unlock(&p->mu);
 }
 
@@ -260,7 +262,17 @@ void kiln_publisher_event(kiln_publisher_t *p, const char *type, json_t *fields)
         p->head = e;
     p->tail = e;
     p->queued++;
-    pthread_cond_signal(&p->wake);
+    if (!p->held)
+        pthread_cond_signal(&p->wake);
+    pthread_mutex_unlock(&p->mu);
+}
+
+void kiln_publisher_hold(kiln_publisher_t *p, bool hold)
+{
+    pthread_mutex_lock(&p->mu);
+    p->held = hold;
+    if (!hold && (p->status || p->head))
+        pthread_cond_signal(&p->wake);
     pthread_mutex_unlock(&p->mu);
 }
 
