@@ -215,7 +215,7 @@ int kiln_agent_run(kiln_agent_t *a, kiln_err_t *err)
     }
     uv_timer_init(&a->loop, &a->status_timer);
     uv_timer_init(&a->loop, &a->publish_soon_timer);
-    uv_prepare_init(&a->loop, &a->publish_release);
+    uv_timer_init(&a->loop, &a->publish_release);
     a->status_timer.data = a->publish_soon_timer.data = a->publish_release.data = a;
     uv_async_init(&a->loop, &a->stop_async, on_stop_async);
     a->stop_async.data = a;
