@@ -18,7 +18,21 @@
 #   BENCH_AGENT_STARTS     timed starts per supervisor, median reported (default 3)
 #   BENCH_AGENT_KILLS      kill -9 / respawn samples per supervisor (default 30, at most the services)
 #   BENCH_AGENT_IDLE_S     the idle window for CPU (default 60)
+#
+# Usage: bench/agent.sh [--only SYSTEMS]
+#   --only kiln,floor      measure just those (comma list of kiln, pm2,
+#                          supervisord, floor) while iterating; prints the
+#                          results and leaves BENCHMARKS.md alone.
 set -euo pipefail
+
+ONLY=
+while [ $# -gt 0 ]; do
+    case $1 in
+    --only) [ $# -ge 2 ] || { echo "bench agent: --only needs a list, e.g. --only kiln,floor" >&2; exit 2; }
+        ONLY=$2; shift 2 ;;
+    *) echo "bench agent: unknown argument $1 (usage: bench/agent.sh [--only kiln,pm2,supervisord,floor])" >&2; exit 2 ;;
+    esac
+done
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 BUILD=${BUILD:-$ROOT/build}
@@ -123,12 +137,20 @@ timeout "$HARNESS_TIMEOUT" node "$ROOT/bench/agent/harness.mjs" \
     --supervisord "$(command -v supervisord)" --supervisorctl "$(command -v supervisorctl)" \
     --redis "redis://127.0.0.1:$PORT" --work "$TMP" \
     --services "${BENCH_AGENT_SERVICES:-50}" --starts "${BENCH_AGENT_STARTS:-3}" \
-    --kills "${BENCH_AGENT_KILLS:-30}" --idle-s "${BENCH_AGENT_IDLE_S:-60}" >"$TMP/results.json" &
+    --kills "${BENCH_AGENT_KILLS:-30}" --idle-s "${BENCH_AGENT_IDLE_S:-60}" \
+    ${ONLY:+--only "$ONLY"} >"$TMP/results.json" &
 HARNESS_PID=$!
 wait "$HARNESS_PID" || die "the measurements failed (see above)"
 HARNESS_PID=
 
 # ---- report ----------------------------------------------------------------
+
+if [ -n "$ONLY" ]; then
+    # A partial run is for iterating: its figures, not a report.
+    node -e 'const r=JSON.parse(require("fs").readFileSync(process.argv[1],"utf8"));
+for (const [k,v] of Object.entries(r.respawn)) console.log(`${k} respawn: median ${v.median_ms.toFixed(2)} ms, p90 ${v.p90_ms.toFixed(2)}, min ${v.min_ms.toFixed(2)}, max ${v.max_ms.toFixed(2)} (${v.kills} kills)`);' "$TMP/results.json"
+    exit 0
+fi
 
 BENCH_NPROC=$(nproc)
 BENCH_CPU=$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -n1)

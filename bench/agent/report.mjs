@@ -78,8 +78,8 @@ if (r.respawn.floor) {
   const f = r.respawn.floor;
   const times = (s) => (respawn(s) && f.median_ms ? `${fix(respawn(s) / f.median_ms, 1)}×` : 'n/a');
   out.push(`**The machine's floor for a respawn**, measured the same way in the same run: \`bench_respawn_floor\``);
-  out.push('(bench/respawn_floor.c), a supervisor that does nothing but sleep in a blocking `waitpid` and');
-  out.push('`posix_spawn` the service again, with no event loop, state file, pipes or readiness: median');
+  out.push(`(bench/respawn_floor.c), supervising the same ${r.services} \`bench_respawn_probe\` services, that does nothing but sleep`);
+  out.push('in a blocking `waitpid` and `posix_spawn` the service again, with no event loop, state file, pipes or readiness: median');
   out.push(`${ms(f.median_ms)} (p90 ${ms(f.p90_ms)}, min ${ms(f.min_ms)}). kiln's median is ${times('kiln')} that floor, PM2's`);
   out.push(`${times('pm2')}. kiln's own minimum this run: ${ms(r.respawn.kiln?.min_ms)}.`, '');
 }
@@ -94,7 +94,9 @@ out.push('  command (`GET /services` as `kiln services --api` reads it, `pm2 jli
 out.push(`  all ${r.services} must be running. Each run starts from a fresh state folder / \`PM2_HOME\`.`);
 out.push(`- **Respawn**: SIGKILL of a service's process, a different service each time (so no restart`);
 out.push('  throttle sees repeated failures), to the start its replacement recorded itself, both on');
-out.push('  CLOCK_MONOTONIC: no polling enters the figure.');
+out.push('  CLOCK_MONOTONIC: no polling enters the figure. The supervisors are measured interleaved, all');
+out.push('  running at once: round i kills service i of each in turn (the order rotating from round to');
+out.push('  round), 50 ms apart, so other work on a shared machine falls on all of them alike.');
 out.push(`- **Memory and CPU**: all three supervisors at once, each with its ${r.services} services, idle for`);
 out.push(`  ${r.idle_s} s after the respawn runs: the agent process (kiln's \`kiln machine run\`, PM2's daemon`);
 out.push('  "God" process, `supervisord`); PSS from `/proc/PID/smaps_rollup` at the end of the window,');

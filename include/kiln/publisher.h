@@ -38,6 +38,13 @@ void kiln_publisher_status(kiln_publisher_t *p, json_t *status);
  * (borrowed; may be NULL). */
 void kiln_publisher_event(kiln_publisher_t *p, const char *type, json_t *fields);
 
+/* While held, events and statuses are queued but not written (and the
+ * publisher thread is not woken), except by kiln_publisher_flush;
+ * releasing (hold false) wakes the thread when anything is queued. The
+ * agent holds it for a few milliseconds after a service's events, so
+ * neither the thread nor Redis competes for a CPU with a respawn. */
+void kiln_publisher_hold(kiln_publisher_t *p, bool hold);
+
 /* Waits up to timeout_ms until everything queued has been written.
  * Returns 0, or KILN_ETIMEOUT with what is left. */
 int kiln_publisher_flush(kiln_publisher_t *p, long timeout_ms, kiln_err_t *err);

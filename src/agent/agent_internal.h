@@ -25,6 +25,7 @@ struct kiln_agent {
     uv_loop_t loop;
     uv_signal_t sigterm, sigint, sighup;
     uv_timer_t status_timer, publish_soon_timer;
+    uv_timer_t publish_release; /* wakes the held publisher (agent.c) */
     uv_async_t stop_async;
 
     kiln_supervisor_t *sv;

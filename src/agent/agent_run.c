@@ -22,6 +22,7 @@ static void close_all(kiln_agent_t *a)
                               (uv_handle_t *)&a->sighup,
                               (uv_handle_t *)&a->status_timer,
                               (uv_handle_t *)&a->publish_soon_timer,
+                              (uv_handle_t *)&a->publish_release,
                               (uv_handle_t *)&a->stop_async};
     for (size_t i = 0; i < sizeof handles / sizeof handles[0]; i++) {
         if (!uv_is_closing(handles[i]))
@@ -214,7 +215,8 @@ int kiln_agent_run(kiln_agent_t *a, kiln_err_t *err)
     }
     uv_timer_init(&a->loop, &a->status_timer);
     uv_timer_init(&a->loop, &a->publish_soon_timer);
-    a->status_timer.data = a->publish_soon_timer.data = a;
+    uv_timer_init(&a->loop, &a->publish_release);
+    a->status_timer.data = a->publish_soon_timer.data = a->publish_release.data = a;
     uv_async_init(&a->loop, &a->stop_async, on_stop_async);
     a->stop_async.data = a;
     signal(SIGPIPE, SIG_IGN);

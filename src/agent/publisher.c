@@ -36,6 +36,8 @@ struct kiln_publisher {
     pthread_mutex_t mu;
     pthread_cond_t wake;    /* work arrived or stop */
     pthread_cond_t drained; /* the queue went empty */
+    bool held;              /* queue, write nothing (kiln_publisher_hold) */
+    int flushers;           /* kiln_publisher_flush calls waiting: they write even when held */
     char *status;           /* latest status to write, or NULL */
     event_t *head, *tail;
     size_t queued;
@@ -172,6 +174,10 @@ static void *publisher_main(void *arg)
             pthread_cond_wait(&p->wake, &p->mu);
             continue;
         }
+        if (p->held && !p->flushers) {
+            pthread_cond_wait(&p->wake, &p->mu);
+            continue;
+        }
         char *status = p->status;
         event_t *events = p->head;
         p->status = NULL;
@@ -227,7 +233,8 @@ void kiln_publisher_status(kiln_publisher_t *p, json_t *status)
     pthread_mutex_lock(&p->mu);
     free(p->status);
     p->status = text;
-    pthread_cond_signal(&p->wake);
+    if (!p->held)
+        pthread_cond_signal(&p->wake);
     pthread_mutex_unlock(&p->mu);
 }
 
@@ -260,7 +267,17 @@ void kiln_publisher_event(kiln_publisher_t *p, const char *type, json_t *fields)
         p->head = e;
     p->tail = e;
     p->queued++;
-    pthread_cond_signal(&p->wake);
+    if (!p->held)
+        pthread_cond_signal(&p->wake);
+    pthread_mutex_unlock(&p->mu);
+}
+
+void kiln_publisher_hold(kiln_publisher_t *p, bool hold)
+{
+    pthread_mutex_lock(&p->mu);
+    p->held = hold;
+    if (!hold && (p->status || p->head))
+        pthread_cond_signal(&p->wake);
     pthread_mutex_unlock(&p->mu);
 }
 
@@ -268,10 +285,12 @@ int kiln_publisher_flush(kiln_publisher_t *p, long timeout_ms, kiln_err_t *err)
 {
     long long deadline = kiln_ops_wall_ms() + timeout_ms;
     pthread_mutex_lock(&p->mu);
+    p->flushers++;
     while ((p->status || p->head || p->busy) && kiln_ops_wall_ms() < deadline) {
         pthread_cond_signal(&p->wake);
         wait_ms(&p->drained, &p->mu, 50);
     }
+    p->flushers--;
     size_t left = p->queued + (p->status ? 1 : 0) + (p->busy ? 1 : 0);
     pthread_mutex_unlock(&p->mu);
     if (left)

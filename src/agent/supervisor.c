@@ -94,9 +94,14 @@ void sv_service_discard(sv_service_t *svc)
     sv_service_unref(svc);
 }
 
+/* Reaps, and releases at once what the exits started (a respawn with a
+ * backoff of 0): the new run execs before anything else of this loop turn
+ * runs (other handles' callbacks, the publisher's wakeup). */
 static void on_sigchld(uv_signal_t *h, int signum)
 {
+    (void)signum;
     sv_proc_reap(h->data);
+    sv_flush(h->data);
 }
 
 /* Before the loop blocks (or before an API call that spawns returns, so

@@ -306,7 +306,10 @@ static void failure(sv_service_t *svc, const char *reason)
     kiln_svclog_note(svc->log, "%s; restarting in %ld ms", reason, delay);
     set_state(svc, KILN_SVC_BACKOFF,
               json_pack("{s:I,s:s}", "delay_ms", (json_int_t)delay, "reason", reason));
-    arm_timer(svc, (uint64_t)delay);
+    if (delay == 0)
+        sv_dispatch(svc, SV_EV_TIMER); /* a backoff of 0 is over at once, not a loop turn later */
+    else
+        arm_timer(svc, (uint64_t)delay);
 }
 
 /* The run's main process is gone, and the reaper has SIGKILLed the rest

@@ -101,13 +101,8 @@ static int child_main(void *arg)
     int exec_w = child_lift_fd(plan->exec_w), go_r = child_lift_fd(plan->go_r);
     if (exec_w < 0 || go_r < 0)
         _exit(127);
-    char go;
-    ssize_t r;
-    do
-        r = read(go_r, &go, 1);
-    while (r < 0 && errno == EINTR);
-    if (r != 1)
-        _exit(127); /* the agent died before recording this process */
+    /* Everything but execve is done before the go byte, while the agent
+     * writes the state file: none of it is visible outside this process. */
     if (setsid() < 0)
         child_fail(exec_w, EXEC_STAGE_SETSID);
     int out_w = child_lift_fd(plan->out_w), err_w = child_lift_fd(plan->err_w);
@@ -126,6 +121,13 @@ static int child_main(void *arg)
     }
     if (spec->cwd && chdir(spec->cwd) < 0)
         child_fail(exec_w, EXEC_STAGE_CWD);
+    char go;
+    ssize_t r;
+    do
+        r = read(go_r, &go, 1);
+    while (r < 0 && errno == EINTR);
+    if (r != 1)
+        _exit(127); /* the agent died before recording this process */
     sigset_t none;
     sigemptyset(&none);
     sigprocmask(SIG_SETMASK, &none, NULL);

@@ -136,6 +136,41 @@ static void events_queued_while_redis_is_down_arrive_after_it_returns(void **sta
     kiln_publisher_free(p, true);
 }
 
+static bool stream_has_entries(void *ctx)
+{
+    (void)ctx;
+    redisReply *r = command("XLEN %s", KILN_MACHINE_EVENTS_STREAM);
+    bool has = r->type == REDIS_REPLY_INTEGER && r->integer > 0;
+    freeReplyObject(r);
+    return has;
+}
+
+/* The agent holds the publisher while a respawn runs; what is queued then
+ * is written once released, not before and not lost. */
+static void held_events_are_written_only_once_released(void **state)
+{
+    kiln_publisher_t *p = publisher();
+    flushed(p); /* the thread now waits for work */
+    kiln_publisher_hold(p, true);
+    kiln_publisher_event(p, "service_state", NULL);
+    kiln_publisher_event(p, "worker_phase", NULL);
+    json_t *status = json_pack("{s:s}", "state", "ready");
+    kiln_publisher_status(p, status);
+    json_decref(status);
+    /* Absence can only be shown by waiting: 200 ms in which nothing woke it. */
+    assert_false(kiln_test_wait_until(stream_has_entries, NULL, 200));
+    kiln_publisher_hold(p, false);
+    assert_true(kiln_test_wait_until(stream_has_entries, NULL, 5000));
+    flushed(p);
+    char got[256];
+    stream_types(got, sizeof got);
+    assert_string_equal(got, "service_state,worker_phase,");
+    redisReply *r = command("GET %s", "kiln:machine:m1");
+    assert_int_equal(r->type, REDIS_REPLY_STRING);
+    freeReplyObject(r);
+    kiln_publisher_free(p, true);
+}
+
 static void only_the_latest_status_is_written(void **state)
 {
     kiln_test_redis_stop(&redis_server);
@@ -168,6 +203,7 @@ int main(void)
         cmocka_unit_test_setup(status_is_written_with_a_ttl_and_listed, flush_db),
         cmocka_unit_test_setup(events_are_appended_in_order_with_their_fields, flush_db),
         cmocka_unit_test_setup(events_queued_while_redis_is_down_arrive_after_it_returns, flush_db),
+        cmocka_unit_test_setup(held_events_are_written_only_once_released, flush_db),
         cmocka_unit_test_setup(only_the_latest_status_is_written, flush_db),
         cmocka_unit_test(a_bad_url_is_refused),
     };
