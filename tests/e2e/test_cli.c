@@ -705,24 +705,52 @@ static void worker_stop(worker_proc_t *w)
     kiln_test_kill(w->pid, SIGTERM, 10000);
 }
 
+typedef struct output_wait {
+    const char *path;
+    const char *needle;
+} output_wait_t;
+
+static bool output_has(void *ctx)
+{
+    output_wait_t *w = ctx;
+    char *text = slurp(w->path);
+    bool found = strstr(text, w->needle) != NULL;
+    free(text);
+    return found;
+}
+
 static void job_wait_follows_a_job_to_completion(void **state)
 {
-    worker_proc_t w;
-    worker_start(&w);
+    /* The follower starts while the job is pending and no worker runs, and
+     * the worker starts only once it has printed that, so it must see the
+     * job go running and then completed, however slow the machine. */
     char id[128];
     submit(id, sizeof id, "simulation",
            "{\"duration_ms\":300,\"steps\":3,\"result\":{\"frames\":24}}");
-    run_result_t r;
-    RUN(&r, "job", id, "--wait", "--timeout", "30", "--redis", redis.url);
-    if (r.code != 0)
+    char out_path[300];
+    snprintf(out_path, sizeof out_path, "%s/follower.out", tmpdir);
+    char *follow[] = {KILN_BIN, "job", id, "--wait", "--timeout", "30", "--redis", redis.url, NULL};
+    pid_t follower = kiln_test_spawn(follow, NULL, out_path);
+    output_wait_t pending = {out_path, "pending"};
+    assert_true(kiln_test_wait_until(output_has, &pending, 10000));
+    worker_proc_t w;
+    worker_start(&w);
+    int status = kiln_test_wait_exit(follower, RUN_TIMEOUT_MS);
+    char *out = slurp(out_path);
+    if (status == -1 || !WIFEXITED(status) || WEXITSTATUS(status) != 0) {
         kiln_test_dump_file("worker log", w.log);
-    expect_code(&r, 0);
+        fprintf(stderr, "follower output:\n%s\n", out);
+        if (status == -1)
+            kiln_test_kill(follower, SIGKILL, 5000);
+        fail();
+    }
     /* One line per event when stdout is not a terminal, then the final line. */
-    expect_contains(r.out, "running");
-    expect_contains(r.out, "completed");
-    expect_contains(r.out, "\"frames\":24");
-    assert_null(strchr(r.out, '\r'));
-    run_free(&r);
+    expect_contains(out, "running");
+    expect_contains(out, "completed");
+    expect_contains(out, "\"frames\":24");
+    assert_null(strchr(out, '\r'));
+    free(out);
+    run_result_t r;
 
     /* submit --wait: the same follower, exit 1 when the job fails. */
     RUN(&r, "submit", "simulation", "--payload", "{\"duration_ms\":0,\"fail\":true}",
