@@ -26,15 +26,9 @@ struct kiln_connector {
 };
 
 static const kiln_connector_ops_t *const builtin_types[] = {
-    &kiln_connector_simulation,
-    &kiln_connector_exec,
-    &kiln_connector_openai,
-    &kiln_connector_render,
-    &kiln_connector_playwright,
-    &kiln_connector_comfyui,
-    &kiln_connector_ollama,
-    &kiln_connector_a1111,
-    &kiln_connector_replicate,
+    &kiln_connector_simulation, &kiln_connector_exec,       &kiln_connector_openai,
+    &kiln_connector_render,     &kiln_connector_playwright, &kiln_connector_comfyui,
+    &kiln_connector_ollama,     &kiln_connector_a1111,      &kiln_connector_replicate,
     &kiln_connector_runpod,
 };
 

@@ -19,9 +19,8 @@
 
 #define KILN_PROBLEMS_MAX 200
 
-static const char *const section_names[] = {"redis",  "machine",    "log",      "broker",
-                                            "worker", "connectors", "services", "templates",
-                                            "hub"};
+static const char *const section_names[] = {
+    "redis", "machine", "log", "broker", "worker", "connectors", "services", "templates", "hub"};
 #define N_SECTIONS (sizeof section_names / sizeof section_names[0])
 
 static const char *const level_names[] = {"debug", "info", "warn", "error"};
