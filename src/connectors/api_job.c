@@ -148,9 +148,19 @@ void kiln_api_remote_cancel(const kiln_http_client_t *http, const kiln_job_conte
     };
     kiln_http_result_t res;
     kiln_err_t err = {0};
-    if (kiln_http_call(http, &call, &res, &err) < 0)
+    int64_t started = kiln_api_now_ms();
+    int rc = kiln_http_call(http, &call, &res, &err);
+    int64_t took = kiln_api_now_ms() - started;
+    /* Logged either way, with its duration: the cancel is the one request
+     * of a job that may outlast the job's deadline (by up to
+     * KILN_API_CANCEL_TIMEOUT_MS), so a late job's log shows where it went. */
+    if (rc < 0)
         kiln_log(KILN_LOG_WARN, API_LOG, job->job_id, NULL,
-                 "cancelling the remote job failed; it may run to its end: %s", err.msg);
+                 "cancelling the remote job failed after %" PRId64 " ms; it may run to its end: %s",
+                 took, err.msg);
+    else
+        kiln_log(KILN_LOG_INFO, API_LOG, job->job_id, NULL,
+                 "cancelled the remote job: POST %s answered in %" PRId64 " ms", path, took);
     kiln_http_result_clear(&res);
 }
 

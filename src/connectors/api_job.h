@@ -89,8 +89,8 @@ int kiln_api_remote_wait(const kiln_api_remote_t *r, json_t **doc, kiln_api_phas
                          kiln_job_outcome_t *out);
 
 /* POSTs path with a short deadline of its own (the job's cancel flag is set
- * by now, so it cannot be used) and logs a failure; the caller's outcome
- * does not depend on it. */
+ * by now, so it cannot be used) and logs how it went and how long it took;
+ * the caller's outcome does not depend on it. */
 void kiln_api_remote_cancel(const kiln_http_client_t *http, const kiln_job_context_t *job,
                             const char *path, const char *const *headers);
 

@@ -146,9 +146,19 @@ static void a_job_past_its_timeout_fails_retryable_and_is_cancelled_there(void *
     kiln_test_fake_t *f = *state;
     kiln_connector_t *c = connector_for(f, "", NULL);
     kiln_test_job_t r;
+    char log_path[320];
+    snprintf(log_path, sizeof log_path, "%s/stderr-runpod-timeout.log", tmp_root);
+    int saved = kiln_test_capture_begin(log_path);
     kiln_test_job_run(c, "runpod.1", "{\"input\": {\"fault\": \"hang\"}}", 400, 0, &r);
+    kiln_test_capture_end(saved);
     kiln_test_expect_failed(&r, true, "timed out");
-    assert_true(r.elapsed_ms < 3000);
+    /* The remote cancel is logged with its duration, so a late job shows
+     * whether the time went before the cancel or into it. */
+    char *log = kiln_test_slurp(log_path, 64 * 1024);
+    const char *cancel_line = strstr(log, "cancelled the remote job: POST /ep-test/cancel/");
+    if (!cancel_line || r.elapsed_ms >= 3000)
+        fail_msg("job took %lld ms (bound 3000); log:\n%s", (long long)r.elapsed_ms, log);
+    free(log);
     assert_int_equal(kiln_test_fake_stat(f, "cancels"), 1);
     kiln_test_job_clear(&r);
     kiln_test_job_run(c, "runpod.2", "{\"input\": {\"fault\": \"slow\"}}", 400, 0, &r);
