@@ -115,7 +115,8 @@ the raw median (a few ms) is tens of times the raw 1-slot median (~0.1 ms) for t
 request. In that regime one measurement's kiln median − raw median moves by ±0.3 ms between
 identical runs (six single-round runs of one commit gave +0.12, +0.28, +0.07, −0.04, +0.005 and
 +0.555 ms), so one round says little: hence the median over $ROUNDS rounds, whose min to max
-shows how far a single round can stray. The CPU time per call does not move that much and is
+shows how far a single round can stray. The median over rounds is steadier but not still: six runs
+of commit 2d12ae7 gave +0.29 to +0.50 ms at 64 slots with keep-alive. The CPU time per call does not move that much and is
 what kiln controls. From a \`perf record\` of kiln_connector_run (commit 9b72a84, 1 slot, keep-alive):
 the HTTP layer (libcurl's multi loop, poll on the cancel fd) is ~61% of kiln's CPU per
 call, about what the raw reused handle spends in \`curl_easy_perform\`; jansson is ~30%:
