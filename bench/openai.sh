@@ -4,6 +4,8 @@
 # answers at once, with and without HTTP keep-alive, and jobs/s through a
 # real `kiln worker`. Prints the tables and rewrites the openai section of
 # BENCHMARKS.md (between its markers; the rest of the file is kept).
+# Each cell is measured in several rounds; kiln's overhead is the median over
+# the rounds of (kiln's median - the raw median), with its min to max.
 # bench/run.sh calls this; it also runs on its own after a build. Takes
 # about a minute.
 #
@@ -11,7 +13,8 @@
 #   BUILD                 build folder with kiln, bench_openai_overhead and
 #                         tests/fakes/fake_openai (default ./build)
 #   BENCH_OUT             the report to update (default BENCHMARKS.md at the root)
-#   BENCH_OPENAI_CALLS    calls per measured cell (default 4000)
+#   BENCH_OPENAI_CALLS    calls per measured cell and round (default 4000)
+#   BENCH_OPENAI_ROUNDS   rounds per measured cell (default 7)
 #   BENCH_OPENAI_JOBS     jobs per worker run (default 2000)
 #   BENCH_OPENAI_SLOTS    slot counts (default "1 64")
 set -euo pipefail
@@ -20,6 +23,7 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 BUILD=${BUILD:-$ROOT/build}
 OUT=${BENCH_OUT:-$ROOT/BENCHMARKS.md}
 CALLS=${BENCH_OPENAI_CALLS:-4000}
+ROUNDS=${BENCH_OPENAI_ROUNDS:-7}
 JOBS=${BENCH_OPENAI_JOBS:-2000}
 SLOTS=${BENCH_OPENAI_SLOTS:-"1 64"}
 RUN_TIMEOUT=300 # seconds, per measured run
@@ -60,10 +64,10 @@ fi
 measure() { # measure [--keep-alive]: the bench's table on stdout
     redis-cli -h 127.0.0.1 -p "$PORT" flushall >/dev/null
     timeout "$RUN_TIMEOUT" "$BUILD/bench_openai_overhead" --fake "$BUILD/tests/fakes/fake_openai" \
-        --redis "redis://127.0.0.1:$PORT" --kiln "$BUILD/kiln" --calls "$CALLS" --jobs "$JOBS" \
-        --slots "$SLOTS" "$@"
+        --redis "redis://127.0.0.1:$PORT" --kiln "$BUILD/kiln" --calls "$CALLS" --rounds "$ROUNDS" \
+        --jobs "$JOBS" --slots "$SLOTS" "$@"
 }
-log "openai connector overhead: $CALLS calls per cell, $JOBS jobs per worker run, slots: $SLOTS"
+log "openai connector overhead: $ROUNDS rounds of $CALLS calls per cell, $JOBS jobs per worker run, slots: $SLOTS"
 KEEP_ALIVE=$(measure --keep-alive) || die "bench_openai_overhead --keep-alive failed"
 CLOSE=$(measure) || die "bench_openai_overhead failed"
 
@@ -82,7 +86,10 @@ chat completion at once, made four ways by S threads at a time (S = slots):
 *kiln_connector_run*: the openai connector (payload parsing, the request body, the HTTP layer,
 the result), one instance shared by the threads as a worker's slots share it;
 *worker*: chat jobs submitted to Redis and run by a real \`kiln worker\` with S slots.
-Overhead = kiln's median − the raw median. *CPU per call* is the calling thread's CPU time
+Each cell is measured in $ROUNDS rounds, the three ways alternating within each round; its
+overhead is the median over the rounds of (kiln's median − the raw median) in that round, with
+the lowest and highest round beside it; medians, p99s, CPU and calls/s are pooled over the
+rounds. *CPU per call* is the calling thread's CPU time
 (CLOCK_THREAD_CPUTIME_ID), which a busy shared machine disturbs far less than latency. The target (issue 4) is **≤ 0.2 ms** above the
 raw round trip; the fair peer is the reused handle: a client that keeps its handle keeps its
 connection (and, against a real API, its TLS session), which is what a kiln slot does too,
@@ -104,11 +111,13 @@ $CLOSE
 
 At 64 slots on this 2-core machine the bench's 64 threads, the fake's threads and
 whatever else runs here share two CPUs, so a call's latency is mostly its wait for a CPU:
-the raw median (~5 ms) is ~60× the raw 1-slot median (~0.1 ms) for the same request. In
-that regime kiln's median − raw median moves by ±0.3 ms between identical runs (on one
-commit, four runs in a row gave +0.12, +0.28, +0.07 and −0.04 ms), so a single 64-slot
-figure says little; the CPU time per call does not move that much and is what kiln
-controls. From a \`perf record\` of kiln_connector_run (commit 9b72a84, 1 slot, keep-alive):
+the raw median (a few ms) is tens of times the raw 1-slot median (~0.1 ms) for the same
+request. In that regime one measurement's kiln median − raw median moves by ±0.3 ms between
+identical runs (six single-round runs of one commit gave +0.12, +0.28, +0.07, −0.04, +0.005 and
++0.555 ms), so one round says little: hence the median over $ROUNDS rounds, whose min to max
+shows how far a single round can stray. The median over rounds is steadier but not still: six runs
+of commit 2d12ae7 gave +0.29 to +0.50 ms at 64 slots with keep-alive. The CPU time per call does not move that much and is
+what kiln controls. From a \`perf record\` of kiln_connector_run (commit 9b72a84, 1 slot, keep-alive):
 the HTTP layer (libcurl's multi loop, poll on the cancel fd) is ~61% of kiln's CPU per
 call, about what the raw reused handle spends in \`curl_easy_perform\`; jansson is ~30%:
 parsing the 274-byte completion ~12 µs, dumping a small object ~4-9 µs (jansson's dump

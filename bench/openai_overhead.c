@@ -4,11 +4,13 @@
  * (tests/fakes/fake_openai): what kiln adds above the raw HTTP round trip
  * made with the same libcurl.
  *
- *   bench_openai_overhead [--fake PATH] [--calls N] [--slots "1 64"]
- *                         [--redis URL --kiln PATH [--jobs J]] [--keep-alive]
+ *   bench_openai_overhead [--fake PATH] [--calls N] [--rounds R]
+ *                         [--slots "1 64"] [--redis URL --kiln PATH [--jobs J]]
+ *                         [--keep-alive]
  *
- * For each slot count S it measures, with S threads each making calls in a
- * loop (N calls in all, the first tenth per thread left out as warm-up):
+ * For each slot count S it measures, in R rounds, with S threads each making
+ * calls in a loop (N calls per round, the first tenth per thread left out as
+ * warm-up):
  *   raw_reused  curl_easy_perform on one handle per thread, kept across calls
  *   raw_fresh   curl_easy_perform on a new handle per call (curl_easy_init,
  *               options, perform, cleanup), as kiln's HTTP layer does
@@ -19,7 +21,10 @@
  * `kiln worker` with S slots. Every request is the same POST of the same
  * body to the same URL with the same headers. --keep-alive makes the fake
  * keep connections open (real OpenAI does), so a reused handle reuses its
- * connection.
+ * connection. kiln's overhead is reported as the median over the rounds of
+ * (kiln's median - the raw median) in each round, with its min and max, so
+ * one busy moment of a shared machine moves the figure little; latencies
+ * and CPU time are pooled over the rounds.
  *
  * Prints a markdown table (bench/openai.sh puts it into BENCHMARKS.md).
  */
@@ -58,13 +63,14 @@ extern char **environ;
     "hi\"}],\"stream\":false}"
 #define BENCH_MAX_SLOTS    256
 #define BENCH_MAX_CALLS    1000000
+#define BENCH_MAX_ROUNDS   99
 #define BENCH_RESPONSE_MAX (1024 * 1024)
 
 typedef enum { MODE_RAW_REUSED, MODE_RAW_FRESH, MODE_KILN, N_MODES } bench_mode_t;
 
 typedef struct bench_opts {
     const char *fake_bin, *redis_url, *kiln_bin;
-    long calls, jobs;
+    long calls, jobs, rounds;
     int slots[8], n_slots;
     bool keep_alive;
 } bench_opts_t;
@@ -75,7 +81,6 @@ typedef struct fake_server {
     char url[128]; /* http://127.0.0.1:PORT/v1 */
 } fake_server_t;
 
-/* One measurement: per-call latencies of S threads. */
 /* One measurement: per-call latencies of S threads, each making calls the
  * three ways in turn (the order rotating), so a busy moment on a shared
  * machine falls on all three alike. */
@@ -84,7 +89,8 @@ typedef struct measure {
     long calls_per_thread, warmup_per_thread;
     const char *chat_url;
     kiln_connector_t *connector;
-    int64_t *samples[N_MODES];    /* ns; slots * (calls - warmup) each */
+    int64_t *samples[N_MODES];    /* ns; rounds * slots * (calls - warmup) each */
+    size_t base;                  /* where this round's samples start */
     atomic_llong cpu_ns[N_MODES]; /* the calling threads' CPU time in the kept calls */
     atomic_long failures;
     char first_error[256];
@@ -92,18 +98,30 @@ typedef struct measure {
 } measure_t;
 
 typedef struct result {
-    int64_t median_ns, p99_ns;
-    double calls_per_s; /* slots / mean latency */
-    double cpu_us;      /* the calling thread's CPU time per call, mean */
+    int64_t median_ns, p99_ns; /* pooled over the rounds */
+    double calls_per_s;        /* slots / mean latency */
+    double cpu_us;             /* the calling thread's CPU time per call, mean */
 } result_t;
+
+/* kiln's median - a raw median, per round: its median over the rounds and
+ * its spread. */
+typedef struct overhead {
+    int64_t median_ns, min_ns, max_ns;
+} overhead_t;
+
+/* One cell: a slot count's figures, both raw peers. */
+typedef struct cell {
+    result_t res[N_MODES];
+    overhead_t vs_reused, vs_fresh;
+} cell_t;
 
 /* ---- arguments ---------------------------------------------------------------- */
 
 static void usage(void)
 {
-    fprintf(stderr, "usage: bench_openai_overhead [--fake PATH] [--calls N] [--slots \"1 64\"]\n"
-                    "                             [--redis URL --kiln PATH [--jobs J]] "
-                    "[--keep-alive]\n");
+    fprintf(stderr, "usage: bench_openai_overhead [--fake PATH] [--calls N] [--rounds R]\n"
+                    "                             [--slots \"1 64\"] [--redis URL --kiln PATH "
+                    "[--jobs J]] [--keep-alive]\n");
 }
 
 static int parse_slots(const char *text, bench_opts_t *o)
@@ -125,7 +143,7 @@ static int parse_args(int argc, char **argv, bench_opts_t *o)
     char self[PATH_MAX];
     snprintf(self, sizeof self, "%s", argv[0]);
     snprintf(fake_default, sizeof fake_default, "%s/tests/fakes/fake_openai", dirname(self));
-    *o = (bench_opts_t){.fake_bin = fake_default, .calls = 4000, .jobs = 2000};
+    *o = (bench_opts_t){.fake_bin = fake_default, .calls = 4000, .jobs = 2000, .rounds = 7};
     parse_slots("1 64", o);
     for (int i = 1; i < argc; i++) {
         const char *key = argv[i], *val = i + 1 < argc ? argv[i + 1] : NULL;
@@ -146,13 +164,15 @@ static int parse_args(int argc, char **argv, bench_opts_t *o)
             o->calls = atol(val);
         else if (strcmp(key, "--jobs") == 0)
             o->jobs = atol(val);
+        else if (strcmp(key, "--rounds") == 0)
+            o->rounds = atol(val);
         else if (strcmp(key, "--slots") == 0 && parse_slots(val, o) == 0)
             continue;
         else
             return -1;
     }
-    if (o->calls < 10 || o->calls > BENCH_MAX_CALLS || o->jobs < 1 ||
-        (!o->redis_url != !o->kiln_bin))
+    if (o->calls < 10 || o->calls > BENCH_MAX_CALLS || o->jobs < 1 || o->rounds < 1 ||
+        o->rounds > BENCH_MAX_ROUNDS || (!o->redis_url != !o->kiln_bin))
         return -1;
     return 0;
 }
@@ -324,7 +344,8 @@ static void *measure_thread(void *arg)
 {
     thread_arg_t *ta = arg;
     measure_t *m = ta->m;
-    size_t first = (size_t)ta->index * (size_t)(m->calls_per_thread - m->warmup_per_thread);
+    size_t first =
+        m->base + (size_t)ta->index * (size_t)(m->calls_per_thread - m->warmup_per_thread);
     struct curl_slist *headers = raw_headers();
     raw_body_t body = {0};
     CURL *reused = curl_easy_init();
@@ -381,9 +402,41 @@ static void summarise(measure_t *m, bench_mode_t mode, long n, result_t *res)
                       .cpu_us = (double)atomic_load(&m->cpu_ns[mode]) / (double)n / 1e3};
 }
 
-/* Runs one measurement with slots threads, calls calls each way in all. */
-static int measure(int slots, long calls, const fake_server_t *fake, kiln_connector_t *connector,
-                   result_t res[N_MODES])
+/* The median, min and max of n per-round differences (sorted here). */
+static overhead_t overhead_of(int64_t *diffs, long n)
+{
+    bench_sort_i64(diffs, n);
+    return (overhead_t){
+        .median_ns = bench_percentile(diffs, n, 50), .min_ns = diffs[0], .max_ns = diffs[n - 1]};
+}
+
+/* One round: slots threads, their kept samples at m->base; then the
+ * round's median of each way (sorting its slice). */
+static int measure_round(measure_t *m, long n, int64_t medians[N_MODES])
+{
+    pthread_t threads[BENCH_MAX_SLOTS];
+    thread_arg_t args[BENCH_MAX_SLOTS];
+    int rc = 0, started = 0;
+    for (; started < m->slots; started++) {
+        args[started] = (thread_arg_t){.m = m, .index = started};
+        if (pthread_create(&threads[started], NULL, measure_thread, &args[started]) != 0) {
+            rc = -1;
+            break;
+        }
+    }
+    for (int i = 0; i < started; i++)
+        pthread_join(threads[i], NULL);
+    for (int k = 0; k < N_MODES; k++) {
+        bench_sort_i64(m->samples[k] + m->base, n);
+        medians[k] = bench_percentile(m->samples[k] + m->base, n, 50);
+    }
+    return rc;
+}
+
+/* Runs rounds measurements with slots threads, calls calls each way in
+ * each, into cell: latencies pooled, kiln's overheads per round. */
+static int measure(int slots, long calls, long rounds, const fake_server_t *fake,
+                   kiln_connector_t *connector, cell_t *cell)
 {
     char chat_url[160];
     snprintf(chat_url, sizeof chat_url, "%s/chat/completions", fake->url);
@@ -394,26 +447,29 @@ static int measure(int slots, long calls, const fake_server_t *fake, kiln_connec
                    .lock = PTHREAD_MUTEX_INITIALIZER};
     m.warmup_per_thread = m.calls_per_thread / 10;
     long n = (m.calls_per_thread - m.warmup_per_thread) * slots;
-    int rc = 0, started = 0;
+    int64_t vs_reused[BENCH_MAX_ROUNDS], vs_fresh[BENCH_MAX_ROUNDS];
+    int rc = 0;
     for (int k = 0; k < N_MODES; k++)
-        if (!(m.samples[k] = calloc((size_t)n, sizeof *m.samples[k])))
+        if (!(m.samples[k] = calloc((size_t)(n * rounds), sizeof *m.samples[k])))
             rc = -1;
-    pthread_t threads[BENCH_MAX_SLOTS];
-    thread_arg_t args[BENCH_MAX_SLOTS];
-    for (; rc == 0 && started < slots; started++) {
-        args[started] = (thread_arg_t){.m = &m, .index = started};
-        if (pthread_create(&threads[started], NULL, measure_thread, &args[started]) != 0)
-            rc = -1;
+    for (long r = 0; rc == 0 && r < rounds && atomic_load(&m.failures) == 0; r++) {
+        int64_t med[N_MODES];
+        m.base = (size_t)(r * n);
+        rc = measure_round(&m, n, med);
+        vs_reused[r] = med[MODE_KILN] - med[MODE_RAW_REUSED];
+        vs_fresh[r] = med[MODE_KILN] - med[MODE_RAW_FRESH];
     }
-    for (int i = 0; i < started; i++)
-        pthread_join(threads[i], NULL);
-    for (int k = 0; rc == 0 && k < N_MODES; k++)
-        summarise(&m, (bench_mode_t)k, n, &res[k]);
     long failures = atomic_load(&m.failures);
     if (failures) {
         fprintf(stderr, "bench: %d slots: %ld calls failed; the first: %s\n", slots, failures,
                 m.first_error);
         rc = -1;
+    }
+    for (int k = 0; rc == 0 && k < N_MODES; k++)
+        summarise(&m, (bench_mode_t)k, n * rounds, &cell->res[k]);
+    if (rc == 0) {
+        cell->vs_reused = overhead_of(vs_reused, rounds);
+        cell->vs_fresh = overhead_of(vs_fresh, rounds);
     }
     for (int k = 0; k < N_MODES; k++)
         free(m.samples[k]);
@@ -518,15 +574,24 @@ static double ms(int64_t ns)
     return (double)ns / 1e6;
 }
 
-/* One markdown table row: per-call figures of the three ways, kiln's
- * overhead over each raw one, and the worker's jobs/s when measured. */
-static void print_row(int slots, const result_t r[N_MODES], double jobs_per_s)
+/* "**median** (min to max)" of an overhead, in ms. */
+static void print_overhead(const overhead_t *o, bool bold)
 {
+    const char *mark = bold ? "**" : "";
+    printf("| %s%+.3f%s (%+.3f to %+.3f) ", mark, ms(o->median_ns), mark, ms(o->min_ns),
+           ms(o->max_ns));
+}
+
+/* One markdown table row: pooled per-call figures of the three ways, kiln's
+ * overhead over each raw one, and the worker's jobs/s when measured. */
+static void print_row(int slots, const cell_t *c, double jobs_per_s)
+{
+    const result_t *r = c->res;
     printf("| %d ", slots);
     for (int k = 0; k < N_MODES; k++)
         printf("| %.3f / %.3f ", ms(r[k].median_ns), ms(r[k].p99_ns));
-    printf("| **%+.3f** | %+.3f ", ms(r[MODE_KILN].median_ns - r[MODE_RAW_REUSED].median_ns),
-           ms(r[MODE_KILN].median_ns - r[MODE_RAW_FRESH].median_ns));
+    print_overhead(&c->vs_reused, true);
+    print_overhead(&c->vs_fresh, false);
     printf("| %.0f / %.0f / %.0f | %.0f ", r[MODE_RAW_REUSED].cpu_us, r[MODE_RAW_FRESH].cpu_us,
            r[MODE_KILN].cpu_us, r[MODE_KILN].calls_per_s);
     if (jobs_per_s > 0)
@@ -538,28 +603,31 @@ static void print_row(int slots, const result_t r[N_MODES], double jobs_per_s)
 static int run_all(const bench_opts_t *o, const fake_server_t *fake, kiln_connector_t *connector,
                    kiln_broker_t *broker)
 {
-    result_t results[8][N_MODES];
+    cell_t cells[8];
     double jobs_per_s[8] = {0};
     int rc = 0;
     for (int s = 0; s < o->n_slots && rc == 0; s++) {
-        rc = measure(o->slots[s], o->calls, fake, connector, results[s]);
+        rc = measure(o->slots[s], o->calls, o->rounds, fake, connector, &cells[s]);
         if (rc == 0 && broker)
             rc = end_to_end(o, fake, broker, o->slots[s], &jobs_per_s[s]);
     }
     if (rc != 0)
         return rc;
-    printf("POST /v1/chat/completions to fake_openai%s, libcurl %s, %ld calls per cell "
-           "each way, the three ways in turn (a tenth per thread left out as warm-up), %ld jobs "
-           "per worker run; times in ms.\n\n",
+    printf("POST /v1/chat/completions to fake_openai%s, libcurl %s, %ld rounds of %ld calls per "
+           "cell each way, the three ways in turn (a tenth per thread and round left out as "
+           "warm-up), %ld jobs per worker run; times in ms. Latencies, CPU and calls/s are pooled "
+           "over the rounds; an overhead is the median over the rounds of (kiln's median - the "
+           "raw median) in each round, with its min to max.\n\n",
            o->keep_alive ? " --keep-alive" : " (Connection: close)",
-           curl_version_info(CURLVERSION_NOW)->version, o->calls, o->jobs);
+           curl_version_info(CURLVERSION_NOW)->version, o->rounds, o->calls, o->jobs);
     printf("| slots | raw, reused handle: median / p99 | raw, fresh handle: median / p99 | "
-           "kiln_connector_run: median / p99 | overhead vs reused | overhead vs fresh | "
+           "kiln_connector_run: median / p99 | overhead vs reused: median of rounds (min to max) "
+           "| overhead vs fresh: median of rounds (min to max) | "
            "CPU µs per call: reused / fresh / kiln | connector calls/s (slots / mean) | "
            "worker jobs/s | worker ms per job per slot |\n"
            "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
     for (int s = 0; s < o->n_slots; s++)
-        print_row(o->slots[s], results[s], jobs_per_s[s]);
+        print_row(o->slots[s], &cells[s], jobs_per_s[s]);
     return 0;
 }
 
