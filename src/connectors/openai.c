@@ -132,24 +132,18 @@ static int openai_init(const kiln_connector_config_t *cfg, void **state, kiln_er
     snprintf(oa->name, sizeof oa->name, "%s", cfg->name);
     kiln_http_client_options_t hopts = {.name = cfg->name};
     const char *base_url = NULL;
-    char *root = NULL, *key = NULL;
+    char *root = NULL;
     int rc = read_options(cfg, oa, &hopts, &base_url, err);
     /* The key is required only by OpenAI itself; a local server may need none. */
     bool official =
         rc == 0 && strncasecmp(base_url, OPENAI_DEFAULT_URL, strlen(OPENAI_DEFAULT_URL)) == 0;
     if (rc == 0)
-        rc = kiln_http_read_api_key(cfg, OPENAI_DEFAULT_KEY_ENV, official, &key, err);
-    if (rc == 0)
         rc = api_root(cfg, base_url, &root, err);
-    if (rc == 0)
-        rc = kiln_ratelimit_from_config(cfg, &oa->ratelimit, err);
     if (rc == 0) {
         hopts.base_url = root;
-        hopts.api_key = key;
-        hopts.ratelimit = oa->ratelimit;
-        rc = kiln_http_client_new(&hopts, &oa->http, err);
+        rc = kiln_http_client_from_config(cfg, &hopts, OPENAI_DEFAULT_KEY_ENV, official,
+                                          &oa->ratelimit, &oa->http, err);
     }
-    kiln_http_free_secret(key);
     free(root);
     if (rc < 0) {
         openai_free(oa);
@@ -158,7 +152,7 @@ static int openai_init(const kiln_connector_config_t *cfg, void **state, kiln_er
     kiln_connector_warn_unknown_options(cfg, known_options);
     kiln_log(KILN_LOG_INFO, OPENAI_LOG, NULL, NULL, "connectors.%s: %s, %s", cfg->name,
              kiln_http_client_url_shown(oa->http),
-             hopts.api_key ? "with an API key" : "without an API key");
+             kiln_http_client_has_key(oa->http) ? "with an API key" : "without an API key");
     *state = oa;
     return 0;
 }

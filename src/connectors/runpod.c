@@ -90,23 +90,16 @@ static int runpod_init(const kiln_connector_config_t *cfg, void **state, kiln_er
     snprintf(rp->name, sizeof rp->name, "%s", cfg->name);
     kiln_http_client_options_t hopts = {.name = cfg->name};
     const char *base_url = NULL;
-    char *key = NULL;
     int rc = kiln_connector_option_string(cfg, "base_url", &base_url, err);
     if (rc == 0)
         rc = read_endpoint(cfg, rp, err);
     if (rc == 0)
         rc = kiln_api_read_options(cfg, RUNPOD_TIMEOUT_DEFAULT, &rp->api, &hopts, err);
-    if (rc == 0)
-        rc = kiln_http_read_api_key(cfg, RUNPOD_DEFAULT_KEY_ENV, true, &key, err);
-    if (rc == 0)
-        rc = kiln_ratelimit_from_config(cfg, &rp->ratelimit, err);
     if (rc == 0) {
         hopts.base_url = base_url ? base_url : RUNPOD_DEFAULT_URL;
-        hopts.api_key = key;
-        hopts.ratelimit = rp->ratelimit;
-        rc = kiln_http_client_new(&hopts, &rp->http, err);
+        rc = kiln_http_client_from_config(cfg, &hopts, RUNPOD_DEFAULT_KEY_ENV, true, &rp->ratelimit,
+                                          &rp->http, err);
     }
-    kiln_http_free_secret(key);
     if (rc < 0) {
         runpod_free(rp);
         return rc;
