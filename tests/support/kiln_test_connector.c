@@ -7,6 +7,7 @@
 #include "kiln_test.h"
 
 #include <arpa/inet.h>
+#include <dirent.h>
 #include <fcntl.h>
 #include <netinet/in.h>
 #include <signal.h>
@@ -362,4 +363,23 @@ void kiln_test_capture_end(int saved)
     fflush(stderr);
     dup2(saved, 2);
     close(saved);
+}
+
+/* The string member key of obj or "" (contract in kiln_test_connector.h). */
+const char *kiln_test_json_str(const json_t *obj, const char *key)
+{
+    const char *s = json_string_value(json_object_get(obj, key));
+    return s ? s : "";
+}
+
+/* Counts dir's visible entries (contract in kiln_test_connector.h). */
+size_t kiln_test_dir_entries(const char *dir)
+{
+    DIR *d = opendir(dir);
+    size_t n = 0;
+    for (struct dirent *e; d && (e = readdir(d));)
+        n += e->d_name[0] != '.';
+    if (d)
+        closedir(d);
+    return n;
 }

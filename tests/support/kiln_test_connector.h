@@ -114,4 +114,10 @@ void kiln_test_capture_end(int saved);
 /* The file's first max bytes, NUL-terminated (empty when unreadable); caller frees. */
 char *kiln_test_slurp(const char *path, size_t max);
 
+/* The string member key of obj, or "" when it is missing or not a string. */
+const char *kiln_test_json_str(const json_t *obj, const char *key);
+
+/* How many entries not starting with '.' dir holds (0 when it cannot be read). */
+size_t kiln_test_dir_entries(const char *dir);
+
 #endif

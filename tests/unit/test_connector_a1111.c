@@ -75,12 +75,6 @@ static void run_job(kiln_connector_t *c, const char *id, const char *payload, ki
     kiln_test_job_run(c, id, payload, 0, 0, j);
 }
 
-static const char *jstr(const json_t *obj, const char *key)
-{
-    const char *s = json_string_value(json_object_get(obj, key));
-    return s ? s : "";
-}
-
 /* Checks that path is a PNG file inside outputs/<job id>/. */
 static void expect_png_under_outputs(const char *path, const char *job_id)
 {
@@ -110,17 +104,17 @@ static void txt2img_reports_step_progress_and_saves_the_images(void **state)
             "\"batch_size\":2}",
             &j);
     kiln_test_expect_completed(&j);
-    assert_string_equal(jstr(j.result, "mode"), "txt2img");
+    assert_string_equal(kiln_test_json_str(j.result, "mode"), "txt2img");
     json_t *images = json_object_get(j.result, "images");
     assert_int_equal(json_array_size(images), 2);
     for (size_t i = 0; i < 2; i++)
         expect_png_under_outputs(json_string_value(json_array_get(images, i)), "a1111.1");
     json_t *parameters = json_object_get(j.result, "parameters");
-    assert_string_equal(jstr(parameters, "prompt"), "a kiln at dusk");
+    assert_string_equal(kiln_test_json_str(parameters, "prompt"), "a kiln at dusk");
     assert_true(json_is_true(json_object_get(parameters, "send_images")));
     json_t *info = json_object_get(j.result, "info");
     assert_int_equal(json_integer_value(json_object_get(info, "seed")), 1234);
-    assert_string_equal(jstr(info, "sampler_name"), "Euler a");
+    assert_string_equal(kiln_test_json_str(info, "sampler_name"), "Euler a");
 
     /* 2 x 20 steps of 20 ms, polled every 50 ms: several step updates, then done. */
     int n = atomic_load(&j.progress_count);
@@ -150,7 +144,7 @@ static void img2img_is_chosen_by_init_images(void **state)
             "\"init_images\":[\"iVBORw0KGgo=\"]}",
             &j);
     kiln_test_expect_completed(&j);
-    assert_string_equal(jstr(j.result, "mode"), "img2img");
+    assert_string_equal(kiln_test_json_str(j.result, "mode"), "img2img");
     json_t *images = json_object_get(j.result, "images");
     assert_int_equal(json_array_size(images), 1);
     expect_png_under_outputs(json_string_value(json_array_get(images, 0)), "a1111.2");

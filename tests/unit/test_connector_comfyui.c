@@ -112,12 +112,6 @@ static void run_job(kiln_connector_t *c, const char *payload, kiln_test_job_t *r
     kiln_test_job_run(c, "comfyui.1", payload, 0, 0, r);
 }
 
-static const char *jstr(const json_t *obj, const char *key)
-{
-    const char *s = json_string_value(json_object_get(obj, key));
-    return s ? s : "";
-}
-
 /* A text-to-image workflow in API format (as "Save (API Format)" writes
  * it), with an optional fault node. */
 static char *workflow_payload(int steps, const char *fault, const char *extra)
@@ -155,8 +149,8 @@ static void runs_a_workflow_reporting_node_progress_and_saves_the_output(void **
     kiln_test_job_t r;
     kiln_test_job_run(c, "comfyui.42", payload, 0, 0, &r);
     kiln_test_expect_completed(&r);
-    assert_string_equal(jstr(r.result, "progress"), "websocket");
-    assert_true(strlen(jstr(r.result, "prompt_id")) > 0);
+    assert_string_equal(kiln_test_json_str(r.result, "progress"), "websocket");
+    assert_true(strlen(kiln_test_json_str(r.result, "prompt_id")) > 0);
 
     /* Node by node, the sampler step by step; never backwards, below 100
      * until the output is saved. 4 of the 5 nodes run (the loader is cached). */
@@ -182,15 +176,15 @@ static void runs_a_workflow_reporting_node_progress_and_saves_the_output(void **
     json_t *list = json_object_get(r.result, "outputs");
     assert_int_equal(json_array_size(list), 1);
     json_t *item = json_array_get(list, 0);
-    assert_string_equal(jstr(item, "node"), "9");
-    assert_string_equal(jstr(item, "kind"), "images");
-    assert_string_equal(jstr(item, "filename"), "kiln_00000_.png");
-    assert_string_equal(jstr(item, "type"), "output");
+    assert_string_equal(kiln_test_json_str(item, "node"), "9");
+    assert_string_equal(kiln_test_json_str(item, "kind"), "images");
+    assert_string_equal(kiln_test_json_str(item, "filename"), "kiln_00000_.png");
+    assert_string_equal(kiln_test_json_str(item, "type"), "output");
     char want[600];
     snprintf(want, sizeof want, "%s/view?filename=kiln_00000_.png&subfolder=&type=output", f->url);
-    assert_string_equal(jstr(item, "url"), want);
+    assert_string_equal(kiln_test_json_str(item, "url"), want);
     snprintf(want, sizeof want, "%s/comfyui.42/kiln_00000_.png", outputs);
-    assert_string_equal(jstr(item, "path"), want);
+    assert_string_equal(kiln_test_json_str(item, "path"), want);
     assert_int_equal(json_integer_value(json_object_get(item, "bytes")), 2048);
     struct stat st;
     assert_int_equal(stat(want, &st), 0);
@@ -216,7 +210,7 @@ static void inputs_override_the_workflow(void **state)
     run_job(c, payload, &r);
     kiln_test_expect_completed(&r);
     json_t *item = json_array_get(json_object_get(r.result, "outputs"), 0);
-    assert_string_equal(jstr(item, "filename"), "override_00000_.png");
+    assert_string_equal(kiln_test_json_str(item, "filename"), "override_00000_.png");
     /* Without outputs_dir the outputs are listed, not fetched. */
     assert_null(json_object_get(item, "path"));
     assert_int_equal(kiln_test_fake_stat(f, "view_requests"), 0);
@@ -412,11 +406,11 @@ static void falls_back_to_polling_when_the_socket_is_refused(void **state)
     kiln_test_job_t r;
     run_job(c, payload, &r);
     kiln_test_expect_completed(&r);
-    assert_string_equal(jstr(r.result, "progress"), "polling");
+    assert_string_equal(kiln_test_json_str(r.result, "progress"), "polling");
     assert_true(kiln_test_job_progress_mentions(&r, "progress socket unavailable"));
     assert_true(kiln_test_fake_stat(f, "history_requests") >= 1);
     json_t *item = json_array_get(json_object_get(r.result, "outputs"), 0);
-    assert_int_equal(access(jstr(item, "path"), R_OK), 0);
+    assert_int_equal(access(kiln_test_json_str(item, "path"), R_OK), 0);
     kiln_test_job_clear(&r);
     free(payload);
     kiln_connector_free(c);
@@ -430,7 +424,7 @@ static void falls_back_to_polling_when_the_socket_drops(void **state)
     kiln_test_job_t r;
     run_job(c, payload, &r);
     kiln_test_expect_completed(&r);
-    assert_string_equal(jstr(r.result, "progress"), "polling");
+    assert_string_equal(kiln_test_json_str(r.result, "progress"), "polling");
     assert_true(kiln_test_job_progress_mentions(&r, "step 1/30"));
     assert_true(kiln_test_job_progress_mentions(&r, "progress socket lost"));
     assert_int_equal(kiln_test_fake_stat(f, "ws_connects"), 1);
@@ -447,7 +441,7 @@ static void junk_and_oversized_socket_messages_fall_back_to_polling(void **state
     kiln_test_job_t r;
     run_job(c, payload, &r);
     kiln_test_expect_completed(&r);
-    assert_string_equal(jstr(r.result, "progress"), "polling");
+    assert_string_equal(kiln_test_json_str(r.result, "progress"), "polling");
     assert_true(kiln_test_job_progress_mentions(&r, "larger than 1 MiB"));
     kiln_test_job_clear(&r);
     free(payload);
@@ -464,10 +458,10 @@ static void hostile_output_names_stay_in_the_outputs_folder(void **state)
     kiln_test_job_run(c, "../../comfyui.9", payload, 0, 0, &r);
     kiln_test_expect_completed(&r);
     json_t *item = json_array_get(json_object_get(r.result, "outputs"), 0);
-    assert_string_equal(jstr(item, "filename"), "../../escape.png");
+    assert_string_equal(kiln_test_json_str(item, "filename"), "../../escape.png");
     char want[600];
     snprintf(want, sizeof want, "%s/_._.._comfyui.9/escape.png", outputs);
-    assert_string_equal(jstr(item, "path"), want);
+    assert_string_equal(kiln_test_json_str(item, "path"), want);
     assert_int_equal(access(want, R_OK), 0);
     snprintf(want, sizeof want, "%s/../escape.png", outputs);
     assert_int_not_equal(access(want, F_OK), 0);
