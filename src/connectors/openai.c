@@ -164,15 +164,6 @@ static int openai_health(void *state, kiln_err_t *err)
 
 /* ---- helpers for run() ----------------------------------------------------- */
 
-static int bad_field(kiln_job_outcome_t *out, const char *field, const char *expected,
-                     const json_t *value)
-{
-    char got[64];
-    kiln_connector_describe_value(value, got, sizeof got);
-    return kiln_job_outcome_fail(out, false, "payload.%s: expected %s, got %s", field, expected,
-                                 got);
-}
-
 /* Serializes result (stolen) into out as a completed outcome, with the key
  * redacted should a server have echoed it. */
 static int complete(const openai_t *oa, json_t *result, kiln_job_outcome_t *out)
@@ -352,12 +343,13 @@ static int chat_request(json_t *payload, json_t *request, bool *stream, kiln_job
     json_t *prompt = json_object_get(payload, "prompt");
     json_t *stream_v = json_object_get(payload, "stream");
     if (messages && (!json_is_array(messages) || json_array_size(messages) == 0))
-        return bad_field(out, "messages", "a non-empty array of messages", messages);
+        return kiln_job_outcome_bad_field(out, "messages", "a non-empty array of messages",
+                                          messages);
     if (!messages && !json_is_string(prompt))
-        return bad_field(out, "messages", "a non-empty array of messages (or a prompt string)",
-                         messages);
+        return kiln_job_outcome_bad_field(
+            out, "messages", "a non-empty array of messages (or a prompt string)", messages);
     if (stream_v && !json_is_boolean(stream_v))
-        return bad_field(out, "stream", "true or false", stream_v);
+        return kiln_job_outcome_bad_field(out, "stream", "true or false", stream_v);
     *stream = !stream_v || json_is_true(stream_v);
     if (messages) {
         json_object_set(request, "messages", messages);
@@ -576,10 +568,10 @@ static int run_simple(const openai_t *oa, const kiln_job_context_t *job, endpoin
     const char *field = ep == EP_IMAGES ? "prompt" : "input";
     json_t *value = json_object_get(payload, field);
     if (ep == EP_IMAGES && !json_is_string(value))
-        return bad_field(out, field, "a prompt string", value);
+        return kiln_job_outcome_bad_field(out, field, "a prompt string", value);
     if (ep == EP_EMBEDDINGS && !json_is_string(value) &&
         !(json_is_array(value) && json_array_size(value) > 0))
-        return bad_field(out, field, "a string or a non-empty array", value);
+        return kiln_job_outcome_bad_field(out, field, "a string or a non-empty array", value);
     json_object_set(request, field, value);
     char *body = json_dumps(request, JSON_COMPACT);
     if (!body)
@@ -617,10 +609,11 @@ static int prepare(const openai_t *oa, json_t *payload, endpoint_t *ep, json_t *
     else if (name && strcmp(name, "embeddings") == 0)
         *ep = EP_EMBEDDINGS;
     else
-        return bad_field(out, "endpoint", "\"chat\", \"images\" or \"embeddings\"", endpoint);
+        return kiln_job_outcome_bad_field(out, "endpoint", "\"chat\", \"images\" or \"embeddings\"",
+                                          endpoint);
     json_t *model = json_object_get(payload, "model");
     if (model && (!json_is_string(model) || !json_string_length(model)))
-        return bad_field(out, "model", "a model name", model);
+        return kiln_job_outcome_bad_field(out, "model", "a model name", model);
     if (!model && !oa->model)
         return kiln_job_outcome_fail(out, false,
                                      "payload.model: required, as connectors.%s.model sets no "
@@ -628,7 +621,7 @@ static int prepare(const openai_t *oa, json_t *payload, endpoint_t *ep, json_t *
                                      oa->name);
     json_t *parameters = json_object_get(payload, "parameters");
     if (parameters && !json_is_null(parameters) && !json_is_object(parameters))
-        return bad_field(out, "parameters", "an object", parameters);
+        return kiln_job_outcome_bad_field(out, "parameters", "an object", parameters);
     *request = json_is_object(parameters) ? json_deep_copy(parameters) : json_object();
     if (!*request)
         return KILN_ENOMEM;
