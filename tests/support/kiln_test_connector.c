@@ -167,6 +167,22 @@ kiln_connector_t *kiln_test_connector_new(const char *type, const char *name, js
     return c;
 }
 
+/* A connector from options (stolen) extended by extra (contract in kiln_test_connector.h). */
+kiln_connector_t *kiln_test_connector_extended(const char *type, const char *name, json_t *options,
+                                               const char *extra)
+{
+    assert_non_null(options);
+    if (extra) {
+        json_t *more = json_loads(extra, 0, NULL);
+        assert_non_null(more);
+        json_object_update(options, more);
+        json_decref(more);
+    }
+    kiln_connector_t *c = kiln_test_connector_new(type, name, options);
+    json_decref(options);
+    return c;
+}
+
 static json_t *parse_options(const char *options)
 {
     json_error_t jerr;

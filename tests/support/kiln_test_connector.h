@@ -54,6 +54,11 @@ int kiln_test_free_port(void);
  * when init refuses them. */
 kiln_connector_t *kiln_test_connector_new(const char *type, const char *name, json_t *options);
 
+/* The same with options (stolen) overridden and extended by the members of
+ * extra (a JSON object's text; NULL: none). */
+kiln_connector_t *kiln_test_connector_extended(const char *type, const char *name, json_t *options,
+                                               const char *extra);
+
 /* The same from options as JSON text, with the Redis URL the connector may
  * use (NULL: none), as the worker gives it. */
 kiln_connector_t *kiln_test_connector_parse(const char *type, const char *name, const char *options,

@@ -52,15 +52,7 @@ static kiln_connector_t *connector_for(const char *url, const char *extra)
 {
     json_t *options = json_pack("{s:s, s:s, s:i, s:i}", "url", url, "outputs_dir", outputs,
                                 "poll_interval_ms", 50, "max_retries", 2);
-    if (extra) {
-        json_t *more = json_loads(extra, 0, NULL);
-        assert_non_null(more);
-        json_object_update(options, more);
-        json_decref(more);
-    }
-    kiln_connector_t *c = kiln_test_connector_new("a1111", "a1111", options);
-    json_decref(options);
-    return c;
+    return kiln_test_connector_extended("a1111", "a1111", options, extra);
 }
 
 static kiln_connector_t *connector_for_fake(const kiln_test_fake_t *f, const char *extra)

@@ -72,15 +72,7 @@ static kiln_connector_t *connector_for(const kiln_test_fake_t *f, const char *ex
 {
     json_t *options =
         json_pack("{s:s, s:i, s:i}", "base_url", f->url, "max_retries", 2, "poll_max_ms", 200);
-    if (extra) {
-        json_t *more = json_loads(extra, 0, NULL);
-        assert_non_null(more);
-        json_object_update(options, more);
-        json_decref(more);
-    }
-    kiln_connector_t *c = kiln_test_connector_new("comfyui", "comfyui", options);
-    json_decref(options);
-    return c;
+    return kiln_test_connector_extended("comfyui", "comfyui", options, extra);
 }
 
 /* A connector saving under a fresh outputs folder (its path into dir). */

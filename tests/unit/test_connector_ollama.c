@@ -40,15 +40,7 @@ static int fake_stop(void **state)
 static kiln_connector_t *connector_for(const char *url, const char *extra)
 {
     json_t *options = json_pack("{s:s, s:i}", "url", url, "max_retries", 2);
-    if (extra) {
-        json_t *more = json_loads(extra, 0, NULL);
-        assert_non_null(more);
-        json_object_update(options, more);
-        json_decref(more);
-    }
-    kiln_connector_t *c = kiln_test_connector_new("ollama", "ollama", options);
-    json_decref(options);
-    return c;
+    return kiln_test_connector_extended("ollama", "ollama", options, extra);
 }
 
 static void run_job(kiln_connector_t *c, const char *payload, kiln_test_job_t *j)

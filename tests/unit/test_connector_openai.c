@@ -51,15 +51,7 @@ static kiln_connector_t *connector_for(const kiln_test_fake_t *f, const char *ex
 {
     json_t *options =
         json_pack("{s:s, s:s, s:i}", "base_url", f->url, "api_key_env", KEY_ENV, "max_retries", 2);
-    if (extra) {
-        json_t *more = json_loads(extra, 0, NULL);
-        assert_non_null(more);
-        json_object_update(options, more);
-        json_decref(more);
-    }
-    kiln_connector_t *c = kiln_test_connector_new("openai", "openai", options);
-    json_decref(options);
-    return c;
+    return kiln_test_connector_extended("openai", "openai", options, extra);
 }
 
 static void run_job(kiln_connector_t *c, const char *payload, kiln_test_job_t *r)
