@@ -130,6 +130,18 @@ static char *workflow_payload(int steps, const char *fault, const char *extra)
     return text;
 }
 
+/* Runs one job of workflow_payload(steps, fault, extra) through a fresh
+ * connector for the fake into r (kiln_test_job_clear it). */
+static void run_workflow(const kiln_test_fake_t *f, int steps, const char *fault, const char *extra,
+                         kiln_test_job_t *r)
+{
+    kiln_connector_t *c = connector_for(f, NULL);
+    char *payload = workflow_payload(steps, fault, extra);
+    run_job(c, payload, r);
+    free(payload);
+    kiln_connector_free(c);
+}
+
 /* ---- tests ------------------------------------------------------------------- */
 
 static void runs_a_workflow_reporting_node_progress_and_saves_the_output(void **state)
@@ -196,10 +208,8 @@ static void runs_a_workflow_reporting_node_progress_and_saves_the_output(void **
 static void inputs_override_the_workflow(void **state)
 {
     kiln_test_fake_t *f = *state;
-    kiln_connector_t *c = connector_for(f, NULL);
-    char *payload = workflow_payload(2, NULL, ",\"inputs\":{\"9.filename_prefix\":\"override\"}");
     kiln_test_job_t r;
-    run_job(c, payload, &r);
+    run_workflow(f, 2, NULL, ",\"inputs\":{\"9.filename_prefix\":\"override\"}", &r);
     kiln_test_expect_completed(&r);
     json_t *item = json_array_get(json_object_get(r.result, "outputs"), 0);
     assert_string_equal(kiln_test_json_str(item, "filename"), "override_00000_.png");
@@ -207,39 +217,29 @@ static void inputs_override_the_workflow(void **state)
     assert_null(json_object_get(item, "path"));
     assert_int_equal(kiln_test_fake_stat(f, "view_requests"), 0);
     kiln_test_job_clear(&r);
-    free(payload);
-    kiln_connector_free(c);
 }
 
 static void retries_429_honouring_retry_after(void **state)
 {
     kiln_test_fake_t *f = *state;
-    kiln_connector_t *c = connector_for(f, NULL);
-    char *payload = workflow_payload(2, "429-then-ok", NULL);
     kiln_test_job_t r;
-    run_job(c, payload, &r);
+    run_workflow(f, 2, "429-then-ok", NULL, &r);
     kiln_test_expect_completed(&r);
     /* Retry-After: 1 is longer than the first backoff (at most 250 ms). */
     if (r.elapsed_ms < 950)
         fail_msg("retried after %lld ms; Retry-After asked for 1 s", (long long)r.elapsed_ms);
     assert_int_equal(kiln_test_fake_stat(f, "prompts"), 1);
     kiln_test_job_clear(&r);
-    free(payload);
-    kiln_connector_free(c);
 }
 
 static void retries_500_then_succeeds(void **state)
 {
     kiln_test_fake_t *f = *state;
-    kiln_connector_t *c = connector_for(f, NULL);
-    char *payload = workflow_payload(2, "500-then-ok", NULL);
     kiln_test_job_t r;
-    run_job(c, payload, &r);
+    run_workflow(f, 2, "500-then-ok", NULL, &r);
     kiln_test_expect_completed(&r);
     assert_int_equal(kiln_test_fake_stat(f, "prompts"), 1);
     kiln_test_job_clear(&r);
-    free(payload);
-    kiln_connector_free(c);
 }
 
 static void timeout_interrupts_the_prompt_and_fails_retryable(void **state)
@@ -269,14 +269,10 @@ static void timeout_interrupts_the_prompt_and_fails_retryable(void **state)
 static void malformed_response_fails_not_retryable(void **state)
 {
     kiln_test_fake_t *f = *state;
-    kiln_connector_t *c = connector_for(f, NULL);
-    char *payload = workflow_payload(2, "malformed", NULL);
     kiln_test_job_t r;
-    run_job(c, payload, &r);
+    run_workflow(f, 2, "malformed", NULL, &r);
     kiln_test_expect_failed(&r, false, "no usable prompt_id");
     kiln_test_job_clear(&r);
-    free(payload);
-    kiln_connector_free(c);
 }
 
 static void connection_refused_fails_retryable(void **state)
@@ -364,29 +360,21 @@ static void cancel_while_queued_deletes_the_prompt(void **state)
 static void node_errors_400_names_the_node_and_is_not_retried(void **state)
 {
     kiln_test_fake_t *f = *state;
-    kiln_connector_t *c = connector_for(f, NULL);
-    char *payload = workflow_payload(0, NULL, NULL);
     kiln_test_job_t r;
-    run_job(c, payload, &r);
+    run_workflow(f, 0, NULL, NULL, &r);
     kiln_test_expect_failed(&r, false, "node 3 KSampler: Value smaller than min: steps: 0 < 1");
     assert_non_null(strstr(r.out.error, "Prompt outputs failed validation"));
     assert_int_equal(kiln_test_fake_stat(f, "prompts"), 0);
     kiln_test_job_clear(&r);
-    free(payload);
-    kiln_connector_free(c);
 }
 
 static void execution_error_fails_naming_the_node(void **state)
 {
     kiln_test_fake_t *f = *state;
-    kiln_connector_t *c = connector_for(f, NULL);
-    char *payload = workflow_payload(8, "execution-error", NULL);
     kiln_test_job_t r;
-    run_job(c, payload, &r);
+    run_workflow(f, 8, "execution-error", NULL, &r);
     kiln_test_expect_failed(&r, false, "node 3 KSampler: RuntimeError: Expected all tensors");
     kiln_test_job_clear(&r);
-    free(payload);
-    kiln_connector_free(c);
 }
 
 static void falls_back_to_polling_when_the_socket_is_refused(void **state)
@@ -411,33 +399,25 @@ static void falls_back_to_polling_when_the_socket_is_refused(void **state)
 static void falls_back_to_polling_when_the_socket_drops(void **state)
 {
     kiln_test_fake_t *f = *state;
-    kiln_connector_t *c = connector_for(f, NULL);
-    char *payload = workflow_payload(30, NULL, NULL);
     kiln_test_job_t r;
-    run_job(c, payload, &r);
+    run_workflow(f, 30, NULL, NULL, &r);
     kiln_test_expect_completed(&r);
     assert_string_equal(kiln_test_json_str(r.result, "progress"), "polling");
     assert_true(kiln_test_job_progress_mentions(&r, "step 1/30"));
     assert_true(kiln_test_job_progress_mentions(&r, "progress socket lost"));
     assert_int_equal(kiln_test_fake_stat(f, "ws_connects"), 1);
     kiln_test_job_clear(&r);
-    free(payload);
-    kiln_connector_free(c);
 }
 
 static void junk_and_oversized_socket_messages_fall_back_to_polling(void **state)
 {
     kiln_test_fake_t *f = *state;
-    kiln_connector_t *c = connector_for(f, NULL);
-    char *payload = workflow_payload(4, "noise", NULL);
     kiln_test_job_t r;
-    run_job(c, payload, &r);
+    run_workflow(f, 4, "noise", NULL, &r);
     kiln_test_expect_completed(&r);
     assert_string_equal(kiln_test_json_str(r.result, "progress"), "polling");
     assert_true(kiln_test_job_progress_mentions(&r, "larger than 1 MiB"));
     kiln_test_job_clear(&r);
-    free(payload);
-    kiln_connector_free(c);
 }
 
 static void hostile_output_names_stay_in_the_outputs_folder(void **state)
