@@ -222,6 +222,17 @@ int kiln_test_connector_refused(const char *type, const char *name, const char *
     return rc;
 }
 
+/* Expects options to be refused naming needle (contract in kiln_test_connector.h). */
+void kiln_test_expect_refused(const char *type, const char *name, const char *options,
+                              const char *needle, char *msg, size_t size)
+{
+    int rc = kiln_test_connector_refused(type, name, options, msg, size);
+    if (rc != KILN_EINVAL)
+        fail_msg("options %s: expected KILN_EINVAL, got %d", options, rc);
+    if (!strstr(msg, needle))
+        fail_msg("options %s: \"%s\" does not mention \"%s\"", options, msg, needle);
+}
+
 static void record_progress(void *ctx, double percent, const char *message)
 {
     kiln_test_job_t *j = ctx;

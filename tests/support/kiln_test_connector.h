@@ -69,6 +69,11 @@ kiln_connector_t *kiln_test_connector_parse(const char *type, const char *name, 
 int kiln_test_connector_refused(const char *type, const char *name, const char *options, char *msg,
                                 size_t size);
 
+/* Fails the test unless kiln_test_connector_refused gives KILN_EINVAL with a
+ * message holding needle; the message goes into msg for further checks. */
+void kiln_test_expect_refused(const char *type, const char *name, const char *options,
+                              const char *needle, char *msg, size_t size);
+
 typedef struct kiln_test_job {
     kiln_job_outcome_t out;
     json_t *result; /* parsed result_json, or NULL */

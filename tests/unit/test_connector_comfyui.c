@@ -531,18 +531,9 @@ static void bad_options_are_refused_naming_them(void **state)
         {"{\"outputs_dir\": \"/no/such/folder\"}", "connectors.comfyui.outputs_dir"},
     };
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
-        json_t *options = json_loads(bad[i].options, 0, NULL);
-        assert_non_null(options);
-        kiln_connector_config_t cfg = {.name = "comfyui", .type = "comfyui", .options = options};
-        kiln_connector_t *c = NULL;
-        kiln_err_t err = {0};
-        int rc = kiln_connector_new(&cfg, &c, &err);
-        json_decref(options);
-        if (rc != KILN_EINVAL)
-            fail_msg("options %s: expected KILN_EINVAL, got %d", bad[i].options, rc);
-        if (!strstr(err.msg, bad[i].needle))
-            fail_msg("options %s: \"%s\" does not mention \"%s\"", bad[i].options, err.msg,
-                     bad[i].needle);
+        char msg[KILN_ERR_MSG_MAX];
+        kiln_test_expect_refused("comfyui", "comfyui", bad[i].options, bad[i].needle, msg,
+                                 sizeof msg);
     }
     /* No options at all: the default local ComfyUI. */
     kiln_connector_config_t cfg = {.name = "comfyui", .type = "comfyui", .options = NULL};
