@@ -185,6 +185,25 @@ int kiln_http_client_from_config(const kiln_connector_config_t *cfg,
 /* Whether the client sends an API key. */
 bool kiln_http_client_has_key(const kiln_http_client_t *client);
 
+/* A growable buffer with a maximum size fixed at init. */
+typedef struct kiln_http_buf {
+    char *data;
+    size_t len, cap, max;
+} kiln_http_buf_t;
+
+/* Empties b and sets its maximum size (bytes, not counting the NUL kept after them). */
+void kiln_http_buf_init(kiln_http_buf_t *b, size_t max);
+
+/* Appends len bytes, keeping a NUL after them. Returns 0, KILN_ETOOBIG
+ * (past max; b unchanged) or KILN_ENOMEM. */
+int kiln_http_buf_append(kiln_http_buf_t *b, const char *data, size_t len);
+
+/* Empties b, keeping its memory. */
+void kiln_http_buf_reset(kiln_http_buf_t *b);
+
+/* Frees b's memory and empties it. */
+void kiln_http_buf_free(kiln_http_buf_t *b);
+
 /* Wipes and frees a secret (NULL is a no-op). */
 void kiln_http_free_secret(char *secret);
 

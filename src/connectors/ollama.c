@@ -180,9 +180,8 @@ typedef struct stream {
     const char *path;
     const char *model;
     bool chat;
-    char *text;
-    size_t text_len, text_cap;
-    json_t *final; /* the "done": true line */
+    kiln_http_buf_t text; /* max: max_response_bytes */
+    json_t *final;        /* the "done": true line */
     int64_t tokens, expected;
     double base, span;
     double pulled; /* the share of a pull done so far */
@@ -197,26 +196,12 @@ typedef struct stream {
 
 static int text_append(stream_t *st, const char *s, size_t len)
 {
-    if (len > st->ol->max_response_bytes - st->text_len) {
+    int rc = kiln_http_buf_append(&st->text, s, len);
+    if (rc == KILN_ETOOBIG)
         snprintf(st->error, sizeof st->error,
                  "%s: the text is longer than max_response_bytes (%zu)", st->path,
                  st->ol->max_response_bytes);
-        return KILN_ETOOBIG;
-    }
-    if (st->text_len + len + 1 > st->text_cap) {
-        size_t cap = st->text_cap ? st->text_cap * 2 : 4096;
-        while (cap < st->text_len + len + 1)
-            cap *= 2;
-        char *grown = realloc(st->text, cap);
-        if (!grown)
-            return KILN_ENOMEM;
-        st->text = grown;
-        st->text_cap = cap;
-    }
-    memcpy(st->text + st->text_len, s, len);
-    st->text_len += len;
-    st->text[st->text_len] = '\0';
-    return 0;
+    return rc;
 }
 
 /* "N tokens: ...<the end of the text so far>", one line, cut at a UTF-8
@@ -225,12 +210,12 @@ static void report_tokens(const stream_t *st, double percent)
 {
     if (!st->job->progress)
         return;
-    size_t from = st->text_len > OLLAMA_TAIL_SHOWN ? st->text_len - OLLAMA_TAIL_SHOWN : 0;
-    while (from < st->text_len && ((unsigned char)st->text[from] & 0xc0) == 0x80)
+    size_t from = st->text.len > OLLAMA_TAIL_SHOWN ? st->text.len - OLLAMA_TAIL_SHOWN : 0;
+    while (from < st->text.len && ((unsigned char)st->text.data[from] & 0xc0) == 0x80)
         from++;
     char tail[OLLAMA_TAIL_SHOWN + 1] = "";
-    if (st->text)
-        snprintf(tail, sizeof tail, "%s", st->text + from);
+    if (st->text.data)
+        snprintf(tail, sizeof tail, "%s", st->text.data + from);
     for (char *p = tail; *p; p++)
         if (*p == '\n' || *p == '\r' || *p == '\t')
             *p = ' ';
@@ -416,7 +401,7 @@ static int complete(stream_t *st, const char *model, kiln_job_outcome_t *out)
     static const char *const copied[] = {
         "done_reason", "total_duration",       "load_duration", "prompt_eval_count",
         "eval_count",  "prompt_eval_duration", "eval_duration", NULL};
-    const char *text = st->text ? st->text : "";
+    const char *text = st->text.data ? st->text.data : "";
     json_t *result = json_pack("{s:s, s:s}", "model", model, "text", text);
     if (result && st->chat)
         json_object_set_new(result, "message",
@@ -462,6 +447,7 @@ static int stream_request(const ollama_t *ol, const kiln_job_context_t *job, boo
                        .expected = expected,
                        .base = pulled ? OLLAMA_PULL_SHARE : 0.0,
                        .span = pulled ? 100.0 - OLLAMA_PULL_SHARE : 100.0};
+        kiln_http_buf_init(&st.text, ol->max_response_bytes);
         kiln_http_call_t call = *base;
         call.path = st.path;
         call.body_json = body;
@@ -488,7 +474,7 @@ static int stream_request(const ollama_t *ol, const kiln_job_context_t *job, boo
             rc = fail_from_call(&st, rc, &res, &err, out);
         kiln_http_result_clear(&res);
         json_decref(st.final);
-        free(st.text);
+        kiln_http_buf_free(&st.text);
         if (!pull)
             break;
         rc = pull_model(ol, job, model, base, out);

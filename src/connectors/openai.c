@@ -183,8 +183,7 @@ static int complete(const openai_t *oa, json_t *result, kiln_job_outcome_t *out)
 typedef struct chat_stream {
     const openai_t *oa;
     const kiln_job_context_t *job;
-    char *text;
-    size_t text_len, text_cap;
+    kiln_http_buf_t text; /* max: max_response_bytes */
     char finish_reason[64];
     char model[OPENAI_MODEL_MAX + 1];
     json_t *usage;
@@ -196,26 +195,12 @@ typedef struct chat_stream {
 
 static int text_append(chat_stream_t *cs, const char *s, size_t len)
 {
-    if (len > cs->oa->max_response_bytes - cs->text_len) {
+    int rc = kiln_http_buf_append(&cs->text, s, len);
+    if (rc == KILN_ETOOBIG)
         snprintf(cs->error, sizeof cs->error,
                  "/chat/completions: the text is longer than max_response_bytes (%zu)",
                  cs->oa->max_response_bytes);
-        return KILN_ETOOBIG;
-    }
-    if (cs->text_len + len + 1 > cs->text_cap) {
-        size_t cap = cs->text_cap ? cs->text_cap * 2 : 4096;
-        while (cap < cs->text_len + len + 1)
-            cap *= 2;
-        char *grown = realloc(cs->text, cap);
-        if (!grown)
-            return KILN_ENOMEM;
-        cs->text = grown;
-        cs->text_cap = cap;
-    }
-    memcpy(cs->text + cs->text_len, s, len);
-    cs->text_len += len;
-    cs->text[cs->text_len] = '\0';
-    return 0;
+    return rc;
 }
 
 static void report_tokens(chat_stream_t *cs, double percent)
@@ -376,6 +361,7 @@ static int run_chat(const openai_t *oa, const kiln_job_context_t *job, json_t *p
     if (!body)
         return KILN_ENOMEM;
     chat_stream_t cs = {.oa = oa, .job = job, .max_tokens = max_tokens_of(request)};
+    kiln_http_buf_init(&cs.text, oa->max_response_bytes);
     kiln_http_call_t call = *base;
     call.path = "/chat/completions";
     call.body_json = body;
@@ -402,7 +388,7 @@ static int run_chat(const openai_t *oa, const kiln_job_context_t *job, json_t *p
         if (json_is_integer(completion))
             cs.tokens = json_integer_value(completion);
         report_tokens(&cs, 100.0);
-        json_t *result = chat_result(cs.text ? cs.text : "", cs.finish_reason, usage,
+        json_t *result = chat_result(cs.text.data ? cs.text.data : "", cs.finish_reason, usage,
                                      cs.model[0] ? cs.model : req_model);
         rc = result ? complete(oa, result, out) : KILN_ENOMEM;
     } else if (cs.error[0] && rc != KILN_ECANCELLED) {
@@ -414,7 +400,7 @@ static int run_chat(const openai_t *oa, const kiln_job_context_t *job, json_t *p
     }
     kiln_http_result_clear(&res);
     json_decref(cs.usage);
-    free(cs.text);
+    kiln_http_buf_free(&cs.text);
     return rc;
 }
 
