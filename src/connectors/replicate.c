@@ -240,29 +240,9 @@ static int create(const replicate_t *rp, const kiln_job_context_t *job, json_t *
         return rc;
     snprintf(prefer, sizeof prefer, "Prefer: wait=%" PRId64, rp->wait_s);
     const char *headers[] = {prefer, NULL};
-    kiln_http_call_t call = {
-        .method = "POST",
-        .path = path,
-        .body_json = body,
-        .job_id = job->job_id,
-        .cancel = job->cancel,
-        .cancel_fd = job->cancel_fd,
-        .deadline_ms = deadline_ms,
-        .headers = rp->wait_s > 0 ? headers : NULL,
-    };
-    kiln_http_result_t res;
-    kiln_err_t err = {0};
-    rc = kiln_http_call(rp->http, &call, &res, &err);
+    rc = kiln_api_remote_create(rp->http, job, path, body, rp->wait_s > 0 ? headers : NULL,
+                                deadline_ms, "prediction", doc, out);
     free(body);
-    if (rc < 0)
-        rc = kiln_api_http_failure(job, rc, &res, &err, out);
-    else if ((*doc = kiln_api_parse_object(&res, path, out)) &&
-             !kiln_api_id_ok(json_string_value(json_object_get(*doc, "id")))) {
-        json_decref(*doc);
-        *doc = NULL;
-        rc = kiln_job_outcome_fail(out, false, "%s: the response has no valid prediction id", path);
-    }
-    kiln_http_result_clear(&res);
     return rc;
 }
 
