@@ -100,6 +100,12 @@ void kiln_connector_warn_unknown_options(const kiln_connector_config_t *cfg,
  * into buf, for the "got ..." part of an error message. */
 void kiln_connector_describe_value(const json_t *value, char *buf, size_t size);
 
+/* Fails out, not retryable, with "payload.<field>: expected <expected>,
+ * got <value described>", the message a connector gives for a bad payload
+ * field. Returns kiln_job_outcome_fail's code. */
+int kiln_job_outcome_bad_field(kiln_job_outcome_t *out, const char *field, const char *expected,
+                               const json_t *value);
+
 /* For connectors that run programs. kiln_connector_option_argv reads
  * options[key] as a command: a non-empty array of strings whose first is
  * non-empty, copied into *out (NULL-terminated, NULL when absent; free with

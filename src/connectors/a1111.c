@@ -13,6 +13,7 @@
  * (outputs.c). Everything the instance holds is fixed at init, so run()
  * needs no lock.
  */
+#include "api_job.h"
 #include "http.h"
 #include "outputs.h"
 
@@ -133,13 +134,6 @@ static int a1111_init(const kiln_connector_config_t *cfg, void **state, kiln_err
     return 0;
 }
 
-static int64_t now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
 /* GET /sdapi/v1/options: answered by the API in every mode (with the UI or
  * --nowebui), and behind --api-auth when that is on. */
 static int a1111_health(void *state, kiln_err_t *err)
@@ -208,7 +202,7 @@ static void report_progress(const poller_t *p, const json_t *doc)
 static bool poller_wait(poller_t *p, int64_t ms)
 {
     struct pollfd stop = {.fd = p->stop_fd, .events = POLLIN};
-    for (int64_t until = now_ms() + ms, left; (left = until - now_ms()) > 0;) {
+    for (int64_t until = kiln_api_now_ms() + ms, left; (left = until - kiln_api_now_ms()) > 0;) {
         if (atomic_load(&p->stop))
             return false;
         poll(&stop, 1, (int)left);
@@ -382,15 +376,6 @@ static int complete(const a1111_t *a, const kiln_job_context_t *job, const char 
 
 /* ---- the request ----------------------------------------------------------- */
 
-static int bad_field(kiln_job_outcome_t *out, const char *field, const char *expected,
-                     const json_t *value)
-{
-    char got[64];
-    kiln_connector_describe_value(value, got, sizeof got);
-    return kiln_job_outcome_fail(out, false, "payload.%s: expected %s, got %s", field, expected,
-                                 got);
-}
-
 /* Checks an optional integer field against [min, max]. */
 static int check_int(const json_t *payload, const char *field, json_int_t min, json_int_t max,
                      json_int_t *value, kiln_job_outcome_t *out)
@@ -402,7 +387,7 @@ static int check_int(const json_t *payload, const char *field, json_int_t min, j
         char expected[96];
         snprintf(expected, sizeof expected,
                  "an integer %" JSON_INTEGER_FORMAT "-%" JSON_INTEGER_FORMAT, min, max);
-        return bad_field(out, field, expected, v);
+        return kiln_job_outcome_bad_field(out, field, expected, v);
     }
     if (value)
         *value = json_integer_value(v);
@@ -418,7 +403,7 @@ static int check_payload(const a1111_t *a, const json_t *payload, bool img2img,
     for (int i = 0; strings[i]; i++) {
         json_t *v = json_object_get(payload, strings[i]);
         if (v && !json_is_string(v))
-            return bad_field(out, strings[i], "a string", v);
+            return kiln_job_outcome_bad_field(out, strings[i], "a string", v);
     }
     json_int_t batch = 1, iterations = 1;
     int rc = check_int(payload, "steps", 1, 1000, NULL, out);
@@ -439,21 +424,22 @@ static int check_payload(const a1111_t *a, const json_t *payload, bool img2img,
                                      batch * iterations, a->name, a->max_images);
     json_t *init = json_object_get(payload, "init_images");
     if (!img2img && init)
-        return bad_field(out, "init_images", "nothing for txt2img (set mode: img2img)", init);
+        return kiln_job_outcome_bad_field(out, "init_images",
+                                          "nothing for txt2img (set mode: img2img)", init);
     if (img2img && (!json_is_array(init) || json_array_size(init) == 0))
-        return bad_field(out, "init_images", "a non-empty array of base64 images for img2img",
-                         init);
+        return kiln_job_outcome_bad_field(out, "init_images",
+                                          "a non-empty array of base64 images for img2img", init);
     size_t i;
     json_t *image;
     json_array_foreach(init, i, image)
     {
         if (!json_is_string(image) || json_string_length(image) == 0)
-            return bad_field(out, "init_images", "base64 strings", image);
+            return kiln_job_outcome_bad_field(out, "init_images", "base64 strings", image);
     }
     json_t *strength = json_object_get(payload, "denoising_strength");
     if (strength && (!json_is_number(strength) || json_number_value(strength) < 0.0 ||
                      json_number_value(strength) > 1.0))
-        return bad_field(out, "denoising_strength", "a number 0-1", strength);
+        return kiln_job_outcome_bad_field(out, "denoising_strength", "a number 0-1", strength);
     return 0;
 }
 
@@ -467,7 +453,7 @@ static int build_request(const a1111_t *a, json_t *payload, const char **mode, c
                        : json_object_get(payload, "init_images") ? "img2img"
                                                                  : "txt2img";
     if (!name || (strcmp(name, "txt2img") != 0 && strcmp(name, "img2img") != 0))
-        return bad_field(out, "mode", "\"txt2img\" or \"img2img\"", mode_value);
+        return kiln_job_outcome_bad_field(out, "mode", "\"txt2img\" or \"img2img\"", mode_value);
     *mode = strcmp(name, "img2img") == 0 ? "img2img" : "txt2img";
     int rc = check_payload(a, payload, strcmp(*mode, "img2img") == 0, out);
     if (rc < 0 || out->error)
@@ -498,7 +484,7 @@ static int generate(const a1111_t *a, const kiln_job_context_t *job, const char 
         .job_id = job->job_id,
         .cancel = job->cancel,
         .cancel_fd = job->cancel_fd,
-        .deadline_ms = job->timeout_ms > 0 ? now_ms() + job->timeout_ms : 0,
+        .deadline_ms = job->timeout_ms > 0 ? kiln_api_now_ms() + job->timeout_ms : 0,
     };
     poller_t poller;
     bool polling = poller_start(&poller, a, job) == 0;

@@ -134,6 +134,38 @@ int kiln_api_http_failure(const kiln_job_context_t *job, int rc, const kiln_http
     return kiln_job_outcome_fail(out, res->retryable, "%s", err->msg);
 }
 
+/* Creates a remote job and checks its id (contract in api_job.h). */
+int kiln_api_remote_create(const kiln_http_client_t *http, const kiln_job_context_t *job,
+                           const char *path, const char *body, const char *const *headers,
+                           int64_t deadline_ms, const char *what, json_t **doc,
+                           kiln_job_outcome_t *out)
+{
+    kiln_http_call_t call = {
+        .method = "POST",
+        .path = path,
+        .body_json = body,
+        .job_id = job->job_id,
+        .cancel = job->cancel,
+        .cancel_fd = job->cancel_fd,
+        .deadline_ms = deadline_ms,
+        .headers = headers,
+    };
+    kiln_http_result_t res;
+    kiln_err_t err = {0};
+    *doc = NULL;
+    int rc = kiln_http_call(http, &call, &res, &err);
+    if (rc < 0)
+        rc = kiln_api_http_failure(job, rc, &res, &err, out);
+    else if ((*doc = kiln_api_parse_object(&res, path, out)) &&
+             !kiln_api_id_ok(json_string_value(json_object_get(*doc, "id")))) {
+        json_decref(*doc);
+        *doc = NULL;
+        rc = kiln_job_outcome_fail(out, false, "%s: the response has no valid %s id", path, what);
+    }
+    kiln_http_result_clear(&res);
+    return rc;
+}
+
 /* Cancels the remote job, best effort (contract in api_job.h). */
 void kiln_api_remote_cancel(const kiln_http_client_t *http, const kiln_job_context_t *job,
                             const char *path, const char *const *headers)

@@ -103,6 +103,17 @@ int kiln_api_health_get(const kiln_http_client_t *http, const char *path, kiln_e
 json_t *kiln_api_parse_object(const kiln_http_result_t *res, const char *what,
                               kiln_job_outcome_t *out);
 
+/* POSTs body (JSON text) to path for job, with headers (NULL-terminated;
+ * may be NULL) and deadline_ms, and reads the answer as a new remote job:
+ * a JSON object whose "id" passes kiln_api_id_ok. Returns 0 with *doc the
+ * object (owned), or 0 with *doc NULL and out filled (the call failed, as
+ * kiln_api_http_failure says; not an object; "<path>: the response has no
+ * valid <what> id"), or KILN_ENOMEM. */
+int kiln_api_remote_create(const kiln_http_client_t *http, const kiln_job_context_t *job,
+                           const char *path, const char *body, const char *const *headers,
+                           int64_t deadline_ms, const char *what, json_t **doc,
+                           kiln_job_outcome_t *out);
+
 /* Turns a failed kiln_http_call into the outcome (cancelled, or failed with
  * the layer's retryable verdict). Returns 0, or KILN_ENOMEM. */
 int kiln_api_http_failure(const kiln_job_context_t *job, int rc, const kiln_http_result_t *res,

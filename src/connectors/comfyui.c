@@ -10,6 +10,7 @@
  *
  * The instance is read-only after init, so run() needs no lock.
  */
+#include "api_job.h"
 #include "comfyui_internal.h"
 #include "comfyui_ws.h"
 #include "outputs.h"
@@ -43,16 +44,9 @@ static const char *const known_options[] = {
     "connect_timeout_ms", "max_retries", "outputs_dir", "max_output_bytes",
     "max_response_bytes", "poll_max_ms", NULL};
 
-static int64_t now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
 static bool deadline_passed(const kiln_http_call_t *call)
 {
-    return call->deadline_ms && now_ms() >= call->deadline_ms;
+    return call->deadline_ms && kiln_api_now_ms() >= call->deadline_ms;
 }
 
 /* ---- init ------------------------------------------------------------------ */
@@ -162,7 +156,7 @@ static int comfyui_health(void *state, kiln_err_t *err)
     kiln_http_call_t call = {.method = "GET",
                              .path = "/system_stats",
                              .cancel_fd = -1,
-                             .deadline_ms = now_ms() + COMFYUI_STOP_MS};
+                             .deadline_ms = kiln_api_now_ms() + COMFYUI_STOP_MS};
     kiln_http_result_t res;
     int rc = kiln_http_call(cf->api, &call, &res, err);
     if (rc == 0) {
@@ -180,20 +174,11 @@ static int comfyui_health(void *state, kiln_err_t *err)
 
 /* ---- payload --------------------------------------------------------------- */
 
-static int bad_field(kiln_job_outcome_t *out, const char *field, const char *expected,
-                     const json_t *value)
-{
-    char got[64];
-    kiln_connector_describe_value(value, got, sizeof got);
-    return kiln_job_outcome_fail(out, false, "payload.%s: expected %s, got %s", field, expected,
-                                 got);
-}
-
 static int check_workflow(const json_t *workflow, kiln_job_outcome_t *out)
 {
     if (!json_is_object(workflow))
-        return bad_field(out, "workflow", "a workflow in API format (an object of nodes)",
-                         workflow);
+        return kiln_job_outcome_bad_field(
+            out, "workflow", "a workflow in API format (an object of nodes)", workflow);
     if (json_is_array(json_object_get(workflow, "nodes")))
         return kiln_job_outcome_fail(out, false,
                                      "payload.workflow: this is ComfyUI's UI format (it has "
@@ -227,10 +212,10 @@ static int apply_inputs(json_t *workflow, const json_t *inputs, kiln_job_outcome
     if (!inputs || json_is_null(inputs))
         return 0;
     if (!json_is_object(inputs) || json_object_size(inputs) > COMFYUI_INPUTS_MAX)
-        return bad_field(out, "inputs",
-                         "an object of \"<node id>.<input name>\": value (at most "
-                         "1000)",
-                         inputs);
+        return kiln_job_outcome_bad_field(out, "inputs",
+                                          "an object of \"<node id>.<input name>\": value (at most "
+                                          "1000)",
+                                          inputs);
     const char *key;
     json_t *value;
     json_object_foreach((json_t *)inputs, key, value)
@@ -290,7 +275,7 @@ static void make_client_id(const kiln_job_context_t *job, char *out, size_t size
 {
     unsigned char bytes[8] = {0};
     if (getrandom(bytes, sizeof bytes, 0) != (ssize_t)sizeof bytes) {
-        uint64_t fallback = (uint64_t)now_ms() ^ (uint64_t)(uintptr_t)out;
+        uint64_t fallback = (uint64_t)kiln_api_now_ms() ^ (uint64_t)(uintptr_t)out;
         memcpy(bytes, &fallback, sizeof bytes);
     }
     char id[64];
@@ -518,7 +503,7 @@ static void wait_for_news(run_t *r, int64_t wake_at)
 {
     struct pollfd fds[2] = {{.fd = r->cancel_fd, .events = POLLIN},
                             {.fd = r->ws ? kiln_comfyui_ws_fd(r->ws) : -1, .events = POLLIN}};
-    int64_t left = wake_at - now_ms();
+    int64_t left = wake_at - kiln_api_now_ms();
     if (left > 0 && poll(fds, 2, left > 1000 ? 1000 : (int)left) > 0 && fds[0].revents &&
         !cancelled(r->job))
         r->cancel_fd = -1; /* readable without a cancel: rely on the flag (as http.c does) */
@@ -532,7 +517,7 @@ static void wait_for_news(run_t *r, int64_t wake_at)
 static int follow(run_t *r, json_t **doc, const json_t **entry, kiln_job_outcome_t *out)
 {
     int64_t delay = COMFYUI_POLL_FIRST_MS;
-    int64_t next_poll = r->ws ? now_ms() + COMFYUI_QUIET_MS : now_ms();
+    int64_t next_poll = r->ws ? kiln_api_now_ms() + COMFYUI_QUIET_MS : kiln_api_now_ms();
     bool finished_seen = false;
     for (;;) {
         size_t seen = r->messages;
@@ -545,11 +530,11 @@ static int follow(run_t *r, json_t **doc, const json_t **entry, kiln_job_outcome
         if (deadline_passed(&r->call))
             return KILN_ETIMEOUT;
         if ((r->track.finished && !finished_seen) || (had_socket && !r->ws))
-            next_poll = now_ms();
+            next_poll = kiln_api_now_ms();
         else if (r->ws && r->messages != seen && !r->track.finished)
-            next_poll = now_ms() + COMFYUI_QUIET_MS; /* the socket is alive */
+            next_poll = kiln_api_now_ms() + COMFYUI_QUIET_MS; /* the socket is alive */
         finished_seen = r->track.finished;
-        if (next_poll <= now_ms()) {
+        if (next_poll <= kiln_api_now_ms()) {
             json_decref(*doc);
             *doc = NULL;
             int rc = poll_history(r, doc, entry, out);
@@ -557,7 +542,7 @@ static int follow(run_t *r, json_t **doc, const json_t **entry, kiln_job_outcome
                 return kiln_job_outcome_fail(out, r->track.retryable, "%s", r->track.error);
             if (rc != 0 || out->error)
                 return out->error ? 0 : rc;
-            next_poll = now_ms() + (r->ws && !finished_seen ? COMFYUI_QUIET_MS : delay);
+            next_poll = kiln_api_now_ms() + (r->ws && !finished_seen ? COMFYUI_QUIET_MS : delay);
             delay = delay * 2 > r->cf->poll_max_ms ? r->cf->poll_max_ms : delay * 2;
         }
         wait_for_news(r, r->call.deadline_ms < next_poll ? r->call.deadline_ms : next_poll);
@@ -569,8 +554,9 @@ static int follow(run_t *r, json_t **doc, const json_t **entry, kiln_job_outcome
  * the queue cannot be read, both). */
 static void stop_prompt(run_t *r)
 {
-    kiln_http_call_t call = {
-        .job_id = r->job->job_id, .cancel_fd = -1, .deadline_ms = now_ms() + COMFYUI_STOP_MS};
+    kiln_http_call_t call = {.job_id = r->job->job_id,
+                             .cancel_fd = -1,
+                             .deadline_ms = kiln_api_now_ms() + COMFYUI_STOP_MS};
     kiln_job_outcome_t ignored = {0};
     json_t *queue = NULL;
     size_t ahead = 0;
@@ -683,7 +669,7 @@ static int comfyui_run(void *state, const kiln_job_context_t *job, kiln_job_outc
     r.call = (kiln_http_call_t){.job_id = job->job_id,
                                 .cancel = job->cancel,
                                 .cancel_fd = job->cancel_fd,
-                                .deadline_ms = now_ms() + r.budget_ms};
+                                .deadline_ms = kiln_api_now_ms() + r.budget_ms};
     char client_id[128];
     make_client_id(job, client_id, sizeof client_id);
     /* The socket first, so that no message about the prompt is missed. */

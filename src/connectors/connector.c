@@ -170,6 +170,16 @@ void kiln_connector_describe_value(const json_t *value, char *buf, size_t size)
     free(text);
 }
 
+/* Fails out naming a bad payload field (contract in kiln/connector.h). */
+int kiln_job_outcome_bad_field(kiln_job_outcome_t *out, const char *field, const char *expected,
+                               const json_t *value)
+{
+    char got[64];
+    kiln_connector_describe_value(value, got, sizeof got);
+    return kiln_job_outcome_fail(out, false, "payload.%s: expected %s, got %s", field, expected,
+                                 got);
+}
+
 static json_t *option_value(const kiln_connector_config_t *cfg, const char *key)
 {
     json_t *v = cfg->options ? json_object_get(cfg->options, key) : NULL;

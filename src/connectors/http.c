@@ -167,6 +167,12 @@ const char *kiln_http_client_url_shown(const kiln_http_client_t *client)
     return client->url_shown;
 }
 
+/* Whether the client sends an API key (contract in http.h). */
+bool kiln_http_client_has_key(const kiln_http_client_t *client)
+{
+    return client->api_key != NULL;
+}
+
 /* Frees what res owns (contract in http.h). */
 void kiln_http_result_clear(kiln_http_result_t *res)
 {

@@ -169,6 +169,41 @@ int kiln_http_option_transfer(const kiln_connector_config_t *cfg,
 int kiln_http_option_base_url(const kiln_connector_config_t *cfg, const char *default_url,
                               kiln_http_client_options_t *opts, kiln_err_t *err);
 
+/* Builds an API connector's client from cfg once opts holds the base URL,
+ * the name and the transfer options: reads the API key
+ * (kiln_http_read_api_key with default_env and key_required) and the
+ * fleet-wide rate limit (kiln_ratelimit_from_config) and makes the client
+ * with both. Returns 0 with *out set (owned: kiln_http_client_free), or the
+ * first failing step's code and message. *ratelimit is owned by the caller
+ * (kiln_ratelimit_free; NULL when none), also after a failure. The key is
+ * wiped before returning; opts->api_key is left NULL. */
+int kiln_http_client_from_config(const kiln_connector_config_t *cfg,
+                                 kiln_http_client_options_t *opts, const char *default_env,
+                                 bool key_required, struct kiln_ratelimit **ratelimit,
+                                 kiln_http_client_t **out, kiln_err_t *err);
+
+/* Whether the client sends an API key. */
+bool kiln_http_client_has_key(const kiln_http_client_t *client);
+
+/* A growable buffer with a maximum size fixed at init. */
+typedef struct kiln_http_buf {
+    char *data;
+    size_t len, cap, max;
+} kiln_http_buf_t;
+
+/* Empties b and sets its maximum size (bytes, not counting the NUL kept after them). */
+void kiln_http_buf_init(kiln_http_buf_t *b, size_t max);
+
+/* Appends len bytes, keeping a NUL after them. Returns 0, KILN_ETOOBIG
+ * (past max; b unchanged) or KILN_ENOMEM. */
+int kiln_http_buf_append(kiln_http_buf_t *b, const char *data, size_t len);
+
+/* Empties b, keeping its memory. */
+void kiln_http_buf_reset(kiln_http_buf_t *b);
+
+/* Frees b's memory and empties it. */
+void kiln_http_buf_free(kiln_http_buf_t *b);
+
 /* Wipes and frees a secret (NULL is a no-op). */
 void kiln_http_free_secret(char *secret);
 

@@ -8,12 +8,6 @@
 
 #include "http.h"
 
-/* A growable buffer with a maximum size fixed at init. */
-typedef struct kiln_http_buf {
-    char *data;
-    size_t len, cap, max;
-} kiln_http_buf_t;
-
 /* One request and its response. */
 typedef struct kiln_http_attempt {
     const kiln_http_client_t *client;
@@ -34,18 +28,6 @@ typedef struct kiln_http_attempt {
     kiln_http_buf_t line;  /* SSE: the line being read */
     kiln_http_buf_t event; /* SSE: the event's data so far */
 } kiln_http_attempt_t;
-
-/* Empties b and sets its maximum size (bytes, not counting the NUL kept after them). */
-void kiln_http_buf_init(kiln_http_buf_t *b, size_t max);
-
-/* Appends len bytes, keeping a NUL after them. -1 past max or out of memory. */
-int kiln_http_buf_append(kiln_http_buf_t *b, const char *data, size_t len);
-
-/* Empties b, keeping its memory. */
-void kiln_http_buf_reset(kiln_http_buf_t *b);
-
-/* Frees b's memory and empties it. */
-void kiln_http_buf_free(kiln_http_buf_t *b);
 
 /* Feeds len body bytes of a streamed response (a->is_lines: NDJSON lines to
  * call->on_line; else server-sent events to call->on_event). 0, or

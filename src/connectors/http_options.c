@@ -4,6 +4,7 @@
  * base_url or url. Kept apart from the transfer code in http.c.
  */
 #include "http.h"
+#include "ratelimit.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -160,4 +161,24 @@ int kiln_http_option_transfer(const kiln_connector_config_t *cfg,
     opts->max_retries = (int)retries;
     opts->max_response_bytes = (size_t)max_bytes;
     return 0;
+}
+
+/* Builds an API connector's client from cfg (contract in http.h). */
+int kiln_http_client_from_config(const kiln_connector_config_t *cfg,
+                                 kiln_http_client_options_t *opts, const char *default_env,
+                                 bool key_required, struct kiln_ratelimit **ratelimit,
+                                 kiln_http_client_t **out, kiln_err_t *err)
+{
+    char *key = NULL;
+    int rc = kiln_http_read_api_key(cfg, default_env, key_required, &key, err);
+    if (rc == 0)
+        rc = kiln_ratelimit_from_config(cfg, ratelimit, err);
+    if (rc == 0) {
+        opts->api_key = key;
+        opts->ratelimit = *ratelimit;
+        rc = kiln_http_client_new(opts, out, err);
+        opts->api_key = NULL;
+    }
+    kiln_http_free_secret(key);
+    return rc;
 }

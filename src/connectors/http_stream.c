@@ -18,11 +18,11 @@ void kiln_http_buf_init(kiln_http_buf_t *b, size_t max)
     b->max = max;
 }
 
-/* Appends len bytes, keeping a NUL after them. -1 past max or out of memory. */
+/* Appends len bytes (contract in http.h). */
 int kiln_http_buf_append(kiln_http_buf_t *b, const char *data, size_t len)
 {
     if (len > b->max - b->len)
-        return -1;
+        return KILN_ETOOBIG;
     if (b->len + len + 1 > b->cap) {
         size_t cap = b->cap ? b->cap : 1024;
         while (cap < b->len + len + 1)
@@ -31,7 +31,7 @@ int kiln_http_buf_append(kiln_http_buf_t *b, const char *data, size_t len)
             cap = b->max + 1;
         char *grown = realloc(b->data, cap);
         if (!grown)
-            return -1;
+            return KILN_ENOMEM;
         b->data = grown;
         b->cap = cap;
     }

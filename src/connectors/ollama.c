@@ -11,6 +11,7 @@
  * whose streamed status lines become the first part of the job's progress.
  * Everything the instance holds is fixed at init, so run() needs no lock.
  */
+#include "api_job.h"
 #include "http.h"
 
 #include "kiln/connector.h"
@@ -144,13 +145,6 @@ static int ollama_init(const kiln_connector_config_t *cfg, void **state, kiln_er
     return 0;
 }
 
-static int64_t now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
 /* GET /api/tags: the server answers with its list of models. */
 static int ollama_health(void *state, kiln_err_t *err)
 {
@@ -158,7 +152,7 @@ static int ollama_health(void *state, kiln_err_t *err)
     kiln_http_call_t call = {.method = "GET",
                              .path = "/api/tags",
                              .cancel_fd = -1,
-                             .deadline_ms = now_ms() + OLLAMA_HEALTH_TIMEOUT_MS};
+                             .deadline_ms = kiln_api_now_ms() + OLLAMA_HEALTH_TIMEOUT_MS};
     kiln_http_result_t res;
     kiln_err_t call_err = {0};
     int rc = kiln_http_call(ol->http, &call, &res, &call_err);
@@ -186,9 +180,8 @@ typedef struct stream {
     const char *path;
     const char *model;
     bool chat;
-    char *text;
-    size_t text_len, text_cap;
-    json_t *final; /* the "done": true line */
+    kiln_http_buf_t text; /* max: max_response_bytes */
+    json_t *final;        /* the "done": true line */
     int64_t tokens, expected;
     double base, span;
     double pulled; /* the share of a pull done so far */
@@ -203,26 +196,12 @@ typedef struct stream {
 
 static int text_append(stream_t *st, const char *s, size_t len)
 {
-    if (len > st->ol->max_response_bytes - st->text_len) {
+    int rc = kiln_http_buf_append(&st->text, s, len);
+    if (rc == KILN_ETOOBIG)
         snprintf(st->error, sizeof st->error,
                  "%s: the text is longer than max_response_bytes (%zu)", st->path,
                  st->ol->max_response_bytes);
-        return KILN_ETOOBIG;
-    }
-    if (st->text_len + len + 1 > st->text_cap) {
-        size_t cap = st->text_cap ? st->text_cap * 2 : 4096;
-        while (cap < st->text_len + len + 1)
-            cap *= 2;
-        char *grown = realloc(st->text, cap);
-        if (!grown)
-            return KILN_ENOMEM;
-        st->text = grown;
-        st->text_cap = cap;
-    }
-    memcpy(st->text + st->text_len, s, len);
-    st->text_len += len;
-    st->text[st->text_len] = '\0';
-    return 0;
+    return rc;
 }
 
 /* "N tokens: ...<the end of the text so far>", one line, cut at a UTF-8
@@ -231,12 +210,12 @@ static void report_tokens(const stream_t *st, double percent)
 {
     if (!st->job->progress)
         return;
-    size_t from = st->text_len > OLLAMA_TAIL_SHOWN ? st->text_len - OLLAMA_TAIL_SHOWN : 0;
-    while (from < st->text_len && ((unsigned char)st->text[from] & 0xc0) == 0x80)
+    size_t from = st->text.len > OLLAMA_TAIL_SHOWN ? st->text.len - OLLAMA_TAIL_SHOWN : 0;
+    while (from < st->text.len && ((unsigned char)st->text.data[from] & 0xc0) == 0x80)
         from++;
     char tail[OLLAMA_TAIL_SHOWN + 1] = "";
-    if (st->text)
-        snprintf(tail, sizeof tail, "%s", st->text + from);
+    if (st->text.data)
+        snprintf(tail, sizeof tail, "%s", st->text.data + from);
     for (char *p = tail; *p; p++)
         if (*p == '\n' || *p == '\r' || *p == '\t')
             *p = ' ';
@@ -422,7 +401,7 @@ static int complete(stream_t *st, const char *model, kiln_job_outcome_t *out)
     static const char *const copied[] = {
         "done_reason", "total_duration",       "load_duration", "prompt_eval_count",
         "eval_count",  "prompt_eval_duration", "eval_duration", NULL};
-    const char *text = st->text ? st->text : "";
+    const char *text = st->text.data ? st->text.data : "";
     json_t *result = json_pack("{s:s, s:s}", "model", model, "text", text);
     if (result && st->chat)
         json_object_set_new(result, "message",
@@ -468,6 +447,7 @@ static int stream_request(const ollama_t *ol, const kiln_job_context_t *job, boo
                        .expected = expected,
                        .base = pulled ? OLLAMA_PULL_SHARE : 0.0,
                        .span = pulled ? 100.0 - OLLAMA_PULL_SHARE : 100.0};
+        kiln_http_buf_init(&st.text, ol->max_response_bytes);
         kiln_http_call_t call = *base;
         call.path = st.path;
         call.body_json = body;
@@ -494,7 +474,7 @@ static int stream_request(const ollama_t *ol, const kiln_job_context_t *job, boo
             rc = fail_from_call(&st, rc, &res, &err, out);
         kiln_http_result_clear(&res);
         json_decref(st.final);
-        free(st.text);
+        kiln_http_buf_free(&st.text);
         if (!pull)
             break;
         rc = pull_model(ol, job, model, base, out);
@@ -506,21 +486,13 @@ static int stream_request(const ollama_t *ol, const kiln_job_context_t *job, boo
     return rc;
 }
 
-static int bad_field(kiln_job_outcome_t *out, const char *field, const char *expected,
-                     const json_t *value)
-{
-    char got[64];
-    kiln_connector_describe_value(value, got, sizeof got);
-    return kiln_job_outcome_fail(out, false, "payload.%s: expected %s, got %s", field, expected,
-                                 got);
-}
-
 /* Checks chat messages: a non-empty array of objects, each with a role and
  * a content string. */
 static int check_messages(const json_t *messages, kiln_job_outcome_t *out)
 {
     if (!json_is_array(messages) || json_array_size(messages) == 0)
-        return bad_field(out, "messages", "a non-empty array of {role, content}", messages);
+        return kiln_job_outcome_bad_field(out, "messages", "a non-empty array of {role, content}",
+                                          messages);
     size_t i;
     json_t *message;
     json_array_foreach(messages, i, message)
@@ -529,7 +501,8 @@ static int check_messages(const json_t *messages, kiln_job_outcome_t *out)
             !json_is_string(json_object_get(message, "content"))) {
             char field[48];
             snprintf(field, sizeof field, "messages[%zu]", i);
-            return bad_field(out, field, "an object with role and content strings", message);
+            return kiln_job_outcome_bad_field(out, field, "an object with role and content strings",
+                                              message);
         }
     }
     return 0;
@@ -547,12 +520,12 @@ static int build_request(const ollama_t *ol, json_t *payload, bool *chat, int64_
                        : json_object_get(payload, "messages") ? "chat"
                                                               : "generate";
     if (!name || (strcmp(name, "chat") != 0 && strcmp(name, "generate") != 0))
-        return bad_field(out, "endpoint", "\"generate\" or \"chat\"", endpoint);
+        return kiln_job_outcome_bad_field(out, "endpoint", "\"generate\" or \"chat\"", endpoint);
     *chat = strcmp(name, "chat") == 0;
     json_t *model = json_object_get(payload, "model");
     if (model && (!json_is_string(model) || json_string_length(model) == 0 ||
                   json_string_length(model) > OLLAMA_MODEL_MAX))
-        return bad_field(out, "model", "a model name", model);
+        return kiln_job_outcome_bad_field(out, "model", "a model name", model);
     if (!model && !ol->model)
         return kiln_job_outcome_fail(out, false,
                                      "payload.model: required, as connectors.%s.model sets no "
@@ -563,13 +536,13 @@ static int build_request(const ollama_t *ol, json_t *payload, bool *chat, int64_
     if (*chat)
         rc = check_messages(json_object_get(payload, "messages"), out);
     else if (!json_is_string(prompt))
-        rc = bad_field(out, "prompt", "a string", prompt);
+        rc = kiln_job_outcome_bad_field(out, "prompt", "a string", prompt);
     json_t *options = json_object_get(payload, "options");
     json_t *num_predict = json_object_get(options, "num_predict");
     if (rc == 0 && options && !json_is_object(options))
-        rc = bad_field(out, "options", "an object of model options", options);
+        rc = kiln_job_outcome_bad_field(out, "options", "an object of model options", options);
     if (rc == 0 && num_predict && !json_is_integer(num_predict))
-        rc = bad_field(out, "options.num_predict", "an integer", num_predict);
+        rc = kiln_job_outcome_bad_field(out, "options.num_predict", "an integer", num_predict);
     if (rc < 0 || out->error)
         return rc;
     *expected =
@@ -602,7 +575,7 @@ static int ollama_run(void *state, const kiln_job_context_t *job, kiln_job_outco
             .job_id = job->job_id,
             .cancel = job->cancel,
             .cancel_fd = job->cancel_fd,
-            .deadline_ms = job->timeout_ms > 0 ? now_ms() + job->timeout_ms : 0,
+            .deadline_ms = job->timeout_ms > 0 ? kiln_api_now_ms() + job->timeout_ms : 0,
         };
         rc = stream_request(ol, job, chat, request, expected, &call, out);
     }

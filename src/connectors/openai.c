@@ -132,24 +132,18 @@ static int openai_init(const kiln_connector_config_t *cfg, void **state, kiln_er
     snprintf(oa->name, sizeof oa->name, "%s", cfg->name);
     kiln_http_client_options_t hopts = {.name = cfg->name};
     const char *base_url = NULL;
-    char *root = NULL, *key = NULL;
+    char *root = NULL;
     int rc = read_options(cfg, oa, &hopts, &base_url, err);
     /* The key is required only by OpenAI itself; a local server may need none. */
     bool official =
         rc == 0 && strncasecmp(base_url, OPENAI_DEFAULT_URL, strlen(OPENAI_DEFAULT_URL)) == 0;
     if (rc == 0)
-        rc = kiln_http_read_api_key(cfg, OPENAI_DEFAULT_KEY_ENV, official, &key, err);
-    if (rc == 0)
         rc = api_root(cfg, base_url, &root, err);
-    if (rc == 0)
-        rc = kiln_ratelimit_from_config(cfg, &oa->ratelimit, err);
     if (rc == 0) {
         hopts.base_url = root;
-        hopts.api_key = key;
-        hopts.ratelimit = oa->ratelimit;
-        rc = kiln_http_client_new(&hopts, &oa->http, err);
+        rc = kiln_http_client_from_config(cfg, &hopts, OPENAI_DEFAULT_KEY_ENV, official,
+                                          &oa->ratelimit, &oa->http, err);
     }
-    kiln_http_free_secret(key);
     free(root);
     if (rc < 0) {
         openai_free(oa);
@@ -158,7 +152,7 @@ static int openai_init(const kiln_connector_config_t *cfg, void **state, kiln_er
     kiln_connector_warn_unknown_options(cfg, known_options);
     kiln_log(KILN_LOG_INFO, OPENAI_LOG, NULL, NULL, "connectors.%s: %s, %s", cfg->name,
              kiln_http_client_url_shown(oa->http),
-             hopts.api_key ? "with an API key" : "without an API key");
+             kiln_http_client_has_key(oa->http) ? "with an API key" : "without an API key");
     *state = oa;
     return 0;
 }
@@ -169,15 +163,6 @@ static int openai_health(void *state, kiln_err_t *err)
 }
 
 /* ---- helpers for run() ----------------------------------------------------- */
-
-static int bad_field(kiln_job_outcome_t *out, const char *field, const char *expected,
-                     const json_t *value)
-{
-    char got[64];
-    kiln_connector_describe_value(value, got, sizeof got);
-    return kiln_job_outcome_fail(out, false, "payload.%s: expected %s, got %s", field, expected,
-                                 got);
-}
 
 /* Serializes result (stolen) into out as a completed outcome, with the key
  * redacted should a server have echoed it. */
@@ -198,8 +183,7 @@ static int complete(const openai_t *oa, json_t *result, kiln_job_outcome_t *out)
 typedef struct chat_stream {
     const openai_t *oa;
     const kiln_job_context_t *job;
-    char *text;
-    size_t text_len, text_cap;
+    kiln_http_buf_t text; /* max: max_response_bytes */
     char finish_reason[64];
     char model[OPENAI_MODEL_MAX + 1];
     json_t *usage;
@@ -211,26 +195,12 @@ typedef struct chat_stream {
 
 static int text_append(chat_stream_t *cs, const char *s, size_t len)
 {
-    if (len > cs->oa->max_response_bytes - cs->text_len) {
+    int rc = kiln_http_buf_append(&cs->text, s, len);
+    if (rc == KILN_ETOOBIG)
         snprintf(cs->error, sizeof cs->error,
                  "/chat/completions: the text is longer than max_response_bytes (%zu)",
                  cs->oa->max_response_bytes);
-        return KILN_ETOOBIG;
-    }
-    if (cs->text_len + len + 1 > cs->text_cap) {
-        size_t cap = cs->text_cap ? cs->text_cap * 2 : 4096;
-        while (cap < cs->text_len + len + 1)
-            cap *= 2;
-        char *grown = realloc(cs->text, cap);
-        if (!grown)
-            return KILN_ENOMEM;
-        cs->text = grown;
-        cs->text_cap = cap;
-    }
-    memcpy(cs->text + cs->text_len, s, len);
-    cs->text_len += len;
-    cs->text[cs->text_len] = '\0';
-    return 0;
+    return rc;
 }
 
 static void report_tokens(chat_stream_t *cs, double percent)
@@ -358,12 +328,13 @@ static int chat_request(json_t *payload, json_t *request, bool *stream, kiln_job
     json_t *prompt = json_object_get(payload, "prompt");
     json_t *stream_v = json_object_get(payload, "stream");
     if (messages && (!json_is_array(messages) || json_array_size(messages) == 0))
-        return bad_field(out, "messages", "a non-empty array of messages", messages);
+        return kiln_job_outcome_bad_field(out, "messages", "a non-empty array of messages",
+                                          messages);
     if (!messages && !json_is_string(prompt))
-        return bad_field(out, "messages", "a non-empty array of messages (or a prompt string)",
-                         messages);
+        return kiln_job_outcome_bad_field(
+            out, "messages", "a non-empty array of messages (or a prompt string)", messages);
     if (stream_v && !json_is_boolean(stream_v))
-        return bad_field(out, "stream", "true or false", stream_v);
+        return kiln_job_outcome_bad_field(out, "stream", "true or false", stream_v);
     *stream = !stream_v || json_is_true(stream_v);
     if (messages) {
         json_object_set(request, "messages", messages);
@@ -390,6 +361,7 @@ static int run_chat(const openai_t *oa, const kiln_job_context_t *job, json_t *p
     if (!body)
         return KILN_ENOMEM;
     chat_stream_t cs = {.oa = oa, .job = job, .max_tokens = max_tokens_of(request)};
+    kiln_http_buf_init(&cs.text, oa->max_response_bytes);
     kiln_http_call_t call = *base;
     call.path = "/chat/completions";
     call.body_json = body;
@@ -416,7 +388,7 @@ static int run_chat(const openai_t *oa, const kiln_job_context_t *job, json_t *p
         if (json_is_integer(completion))
             cs.tokens = json_integer_value(completion);
         report_tokens(&cs, 100.0);
-        json_t *result = chat_result(cs.text ? cs.text : "", cs.finish_reason, usage,
+        json_t *result = chat_result(cs.text.data ? cs.text.data : "", cs.finish_reason, usage,
                                      cs.model[0] ? cs.model : req_model);
         rc = result ? complete(oa, result, out) : KILN_ENOMEM;
     } else if (cs.error[0] && rc != KILN_ECANCELLED) {
@@ -428,7 +400,7 @@ static int run_chat(const openai_t *oa, const kiln_job_context_t *job, json_t *p
     }
     kiln_http_result_clear(&res);
     json_decref(cs.usage);
-    free(cs.text);
+    kiln_http_buf_free(&cs.text);
     return rc;
 }
 
@@ -582,10 +554,10 @@ static int run_simple(const openai_t *oa, const kiln_job_context_t *job, endpoin
     const char *field = ep == EP_IMAGES ? "prompt" : "input";
     json_t *value = json_object_get(payload, field);
     if (ep == EP_IMAGES && !json_is_string(value))
-        return bad_field(out, field, "a prompt string", value);
+        return kiln_job_outcome_bad_field(out, field, "a prompt string", value);
     if (ep == EP_EMBEDDINGS && !json_is_string(value) &&
         !(json_is_array(value) && json_array_size(value) > 0))
-        return bad_field(out, field, "a string or a non-empty array", value);
+        return kiln_job_outcome_bad_field(out, field, "a string or a non-empty array", value);
     json_object_set(request, field, value);
     char *body = json_dumps(request, JSON_COMPACT);
     if (!body)
@@ -623,10 +595,11 @@ static int prepare(const openai_t *oa, json_t *payload, endpoint_t *ep, json_t *
     else if (name && strcmp(name, "embeddings") == 0)
         *ep = EP_EMBEDDINGS;
     else
-        return bad_field(out, "endpoint", "\"chat\", \"images\" or \"embeddings\"", endpoint);
+        return kiln_job_outcome_bad_field(out, "endpoint", "\"chat\", \"images\" or \"embeddings\"",
+                                          endpoint);
     json_t *model = json_object_get(payload, "model");
     if (model && (!json_is_string(model) || !json_string_length(model)))
-        return bad_field(out, "model", "a model name", model);
+        return kiln_job_outcome_bad_field(out, "model", "a model name", model);
     if (!model && !oa->model)
         return kiln_job_outcome_fail(out, false,
                                      "payload.model: required, as connectors.%s.model sets no "
@@ -634,7 +607,7 @@ static int prepare(const openai_t *oa, json_t *payload, endpoint_t *ep, json_t *
                                      oa->name);
     json_t *parameters = json_object_get(payload, "parameters");
     if (parameters && !json_is_null(parameters) && !json_is_object(parameters))
-        return bad_field(out, "parameters", "an object", parameters);
+        return kiln_job_outcome_bad_field(out, "parameters", "an object", parameters);
     *request = json_is_object(parameters) ? json_deep_copy(parameters) : json_object();
     if (!*request)
         return KILN_ENOMEM;

@@ -13,6 +13,7 @@
  * which closes the job's page. Everything the instance holds is fixed at
  * init, so run() needs no lock.
  */
+#include "api_job.h"
 #include "http.h"
 
 #include "kiln/connector.h"
@@ -307,13 +308,6 @@ static int on_event(void *ctx, const char *data, size_t len)
 
 /* ---- run ------------------------------------------------------------------- */
 
-static int64_t now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
 /* The job id as a file name: the broker's ids (<service>.<seq>) always are one. */
 static bool job_id_is_file_name(const char *id)
 {
@@ -511,7 +505,7 @@ static int playwright_run(void *state, const kiln_job_context_t *job, kiln_job_o
             .job_id = job->job_id,
             .cancel = job->cancel,
             .cancel_fd = job->cancel_fd,
-            .deadline_ms = now_ms() + deadline_ms,
+            .deadline_ms = kiln_api_now_ms() + deadline_ms,
             .on_event = on_event,
             .event_ctx = &s,
         };

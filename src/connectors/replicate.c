@@ -124,23 +124,16 @@ static int replicate_init(const kiln_connector_config_t *cfg, void **state, kiln
     snprintf(rp->name, sizeof rp->name, "%s", cfg->name);
     kiln_http_client_options_t hopts = {.name = cfg->name};
     const char *base_url = NULL;
-    char *key = NULL;
     int rc = kiln_connector_option_string(cfg, "base_url", &base_url, err);
     if (rc == 0)
         rc = read_strings(cfg, rp, err);
     if (rc == 0)
         rc = kiln_api_read_options(cfg, REPLICATE_TIMEOUT_DEFAULT, &rp->api, &hopts, err);
-    if (rc == 0)
-        rc = kiln_http_read_api_key(cfg, REPLICATE_DEFAULT_KEY_ENV, true, &key, err);
-    if (rc == 0)
-        rc = kiln_ratelimit_from_config(cfg, &rp->ratelimit, err);
     if (rc == 0) {
         hopts.base_url = base_url ? base_url : REPLICATE_DEFAULT_URL;
-        hopts.api_key = key;
-        hopts.ratelimit = rp->ratelimit;
-        rc = kiln_http_client_new(&hopts, &rp->http, err);
+        rc = kiln_http_client_from_config(cfg, &hopts, REPLICATE_DEFAULT_KEY_ENV, true,
+                                          &rp->ratelimit, &rp->http, err);
     }
-    kiln_http_free_secret(key);
     if (rc < 0) {
         replicate_free(rp);
         return rc;
@@ -247,29 +240,9 @@ static int create(const replicate_t *rp, const kiln_job_context_t *job, json_t *
         return rc;
     snprintf(prefer, sizeof prefer, "Prefer: wait=%" PRId64, rp->wait_s);
     const char *headers[] = {prefer, NULL};
-    kiln_http_call_t call = {
-        .method = "POST",
-        .path = path,
-        .body_json = body,
-        .job_id = job->job_id,
-        .cancel = job->cancel,
-        .cancel_fd = job->cancel_fd,
-        .deadline_ms = deadline_ms,
-        .headers = rp->wait_s > 0 ? headers : NULL,
-    };
-    kiln_http_result_t res;
-    kiln_err_t err = {0};
-    rc = kiln_http_call(rp->http, &call, &res, &err);
+    rc = kiln_api_remote_create(rp->http, job, path, body, rp->wait_s > 0 ? headers : NULL,
+                                deadline_ms, "prediction", doc, out);
     free(body);
-    if (rc < 0)
-        rc = kiln_api_http_failure(job, rc, &res, &err, out);
-    else if ((*doc = kiln_api_parse_object(&res, path, out)) &&
-             !kiln_api_id_ok(json_string_value(json_object_get(*doc, "id")))) {
-        json_decref(*doc);
-        *doc = NULL;
-        rc = kiln_job_outcome_fail(out, false, "%s: the response has no valid prediction id", path);
-    }
-    kiln_http_result_clear(&res);
     return rc;
 }
 

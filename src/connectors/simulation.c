@@ -159,15 +159,6 @@ static sim_wait_t run_steps(const kiln_job_context_t *job, const sim_job_t *sj)
     return SIM_DONE;
 }
 
-static int bad_field(kiln_job_outcome_t *out, const char *field, const char *expected,
-                     const json_t *value)
-{
-    char got[64];
-    kiln_connector_describe_value(value, got, sizeof got);
-    return kiln_job_outcome_fail(out, false, "payload.%s: expected %s, got %s", field, expected,
-                                 got);
-}
-
 /* Reads an optional integer field into *dst. Returns 0, or fails out. */
 static int payload_int(json_t *payload, const char *field, int64_t min, int64_t max, int64_t *dst,
                        kiln_job_outcome_t *out, bool *bad)
@@ -179,7 +170,7 @@ static int payload_int(json_t *payload, const char *field, int64_t min, int64_t 
         char expected[64];
         snprintf(expected, sizeof expected, "an integer %" PRId64 "-%" PRId64, min, max);
         *bad = true;
-        return bad_field(out, field, expected, v);
+        return kiln_job_outcome_bad_field(out, field, expected, v);
     }
     *dst = json_integer_value(v);
     return 0;
@@ -207,21 +198,21 @@ static int apply_payload(json_t *payload, sim_job_t *sj, kiln_job_outcome_t *out
         sj->fail = json_is_true(fail);
     } else if (fail && !json_is_null(fail)) {
         *bad = true;
-        return bad_field(out, "fail", "true, false or a message string", fail);
+        return kiln_job_outcome_bad_field(out, "fail", "true, false or a message string", fail);
     }
     json_t *retryable = json_object_get(payload, "retryable");
     if (json_is_boolean(retryable)) {
         sj->retryable = json_is_true(retryable);
     } else if (retryable && !json_is_null(retryable)) {
         *bad = true;
-        return bad_field(out, "retryable", "true or false", retryable);
+        return kiln_job_outcome_bad_field(out, "retryable", "true or false", retryable);
     }
     sj->result = json_object_get(payload, "result");
     sj->has_result = sj->result != NULL;
     json_t *report_start = json_object_get(payload, "report_start");
     if (report_start && !json_is_boolean(report_start)) {
         *bad = true;
-        return bad_field(out, "report_start", "true or false", report_start);
+        return kiln_job_outcome_bad_field(out, "report_start", "true or false", report_start);
     }
     if (!json_is_true(report_start))
         sj->started_us = 0;

@@ -50,26 +50,6 @@ static int teardown(void **state)
     return 0;
 }
 
-typedef struct seen {
-    kiln_test_worker_t *e;
-    const char *id;
-} seen_t;
-
-static bool job_running(void *ctx)
-{
-    seen_t *s = ctx;
-    json_t *job = kiln_test_worker_job(s->e, s->id);
-    const char *msg = json_string_value(json_object_get(job, "progress_message"));
-    bool processing = msg && strcmp(msg, "processing") == 0;
-    json_decref(job);
-    return processing;
-}
-
-static bool fake_saw_cancel(void *ctx)
-{
-    return kiln_test_fake_stat(&((kiln_test_worker_t *)ctx)->fake, "cancels") == 1;
-}
-
 static void a_prediction_job_completes_with_its_files_and_a_cancel_reaches_replicate(void **state)
 {
     kiln_test_worker_t *e = *state;
@@ -98,14 +78,9 @@ static void a_prediction_job_completes_with_its_files_and_a_cancel_reaches_repli
     redisFree(rc);
 
     /* A cancel through the broker stops the job and cancels the prediction. */
-    kiln_test_worker_submit(
-        e, "{\"service\":\"replicate\",\"payload\":{\"input\":{\"fault\":\"hang\"}}}", id);
-    seen_t s = {e, id};
-    assert_true(kiln_test_wait_until(job_running, &s, 30000));
-    kiln_err_t err = {0};
-    assert_int_equal(kiln_broker_cancel(e->broker, id, &err), 0);
-    json_decref(kiln_test_worker_wait_final(e, id, "cancelled"));
-    assert_true(kiln_test_wait_until(fake_saw_cancel, e, 30000));
+    kiln_test_worker_cancel_remote(
+        e, "{\"service\":\"replicate\",\"payload\":{\"input\":{\"fault\":\"hang\"}}}", "processing",
+        id);
 
     char *log = kiln_test_slurp(e->log_path, LOG_MAX);
     if (strstr(log, KEY))

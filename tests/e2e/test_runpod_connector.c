@@ -40,26 +40,6 @@ static int teardown(void **state)
     return 0;
 }
 
-typedef struct seen {
-    kiln_test_worker_t *e;
-    const char *id;
-} seen_t;
-
-static bool job_in_progress(void *ctx)
-{
-    seen_t *s = ctx;
-    json_t *job = kiln_test_worker_job(s->e, s->id);
-    const char *msg = json_string_value(json_object_get(job, "progress_message"));
-    bool running = msg && strcmp(msg, "loading model") == 0;
-    json_decref(job);
-    return running;
-}
-
-static bool fake_saw_cancel(void *ctx)
-{
-    return kiln_test_fake_stat(&((kiln_test_worker_t *)ctx)->fake, "cancels") == 1;
-}
-
 static void a_job_completes_through_a_worker_and_a_cancel_reaches_runpod(void **state)
 {
     kiln_test_worker_t *e = *state;
@@ -83,14 +63,9 @@ static void a_job_completes_through_a_worker_and_a_cancel_reaches_runpod(void **
     json_decref(job);
 
     /* A cancel through the broker stops the job and cancels it on RunPod. */
-    kiln_test_worker_submit(
-        e, "{\"service\":\"runpod\",\"payload\":{\"input\":{\"fault\":\"hang\"}}}", id);
-    seen_t s = {e, id};
-    assert_true(kiln_test_wait_until(job_in_progress, &s, 30000));
-    kiln_err_t err = {0};
-    assert_int_equal(kiln_broker_cancel(e->broker, id, &err), 0);
-    json_decref(kiln_test_worker_wait_final(e, id, "cancelled"));
-    assert_true(kiln_test_wait_until(fake_saw_cancel, e, 30000));
+    kiln_test_worker_cancel_remote(
+        e, "{\"service\":\"runpod\",\"payload\":{\"input\":{\"fault\":\"hang\"}}}", "loading model",
+        id);
 
     char *log = kiln_test_slurp(e->log_path, LOG_MAX);
     if (strstr(log, KEY))

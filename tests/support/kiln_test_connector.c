@@ -7,6 +7,7 @@
 #include "kiln_test.h"
 
 #include <arpa/inet.h>
+#include <dirent.h>
 #include <fcntl.h>
 #include <netinet/in.h>
 #include <signal.h>
@@ -166,6 +167,22 @@ kiln_connector_t *kiln_test_connector_new(const char *type, const char *name, js
     return c;
 }
 
+/* A connector from options (stolen) extended by extra (contract in kiln_test_connector.h). */
+kiln_connector_t *kiln_test_connector_extended(const char *type, const char *name, json_t *options,
+                                               const char *extra)
+{
+    assert_non_null(options);
+    if (extra) {
+        json_t *more = json_loads(extra, 0, NULL);
+        assert_non_null(more);
+        json_object_update(options, more);
+        json_decref(more);
+    }
+    kiln_connector_t *c = kiln_test_connector_new(type, name, options);
+    json_decref(options);
+    return c;
+}
+
 static json_t *parse_options(const char *options)
 {
     json_error_t jerr;
@@ -203,6 +220,17 @@ int kiln_test_connector_refused(const char *type, const char *name, const char *
     kiln_connector_free(c);
     snprintf(msg, size, "%s", err.msg);
     return rc;
+}
+
+/* Expects options to be refused naming needle (contract in kiln_test_connector.h). */
+void kiln_test_expect_refused(const char *type, const char *name, const char *options,
+                              const char *needle, char *msg, size_t size)
+{
+    int rc = kiln_test_connector_refused(type, name, options, msg, size);
+    if (rc != KILN_EINVAL)
+        fail_msg("options %s: expected KILN_EINVAL, got %d", options, rc);
+    if (!strstr(msg, needle))
+        fail_msg("options %s: \"%s\" does not mention \"%s\"", options, msg, needle);
 }
 
 static void record_progress(void *ctx, double percent, const char *message)
@@ -362,4 +390,23 @@ void kiln_test_capture_end(int saved)
     fflush(stderr);
     dup2(saved, 2);
     close(saved);
+}
+
+/* The string member key of obj or "" (contract in kiln_test_connector.h). */
+const char *kiln_test_json_str(const json_t *obj, const char *key)
+{
+    const char *s = json_string_value(json_object_get(obj, key));
+    return s ? s : "";
+}
+
+/* Counts dir's visible entries (contract in kiln_test_connector.h). */
+size_t kiln_test_dir_entries(const char *dir)
+{
+    DIR *d = opendir(dir);
+    size_t n = 0;
+    for (struct dirent *e; d && (e = readdir(d));)
+        n += e->d_name[0] != '.';
+    if (d)
+        closedir(d);
+    return n;
 }

@@ -54,6 +54,11 @@ int kiln_test_free_port(void);
  * when init refuses them. */
 kiln_connector_t *kiln_test_connector_new(const char *type, const char *name, json_t *options);
 
+/* The same with options (stolen) overridden and extended by the members of
+ * extra (a JSON object's text; NULL: none). */
+kiln_connector_t *kiln_test_connector_extended(const char *type, const char *name, json_t *options,
+                                               const char *extra);
+
 /* The same from options as JSON text, with the Redis URL the connector may
  * use (NULL: none), as the worker gives it. */
 kiln_connector_t *kiln_test_connector_parse(const char *type, const char *name, const char *options,
@@ -63,6 +68,11 @@ kiln_connector_t *kiln_test_connector_parse(const char *type, const char *name, 
  * and puts the message in msg. */
 int kiln_test_connector_refused(const char *type, const char *name, const char *options, char *msg,
                                 size_t size);
+
+/* Fails the test unless kiln_test_connector_refused gives KILN_EINVAL with a
+ * message holding needle; the message goes into msg for further checks. */
+void kiln_test_expect_refused(const char *type, const char *name, const char *options,
+                              const char *needle, char *msg, size_t size);
 
 typedef struct kiln_test_job {
     kiln_job_outcome_t out;
@@ -113,5 +123,11 @@ void kiln_test_capture_end(int saved);
 
 /* The file's first max bytes, NUL-terminated (empty when unreadable); caller frees. */
 char *kiln_test_slurp(const char *path, size_t max);
+
+/* The string member key of obj, or "" when it is missing or not a string. */
+const char *kiln_test_json_str(const json_t *obj, const char *key);
+
+/* How many entries not starting with '.' dir holds (0 when it cannot be read). */
+size_t kiln_test_dir_entries(const char *dir);
 
 #endif

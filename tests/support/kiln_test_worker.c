@@ -159,3 +159,36 @@ json_t *kiln_test_worker_wait_final(kiln_test_worker_t *w, const char *id, const
     }
     return job;
 }
+
+typedef struct message_cond {
+    kiln_test_worker_t *w;
+    const char *id, *message;
+} message_cond_t;
+
+static bool job_says(void *ctx)
+{
+    message_cond_t *c = ctx;
+    json_t *job = kiln_test_worker_job(c->w, c->id);
+    const char *msg = json_string_value(json_object_get(job, "progress_message"));
+    bool says = msg && strcmp(msg, c->message) == 0;
+    json_decref(job);
+    return says;
+}
+
+static bool fake_saw_cancel(void *ctx)
+{
+    return kiln_test_fake_stat(&((kiln_test_worker_t *)ctx)->fake, "cancels") == 1;
+}
+
+/* Cancels a running job and waits for the fake to see it (contract in kiln_test_worker.h). */
+void kiln_test_worker_cancel_remote(kiln_test_worker_t *w, const char *spec_json,
+                                    const char *running_message, char *id)
+{
+    kiln_test_worker_submit(w, spec_json, id);
+    message_cond_t c = {w, id, running_message};
+    assert_true(kiln_test_wait_until(job_says, &c, 30000));
+    kiln_err_t err = {0};
+    assert_int_equal(kiln_broker_cancel(w->broker, id, &err), 0);
+    json_decref(kiln_test_worker_wait_final(w, id, "cancelled"));
+    assert_true(kiln_test_wait_until(fake_saw_cancel, w, 30000));
+}

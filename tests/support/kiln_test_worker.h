@@ -55,4 +55,11 @@ json_t *kiln_test_worker_job(kiln_test_worker_t *w, const char *id);
  * the job (caller owns). */
 json_t *kiln_test_worker_wait_final(kiln_test_worker_t *w, const char *id, const char *want);
 
+/* Submits spec_json (id receives its id), waits up to 30 s until the job's
+ * progress_message is running_message, cancels it through the broker,
+ * waits for its final state "cancelled", then up to 30 s until w->fake's
+ * "cancels" counter is 1: the cancel reached the remote service. */
+void kiln_test_worker_cancel_remote(kiln_test_worker_t *w, const char *spec_json,
+                                    const char *running_message, char *id);
+
 #endif

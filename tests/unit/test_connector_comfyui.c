@@ -72,15 +72,7 @@ static kiln_connector_t *connector_for(const kiln_test_fake_t *f, const char *ex
 {
     json_t *options =
         json_pack("{s:s, s:i, s:i}", "base_url", f->url, "max_retries", 2, "poll_max_ms", 200);
-    if (extra) {
-        json_t *more = json_loads(extra, 0, NULL);
-        assert_non_null(more);
-        json_object_update(options, more);
-        json_decref(more);
-    }
-    kiln_connector_t *c = kiln_test_connector_new("comfyui", "comfyui", options);
-    json_decref(options);
-    return c;
+    return kiln_test_connector_extended("comfyui", "comfyui", options, extra);
 }
 
 /* A connector saving under a fresh outputs folder (its path into dir). */
@@ -112,12 +104,6 @@ static void run_job(kiln_connector_t *c, const char *payload, kiln_test_job_t *r
     kiln_test_job_run(c, "comfyui.1", payload, 0, 0, r);
 }
 
-static const char *jstr(const json_t *obj, const char *key)
-{
-    const char *s = json_string_value(json_object_get(obj, key));
-    return s ? s : "";
-}
-
 /* A text-to-image workflow in API format (as "Save (API Format)" writes
  * it), with an optional fault node. */
 static char *workflow_payload(int steps, const char *fault, const char *extra)
@@ -144,6 +130,18 @@ static char *workflow_payload(int steps, const char *fault, const char *extra)
     return text;
 }
 
+/* Runs one job of workflow_payload(steps, fault, extra) through a fresh
+ * connector for the fake into r (kiln_test_job_clear it). */
+static void run_workflow(const kiln_test_fake_t *f, int steps, const char *fault, const char *extra,
+                         kiln_test_job_t *r)
+{
+    kiln_connector_t *c = connector_for(f, NULL);
+    char *payload = workflow_payload(steps, fault, extra);
+    run_job(c, payload, r);
+    free(payload);
+    kiln_connector_free(c);
+}
+
 /* ---- tests ------------------------------------------------------------------- */
 
 static void runs_a_workflow_reporting_node_progress_and_saves_the_output(void **state)
@@ -155,8 +153,8 @@ static void runs_a_workflow_reporting_node_progress_and_saves_the_output(void **
     kiln_test_job_t r;
     kiln_test_job_run(c, "comfyui.42", payload, 0, 0, &r);
     kiln_test_expect_completed(&r);
-    assert_string_equal(jstr(r.result, "progress"), "websocket");
-    assert_true(strlen(jstr(r.result, "prompt_id")) > 0);
+    assert_string_equal(kiln_test_json_str(r.result, "progress"), "websocket");
+    assert_true(strlen(kiln_test_json_str(r.result, "prompt_id")) > 0);
 
     /* Node by node, the sampler step by step; never backwards, below 100
      * until the output is saved. 4 of the 5 nodes run (the loader is cached). */
@@ -182,15 +180,15 @@ static void runs_a_workflow_reporting_node_progress_and_saves_the_output(void **
     json_t *list = json_object_get(r.result, "outputs");
     assert_int_equal(json_array_size(list), 1);
     json_t *item = json_array_get(list, 0);
-    assert_string_equal(jstr(item, "node"), "9");
-    assert_string_equal(jstr(item, "kind"), "images");
-    assert_string_equal(jstr(item, "filename"), "kiln_00000_.png");
-    assert_string_equal(jstr(item, "type"), "output");
+    assert_string_equal(kiln_test_json_str(item, "node"), "9");
+    assert_string_equal(kiln_test_json_str(item, "kind"), "images");
+    assert_string_equal(kiln_test_json_str(item, "filename"), "kiln_00000_.png");
+    assert_string_equal(kiln_test_json_str(item, "type"), "output");
     char want[600];
     snprintf(want, sizeof want, "%s/view?filename=kiln_00000_.png&subfolder=&type=output", f->url);
-    assert_string_equal(jstr(item, "url"), want);
+    assert_string_equal(kiln_test_json_str(item, "url"), want);
     snprintf(want, sizeof want, "%s/comfyui.42/kiln_00000_.png", outputs);
-    assert_string_equal(jstr(item, "path"), want);
+    assert_string_equal(kiln_test_json_str(item, "path"), want);
     assert_int_equal(json_integer_value(json_object_get(item, "bytes")), 2048);
     struct stat st;
     assert_int_equal(stat(want, &st), 0);
@@ -210,50 +208,38 @@ static void runs_a_workflow_reporting_node_progress_and_saves_the_output(void **
 static void inputs_override_the_workflow(void **state)
 {
     kiln_test_fake_t *f = *state;
-    kiln_connector_t *c = connector_for(f, NULL);
-    char *payload = workflow_payload(2, NULL, ",\"inputs\":{\"9.filename_prefix\":\"override\"}");
     kiln_test_job_t r;
-    run_job(c, payload, &r);
+    run_workflow(f, 2, NULL, ",\"inputs\":{\"9.filename_prefix\":\"override\"}", &r);
     kiln_test_expect_completed(&r);
     json_t *item = json_array_get(json_object_get(r.result, "outputs"), 0);
-    assert_string_equal(jstr(item, "filename"), "override_00000_.png");
+    assert_string_equal(kiln_test_json_str(item, "filename"), "override_00000_.png");
     /* Without outputs_dir the outputs are listed, not fetched. */
     assert_null(json_object_get(item, "path"));
     assert_int_equal(kiln_test_fake_stat(f, "view_requests"), 0);
     kiln_test_job_clear(&r);
-    free(payload);
-    kiln_connector_free(c);
 }
 
 static void retries_429_honouring_retry_after(void **state)
 {
     kiln_test_fake_t *f = *state;
-    kiln_connector_t *c = connector_for(f, NULL);
-    char *payload = workflow_payload(2, "429-then-ok", NULL);
     kiln_test_job_t r;
-    run_job(c, payload, &r);
+    run_workflow(f, 2, "429-then-ok", NULL, &r);
     kiln_test_expect_completed(&r);
     /* Retry-After: 1 is longer than the first backoff (at most 250 ms). */
     if (r.elapsed_ms < 950)
         fail_msg("retried after %lld ms; Retry-After asked for 1 s", (long long)r.elapsed_ms);
     assert_int_equal(kiln_test_fake_stat(f, "prompts"), 1);
     kiln_test_job_clear(&r);
-    free(payload);
-    kiln_connector_free(c);
 }
 
 static void retries_500_then_succeeds(void **state)
 {
     kiln_test_fake_t *f = *state;
-    kiln_connector_t *c = connector_for(f, NULL);
-    char *payload = workflow_payload(2, "500-then-ok", NULL);
     kiln_test_job_t r;
-    run_job(c, payload, &r);
+    run_workflow(f, 2, "500-then-ok", NULL, &r);
     kiln_test_expect_completed(&r);
     assert_int_equal(kiln_test_fake_stat(f, "prompts"), 1);
     kiln_test_job_clear(&r);
-    free(payload);
-    kiln_connector_free(c);
 }
 
 static void timeout_interrupts_the_prompt_and_fails_retryable(void **state)
@@ -283,14 +269,10 @@ static void timeout_interrupts_the_prompt_and_fails_retryable(void **state)
 static void malformed_response_fails_not_retryable(void **state)
 {
     kiln_test_fake_t *f = *state;
-    kiln_connector_t *c = connector_for(f, NULL);
-    char *payload = workflow_payload(2, "malformed", NULL);
     kiln_test_job_t r;
-    run_job(c, payload, &r);
+    run_workflow(f, 2, "malformed", NULL, &r);
     kiln_test_expect_failed(&r, false, "no usable prompt_id");
     kiln_test_job_clear(&r);
-    free(payload);
-    kiln_connector_free(c);
 }
 
 static void connection_refused_fails_retryable(void **state)
@@ -378,29 +360,21 @@ static void cancel_while_queued_deletes_the_prompt(void **state)
 static void node_errors_400_names_the_node_and_is_not_retried(void **state)
 {
     kiln_test_fake_t *f = *state;
-    kiln_connector_t *c = connector_for(f, NULL);
-    char *payload = workflow_payload(0, NULL, NULL);
     kiln_test_job_t r;
-    run_job(c, payload, &r);
+    run_workflow(f, 0, NULL, NULL, &r);
     kiln_test_expect_failed(&r, false, "node 3 KSampler: Value smaller than min: steps: 0 < 1");
     assert_non_null(strstr(r.out.error, "Prompt outputs failed validation"));
     assert_int_equal(kiln_test_fake_stat(f, "prompts"), 0);
     kiln_test_job_clear(&r);
-    free(payload);
-    kiln_connector_free(c);
 }
 
 static void execution_error_fails_naming_the_node(void **state)
 {
     kiln_test_fake_t *f = *state;
-    kiln_connector_t *c = connector_for(f, NULL);
-    char *payload = workflow_payload(8, "execution-error", NULL);
     kiln_test_job_t r;
-    run_job(c, payload, &r);
+    run_workflow(f, 8, "execution-error", NULL, &r);
     kiln_test_expect_failed(&r, false, "node 3 KSampler: RuntimeError: Expected all tensors");
     kiln_test_job_clear(&r);
-    free(payload);
-    kiln_connector_free(c);
 }
 
 static void falls_back_to_polling_when_the_socket_is_refused(void **state)
@@ -412,11 +386,11 @@ static void falls_back_to_polling_when_the_socket_is_refused(void **state)
     kiln_test_job_t r;
     run_job(c, payload, &r);
     kiln_test_expect_completed(&r);
-    assert_string_equal(jstr(r.result, "progress"), "polling");
+    assert_string_equal(kiln_test_json_str(r.result, "progress"), "polling");
     assert_true(kiln_test_job_progress_mentions(&r, "progress socket unavailable"));
     assert_true(kiln_test_fake_stat(f, "history_requests") >= 1);
     json_t *item = json_array_get(json_object_get(r.result, "outputs"), 0);
-    assert_int_equal(access(jstr(item, "path"), R_OK), 0);
+    assert_int_equal(access(kiln_test_json_str(item, "path"), R_OK), 0);
     kiln_test_job_clear(&r);
     free(payload);
     kiln_connector_free(c);
@@ -425,33 +399,25 @@ static void falls_back_to_polling_when_the_socket_is_refused(void **state)
 static void falls_back_to_polling_when_the_socket_drops(void **state)
 {
     kiln_test_fake_t *f = *state;
-    kiln_connector_t *c = connector_for(f, NULL);
-    char *payload = workflow_payload(30, NULL, NULL);
     kiln_test_job_t r;
-    run_job(c, payload, &r);
+    run_workflow(f, 30, NULL, NULL, &r);
     kiln_test_expect_completed(&r);
-    assert_string_equal(jstr(r.result, "progress"), "polling");
+    assert_string_equal(kiln_test_json_str(r.result, "progress"), "polling");
     assert_true(kiln_test_job_progress_mentions(&r, "step 1/30"));
     assert_true(kiln_test_job_progress_mentions(&r, "progress socket lost"));
     assert_int_equal(kiln_test_fake_stat(f, "ws_connects"), 1);
     kiln_test_job_clear(&r);
-    free(payload);
-    kiln_connector_free(c);
 }
 
 static void junk_and_oversized_socket_messages_fall_back_to_polling(void **state)
 {
     kiln_test_fake_t *f = *state;
-    kiln_connector_t *c = connector_for(f, NULL);
-    char *payload = workflow_payload(4, "noise", NULL);
     kiln_test_job_t r;
-    run_job(c, payload, &r);
+    run_workflow(f, 4, "noise", NULL, &r);
     kiln_test_expect_completed(&r);
-    assert_string_equal(jstr(r.result, "progress"), "polling");
+    assert_string_equal(kiln_test_json_str(r.result, "progress"), "polling");
     assert_true(kiln_test_job_progress_mentions(&r, "larger than 1 MiB"));
     kiln_test_job_clear(&r);
-    free(payload);
-    kiln_connector_free(c);
 }
 
 static void hostile_output_names_stay_in_the_outputs_folder(void **state)
@@ -464,10 +430,10 @@ static void hostile_output_names_stay_in_the_outputs_folder(void **state)
     kiln_test_job_run(c, "../../comfyui.9", payload, 0, 0, &r);
     kiln_test_expect_completed(&r);
     json_t *item = json_array_get(json_object_get(r.result, "outputs"), 0);
-    assert_string_equal(jstr(item, "filename"), "../../escape.png");
+    assert_string_equal(kiln_test_json_str(item, "filename"), "../../escape.png");
     char want[600];
     snprintf(want, sizeof want, "%s/_._.._comfyui.9/escape.png", outputs);
-    assert_string_equal(jstr(item, "path"), want);
+    assert_string_equal(kiln_test_json_str(item, "path"), want);
     assert_int_equal(access(want, R_OK), 0);
     snprintf(want, sizeof want, "%s/../escape.png", outputs);
     assert_int_not_equal(access(want, F_OK), 0);
@@ -565,18 +531,9 @@ static void bad_options_are_refused_naming_them(void **state)
         {"{\"outputs_dir\": \"/no/such/folder\"}", "connectors.comfyui.outputs_dir"},
     };
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
-        json_t *options = json_loads(bad[i].options, 0, NULL);
-        assert_non_null(options);
-        kiln_connector_config_t cfg = {.name = "comfyui", .type = "comfyui", .options = options};
-        kiln_connector_t *c = NULL;
-        kiln_err_t err = {0};
-        int rc = kiln_connector_new(&cfg, &c, &err);
-        json_decref(options);
-        if (rc != KILN_EINVAL)
-            fail_msg("options %s: expected KILN_EINVAL, got %d", bad[i].options, rc);
-        if (!strstr(err.msg, bad[i].needle))
-            fail_msg("options %s: \"%s\" does not mention \"%s\"", bad[i].options, err.msg,
-                     bad[i].needle);
+        char msg[KILN_ERR_MSG_MAX];
+        kiln_test_expect_refused("comfyui", "comfyui", bad[i].options, bad[i].needle, msg,
+                                 sizeof msg);
     }
     /* No options at all: the default local ComfyUI. */
     kiln_connector_config_t cfg = {.name = "comfyui", .type = "comfyui", .options = NULL};

@@ -40,26 +40,12 @@ static int fake_stop(void **state)
 static kiln_connector_t *connector_for(const char *url, const char *extra)
 {
     json_t *options = json_pack("{s:s, s:i}", "url", url, "max_retries", 2);
-    if (extra) {
-        json_t *more = json_loads(extra, 0, NULL);
-        assert_non_null(more);
-        json_object_update(options, more);
-        json_decref(more);
-    }
-    kiln_connector_t *c = kiln_test_connector_new("ollama", "ollama", options);
-    json_decref(options);
-    return c;
+    return kiln_test_connector_extended("ollama", "ollama", options, extra);
 }
 
 static void run_job(kiln_connector_t *c, const char *payload, kiln_test_job_t *j)
 {
     kiln_test_job_run(c, "ollama.1", payload, 0, 0, j);
-}
-
-static const char *jstr(const json_t *obj, const char *key)
-{
-    const char *s = json_string_value(json_object_get(obj, key));
-    return s ? s : "";
 }
 
 /* ---- tests ------------------------------------------------------------------- */
@@ -73,9 +59,9 @@ static void generate_streams_token_progress_and_returns_text_and_counts(void **s
             "{\"model\":\"llama3\",\"prompt\":\"fire the kiln\",\"options\":{\"num_predict\":10}}",
             &j);
     kiln_test_expect_completed(&j);
-    assert_string_equal(jstr(j.result, "text"), "Hello! You said: fire the kiln");
-    assert_string_equal(jstr(j.result, "model"), "llama3");
-    assert_string_equal(jstr(j.result, "done_reason"), "stop");
+    assert_string_equal(kiln_test_json_str(j.result, "text"), "Hello! You said: fire the kiln");
+    assert_string_equal(kiln_test_json_str(j.result, "model"), "llama3");
+    assert_string_equal(kiln_test_json_str(j.result, "done_reason"), "stop");
     assert_int_equal(json_integer_value(json_object_get(j.result, "eval_count")), 6);
     assert_int_equal(json_integer_value(json_object_get(j.result, "prompt_eval_count")), 26);
     assert_true(json_integer_value(json_object_get(j.result, "total_duration")) > 0);
@@ -104,11 +90,11 @@ static void chat_returns_the_assistant_message(void **state)
             "{\"role\":\"user\",\"content\":\"hi there\"}]}",
             &j);
     kiln_test_expect_completed(&j);
-    assert_string_equal(jstr(j.result, "model"), "llama3:latest");
+    assert_string_equal(kiln_test_json_str(j.result, "model"), "llama3:latest");
     json_t *message = json_object_get(j.result, "message");
-    assert_string_equal(jstr(message, "role"), "assistant");
-    assert_string_equal(jstr(message, "content"), "Hello! You said: hi there");
-    assert_string_equal(jstr(j.result, "text"), "Hello! You said: hi there");
+    assert_string_equal(kiln_test_json_str(message, "role"), "assistant");
+    assert_string_equal(kiln_test_json_str(message, "content"), "Hello! You said: hi there");
+    assert_string_equal(kiln_test_json_str(j.result, "text"), "Hello! You said: hi there");
     /* Without num_predict, progress stays below 100 until the end. */
     int n = atomic_load(&j.progress_count);
     for (int i = 0; i + 1 < n; i++)
@@ -125,7 +111,7 @@ static void missing_model_is_pulled_with_progress_then_run(void **state)
     kiln_test_job_t j;
     run_job(c, "{\"model\":\"missing-phi3\",\"prompt\":\"after the pull\"}", &j);
     kiln_test_expect_completed(&j);
-    assert_string_equal(jstr(j.result, "text"), "Hello! You said: after the pull");
+    assert_string_equal(kiln_test_json_str(j.result, "text"), "Hello! You said: after the pull");
     assert_int_equal(kiln_test_fake_stat(f, "pulls"), 1);
     /* generate (404), pull, generate again. */
     assert_int_equal(kiln_test_fake_stat(f, "requests"), 3);
@@ -177,7 +163,7 @@ static void retries_429_honouring_retry_after(void **state)
     kiln_test_job_t j;
     run_job(c, "{\"model\":\"429-then-ok\",\"prompt\":\"x\"}", &j);
     kiln_test_expect_completed(&j);
-    assert_string_equal(jstr(j.result, "text"), "Hello! You said: x");
+    assert_string_equal(kiln_test_json_str(j.result, "text"), "Hello! You said: x");
     assert_int_equal(kiln_test_fake_stat(f, "requests"), 2);
     if (j.elapsed_ms < 950)
         fail_msg("retried after %lld ms; Retry-After asked for 1 s", (long long)j.elapsed_ms);
@@ -193,7 +179,7 @@ static void retries_500_then_succeeds(void **state)
     run_job(c, "{\"model\":\"500-then-ok\",\"messages\":[{\"role\":\"user\",\"content\":\"y\"}]}",
             &j);
     kiln_test_expect_completed(&j);
-    assert_string_equal(jstr(j.result, "text"), "Hello! You said: y");
+    assert_string_equal(kiln_test_json_str(j.result, "text"), "Hello! You said: y");
     assert_int_equal(kiln_test_fake_stat(f, "requests"), 2);
     kiln_test_job_clear(&j);
     kiln_connector_free(c);
@@ -370,20 +356,11 @@ static void bad_options_are_refused_naming_them(void **state)
         {"{\"model\": \"\"}", "connectors.ollama.model"},
     };
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
-        json_t *options = json_loads(bad[i].options, 0, NULL);
-        assert_non_null(options);
-        kiln_connector_config_t cfg = {.name = "ollama", .type = "ollama", .options = options};
-        kiln_connector_t *c = NULL;
-        kiln_err_t err = {0};
-        int rc = kiln_connector_new(&cfg, &c, &err);
-        json_decref(options);
-        if (rc != KILN_EINVAL)
-            fail_msg("options %s: expected KILN_EINVAL, got %d", bad[i].options, rc);
-        if (!strstr(err.msg, bad[i].needle))
-            fail_msg("options %s: \"%s\" does not mention \"%s\"", bad[i].options, err.msg,
-                     bad[i].needle);
-        if (strstr(err.msg, "hunter2"))
-            fail_msg("options %s: the password is shown: %s", bad[i].options, err.msg);
+        char msg[KILN_ERR_MSG_MAX];
+        kiln_test_expect_refused("ollama", "ollama", bad[i].options, bad[i].needle, msg,
+                                 sizeof msg);
+        if (strstr(msg, "hunter2"))
+            fail_msg("options %s: the password is shown: %s", bad[i].options, msg);
     }
     /* No options at all: the local default URL. */
     json_t *options = json_object();

@@ -51,26 +51,12 @@ static kiln_connector_t *connector_for(const kiln_test_fake_t *f, const char *ex
 {
     json_t *options =
         json_pack("{s:s, s:s, s:i}", "base_url", f->url, "api_key_env", KEY_ENV, "max_retries", 2);
-    if (extra) {
-        json_t *more = json_loads(extra, 0, NULL);
-        assert_non_null(more);
-        json_object_update(options, more);
-        json_decref(more);
-    }
-    kiln_connector_t *c = kiln_test_connector_new("openai", "openai", options);
-    json_decref(options);
-    return c;
+    return kiln_test_connector_extended("openai", "openai", options, extra);
 }
 
 static void run_job(kiln_connector_t *c, const char *payload, kiln_test_job_t *r)
 {
     kiln_test_job_run(c, "openai.1", payload, 0, 0, r);
-}
-
-static const char *jstr(const json_t *obj, const char *key)
-{
-    const char *s = json_string_value(json_object_get(obj, key));
-    return s ? s : "";
 }
 
 static const char *const chat_payload =
@@ -85,9 +71,9 @@ static void chat_streams_progress_and_returns_the_text(void **state)
     kiln_test_job_t r;
     run_job(c, chat_payload, &r);
     kiln_test_expect_completed(&r);
-    assert_string_equal(jstr(r.result, "text"), "Hello! You said: make it so");
-    assert_string_equal(jstr(r.result, "finish_reason"), "stop");
-    assert_string_equal(jstr(r.result, "model"), "gpt-test");
+    assert_string_equal(kiln_test_json_str(r.result, "text"), "Hello! You said: make it so");
+    assert_string_equal(kiln_test_json_str(r.result, "finish_reason"), "stop");
+    assert_string_equal(kiln_test_json_str(r.result, "model"), "gpt-test");
     json_t *usage = json_object_get(r.result, "usage");
     assert_int_equal(json_integer_value(json_object_get(usage, "completion_tokens")), 6);
 
@@ -112,9 +98,9 @@ static void chat_without_stream_returns_the_text(void **state)
     /* The model comes from the option; a prompt stands for one user message. */
     run_job(c, "{\"endpoint\":\"chat\",\"prompt\":\"no stream\",\"stream\":false}", &r);
     kiln_test_expect_completed(&r);
-    assert_string_equal(jstr(r.result, "text"), "Hello! You said: no stream");
-    assert_string_equal(jstr(r.result, "finish_reason"), "stop");
-    assert_string_equal(jstr(r.result, "model"), "gpt-default");
+    assert_string_equal(kiln_test_json_str(r.result, "text"), "Hello! You said: no stream");
+    assert_string_equal(kiln_test_json_str(r.result, "finish_reason"), "stop");
+    assert_string_equal(kiln_test_json_str(r.result, "model"), "gpt-default");
     assert_true(json_is_object(json_object_get(r.result, "usage")));
     assert_int_equal(kiln_test_fake_stat(f, "requests"), 1);
     kiln_test_job_clear(&r);
@@ -129,7 +115,7 @@ static void retries_429_honouring_retry_after(void **state)
     run_job(c, "{\"model\":\"429-then-ok\",\"messages\":[{\"role\":\"user\",\"content\":\"x\"}]}",
             &r);
     kiln_test_expect_completed(&r);
-    assert_string_equal(jstr(r.result, "text"), "Hello! You said: x");
+    assert_string_equal(kiln_test_json_str(r.result, "text"), "Hello! You said: x");
     assert_int_equal(kiln_test_fake_stat(f, "requests"), 2);
     /* Retry-After: 1 is longer than the first backoff (at most 250 ms). */
     if (r.elapsed_ms < 950)
@@ -160,7 +146,7 @@ static void retries_500_then_succeeds(void **state)
             "\"messages\":[{\"role\":\"user\",\"content\":\"again\"}]}",
             &r);
     kiln_test_expect_completed(&r);
-    assert_string_equal(jstr(r.result, "text"), "Hello! You said: again");
+    assert_string_equal(kiln_test_json_str(r.result, "text"), "Hello! You said: again");
     assert_int_equal(kiln_test_fake_stat(f, "requests"), 2);
     kiln_test_job_clear(&r);
     kiln_connector_free(c);
@@ -261,8 +247,8 @@ static void images_are_saved_under_outputs(void **state)
         char want[400];
         snprintf(want, sizeof want, "%s/openai.42/image-%zu.png", outputs, i);
         json_t *image = json_array_get(images, i);
-        assert_string_equal(jstr(image, "path"), want);
-        assert_string_equal(jstr(image, "revised_prompt"), "a kiln");
+        assert_string_equal(kiln_test_json_str(image, "path"), want);
+        assert_string_equal(kiln_test_json_str(image, "revised_prompt"), "a kiln");
         char *bytes = kiln_test_slurp(want, 4096);
         assert_memory_equal(bytes, "\x89PNG\r\n\x1a\n", 8);
         free(bytes);
@@ -273,7 +259,7 @@ static void images_are_saved_under_outputs(void **state)
     run_job(c, "{\"endpoint\":\"images\",\"model\":\"dall-e-3\",\"prompt\":\"a kiln\"}", &r);
     kiln_test_expect_completed(&r);
     json_t *first = json_array_get(json_object_get(r.result, "images"), 0);
-    assert_true(strncmp(jstr(first, "url"), "http://127.0.0.1:", 17) == 0);
+    assert_true(strncmp(kiln_test_json_str(first, "url"), "http://127.0.0.1:", 17) == 0);
     kiln_test_job_clear(&r);
     kiln_connector_free(c);
 
@@ -305,7 +291,7 @@ static void embeddings_are_returned(void **state)
     }
     json_t *usage = json_object_get(r.result, "usage");
     assert_int_equal(json_integer_value(json_object_get(usage, "total_tokens")), 9);
-    assert_string_equal(jstr(r.result, "model"), "text-embedding-3-small");
+    assert_string_equal(kiln_test_json_str(r.result, "model"), "text-embedding-3-small");
     kiln_test_job_clear(&r);
     kiln_connector_free(c);
 }
@@ -388,7 +374,8 @@ static void api_key_never_appears_in_logs_errors_or_results(void **state)
     kiln_log_configure(KILN_LOG_JSON, KILN_LOG_INFO);
 
     kiln_test_expect_completed(&echo);
-    assert_string_equal(jstr(echo.result, "text"), "Your header was Bearer [redacted]");
+    assert_string_equal(kiln_test_json_str(echo.result, "text"),
+                        "Your header was Bearer [redacted]");
     kiln_test_expect_failed(&echo_err, false, "Bad request from Bearer [redacted]");
     kiln_test_expect_completed(&retried);
     kiln_test_expect_failed(&unauthorized, false, "HTTP 401");
@@ -446,19 +433,10 @@ static void bad_options_are_refused_naming_them(void **state)
         {"{}", "connectors.openai.api_key_env"},
     };
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
-        json_t *options = json_loads(bad[i].options, 0, NULL);
-        assert_non_null(options);
-        kiln_connector_config_t cfg = {.name = "openai", .type = "openai", .options = options};
-        kiln_connector_t *c = NULL;
-        kiln_err_t err = {0};
-        int rc = kiln_connector_new(&cfg, &c, &err);
-        json_decref(options);
-        if (rc != KILN_EINVAL)
-            fail_msg("options %s: expected KILN_EINVAL, got %d", bad[i].options, rc);
-        if (!strstr(err.msg, bad[i].needle))
-            fail_msg("options %s: \"%s\" does not mention \"%s\"", bad[i].options, err.msg,
-                     bad[i].needle);
-        expect_no_key("an init error", err.msg);
+        char msg[KILN_ERR_MSG_MAX];
+        kiln_test_expect_refused("openai", "openai", bad[i].options, bad[i].needle, msg,
+                                 sizeof msg);
+        expect_no_key("an init error", msg);
     }
     /* A local server needs no key: none set is fine there. */
     json_t *options = json_pack("{s:s}", "base_url", "http://127.0.0.1:1/v1");

@@ -9,6 +9,7 @@
 #include "connectors/http.h"
 #include "kiln/connector.h"
 #include "kiln_test.h"
+#include "kiln_test_connector.h"
 #include "pw_service.h"
 
 #include <arpa/inet.h>
@@ -68,19 +69,7 @@ static kiln_connector_t *connector_for(const char *base_url, const char *extra)
 {
     json_t *options = json_pack("{s:s, s:s, s:i}", "base_url", base_url, "outputs_dir", outputs,
                                 "max_retries", 1);
-    if (extra) {
-        json_t *more = json_loads(extra, 0, NULL);
-        assert_non_null(more);
-        json_object_update(options, more);
-        json_decref(more);
-    }
-    kiln_connector_config_t cfg = {.name = "browser", .type = "playwright", .options = options};
-    kiln_connector_t *c = NULL;
-    kiln_err_t err = {0};
-    if (kiln_connector_new(&cfg, &c, &err) != 0)
-        fail_msg("kiln_connector_new: %s", err.msg);
-    json_decref(options);
-    return c;
+    return kiln_test_connector_extended("playwright", "browser", options, extra);
 }
 
 typedef struct run {

@@ -8,7 +8,6 @@
 #include "kiln_test.h"
 #include "kiln_test_connector.h"
 
-#include <dirent.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -52,12 +51,6 @@ static kiln_connector_t *connector_for(const kiln_test_fake_t *f, const char *ex
     return kiln_test_connector_parse("replicate", "replicate", options, redis_url);
 }
 
-static const char *jstr(const json_t *obj, const char *key)
-{
-    const char *s = json_string_value(json_object_get(obj, key));
-    return s ? s : "";
-}
-
 /* ---- tests ------------------------------------------------------------------- */
 
 static void a_prediction_succeeds_with_progress_from_its_logs(void **state)
@@ -68,8 +61,8 @@ static void a_prediction_succeeds_with_progress_from_its_logs(void **state)
     kiln_test_job_run(c, "replicate.1", "{\"input\": {\"prompt\": \"a kiln\", \"steps\": 4}}", 0, 0,
                       &r);
     kiln_test_expect_completed(&r);
-    assert_string_equal(jstr(r.result, "status"), "succeeded");
-    assert_string_equal(jstr(r.result, "id"), "rp0001");
+    assert_string_equal(kiln_test_json_str(r.result, "status"), "succeeded");
+    assert_string_equal(kiln_test_json_str(r.result, "id"), "rp0001");
     assert_true(json_is_array(json_object_get(r.result, "output")));
     /* No outputs_dir: the URLs are the result, nothing is downloaded. */
     assert_true(json_is_null(json_object_get(r.result, "files")));
@@ -152,7 +145,7 @@ static void a_500_on_create_or_poll_is_retried(void **state)
     kiln_test_job_run(c, "replicate.2",
                       "{\"input\": {\"fault\": \"poll-500-then-ok\", \"steps\": 2}}", 0, 0, &r);
     kiln_test_expect_completed(&r);
-    assert_string_equal(jstr(r.result, "status"), "succeeded");
+    assert_string_equal(kiln_test_json_str(r.result, "status"), "succeeded");
     kiln_test_job_clear(&r);
     kiln_connector_free(c);
 }
@@ -228,17 +221,6 @@ static void cancel_mid_job_cancels_the_prediction(void **state)
     kiln_connector_free(c);
 }
 
-static size_t count_entries(const char *dir)
-{
-    DIR *d = opendir(dir);
-    size_t n = 0;
-    for (struct dirent *e; d && (e = readdir(d));)
-        n += e->d_name[0] != '.';
-    if (d)
-        closedir(d);
-    return n;
-}
-
 static void outputs_are_downloaded_into_the_outputs_folder(void **state)
 {
     kiln_test_fake_t *f = *state;
@@ -256,8 +238,8 @@ static void outputs_are_downloaded_into_the_outputs_folder(void **state)
         json_t *file = json_array_get(files, i);
         char want[400];
         snprintf(want, sizeof want, "%s/replicate.7/%zu-rp0001-%zu.png", outputs, i, i);
-        assert_string_equal(jstr(file, "path"), want);
-        assert_non_null(strstr(jstr(file, "url"), "/files/rp0001-"));
+        assert_string_equal(kiln_test_json_str(file, "path"), want);
+        assert_non_null(strstr(kiln_test_json_str(file, "url"), "/files/rp0001-"));
         struct stat st;
         assert_int_equal(stat(want, &st), 0);
         assert_int_equal(st.st_size, PNG_BYTES);
@@ -266,7 +248,7 @@ static void outputs_are_downloaded_into_the_outputs_folder(void **state)
     /* Only the two files: no ".part" left behind. */
     char dir[400];
     snprintf(dir, sizeof dir, "%s/replicate.7", outputs);
-    assert_int_equal(count_entries(dir), 2);
+    assert_int_equal(kiln_test_dir_entries(dir), 2);
     kiln_test_job_clear(&r);
 
     /* Text output has no files to fetch. */
@@ -291,7 +273,7 @@ static void outputs_are_downloaded_into_the_outputs_folder(void **state)
                       0, &r);
     kiln_test_expect_failed(&r, false, "downloading output 0");
     snprintf(dir, sizeof dir, "%s/replicate.9", outputs);
-    assert_int_equal(count_entries(dir), 0);
+    assert_int_equal(kiln_test_dir_entries(dir), 0);
     kiln_test_job_clear(&r);
     kiln_connector_free(c);
 }

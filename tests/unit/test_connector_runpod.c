@@ -8,7 +8,6 @@
 #include "kiln_test.h"
 #include "kiln_test_connector.h"
 
-#include <dirent.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -52,12 +51,6 @@ static kiln_connector_t *connector_for(const kiln_test_fake_t *f, const char *ex
     return kiln_test_connector_parse("runpod", "runpod", options, redis_url);
 }
 
-static const char *jstr(const json_t *obj, const char *key)
-{
-    const char *s = json_string_value(json_object_get(obj, key));
-    return s ? s : "";
-}
-
 static void expect_percents(const kiln_test_job_t *r, const double *want, int n)
 {
     assert_int_equal(atomic_load(&r->progress_count), n);
@@ -76,8 +69,8 @@ static void a_job_completes_with_progress_from_its_updates(void **state)
     kiln_test_job_run(c, "runpod.1", "{\"input\": {\"prompt\": \"a kiln\", \"steps\": 4}}", 0, 0,
                       &r);
     kiln_test_expect_completed(&r);
-    assert_string_equal(jstr(r.result, "status"), "COMPLETED");
-    assert_string_equal(jstr(r.result, "id"), JOB_ID);
+    assert_string_equal(kiln_test_json_str(r.result, "status"), "COMPLETED");
+    assert_string_equal(kiln_test_json_str(r.result, "id"), JOB_ID);
     assert_true(json_is_array(json_object_get(json_object_get(r.result, "output"), "images")));
     assert_int_equal(json_integer_value(json_object_get(r.result, "executionTime")), 2500);
     /* In the queue, then the worker's "denoising NN%" updates, then done. */
@@ -215,17 +208,6 @@ static void cancel_mid_job_cancels_the_runpod_job(void **state)
     kiln_connector_free(c);
 }
 
-static size_t count_entries(const char *dir)
-{
-    DIR *d = opendir(dir);
-    size_t n = 0;
-    for (struct dirent *e; d && (e = readdir(d));)
-        n += e->d_name[0] != '.';
-    if (d)
-        closedir(d);
-    return n;
-}
-
 static void outputs_are_downloaded_into_the_outputs_folder(void **state)
 {
     kiln_test_fake_t *f = *state;
@@ -242,9 +224,9 @@ static void outputs_are_downloaded_into_the_outputs_folder(void **state)
     /* The job id becomes one safe folder name: nothing escapes outputs_dir. */
     char dir[400];
     snprintf(dir, sizeof dir, "%s/runpod_.._7", outputs);
-    assert_int_equal(count_entries(dir), 3);
+    assert_int_equal(kiln_test_dir_entries(dir), 3);
     for (size_t i = 0; i < 3; i++) {
-        const char *path = jstr(json_array_get(files, i), "path");
+        const char *path = kiln_test_json_str(json_array_get(files, i), "path");
         assert_true(strncmp(path, dir, strlen(dir)) == 0);
         struct stat st;
         assert_int_equal(stat(path, &st), 0);
