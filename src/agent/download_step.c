@@ -155,16 +155,3 @@ int kiln_download_service(const kiln_config_t *cfg, const char *service, FILE *o
     }
     return 0;
 }
-
-json_t *kiln_download_line_parse(const char *line)
-{
-    size_t n = strlen(KILN_DOWNLOAD_LINE_PREFIX);
-    if (!line || strncmp(line, KILN_DOWNLOAD_LINE_PREFIX, n) != 0)
-        return NULL;
-    json_t *v = json_loads(line + n, JSON_REJECT_DUPLICATES, NULL);
-    if (!json_is_object(v) || !json_is_string(json_object_get(v, "service"))) {
-        json_decref(v);
-        return NULL;
-    }
-    return v;
-}

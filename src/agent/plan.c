@@ -767,6 +767,10 @@ int kiln_plan_build_with(const kiln_config_t *cfg, const kiln_gpu_list_t *gpus,
         ssize_t n = readlink("/proc/self/exe", b.kiln_path, sizeof b.kiln_path - 1);
         snprintf(b.kiln_path + (n > 0 ? n : 0), sizeof b.kiln_path - (size_t)(n > 0 ? n : 0), "%s",
                  n > 0 ? "" : "kiln");
+        /* The agent alone (kiln-machine) runs its workers as the kiln beside it. */
+        size_t len = strlen(b.kiln_path), suffix = strlen("/kiln-machine");
+        if (len >= suffix && strcmp(b.kiln_path + len - suffix, "/kiln-machine") == 0)
+            b.kiln_path[len - strlen("-machine")] = '\0';
     }
     kiln_ports_init(&b.ports);
     conn_sets_t c;

@@ -2,9 +2,11 @@
  * kiln machine plan | gpus: show the services the machine agent would run
  * (starting nothing) and the GPUs it found.
  */
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "cli/cli_common.h"
 #include "cli/commands.h"
@@ -251,10 +253,35 @@ static int run_gpus(const kiln_cli_globals_t *g)
     return rc;
 }
 
+/* Replaces this process by kiln-machine beside this program (the agent
+ * without the libraries only other commands use; src/cli/machine/main.c)
+ * with the same arguments. Returns only when there is none or it cannot be
+ * run, and then the agent runs in this process. */
+static void exec_lean_agent(char **argv)
+{
+    char path[PATH_MAX];
+    ssize_t n = readlink("/proc/self/exe", path, sizeof path - 1);
+    if (n <= 0)
+        return;
+    path[n] = '\0';
+    char *slash = strrchr(path, '/');
+    if (!slash || (size_t)(slash - path) + sizeof "/kiln-machine" > sizeof path)
+        return;
+    strcpy(slash, "/kiln-machine");
+    if (access(path, X_OK) != 0)
+        return;
+    char *name = argv[0];
+    argv[0] = path; /* what ps shows */
+    execv(path, argv);
+    argv[0] = name;
+}
+
 int kiln_cmd_machine(int argc, char **argv)
 {
-    if (argc > 1 && strcmp(argv[1], "run") == 0)
+    if (argc > 1 && strcmp(argv[1], "run") == 0) {
+        exec_lean_agent(argv + 1);
         return kiln_cmd_machine_run(argc - 1, argv + 1);
+    }
     if (argc > 1 && strcmp(argv[1], "reload") == 0)
         return kiln_cmd_machine_reload(argc - 1, argv + 1);
     if (argc > 1 && strcmp(argv[1], "download") == 0)

@@ -9,7 +9,7 @@
 #include <string.h>
 
 #include "core/config_schema.h"
-#include "core/curl_util.h"
+#include "core/url_text.h"
 #include "kiln/download.h"
 
 #define ENTRY_PATH_MAX     (KILN_YAML_MAX_KEY * 2 + 160)

@@ -11,7 +11,7 @@
 #include <string.h>
 
 #include "core/config_schema.h"
-#include "core/curl_util.h"
+#include "core/url_text.h"
 #include "kiln/hub_webhook.h"
 
 extern char **environ;

@@ -8,7 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "core/curl_util.h"
+#include "core/url_text.h"
 #include "hub/registry_internal.h"
 
 void kiln_webhook_sign(const char *secret, long long t, const char *body, size_t len,
