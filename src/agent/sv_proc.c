@@ -444,9 +444,15 @@ static void send_go(sv_launch_t *l)
 static int finish_launch(sv_service_t *svc, sv_launch_t *l, char *errbuf, size_t errlen)
 {
     if (!l->released) {
+        /* The child does its set-up (cwd, fds) before the go byte, so one
+         * already gone most likely failed there and said why on the exec
+         * pipe: that is the reason to give. The kill first means the read
+         * cannot wait on a child that is somehow still there. */
+        kill(svc->pid, SIGKILL);
+        if (await_exec(svc, svc->pid, l->exec_r, l->path, errbuf, errlen))
+            return KILN_EIO; /* reaped by await_exec */
         snprintf(errbuf, errlen, "service %s: cannot release the child process: %s", svc->spec.name,
                  strerror(EPIPE));
-        kill(svc->pid, SIGKILL);
         while (waitpid(svc->pid, NULL, 0) < 0 && errno == EINTR)
             ;
         return KILN_EIO;
