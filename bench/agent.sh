@@ -125,10 +125,7 @@ REDIS_VERSION=$(redis-cli -h 127.0.0.1 -p "$PORT" info server | tr -d '\r' | sed
 
 # ---- measure ---------------------------------------------------------------
 
-BENCH_COMMIT=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)
-if [ -n "$(git -C "$ROOT" status --porcelain -- src include CMakeLists.txt bench/respawn_probe.c 2>/dev/null)" ]; then
-    BENCH_COMMIT="$BENCH_COMMIT with uncommitted changes"
-fi
+BENCH_COMMIT=$(bench_commit_label src include CMakeLists.txt bench/respawn_probe.c)
 
 log "$(nproc) cores; ${BENCH_AGENT_SERVICES:-50} services per supervisor; redis $REDIS_VERSION on port $PORT"
 timeout "$HARNESS_TIMEOUT" node "$ROOT/bench/agent/harness.mjs" \

@@ -44,10 +44,7 @@ trap 'exit 130' INT TERM
 
 bench_redis_start "$TMP/redis"
 
-BENCH_COMMIT=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)
-if [ -n "$(git -C "$ROOT" status --porcelain -- src include CMakeLists.txt bench 2>/dev/null)" ]; then
-    BENCH_COMMIT="$BENCH_COMMIT with uncommitted changes"
-fi
+BENCH_COMMIT=$(bench_commit_label src include CMakeLists.txt bench)
 
 TABLE="| clients | events | events/s | last client p50 ms | last client p99 ms | last client max ms | each delivery p50 ms | each delivery p99 ms | hub CPU ms per event | missed |
 |---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"

@@ -1,5 +1,6 @@
-# Sourced by the bench scripts (run.sh, agent.sh, openai.sh): a private
-# redis-server for one run. Each script keeps REDIS_PID for its cleanup.
+# Sourced by the bench scripts: a private redis-server for one run (each
+# script keeps REDIS_PID for its cleanup), the commit label of a report, and
+# rewriting one section of BENCHMARKS.md between its markers.
 
 # bench_redis_start DIR: starts redis-server without persistence on a free
 # loopback port, its files and log in DIR; sets PORT and REDIS_PID. Exits
@@ -31,6 +32,18 @@ bench_redis_stop() {
 # bench_write_section OUT SECTION_FILE START END: replaces the part of OUT
 # between the START and END marker lines (markers included) with
 # SECTION_FILE's text, or appends it when OUT has no such part; prints it.
+# bench_commit_label PATH...: the short commit of the checkout, with " with
+# uncommitted changes" when any of the PATHs (relative to ROOT) differ from it,
+# for a report's "kiln commit" line.
+bench_commit_label() {
+    local label
+    label=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)
+    if [ -n "$(git -C "$ROOT" status --porcelain -- "$@" 2>/dev/null)" ]; then
+        label="$label with uncommitted changes"
+    fi
+    echo "$label"
+}
+
 bench_write_section() {
     python3 - "$@" <<'PYEOF'
 import sys

@@ -56,10 +56,7 @@ bench_redis_start "$TMP/redis"
 
 # ---- measure ---------------------------------------------------------------
 
-BENCH_COMMIT=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)
-if [ -n "$(git -C "$ROOT" status --porcelain -- src include CMakeLists.txt bench tests/fakes 2>/dev/null)" ]; then
-    BENCH_COMMIT="$BENCH_COMMIT with uncommitted changes"
-fi
+BENCH_COMMIT=$(bench_commit_label src include CMakeLists.txt bench tests/fakes)
 
 measure() { # measure [--keep-alive]: the bench's table on stdout
     redis-cli -h 127.0.0.1 -p "$PORT" flushall >/dev/null
@@ -126,20 +123,5 @@ runs a snprintf-keyed loop check per object or array), parsing the payload ~3 µ
 a slot's kept handle keeps the options that are the same for every call.
 $END
 EOF
-python3 - "$OUT" "$TMP/section.md" "$START" "$END" <<'EOF'
-import sys
-out, section_file, start, end = sys.argv[1:]
-section = open(section_file).read().rstrip('\n')
-try:
-    text = open(out).read()
-except FileNotFoundError:
-    text = ''
-a, b = text.find(start), text.find(end)
-if a >= 0 and b > a:
-    text = text[:a] + section + text[b + len(end):]
-else:
-    text = (text.rstrip('\n') + '\n\n' if text else '') + section + '\n'
-open(out, 'w').write(text)
-print(section)
-EOF
+bench_write_section "$OUT" "$TMP/section.md" "$START" "$END"
 log "wrote the openai section of $OUT"

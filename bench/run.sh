@@ -40,10 +40,7 @@ for tool in redis-server redis-cli node npm; do
 done
 
 # The commit measured, taken before the run (others may commit meanwhile).
-BENCH_COMMIT=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)
-if [ -n "$(git -C "$ROOT" status --porcelain -- src include CMakeLists.txt 2>/dev/null)" ]; then
-    BENCH_COMMIT="$BENCH_COMMIT with uncommitted changes"
-fi
+BENCH_COMMIT=$(bench_commit_label src include CMakeLists.txt)
 
 TMP=$(mktemp -d "${TMPDIR:-/tmp}/kiln-bench.XXXXXX")
 RESULTS=$TMP/results.ndjson
