@@ -21,18 +21,7 @@ static char log_path[512];
 static int setup(void **state)
 {
     kiln_test_redis_start(&redis_server, false);
-    kiln_broker_options_t opts = {.redis_url = redis_server.url,
-                                  .max_payload_bytes = 1 << 20,
-                                  .stream_max_len = 10000,
-                                  .retention_age_s = 3600,
-                                  .retention_count = 1000,
-                                  .default_max_attempts = 3,
-                                  .backoff_base_ms = 50,
-                                  .backoff_max_ms = 200,
-                                  .lease_ms = 3000};
-    kiln_err_t err = {0};
-    if (kiln_broker_connect(&opts, &broker, &err) != 0)
-        fail_msg("%s", err.msg);
+    broker = kiln_test_broker_connect(&redis_server, 3000);
     char dir[256];
     kiln_test_tmpdir(dir, sizeof dir);
     snprintf(log_path, sizeof log_path, "%s/worker.log", dir);

@@ -268,3 +268,28 @@ int kiln_test_run(char *const argv[], const char *stdin_text, char *out, size_t 
         return -1;
     return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
 }
+
+void kiln_test_redis_flush(const kiln_test_redis_t *r)
+{
+    redisContext *c = kiln_test_redis_connect(r);
+    freeReplyObject(redisCommand(c, "FLUSHALL"));
+    redisFree(c);
+}
+
+kiln_broker_t *kiln_test_broker_connect(const kiln_test_redis_t *r, int64_t lease_ms)
+{
+    kiln_broker_options_t opts = {.redis_url = r->url,
+                                  .max_payload_bytes = 1 << 20,
+                                  .stream_max_len = 10000,
+                                  .retention_age_s = 3600,
+                                  .retention_count = 1000,
+                                  .default_max_attempts = 3,
+                                  .backoff_base_ms = 50,
+                                  .backoff_max_ms = 200,
+                                  .lease_ms = lease_ms};
+    kiln_broker_t *broker = NULL;
+    kiln_err_t err = {0};
+    if (kiln_broker_connect(&opts, &broker, &err) != 0)
+        fail_msg("kiln_broker_connect %s: %s", r->url, err.msg);
+    return broker;
+}

@@ -15,6 +15,8 @@
 #include <sys/types.h>
 #include <cmocka.h>
 
+#include "kiln/broker.h"
+
 typedef struct kiln_test_redis {
     int port;
     pid_t pid;
@@ -37,6 +39,14 @@ void kiln_test_redis_restart(kiln_test_redis_t *r);
 
 /* Stops it and removes its folder. */
 void kiln_test_redis_destroy(kiln_test_redis_t *r);
+
+/* Empties every database of r (FLUSHALL), for a clean slate between tests. */
+void kiln_test_redis_flush(const kiln_test_redis_t *r);
+
+/* A broker connection to r with the tests' usual small limits (1 MiB
+ * payloads, 3 attempts, 50-200 ms backoff) and lease_ms leases; the test
+ * fails when it cannot connect. Free with kiln_broker_free. */
+kiln_broker_t *kiln_test_broker_connect(const kiln_test_redis_t *r, int64_t lease_ms);
 
 /* A new synchronous connection to r (the test fails on error). */
 redisContext *kiln_test_redis_connect(const kiln_test_redis_t *r);

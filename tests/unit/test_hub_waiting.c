@@ -15,18 +15,7 @@ static kiln_broker_t *broker;
 static int setup(void **state)
 {
     kiln_test_redis_start(&redis_server, false);
-    kiln_broker_options_t opts = {.redis_url = redis_server.url,
-                                  .max_payload_bytes = 1 << 20,
-                                  .stream_max_len = 10000,
-                                  .retention_age_s = 3600,
-                                  .retention_count = 1000,
-                                  .default_max_attempts = 3,
-                                  .backoff_base_ms = 50,
-                                  .backoff_max_ms = 200,
-                                  .lease_ms = 30000};
-    kiln_err_t err = {0};
-    if (kiln_broker_connect(&opts, &broker, &err) != 0)
-        fail_msg("%s", err.msg);
+    broker = kiln_test_broker_connect(&redis_server, 30000);
     return 0;
 }
 
@@ -39,9 +28,7 @@ static int teardown(void **state)
 
 static int flush_db(void **state)
 {
-    redisContext *c = kiln_test_redis_connect(&redis_server);
-    freeReplyObject(redisCommand(c, "FLUSHALL"));
-    redisFree(c);
+    kiln_test_redis_flush(&redis_server);
     return 0;
 }
 

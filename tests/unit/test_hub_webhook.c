@@ -85,18 +85,7 @@ static int on_hook(struct mg_connection *conn, void *cbdata)
 static void connect_broker(void)
 {
     kiln_broker_free(broker);
-    kiln_broker_options_t opts = {.redis_url = redis_server.url,
-                                  .max_payload_bytes = 1 << 20,
-                                  .stream_max_len = 10000,
-                                  .retention_age_s = 3600,
-                                  .retention_count = 1000,
-                                  .default_max_attempts = 3,
-                                  .backoff_base_ms = 50,
-                                  .backoff_max_ms = 200,
-                                  .lease_ms = 30000};
-    kiln_err_t err = {0};
-    if (kiln_broker_connect(&opts, &broker, &err) != 0)
-        fail_msg("%s", err.msg);
+    broker = kiln_test_broker_connect(&redis_server, 30000);
 }
 
 static int setup(void **state)
@@ -124,9 +113,7 @@ static int teardown(void **state)
 
 static int reset(void **state)
 {
-    redisContext *c = kiln_test_redis_connect(&redis_server);
-    freeReplyObject(redisCommand(c, "FLUSHALL"));
-    redisFree(c);
+    kiln_test_redis_flush(&redis_server);
     connect_broker();
     pthread_mutex_lock(&rx.mu);
     json_decref(rx.per_job);
