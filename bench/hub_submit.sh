@@ -59,12 +59,17 @@ curl -fs "$URL/health" >/dev/null || die "kiln hub did not start: $(cat "$WORK/h
 
 # The hub's exact submit call, captured once.
 BODY=$(sed -n "s/^wrk.body = '\(.*\)'$/\1/p" "$ROOT/bench/hub_submit.lua")
-rcli monitor >"$WORK/monitor.txt" 2>/dev/null &
+# redis-cli itself, not the rcli function: killing a function's subshell
+# would leave MONITOR attached and slow every later command.
+redis-cli -p "$REDIS_PORT" monitor >"$WORK/monitor.txt" 2>/dev/null &
 mon=$!
 for _ in $(seq 50); do [ -s "$WORK/monitor.txt" ] && break; sleep 0.05; done
 curl -fs -X POST -H 'Content-Type: application/json' -d "$BODY" "$URL/v1/jobs" >/dev/null
 for _ in $(seq 100); do grep -q '"EVALSHA"' "$WORK/monitor.txt" && break; sleep 0.05; done
 kill "$mon" 2>/dev/null || true
+wait "$mon" 2>/dev/null || true
+monitors=$(rcli client list | grep -c 'cmd=monitor' || true)
+[ "$monitors" = 0 ] || die "MONITOR is still attached"
 python3 - "$WORK/monitor.txt" >"$WORK/evalsha.args" <<'PY'
 import shlex, sys
 for line in open(sys.argv[1]):
@@ -111,6 +116,8 @@ per_call=$(python3 -c "print(f'{($jobs - 1) / max(1, ${calls:-0}):.1f}')")
 hub_us=$(python3 -c "print(f'{$hub_cpu * 1e6 / max(1, $jobs - 1):.0f}')")
 redis_us=$(python3 -c "print(f'{$redis_cpu * 1e6 / max(1, $jobs - 1):.0f}')")
 [ -n "$hub_rps" ] || die "wrk failed: $(cat "$WORK/wrk.txt")"
+# Every reply wrk counted is a job in Redis (beyond the captured one).
+[ "$((jobs - 1))" -ge "$requests" ] || die "only $((jobs - 1)) jobs in Redis for $requests replies"
 
 n_redis=$(python3 -c "print(max(10000, int(float('$hub_rps') * $SECONDS_PER_RUN)))")
 log "redis-benchmark: $n_redis EVALSHA calls, $CONNS connections"
@@ -132,7 +139,7 @@ table=$(cat <<TABLE
 |---|---|
 | \`POST /v1/jobs\` through \`kiln hub\` (wrk, $CONNS keep-alive connections, ${SECONDS_PER_RUN} s) | **$(printf '%.0f' "$hub_rps") submits/s** |
 | latency p50 / p99 | $hub_p50 ms / $hub_p99 ms |
-| replies other than 201 | ${non2xx:-0} of $requests |
+| error replies (status ≥ 400, counted by wrk) | ${non2xx:-0} of $requests |
 | jobs in Redis after the run (\`kiln:{bench}:seq\`) | $jobs |
 | submit calls (EVALSHA) during the run; jobs per call (group commit) | ${calls:-0}; $per_call |
 | CPU during the run: hub / redis-server | $hub_cpu s / $redis_cpu s |
