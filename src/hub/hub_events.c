@@ -29,6 +29,8 @@
 #define READ_COUNT       1000
 #define STREAMS_MAX      1024
 #define WATCHED_JOBS_MAX 1024
+/* How often an active reader looks for queues created since its last look. */
+#define FOLLOW_EVERY_MS 250
 
 typedef struct stream_pos {
     char service[KILN_SERVICE_NAME_MAX + 1];
@@ -66,8 +68,13 @@ struct hub_events {
     pthread_t thread;
     bool started;
     pthread_mutex_t mu;
-    pthread_cond_t stop_cond;
+    pthread_cond_t stop_cond; /* stop, or a subscriber ending the reader's idle */
     bool stop;
+    /* With no subscriber the reader reads nothing (idle) and its positions
+     * go stale; the first subscriber moves them to the streams' ends
+     * before it takes its snapshot. Under mu. */
+    bool idle;
+    long long last_follow_ms;
     stream_pos_t *streams; /* the reader's positions; under mu */
     size_t n_streams;
     hub_sub_t *subs;
@@ -76,6 +83,13 @@ struct hub_events {
     kiln_broker_t *redis; /* the reader's own connection */
     hub_machines_t *machines;
 };
+
+static long long monotonic_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
 
 /* ---- stream ids and cursors -------------------------------------------------- */
 
@@ -250,47 +264,51 @@ static void dispatch_locked(hub_events_t *ev, json_t *event, const char *service
 
 /* ---- the reader ------------------------------------------------------------------ */
 
-/* Adds the services not followed yet, from their stream's start when new
- * to the reader (initial: from the current end). */
-static int refresh_streams(hub_events_t *ev, bool initial, kiln_err_t *err)
+/* The id of the last entry in service's stream into id ("0-0" when the
+ * stream is empty). */
+static int stream_end(kiln_broker_t *conn, const char *service, char id[48], kiln_err_t *err)
+{
+    redisReply *r = redisCommand(conn->redis, "XREVRANGE kiln:{%s}:events + - COUNT 1", service);
+    if (!r)
+        return kiln_err_set(err, KILN_EREDIS, "redis: %s", conn->redis->errstr);
+    snprintf(id, 48, "0-0");
+    if (r->type == REDIS_REPLY_ARRAY && r->elements == 1)
+        snprintf(id, 48, "%s", r->element[0]->element[0]->str);
+    freeReplyObject(r);
+    return 0;
+}
+
+/* Follows every queue's stream, through conn. With at_end, every stream
+ * (followed already or not) is followed from its current end: the reader
+ * waking from idle, when what it skipped is nobody's live event. Without,
+ * only the streams not followed yet are added, from their start (a queue
+ * created since the last look). Called with mu held. */
+static int follow_streams_locked(hub_events_t *ev, kiln_broker_t *conn, bool at_end,
+                                 kiln_err_t *err)
 {
     json_t *services = NULL;
-    int rc = kiln_broker_list_services(ev->redis, &services, err);
-    if (rc)
-        return rc;
+    int rc = kiln_broker_list_services(conn, &services, err);
     size_t i;
     json_t *svc;
     json_array_foreach(services, i, svc)
     {
         const char *name = json_string_value(svc);
-        pthread_mutex_lock(&ev->mu);
-        bool known = find_pos(ev->streams, ev->n_streams, name) != NULL;
-        pthread_mutex_unlock(&ev->mu);
-        if (known || ev->n_streams >= STREAMS_MAX)
-            continue;
-        stream_pos_t pos = {.id = "0-0"};
-        snprintf(pos.service, sizeof pos.service, "%s", name);
-        if (initial) {
-            redisReply *r =
-                redisCommand(ev->redis->redis, "XREVRANGE kiln:{%s}:events + - COUNT 1", name);
-            if (!r) {
-                json_decref(services);
-                return kiln_err_set(err, KILN_EREDIS, "redis: %s", ev->redis->redis->errstr);
-            }
-            if (r->type == REDIS_REPLY_ARRAY && r->elements == 1)
-                snprintf(pos.id, sizeof pos.id, "%s", r->element[0]->element[0]->str);
-            freeReplyObject(r);
-        }
-        pthread_mutex_lock(&ev->mu);
-        stream_pos_t *grown = realloc(ev->streams, (ev->n_streams + 1) * sizeof *grown);
-        if (grown) {
+        stream_pos_t *pos = find_pos(ev->streams, ev->n_streams, name);
+        if (!pos && ev->n_streams < STREAMS_MAX) {
+            stream_pos_t *grown = realloc(ev->streams, (ev->n_streams + 1) * sizeof *grown);
+            if (!grown)
+                break;
             ev->streams = grown;
-            ev->streams[ev->n_streams++] = pos;
+            pos = &grown[ev->n_streams++];
+            *pos = (stream_pos_t){.id = "0-0"};
+            snprintf(pos->service, sizeof pos->service, "%s", name);
         }
-        pthread_mutex_unlock(&ev->mu);
+        if (pos && at_end && (rc = stream_end(conn, name, pos->id, err)) != 0)
+            break;
     }
     json_decref(services);
-    return 0;
+    ev->last_follow_ms = monotonic_ms();
+    return rc;
 }
 
 static void handle_reply(hub_events_t *ev, redisReply *r)
@@ -379,15 +397,45 @@ static bool should_stop(hub_events_t *ev, long wait_ms)
     return stop;
 }
 
+/* While nobody subscribes the reader waits (idle) instead of reading: a
+ * submit's event then costs neither Redis nor the hub anything here. */
+static bool wait_while_idle(hub_events_t *ev)
+{
+    pthread_mutex_lock(&ev->mu);
+    bool idle = ev->n_subs == 0 && !ev->stop;
+    if (idle) {
+        ev->idle = true;
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        ts.tv_sec += READ_BLOCK_MS / 1000;
+        pthread_cond_timedwait(&ev->stop_cond, &ev->mu, &ts);
+    }
+    pthread_mutex_unlock(&ev->mu);
+    return idle;
+}
+
+/* Looks for new queues when the last look is FOLLOW_EVERY_MS old. */
+static int follow_new_streams(hub_events_t *ev, kiln_err_t *err)
+{
+    pthread_mutex_lock(&ev->mu);
+    int rc = monotonic_ms() - ev->last_follow_ms >= FOLLOW_EVERY_MS
+                 ? follow_streams_locked(ev, ev->redis, false, err)
+                 : 0;
+    pthread_mutex_unlock(&ev->mu);
+    return rc;
+}
+
 static void *reader_main(void *arg)
 {
     hub_events_t *ev = arg;
     long backoff_ms = 100;
     while (!should_stop(ev, 0)) {
+        if (wait_while_idle(ev))
+            continue;
         kiln_err_t err = {0};
         int rc = ev->redis ? 0 : kiln_broker_connect(&ev->hub->broker_opts, &ev->redis, &err);
         if (rc == 0)
-            rc = refresh_streams(ev, false, &err);
+            rc = follow_new_streams(ev, &err);
         if (rc == 0)
             rc = read_once(ev, &err);
         if (rc == 0) {
@@ -412,6 +460,7 @@ int hub_events_start(kiln_hub_t *hub, kiln_err_t *err)
     if (!ev)
         return kiln_err_set(err, KILN_ENOMEM, "hub: out of memory");
     ev->hub = hub;
+    ev->idle = true;
     pthread_mutex_init(&ev->mu, NULL);
     pthread_cond_init(&ev->stop_cond, NULL);
     hub->events = ev;
@@ -419,8 +468,6 @@ int hub_events_start(kiln_hub_t *hub, kiln_err_t *err)
     int rc = ev->machines ? 0 : kiln_err_set(err, KILN_ENOMEM, "hub: out of memory");
     if (rc == 0)
         rc = kiln_broker_connect(&hub->broker_opts, &ev->redis, err);
-    if (rc == 0)
-        rc = refresh_streams(ev, true, err);
     if (rc == 0 && pthread_create(&ev->thread, NULL, reader_main, ev) != 0)
         rc = kiln_err_set(err, KILN_EIO, "hub: cannot start the event reader thread");
     ev->started = rc == 0;
@@ -630,6 +677,20 @@ hub_sub_t *hub_sub_new(kiln_hub_t *hub, kiln_broker_t *broker, const hub_filter_
         return NULL;
     }
     pthread_mutex_lock(&ev->mu);
+    if (ev->idle && !ev->stop) {
+        /* Events the idle reader skipped are in the streams, for a cursor's
+         * catch-up; the live ones start at the ends. */
+        kiln_broker_t *conn = broker ? broker : hub_thread_broker(hub, err);
+        if (!conn || follow_streams_locked(ev, conn, true, err) != 0) {
+            pthread_mutex_unlock(&ev->mu);
+            if (!broker)
+                hub_broker_reset();
+            hub_sub_free(sub);
+            return NULL;
+        }
+        ev->idle = false;
+        pthread_cond_broadcast(&ev->stop_cond);
+    }
     stream_pos_t *snap = NULL;
     size_t n_snap = ev->n_streams;
     if (resume && n_snap && (snap = malloc(n_snap * sizeof *snap)))

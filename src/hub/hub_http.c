@@ -132,10 +132,15 @@ static bool keep_alive(hub_req_t *req)
 static size_t reply_head(hub_req_t *req, int status, const char *content_type, size_t len,
                          char *head, size_t size)
 {
-    char date[64];
+    /* Formatted once a second per thread. */
+    static _Thread_local char date[64];
+    static _Thread_local time_t date_at;
     time_t now = time(NULL);
-    struct tm tm;
-    strftime(date, sizeof date, "%a, %d %b %Y %H:%M:%S GMT", gmtime_r(&now, &tm));
+    if (now != date_at) {
+        struct tm tm;
+        strftime(date, sizeof date, "%a, %d %b %Y %H:%M:%S GMT", gmtime_r(&now, &tm));
+        date_at = now;
+    }
     const char *origin = cors_origin(req);
     int n =
         snprintf(head, size,

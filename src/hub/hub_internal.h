@@ -209,8 +209,10 @@ void hub_events_stop(kiln_hub_t *hub);
 /* A new subscriber. since (may be NULL or "") is a cursor from an earlier
  * event: the events after it are queued first (read from Redis), then the
  * live ones, with none missed or repeated; broker (the caller's
- * connection) reads them. NULL when the cursor is bad
- * (err says why) or the hub is stopping. */
+ * connection; NULL: the thread's own) reads them, and finds where the
+ * live events start when this is the first subscriber since the reader
+ * went idle. NULL when the cursor is bad, Redis cannot be read (err says
+ * why) or the hub is stopping. */
 hub_sub_t *hub_sub_new(kiln_hub_t *hub, kiln_broker_t *broker, const hub_filter_t *filter,
                        const char *since, kiln_err_t *err);
 

@@ -178,7 +178,10 @@ int hub_jobs_submit(hub_req_t *req)
     json_decref(body);
     if (rc)
         return hub_reply_kiln_error(req, &err);
-    return hub_reply_json(req, 201, json_pack("{s:s}", "id", id));
+    /* A job id is a service name, '.' and digits: nothing to escape. */
+    char reply[KILN_JOB_ID_MAX + 16];
+    int n = snprintf(reply, sizeof reply, "{\"id\":\"%s\"}", id);
+    return hub_reply_text(req, 201, "application/json", reply, (size_t)n);
 }
 
 /* A pending (or delayed) job waits for a worker: that is when the

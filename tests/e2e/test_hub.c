@@ -1132,6 +1132,38 @@ static void compat_websocket_submit_job_gets_accepted_progress_and_complete(void
     f->passed = true;
 }
 
+/* With nobody subscribed the hub reads no events; the first client after
+ * such a time still gets exactly the live events, and a cursor from before
+ * it still catches up on everything. */
+static void events_after_a_time_with_no_client_are_live_only_or_caught_up_by_cursor(void **state)
+{
+    fixture_t *f = *state;
+    start_hub(f, NULL, NULL);
+    json_t *before = json_array(), *live = json_array(), *seen = json_array();
+    for (int i = 0; i < 2; i++) { /* nobody listens yet */
+        char id[KILN_JOB_ID_MAX];
+        submit("{}", NULL, id);
+        json_array_append_new(before, json_string(id));
+    }
+    char cursor[4096];
+    follow(NULL, 2, 2, live, seen, cursor);
+    assert_true(json_equal(live, seen)); /* not the jobs from before it came */
+    json_t *missed = json_array(), *resumed = json_array();
+    for (int i = 0; i < 3; i++) { /* nobody listens again */
+        char id[KILN_JOB_ID_MAX];
+        submit("{}", NULL, id);
+        json_array_append_new(missed, json_string(id));
+    }
+    follow(cursor, 4, 1, missed, resumed, cursor);
+    assert_true(json_equal(missed, resumed)); /* the three missed, then the live one */
+    json_decref(before);
+    json_decref(live);
+    json_decref(seen);
+    json_decref(missed);
+    json_decref(resumed);
+    f->passed = true;
+}
+
 static void events_websocket_delivers_filtered_events_and_resumes(void **state)
 {
     fixture_t *f = *state;
@@ -1258,6 +1290,7 @@ int main(void)
         T(job_events_stream_in_order_and_end_at_completion),
         T(events_resume_after_a_hub_restart_with_nothing_missed_or_repeated),
         T(events_websocket_delivers_filtered_events_and_resumes),
+        T(events_after_a_time_with_no_client_are_live_only_or_caught_up_by_cursor),
         T(events_filter_by_machine_follows_jobs_started_there),
         T(live_clients_beyond_the_threads_left_get_503),
         T(a_client_that_stops_reading_is_dropped_not_waited_for),
