@@ -12,6 +12,7 @@
 #   BENCH_HUB_SECONDS     seconds per wrk run (default 10)
 #   BENCH_HUB_CONNS       keep-alive connections (default 32)
 #   BENCH_HUB_THREADS     hub request threads (default 64)
+#   BENCH_HUB_ROUNDS      wrk rounds; the median is reported (default 3)
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -20,6 +21,7 @@ OUT=${BENCH_OUT:-$ROOT/BENCHMARKS.md}
 SECONDS_PER_RUN=${BENCH_HUB_SECONDS:-10}
 CONNS=${BENCH_HUB_CONNS:-32}
 THREADS=${BENCH_HUB_THREADS:-64}
+ROUNDS=${BENCH_HUB_ROUNDS:-3}
 
 log() { printf 'bench hub: %s\n' "$*" >&2; }
 die() { log "$*"; exit 1; }
@@ -97,28 +99,55 @@ PY
 wrk -t2 -c"$CONNS" -d"${SECONDS_PER_RUN}s" "$URL/bench-no-such-route" >"$WORK/wrk404.txt" 2>&1
 ceiling_rps=$(awk '/^Requests\/sec:/ {print $2}' "$WORK/wrk404.txt")
 
-log "wrk: ${SECONDS_PER_RUN}s, $CONNS connections, hub threads $THREADS"
-rcli config resetstat >/dev/null
-hub_t0=$(cpu_ticks "$hub_pid")
-redis_t0=$(cpu_ticks "$redis_pid")
-wrk -t2 -c"$CONNS" -d"${SECONDS_PER_RUN}s" -s "$ROOT/bench/hub_submit.lua" "$URL/v1/jobs" \
-    >"$WORK/wrk.txt" 2>&1
-hub_rps=$(awk '/^Requests\/sec:/ {print $2}' "$WORK/wrk.txt")
-hub_p50=$(awk '/^p50_ms/ {print $2}' "$WORK/wrk.txt")
-hub_p99=$(awk '/^p99_ms/ {print $2}' "$WORK/wrk.txt")
-non2xx=$(awk '/Non-2xx/ {print $5}' "$WORK/wrk.txt")
-requests=$(awk '/requests in/ {print $1}' "$WORK/wrk.txt")
-jobs=$(rcli get 'kiln:{bench}:seq')
-hub_cpu=$(python3 -c "print(f'{($(cpu_ticks "$hub_pid") - $hub_t0) / $(getconf CLK_TCK):.1f}')")
-redis_cpu=$(python3 -c "print(f'{($(cpu_ticks "$redis_pid") - $redis_t0) / $(getconf CLK_TCK):.1f}')")
-calls=$(rcli info commandstats | tr -d '\r' | awk -F'[=,]' '/^cmdstat_evalsha:/ {print $2}')
-per_call=$(python3 -c "print(f'{($jobs - 1) / max(1, ${calls:-0}):.1f}')")
-hub_us=$(python3 -c "print(f'{$hub_cpu * 1e6 / max(1, $jobs - 1):.0f}')")
-redis_us=$(python3 -c "print(f'{$redis_cpu * 1e6 / max(1, $jobs - 1):.0f}')")
-[ -n "$hub_rps" ] || die "wrk failed: $(cat "$WORK/wrk.txt")"
-# Every reply wrk counted is a job in Redis (beyond the captured one).
-[ "$((jobs - 1))" -ge "$requests" ] || die "only $((jobs - 1)) jobs in Redis for $requests replies"
+# Rounds of wrk, each on an emptied Redis (the loaded script stays): the
+# median round is the figure, the range shows the machine's noise, and the
+# steal column shows CPU the hypervisor took from this VM meanwhile.
+steal_ticks() { awk '/^cpu / {print $9}' /proc/stat; }
+: >"$WORK/rounds.txt"
+for round in $(seq "$ROUNDS"); do
+    log "wrk round $round/$ROUNDS: ${SECONDS_PER_RUN}s, $CONNS connections, hub threads $THREADS"
+    rcli flushall >/dev/null
+    rcli config resetstat >/dev/null
+    hub_t0=$(cpu_ticks "$hub_pid")
+    redis_t0=$(cpu_ticks "$redis_pid")
+    steal_t0=$(steal_ticks)
+    wrk -t2 -c"$CONNS" -d"${SECONDS_PER_RUN}s" -s "$ROOT/bench/hub_submit.lua" "$URL/v1/jobs" \
+        >"$WORK/wrk.txt" 2>&1
+    rps=$(awk '/^Requests\/sec:/ {print $2}' "$WORK/wrk.txt")
+    [ -n "$rps" ] || die "wrk failed: $(cat "$WORK/wrk.txt")"
+    requests=$(awk '/requests in/ {print $1}' "$WORK/wrk.txt")
+    jobs=$(rcli get 'kiln:{bench}:seq')
+    # Every reply wrk counted is a job in Redis.
+    [ "${jobs:-0}" -ge "$requests" ] || die "only ${jobs:-0} jobs in Redis for $requests replies"
+    calls=$(rcli info commandstats | tr -d '\r' | awk -F'[=,]' '/^cmdstat_evalsha:/ {print $2}')
+    echo "$rps $(awk '/^p50_ms/ {print $2}' "$WORK/wrk.txt") $(awk '/^p99_ms/ {print $2}' "$WORK/wrk.txt")" \
+        "$(awk '/Non-2xx/ {print $5}' "$WORK/wrk.txt" | grep . || echo 0) $requests $jobs ${calls:-0}" \
+        "$(($(cpu_ticks "$hub_pid") - hub_t0)) $(($(cpu_ticks "$redis_pid") - redis_t0))" \
+        "$(($(steal_ticks) - steal_t0))" >>"$WORK/rounds.txt"
+done
+# One line of shell assignments from the rounds (median round by rate).
+eval "$(python3 - "$WORK/rounds.txt" "$(getconf CLK_TCK)" "$(nproc)" "$SECONDS_PER_RUN" <<'PY'
+import sys
+rows = [l.split() for l in open(sys.argv[1]) if l.strip()]
+tck, ncpu, secs = float(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4])
+rows.sort(key=lambda r: float(r[0]))
+med = rows[len(rows) // 2]
+jobs = sum(int(r[5]) for r in rows)
+calls = sum(int(r[6]) for r in rows)
+hub = sum(int(r[7]) for r in rows) / tck
+redis = sum(int(r[8]) for r in rows) / tck
+steal = [100 * int(r[9]) / (tck * ncpu * secs) for r in rows]
+print(f"hub_rps={med[0]} hub_p50={med[1]} hub_p99={med[2]}"
+      f" rps_min={float(rows[0][0]):.0f} rps_max={float(rows[-1][0]):.0f}"
+      f" non2xx={sum(int(r[3]) for r in rows)} requests={sum(int(r[4]) for r in rows)}"
+      f" jobs={jobs} calls={calls} per_call={jobs / max(1, calls):.1f}"
+      f" hub_cpu={hub:.1f} redis_cpu={redis:.1f}"
+      f" hub_us={hub * 1e6 / max(1, jobs):.0f} redis_us={redis * 1e6 / max(1, jobs):.0f}"
+      f" steal_min={min(steal):.0f} steal_max={max(steal):.0f}")
+PY
+)"
 
+rcli flushall >/dev/null
 n_redis=$(python3 -c "print(max(10000, int(float('$hub_rps') * $SECONDS_PER_RUN)))")
 log "redis-benchmark: $n_redis EVALSHA calls, $CONNS connections"
 redis_rps=$(redis-benchmark -p "$REDIS_PORT" -c "$CONNS" -n "$n_redis" -q "${EVALSHA_ARGS[@]}" \
@@ -137,12 +166,13 @@ cpu=$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')
 table=$(cat <<TABLE
 | measure | value |
 |---|---|
-| \`POST /v1/jobs\` through \`kiln hub\` (wrk, $CONNS keep-alive connections, ${SECONDS_PER_RUN} s) | **$(printf '%.0f' "$hub_rps") submits/s** |
-| latency p50 / p99 | $hub_p50 ms / $hub_p99 ms |
-| error replies (status ≥ 400, counted by wrk) | ${non2xx:-0} of $requests |
-| jobs in Redis after the run (\`kiln:{bench}:seq\`) | $jobs |
-| submit calls (EVALSHA) during the run; jobs per call (group commit) | ${calls:-0}; $per_call |
-| CPU during the run: hub / redis-server | $hub_cpu s / $redis_cpu s |
+| \`POST /v1/jobs\` through \`kiln hub\` (wrk, $CONNS keep-alive connections, median of $ROUNDS rounds of ${SECONDS_PER_RUN} s) | **$(printf '%.0f' "$hub_rps") submits/s** |
+| the rounds' range; CPU stolen by the hypervisor meanwhile | $rps_min – $rps_max submits/s; steal $steal_min – $steal_max % |
+| latency p50 / p99 (median round) | $hub_p50 ms / $hub_p99 ms |
+| error replies (status ≥ 400, counted by wrk), all rounds | $non2xx of $requests |
+| jobs in Redis after the rounds (\`kiln:{bench}:seq\`, summed) | $jobs |
+| submit calls (EVALSHA); jobs per call (group commit) | $calls; $per_call |
+| CPU over the rounds: hub / redis-server | $hub_cpu s / $redis_cpu s |
 | CPU per submitted job: hub / redis-server | $hub_us µs / $redis_us µs |
 | the same submit script by \`redis-benchmark\` (EVALSHA, one job a call, $CONNS connections) | $(printf '%.0f' "$redis_rps") calls/s |
 | hub / redis-benchmark (one job a call) | **$ratio** |
@@ -160,8 +190,8 @@ section = """<!-- hub-bench:start -->
 ## Hub: POST /v1/jobs under wrk
 
 Generated by \`bench/hub_submit.sh\`: a private \`redis-server\`, \`kiln hub --threads $THREADS\`,
-then \`wrk -t2 -c$CONNS\` posting \`$BODY\` (bench/hub_submit.lua) for ${SECONDS_PER_RUN} s,
-then \`redis-benchmark\` running the hub's exact submit call (EVALSHA with the same keys and
+then $ROUNDS rounds of \`wrk -t2 -c$CONNS\` posting \`$BODY\` (bench/hub_submit.lua) for
+${SECONDS_PER_RUN} s each, on an emptied Redis, then \`redis-benchmark\` running the hub's exact submit call (EVALSHA with the same keys and
 arguments, captured with MONITOR) against the same Redis. wrk, the hub and Redis share the
 machine's cores, and other work on the machine moves both rates from run to run; the ratio and
 the CPU split are the steadier figures. The hub sends submits without an idempotency key as

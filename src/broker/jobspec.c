@@ -196,6 +196,14 @@ static int check_requirements(json_t *req, kiln_err_t *err)
 /* The class: requirements and customer, canonical, hashed. */
 static int build_class(kiln_job_spec_t *spec, json_t *req, kiln_err_t *err)
 {
+    if (!spec->customer_id && (!req || (json_is_object(req) && json_object_size(req) == 0))) {
+        /* The class of most jobs, as json_dumps writes it below. */
+        spec->class_json = strdup("{\"customer_id\":null,\"requirements\":{}}");
+        if (!spec->class_json)
+            return kiln_err_set(err, KILN_ENOMEM, "out of memory building the job's class");
+        hash16(spec->class_json, spec->class_id);
+        return 0;
+    }
     json_t *def = json_object();
     if (def) {
         json_object_set_new(def, "requirements", req ? json_incref(req) : json_object());

@@ -1,35 +1,50 @@
 /*
- * Group commit of submits. Request threads hand their job specs to one
- * batcher thread and wait; the batcher sends whatever is waiting for one
- * service as one submit call (kiln_broker_submit_batch, up to
- * KILN_SUBMIT_BATCH_MAX jobs). Nothing waits for a batch to fill: while one
- * call is in flight the next requests gather, so under load each Redis
- * round trip carries many jobs, and a lone request goes at once.
+ * Group commit of submits. Request threads queue their job specs and wait;
+ * SENDERS threads each take whatever is waiting for one service and send it
+ * as one submit call (kiln_broker_submit_batch, up to KILN_SUBMIT_BATCH_MAX
+ * jobs). Nothing waits for a batch to fill: while the calls are in flight
+ * the next requests gather, so under load each Redis round trip carries
+ * many jobs, and a lone request goes at once.
  */
+#include <errno.h>
+#include <semaphore.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "hub/hub_internal.h"
 #include "kiln/log.h"
 
+/* Batches in flight at once: while Redis runs one, the next is on its
+ * way, so neither Redis nor the request threads wait for a round trip. */
+#define SENDERS 2
+
 typedef struct batch_item {
     const kiln_job_spec_t *spec; /* borrowed from the waiting request */
     char id[KILN_JOB_ID_MAX];
     int rc;
     kiln_err_t err;
-    bool done;
-    pthread_cond_t cond; /* signalled when done: one waiter woken per item */
+    /* Posted when rc, err and id are set. A semaphore, not a condition on
+     * mu: the woken request does not queue for the lock the batcher holds
+     * while it wakes the rest of the batch. */
+    sem_t done;
     struct batch_item *next;
 } batch_item_t;
 
+/* One sending thread: takes a batch, sends it, wakes its requests. */
+typedef struct sender {
+    hub_batcher_t *bt;
+    pthread_t thread;
+    bool started;
+    kiln_broker_t *broker; /* the thread's own connection */
+} sender_t;
+
 struct hub_batcher {
     kiln_hub_t *hub;
-    pthread_t thread;
     pthread_mutex_t mu;
     pthread_cond_t work;
     batch_item_t *head, *tail;
     bool stop;
-    kiln_broker_t *broker; /* the batcher thread's own connection */
+    sender_t senders[SENDERS];
 };
 
 /* Takes the waiting items of the first one's service (at most
@@ -55,34 +70,34 @@ static size_t take_batch(hub_batcher_t *bt, batch_item_t **out)
     return n;
 }
 
-static void submit_batch(hub_batcher_t *bt, batch_item_t **items, size_t n, kiln_job_spec_t *specs,
+static void submit_batch(sender_t *sd, batch_item_t **items, size_t n, kiln_job_spec_t *specs,
                          char (*ids)[KILN_JOB_ID_MAX])
 {
     kiln_err_t err = {0};
-    int rc = bt->broker ? 0 : kiln_broker_connect(&bt->hub->broker_opts, &bt->broker, &err);
+    int rc = sd->broker ? 0 : kiln_broker_connect(&sd->bt->hub->broker_opts, &sd->broker, &err);
     for (size_t i = 0; rc == 0 && i < n; i++)
         specs[i] = *items[i]->spec; /* shallow: the batch call only reads */
     if (rc == 0)
-        rc = kiln_broker_submit_batch(bt->broker, specs, n, ids, &err);
+        rc = kiln_broker_submit_batch(sd->broker, specs, n, ids, &err);
     if (rc == KILN_EREDIS) {
-        kiln_broker_free(bt->broker);
-        bt->broker = NULL;
+        kiln_broker_free(sd->broker);
+        sd->broker = NULL;
     }
-    pthread_mutex_lock(&bt->mu);
+    /* The items are off the queue: only this thread touches them until
+     * their post. */
     for (size_t i = 0; i < n; i++) {
         items[i]->rc = rc;
         items[i]->err = err;
         if (rc == 0)
             memcpy(items[i]->id, ids[i], KILN_JOB_ID_MAX);
-        items[i]->done = true;
-        pthread_cond_signal(&items[i]->cond);
+        sem_post(&items[i]->done);
     }
-    pthread_mutex_unlock(&bt->mu);
 }
 
-static void *batcher_main(void *arg)
+static void *sender_main(void *arg)
 {
-    hub_batcher_t *bt = arg;
+    sender_t *sd = arg;
+    hub_batcher_t *bt = sd->bt;
     batch_item_t **items = malloc(KILN_SUBMIT_BATCH_MAX * sizeof *items);
     kiln_job_spec_t *specs = malloc(KILN_SUBMIT_BATCH_MAX * sizeof *specs);
     char(*ids)[KILN_JOB_ID_MAX] = malloc(KILN_SUBMIT_BATCH_MAX * sizeof *ids);
@@ -100,7 +115,7 @@ static void *batcher_main(void *arg)
             kiln_log(KILN_LOG_ERROR, "hub", NULL, NULL, "submit batcher: out of memory");
             break;
         }
-        submit_batch(bt, items, n, specs, ids);
+        submit_batch(sd, items, n, specs, ids);
     }
     free(items);
     free(specs);
@@ -116,13 +131,16 @@ int hub_batcher_start(kiln_hub_t *hub, kiln_err_t *err)
     bt->hub = hub;
     pthread_mutex_init(&bt->mu, NULL);
     pthread_cond_init(&bt->work, NULL);
-    if (pthread_create(&bt->thread, NULL, batcher_main, bt) != 0) {
-        pthread_mutex_destroy(&bt->mu);
-        pthread_cond_destroy(&bt->work);
-        free(bt);
-        return kiln_err_set(err, KILN_EIO, "hub: cannot start the submit thread");
-    }
     hub->batcher = bt;
+    for (int i = 0; i < SENDERS; i++) {
+        sender_t *sd = &bt->senders[i];
+        sd->bt = bt;
+        sd->started = pthread_create(&sd->thread, NULL, sender_main, sd) == 0;
+        if (!sd->started) {
+            hub_batcher_stop(hub);
+            return kiln_err_set(err, KILN_EIO, "hub: cannot start the submit threads");
+        }
+    }
     return 0;
 }
 
@@ -133,10 +151,13 @@ void hub_batcher_stop(kiln_hub_t *hub)
         return;
     pthread_mutex_lock(&bt->mu);
     bt->stop = true;
-    pthread_cond_signal(&bt->work);
+    pthread_cond_broadcast(&bt->work);
     pthread_mutex_unlock(&bt->mu);
-    pthread_join(bt->thread, NULL);
-    kiln_broker_free(bt->broker);
+    for (int i = 0; i < SENDERS; i++) {
+        if (bt->senders[i].started)
+            pthread_join(bt->senders[i].thread, NULL);
+        kiln_broker_free(bt->senders[i].broker);
+    }
     pthread_mutex_destroy(&bt->mu);
     pthread_cond_destroy(&bt->work);
     free(bt);
@@ -152,17 +173,17 @@ int hub_batcher_submit(kiln_hub_t *hub, const kiln_job_spec_t *spec, char *id, k
         pthread_mutex_unlock(&bt->mu);
         return kiln_err_set(err, KILN_ECANCELLED, "the hub is shutting down");
     }
-    pthread_cond_init(&item.cond, NULL);
+    sem_init(&item.done, 0, 0);
     if (bt->tail)
         bt->tail->next = &item;
     else
         bt->head = &item;
     bt->tail = &item;
     pthread_cond_signal(&bt->work);
-    while (!item.done)
-        pthread_cond_wait(&item.cond, &bt->mu);
     pthread_mutex_unlock(&bt->mu);
-    pthread_cond_destroy(&item.cond);
+    while (sem_wait(&item.done) != 0 && errno == EINTR)
+        ;
+    sem_destroy(&item.done);
     if (item.rc == 0)
         memcpy(id, item.id, KILN_JOB_ID_MAX);
     else if (err)
