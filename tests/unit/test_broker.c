@@ -1,4 +1,5 @@
 /* The broker's job semantics against a real redis-server. */
+#include <openssl/sha.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -580,9 +581,46 @@ static void two_reports_for_one_lease_in_one_call_apply_only_the_first(void **st
     kiln_claimed_job_clear(&job);
 }
 
+/* The class text is the canonical JSON of {requirements, customer_id} and
+ * its id the first 16 hex digits of that text's SHA-1, whichever way the
+ * spec gets there (the usual class is a constant, and each thread
+ * remembers its last id). */
+static void class_text_and_id_are_canonical_in_any_order_of_specs(void **state)
+{
+    (void)state;
+    static const struct {
+        const char *spec, *class_text;
+    } cases[] = {
+        {"{\"service\":\"s\"}", "{\"customer_id\":null,\"requirements\":{}}"},
+        {"{\"service\":\"s\",\"requirements\":{\"ram_gb\":1,\"cpu_cores\":2}}",
+         "{\"customer_id\":null,\"requirements\":{\"cpu_cores\":2,\"ram_gb\":1}}"},
+        {"{\"service\":\"s\",\"requirements\":{}}", "{\"customer_id\":null,\"requirements\":{}}"},
+        {"{\"service\":\"s\",\"customer_id\":\"acme\"}",
+         "{\"customer_id\":\"acme\",\"requirements\":{}}"},
+        {"{\"service\":\"s\",\"requirements\":null}", "{\"customer_id\":null,\"requirements\":{}}"},
+        {"{\"service\":\"s\",\"requirements\":{\"cpu_cores\":2,\"ram_gb\":1}}",
+         "{\"customer_id\":null,\"requirements\":{\"cpu_cores\":2,\"ram_gb\":1}}"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        kiln_job_spec_t spec;
+        kiln_err_t err = {0};
+        assert_int_equal(kiln_job_spec_parse(cases[i].spec, strlen(cases[i].spec), 0, &spec, &err),
+                         0);
+        assert_string_equal(spec.class_json, cases[i].class_text);
+        unsigned char digest[SHA_DIGEST_LENGTH];
+        SHA1((const unsigned char *)cases[i].class_text, strlen(cases[i].class_text), digest);
+        char want[17];
+        for (int b = 0; b < 8; b++)
+            snprintf(want + 2 * b, 3, "%02x", digest[b]);
+        assert_string_equal(spec.class_id, want);
+        kiln_job_spec_clear(&spec);
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test(class_text_and_id_are_canonical_in_any_order_of_specs),
         cmocka_unit_test_setup_teardown(submitted_job_is_claimed_run_and_completed, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(priority_first_then_fifo_within_a_priority, setup,
