@@ -11,6 +11,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "core/mg_stop.h"
 #include "kiln/log.h"
 
 #define COMPONENT "machine-api"
@@ -381,7 +382,7 @@ void kiln_machine_api_free(kiln_machine_api_t *api)
     pthread_mutex_unlock(&api->mu);
 
     /* 3. Wait for civetweb's threads. */
-    mg_stop(api->mg);
+    kiln_mg_stop(api->mg, api->listen, api->port);
     mg_exit_library();
 
     /* 4. Nothing else can queue now: drop what is queued and the streams. */

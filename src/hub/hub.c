@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "core/mg_stop.h"
 #include "hub/hub_internal.h"
 #include "kiln/log.h"
 
@@ -263,7 +264,7 @@ void kiln_hub_free(kiln_hub_t *hub)
      * with a last message before civetweb's threads are joined. */
     atomic_store(&hub->stopping, true);
     hub_events_shutdown(hub);
-    mg_stop(hub->mg);
+    kiln_mg_stop(hub->mg, hub->listen, hub->port);
     kiln_webhooks_stop(hub->webhooks);
     hub_batcher_stop(hub);
     hub_events_stop(hub);

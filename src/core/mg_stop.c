@@ -1,0 +1,69 @@
+/* kiln_mg_stop (core/mg_stop.h). */
+#include "core/mg_stop.h"
+
+#include <arpa/inet.h>
+#include <civetweb.h>
+#include <netinet/in.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+#define POKE_EVERY_NS (10 * 1000000L)
+
+typedef struct poker {
+    struct sockaddr_in addr;
+    atomic_bool stopped; /* mg_stop has returned */
+} poker_t;
+
+static void *poke_main(void *arg)
+{
+    poker_t *p = arg;
+    while (!atomic_load(&p->stopped)) {
+        int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        if (fd >= 0) {
+            (void)connect(fd, (const struct sockaddr *)&p->addr, sizeof p->addr);
+            close(fd);
+        }
+        struct timespec pause = {0, POKE_EVERY_NS};
+        nanosleep(&pause, NULL);
+    }
+    return NULL;
+}
+
+/* The address to reach what listens on listen: its host, or loopback for
+ * "port", "0.0.0.0:port" and hosts that are not IPv4 addresses. */
+static void listen_address(const char *listen, int port, struct sockaddr_in *addr)
+{
+    memset(addr, 0, sizeof *addr);
+    addr->sin_family = AF_INET;
+    addr->sin_port = htons((unsigned short)port);
+    addr->sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    const char *colon = listen ? strrchr(listen, ':') : NULL;
+    char host[64];
+    if (!colon || colon == listen || (size_t)(colon - listen) >= sizeof host)
+        return;
+    snprintf(host, sizeof host, "%.*s", (int)(colon - listen), listen);
+    struct in_addr parsed;
+    if (inet_pton(AF_INET, host, &parsed) == 1 && parsed.s_addr != htonl(INADDR_ANY))
+        addr->sin_addr = parsed;
+}
+
+void kiln_mg_stop(struct mg_context *mg, const char *listen, int port)
+{
+    if (!mg)
+        return;
+    poker_t p;
+    listen_address(listen, port, &p.addr);
+    atomic_init(&p.stopped, false);
+    pthread_t thread;
+    bool poking = port > 0 && pthread_create(&thread, NULL, poke_main, &p) == 0;
+    mg_stop(mg);
+    atomic_store(&p.stopped, true);
+    if (poking)
+        pthread_join(thread, NULL);
+}
