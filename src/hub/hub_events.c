@@ -541,9 +541,10 @@ typedef struct catch_up_list {
 
 /* Reads stream service's events after from up to to (inclusive) into
  * out, updating the catch-up cursor map. */
-static int catch_up_stream(kiln_broker_t *b, hub_sub_t *sub, const char *only_job,
-                           const char *service, const char *from, const char *to,
-                           stream_pos_t **map, size_t *n_map, catch_up_list_t *out, kiln_err_t *err)
+static int catch_up_stream(kiln_broker_t *b, hub_machines_t *machines, hub_sub_t *sub,
+                           const char *only_job, const char *service, const char *from,
+                           const char *to, stream_pos_t **map, size_t *n_map, catch_up_list_t *out,
+                           kiln_err_t *err)
 {
     char start[64];
     snprintf(start, sizeof start, "(%s", from);
@@ -570,6 +571,8 @@ static int catch_up_stream(kiln_broker_t *b, hub_sub_t *sub, const char *only_jo
         size_t n = r->elements;
         for (size_t e = 0; e < n; e++) {
             json_t *event = event_from_entry(service, r->element[e]);
+            if (event)
+                hub_machines_annotate(machines, b, event);
             snprintf(pos->id, sizeof pos->id, "%s", r->element[e]->element[0]->str);
             char *cursor = format_cursor(*map, *n_map);
             const char *job = json_string_value(json_object_get(event, "job"));
@@ -622,16 +625,19 @@ static int catch_up(hub_events_t *ev, kiln_broker_t *b, hub_sub_t *sub, const ch
     if (n_map)
         memcpy(map, floor, n_map * sizeof *map);
     catch_up_list_t list = {0};
-    int rc = 0;
+    /* Replayed events name their machine as live ones do. */
+    hub_machines_t *machines = hub_machines_new();
+    int rc = machines ? 0 : kiln_err_set(err, KILN_ENOMEM, "out of memory");
     for (size_t i = 0; rc == 0 && i < n_snap; i++) {
         if (sub->filter.service[0] && strcmp(sub->filter.service, snap[i].service) != 0)
             continue;
         const stream_pos_t *from = find_pos(floor, n_floor, snap[i].service);
         const char *from_id = from ? from->id : "0-0";
         if (compare_ids(from_id, snap[i].id) < 0)
-            rc = catch_up_stream(b, sub, only_job, snap[i].service, from_id, snap[i].id, &map,
-                                 &n_map, &list, err);
+            rc = catch_up_stream(b, machines, sub, only_job, snap[i].service, from_id, snap[i].id,
+                                 &map, &n_map, &list, err);
     }
+    hub_machines_free(machines);
     free(map);
     pthread_mutex_lock(&ev->mu);
     pthread_mutex_lock(&sub->qmu);

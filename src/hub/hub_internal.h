@@ -247,7 +247,7 @@ bool hub_events_room(kiln_hub_t *hub);
 void hub_events_counts(kiln_hub_t *hub, long *clients, unsigned long long *events,
                        unsigned long long *dropped);
 
-/* ---- machines of events (hub_machines.c; the reader thread's) ------------------- */
+/* ---- machines of events (hub_machines.c; one table per annotating thread) ------ */
 
 typedef struct hub_machines hub_machines_t;
 
@@ -255,7 +255,8 @@ hub_machines_t *hub_machines_new(void);
 void hub_machines_free(hub_machines_t *m);
 
 /* Adds "machine" to event when its job was started by a worker whose
- * record names a machine; b (may be NULL) looks up workers not seen yet. */
+ * record names a machine; b (may be NULL) looks up workers not seen yet,
+ * and the worker of a job whose start m has not seen. */
 void hub_machines_annotate(hub_machines_t *m, kiln_broker_t *b, json_t *event);
 
 /* ---- WebSockets (hub_stream.c, hub_compat.c) ------------------------------------ */

@@ -2,9 +2,11 @@
  * Which machine an event is about. Stream events name the worker only when
  * a job starts; the event reader remembers each started job's machine (from
  * the worker's registry record) and adds "machine" to that job's later
- * events, so clients can follow one machine (/v1/events?machine=). Used by
- * the reader thread only; both tables are bounded and overwrite their
- * oldest entries.
+ * events, so clients can follow one machine (/v1/events?machine=). A later
+ * event of a job whose start it did not see (it read nothing while nobody
+ * listened, or a replay starts after it) takes the worker from the job's
+ * record. One table per thread that annotates (the reader; each replay);
+ * both tables are bounded and overwrite their oldest entries.
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -75,13 +77,51 @@ static const char *worker_machine(hub_machines_t *m, kiln_broker_t *b, const cha
     return e->machine;
 }
 
+/* Whether an event of this type comes after its job started: its job has
+ * (or had) a worker. */
+static bool after_start(const char *type)
+{
+    static const char *const types[] = {"progress",        "completed", "failed", "dead",
+                                        "retry_scheduled", "cancelled", NULL};
+    for (size_t i = 0; type && types[i]; i++) {
+        if (strcmp(type, types[i]) == 0)
+            return true;
+    }
+    return false;
+}
+
+/* The worker of job (of service) from its record into out ("" when none). */
+static void job_worker(kiln_broker_t *b, const char *service, const char *job, char *out,
+                       size_t size)
+{
+    out[0] = '\0';
+    redisReply *r = redisCommand(b->redis, "HGET kiln:{%s}:job:%s worker", service, job);
+    if (r && r->type == REDIS_REPLY_STRING)
+        snprintf(out, size, "%s", r->str);
+    if (r)
+        freeReplyObject(r);
+}
+
 void hub_machines_annotate(hub_machines_t *m, kiln_broker_t *b, json_t *event)
 {
     const char *job = json_string_value(json_object_get(event, "job"));
     const char *worker = json_string_value(json_object_get(event, "worker"));
+    const char *service = json_string_value(json_object_get(event, "service"));
     if (!job || strlen(job) >= KILN_JOB_ID_MAX)
         return;
     job_entry_t *slot = &m->jobs[job_slot(job)];
+    char found[sizeof m->workers[0].worker];
+    if (!(worker && *worker) && strcmp(slot->job, job) != 0 && b && service &&
+        after_start(json_string_value(json_object_get(event, "type")))) {
+        /* Its start was not seen (nobody listened, or a replay begins
+         * after it): the job's record names the worker. */
+        job_worker(b, service, job, found, sizeof found);
+        worker = found;
+        if (!*worker) { /* remembered as machine unknown */
+            snprintf(slot->job, sizeof slot->job, "%s", job);
+            slot->machine[0] = '\0';
+        }
+    }
     if (worker && *worker) {
         const char *machine = worker_machine(m, b, worker);
         snprintf(slot->job, sizeof slot->job, "%s", job);

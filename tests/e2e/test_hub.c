@@ -969,6 +969,50 @@ static bool n_event_clients(void *ctx)
     return ok;
 }
 
+/* A job that ran while nobody listened: its replayed events name its
+ * machine, from the start and from a cursor past its start alike. */
+static void replayed_events_name_the_machine_of_a_job_run_while_nobody_listened(void **state)
+{
+    fixture_t *f = *state;
+    start_hub(f, NULL, NULL);
+    start_worker_env(f, "KILN_MACHINE_ID=desktop");
+    char id[KILN_JOB_ID_MAX], path[8192];
+    submit("{\"duration_ms\":200,\"steps\":2}", NULL, id);
+    snprintf(path, sizeof path, "/v1/jobs/%s?wait=20", id);
+    http_reply_t r = http("GET", path, NULL, NULL);
+    assert_string_equal(jstr(r.json, "state"), "completed");
+    reply_free(&r);
+
+    sse_t all = {.events = json_array(), .stop_type = "completed"};
+    sse_read(&all, "/v1/events?machine=desktop&since=simulation%3D0-0", NULL, 10000);
+    sse_t to_start = {.events = json_array(), .stop_type = "started"};
+    sse_read(&to_start, "/v1/events?since=simulation%3D0-0", NULL, 10000);
+    char *cursor = curl_easy_escape(NULL, to_start.last_cursor, 0);
+    snprintf(path, sizeof path, "/v1/events?machine=desktop&since=%s", cursor);
+    curl_free(cursor);
+    sse_t after_start = {.events = json_array(), .stop_type = "completed"};
+    sse_read(&after_start, path, NULL, 10000);
+
+    assert_string_equal(jstr(json_array_get(all.events, 0), "type"), "started");
+    assert_string_equal(jstr(json_array_get(after_start.events, 0), "type"), "progress");
+    sse_t *reads[] = {&all, &after_start};
+    for (size_t k = 0; k < 2; k++) {
+        size_t n = json_array_size(reads[k]->events);
+        assert_true(n >= 2);
+        assert_string_equal(jstr(json_array_get(reads[k]->events, n - 1), "type"), "completed");
+        for (size_t i = 0; i < n; i++) {
+            assert_string_equal(jstr(json_array_get(reads[k]->events, i), "machine"), "desktop");
+            assert_string_equal(jstr(json_array_get(reads[k]->events, i), "job"), id);
+        }
+    }
+    sse_t *each[] = {&all, &to_start, &after_start};
+    for (size_t k = 0; k < 3; k++) {
+        json_decref(each[k]->events);
+        free(each[k]->buf);
+    }
+    f->passed = true;
+}
+
 static void live_clients_beyond_the_threads_left_get_503(void **state)
 {
     fixture_t *f = *state;
@@ -1292,6 +1336,7 @@ int main(void)
         T(events_websocket_delivers_filtered_events_and_resumes),
         T(events_after_a_time_with_no_client_are_live_only_or_caught_up_by_cursor),
         T(events_filter_by_machine_follows_jobs_started_there),
+        T(replayed_events_name_the_machine_of_a_job_run_while_nobody_listened),
         T(live_clients_beyond_the_threads_left_get_503),
         T(a_client_that_stops_reading_is_dropped_not_waited_for),
         T(compat_api_accepts_the_earlier_clients_jobs),
