@@ -84,14 +84,14 @@ PY
 [ -s "$WORK/evalsha.args" ] || die "could not capture the submit call"
 mapfile -d '' EVALSHA_ARGS <"$WORK/evalsha.args"
 
-# The same call carrying n jobs (ARGV[10] is the job count, then 10 values a
+# The same call carrying n jobs (ARGV[10] is the job count, then 11 values a
 # job), as the hub's group commit sends it.
 batch_args() {
     python3 - "$WORK/evalsha.args" "$1" <<'PY'
 import sys
 a = open(sys.argv[1]).read().split("\0")
 n = int(sys.argv[2])
-sys.stdout.write("\0".join(a[:13] + [str(n)] + a[14:24] * n))
+sys.stdout.write("\0".join(a[:13] + [str(n)] + a[14:25] * n))
 PY
 }
 

@@ -80,6 +80,10 @@ typedef struct kiln_job_spec {
     int64_t delay_ms;
     char *idempotency_key; /* owned or NULL */
     int64_t timeout_ms;    /* 0 = none */
+    /* owned or NULL; not read from the spec's JSON: the hub sets it (its
+     * "webhook" field), and submit stores it with the job, in the same
+     * step, so the delivery loop can never see the job end without it. */
+    char *webhook_url;
 } kiln_job_spec_t;
 
 /* Validates obj (borrowed) and fills spec. On error returns KILN_EINVAL or

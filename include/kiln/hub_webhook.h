@@ -10,7 +10,10 @@
  * not acknowledged (a hub that stopped or died) is taken up again by the
  * next loop, so a restart misses none.
  *
- * Delivery state lives beside the job, under the job's hash tag:
+ * A job's own URL is stored with it at submit (kiln_job_spec_t.webhook_url,
+ * the job hash's webhook_url field), in the same step as the job itself.
+ * Delivery state lives beside the job, under the job's hash tag, from the
+ * first attempt on (before it, a job with a URL reads as pending):
  *   kiln:{s}:webhook:<id>  hash: url, state (pending | delivered | failed),
  *                          attempts, last_status, last_error, updated_at
  */
@@ -39,13 +42,10 @@ void kiln_webhook_sign(const char *secret, long long t, const char *body, size_t
  * 400 naming "webhook" unless it is an http(s) URL of at most 2048 bytes. */
 int kiln_webhook_take_from_job(json_t *job, char **url, kiln_hub_error_t *e);
 
-/* Records job_id's webhook URL (after submit), state pending. */
-int kiln_webhook_set_url(kiln_broker_t *b, const char *job_id, const char *url,
-                         kiln_hub_error_t *e);
-
 /* job_id's delivery state: {"url" (credentials and query hidden), "state",
- * "attempts", "last_status", "last_error", "updated_at"}, or JSON null when
- * the job has no webhook record. Caller owns *out. */
+ * "attempts", "last_status", "last_error", "updated_at"}; {"url", "state":
+ * "pending", "attempts": 0} before the first attempt; JSON null when the job
+ * has no URL of its own and no attempt was made. Caller owns *out. */
 int kiln_webhook_state(kiln_broker_t *b, const char *job_id, json_t **out, kiln_hub_error_t *e);
 
 typedef struct kiln_webhook_options {

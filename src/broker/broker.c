@@ -141,6 +141,7 @@ static void add_spec(kiln_argv_t *a, const kiln_job_spec_t *s, int default_attem
     kiln_argv_addf(a, "%lld", (long long)s->delay_ms);
     kiln_argv_add(a, s->customer_id ? s->customer_id : "", SIZE_MAX);
     kiln_argv_addf(a, "%lld", (long long)s->timeout_ms);
+    kiln_argv_add(a, s->webhook_url ? s->webhook_url : "", SIZE_MAX);
 }
 
 int kiln_broker_submit_batch(kiln_broker_t *b, const kiln_job_spec_t *specs, size_t n,

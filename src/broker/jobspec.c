@@ -379,6 +379,7 @@ void kiln_job_spec_clear(kiln_job_spec_t *spec)
     free(spec->class_json);
     free(spec->customer_id);
     free(spec->idempotency_key);
+    free(spec->webhook_url);
     memset(spec, 0, sizeof *spec);
 }
 

@@ -62,12 +62,17 @@ static int check_owner(hub_req_t *req, kiln_broker_t *b, const char *id)
                            req->token->name, id);
 }
 
-static int submit_checked(hub_req_t *req, kiln_broker_t *b, json_t *spec, char *id, kiln_err_t *err)
+/* Submits spec (with webhook, may be NULL, stored with the job) and
+ * records its owner. */
+static int submit_checked(hub_req_t *req, kiln_broker_t *b, json_t *spec, char **webhook, char *id,
+                          kiln_err_t *err)
 {
     kiln_job_spec_t s;
     int rc = kiln_job_spec_from_json(spec, req->hub->broker_opts.max_payload_bytes, &s, err);
     if (rc)
         return rc;
+    s.webhook_url = *webhook; /* the spec owns it now */
+    *webhook = NULL;
     /* A job with an idempotency key goes alone: its reply says whether it
      * matched an earlier job, which decides its owner record. */
     bool duplicate = false;
@@ -116,15 +121,7 @@ int hub_jobs_submit_spec(hub_req_t *req, kiln_broker_t *b, json_t *spec, char *i
     char *webhook = NULL;
     int rc = take_hub_fields(req, b, spec, &webhook, err);
     if (rc == 0)
-        rc = submit_checked(req, b, spec, id, err);
-    if (rc == 0 && webhook) {
-        kiln_hub_error_t he = {0};
-        if (kiln_webhook_set_url(b, id, webhook, &he) != 0)
-            rc = kiln_err_set(err, KILN_EREDIS,
-                              "job %s submitted, but its webhook was not "
-                              "recorded: %s",
-                              id, he.message);
-    }
+        rc = submit_checked(req, b, spec, &webhook, id, err);
     free(webhook);
     return rc;
 }

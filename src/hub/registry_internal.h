@@ -30,4 +30,8 @@ int kiln_hub_machine_state(kiln_broker_t *b, const char *id, char state[16], kil
  * key; 404 when job_id is not a job id. */
 int kiln_webhook_key(const char *job_id, char *key, size_t size, kiln_hub_error_t *e);
 
+/* The webhook URL job_id was submitted with (*url malloc'd; NULL when it
+ * has none). KILN_EREDIS when Redis cannot be read. */
+int kiln_webhook_job_url(kiln_broker_t *b, const char *job_id, char **url, kiln_hub_error_t *e);
+
 #endif

@@ -65,23 +65,22 @@ int kiln_webhook_key(const char *job_id, char *key, size_t size, kiln_hub_error_
     return 0;
 }
 
-int kiln_webhook_set_url(kiln_broker_t *b, const char *job_id, const char *url, kiln_hub_error_t *e)
+int kiln_webhook_job_url(kiln_broker_t *b, const char *job_id, char **url, kiln_hub_error_t *e)
 {
-    char key[256];
-    int rc = kiln_webhook_key(job_id, key, sizeof key, e);
-    if (rc)
-        return rc;
-    if (!url || !kiln_url_is_http(url) || strlen(url) > KILN_WEBHOOK_URL_MAX)
-        return kiln_hub_error_set(e, 400, "invalid_request", "webhook",
-                                  "webhook: expected an http:// or https:// URL");
-    redisReply *r = kiln_hub_command(b, e, "HSET %s url %s state pending attempts 0", key, url);
+    *url = NULL;
+    const char *dot = strrchr(job_id, '.');
+    char key[KILN_JOB_ID_MAX * 2 + 16];
+    if (!dot || dot == job_id || strlen(job_id) >= KILN_JOB_ID_MAX)
+        return kiln_hub_error_set(e, 404, "not_found", "job", "job '%.100s' is unknown", job_id);
+    /* hiredis formats no "%.*s": the key is built here. */
+    snprintf(key, sizeof key, "kiln:{%.*s}:job:%s", (int)(dot - job_id), job_id, job_id);
+    redisReply *r = kiln_hub_command(b, e, "HGET %s webhook_url", key);
     if (!r)
         return KILN_EREDIS;
+    if (r->type == REDIS_REPLY_STRING && r->len > 0)
+        *url = strdup(r->str);
     freeReplyObject(r);
-    r = kiln_hub_command(b, e, "EXPIRE %s %d", key, KILN_WEBHOOK_STATE_TTL_S);
-    if (r)
-        freeReplyObject(r);
-    return r ? 0 : KILN_EREDIS;
+    return 0;
 }
 
 int kiln_webhook_state(kiln_broker_t *b, const char *job_id, json_t **out, kiln_hub_error_t *e)
@@ -94,7 +93,21 @@ int kiln_webhook_state(kiln_broker_t *b, const char *job_id, json_t **out, kiln_
     redisReply *r = kiln_hub_command(b, e, "HGETALL %s", key);
     if (!r)
         return KILN_EREDIS;
-    json_t *state = r->elements ? json_object() : json_null();
+    if (r->type == REDIS_REPLY_ARRAY && r->elements == 0) {
+        /* Nothing tried yet: pending, if the job was submitted with one. */
+        freeReplyObject(r);
+        char *url;
+        if ((rc = kiln_webhook_job_url(b, job_id, &url, e)) != 0)
+            return rc;
+        char shown[KILN_WEBHOOK_URL_MAX + 32];
+        if (url)
+            kiln_url_redact(url, shown, sizeof shown);
+        *out = url ? json_pack("{s:s, s:s, s:i}", "url", shown, "state", "pending", "attempts", 0)
+                   : json_null();
+        free(url);
+        return 0;
+    }
+    json_t *state = json_object();
     for (size_t i = 0; r->type == REDIS_REPLY_ARRAY && i + 1 < r->elements; i += 2) {
         const char *field = r->element[i]->str, *value = r->element[i + 1]->str;
         if (!strcmp(field, "url")) {

@@ -147,8 +147,10 @@ static void stored(kiln_webhooks_t *w, const char *key, char **url, char *state,
         freeReplyObject(r);
 }
 
-/* Delivers job_id's webhook. Returns false only when stopped before the
- * outcome was final (the event then stays unacknowledged). */
+/* Delivers job_id's webhook: the URL of its delivery state, else the one it
+ * was submitted with, else the hub's default. Returns false when stopped
+ * before the outcome was final, or when Redis could not say the job's URL
+ * (the event then stays unacknowledged, for a later read or reclaim). */
 static bool deliver(kiln_webhooks_t *w, const char *job_id, const char *event)
 {
     char key[256], state[16], why[256] = "", shown[KILN_WEBHOOK_URL_MAX + 32];
@@ -157,6 +159,8 @@ static bool deliver(kiln_webhooks_t *w, const char *job_id, const char *event)
     char *url;
     int attempts;
     stored(w, key, &url, state, &attempts);
+    if (!url && kiln_webhook_job_url(w->broker, job_id, &url, NULL) == KILN_EREDIS)
+        return false; /* unacknowledged: read again once Redis answers */
     if (!url && w->default_url)
         url = strdup(w->default_url);
     json_t *job = NULL;

@@ -148,11 +148,15 @@ static void run_job(char *id, const char *webhook, bool succeed)
     kiln_job_spec_t js;
     kiln_err_t err = {0};
     assert_int_equal(kiln_job_spec_parse(text, strlen(text), 0, &js, &err), 0);
+    js.webhook_url = webhook ? strdup(webhook) : NULL;
     assert_int_equal(kiln_broker_submit(broker, &js, id, NULL, &err), 0);
     kiln_job_spec_clear(&js);
-    kiln_hub_error_t e = {0};
-    if (webhook)
-        assert_int_equal(kiln_webhook_set_url(broker, id, webhook, &e), 0);
+    if (webhook) { /* before any attempt it reads as pending */
+        json_t *st = NULL;
+        assert_int_equal(kiln_webhook_state(broker, id, &st, NULL), 0);
+        assert_string_equal(json_string_value(json_object_get(st, "state")), "pending");
+        json_decref(st);
+    }
     kiln_worker_identity_t who;
     assert_int_equal(kiln_worker_identity_init(&who, "w", NULL, NULL, &err), 0);
     kiln_claimed_job_t job[1];

@@ -1,9 +1,9 @@
 -- submit: adds jobs to the queue.
 -- ARGV[10]   number of jobs n
--- then per job, 10 values:
+-- then per job, 11 values:
 --   idempotency key ('' = none), priority, class id, class definition JSON,
 --   payload JSON, max attempts, run_at ms (0 = now), delay ms, customer id,
---   timeout ms
+--   timeout ms, webhook URL ('' = none)
 -- Returns a flat list: per job its id and 1 when an idempotency key matched
 -- an earlier job (then nothing was written for it), else 0.
 local n = tonumber(ARGV[OP])
@@ -15,7 +15,7 @@ local first_seq = redis.call('INCRBY', P .. 'seq', n) - n
 -- Each class's new pending jobs, added with one ZADD per class.
 local class_adds, class_def = {}, {}
 for i = 0, n - 1 do
-    local a = OP + 1 + i * 10
+    local a = OP + 1 + i * 11
     local idem = ARGV[a]
     local existing = false
     if idem ~= '' then
@@ -47,7 +47,8 @@ for i = 0, n - 1 do
             fields[#fields + 1] = 'run_at'
             fields[#fields + 1] = int(run_at)
         end
-        local optional = {'customer', ARGV[a + 8], 'timeout_ms', ARGV[a + 9], 'idem', idem}
+        local optional = {'customer', ARGV[a + 8], 'timeout_ms', ARGV[a + 9], 'idem', idem,
+                          'webhook_url', ARGV[a + 10]}
         for o = 1, #optional, 2 do
             local v = optional[o + 1]
             if v ~= '' and v ~= '0' then
