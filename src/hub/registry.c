@@ -176,8 +176,29 @@ static json_t *machine_view(const char *id, json_t *status, json_t *record, json
     return view;
 }
 
+/* A read rewrites an unchanged registry record at most this often (an
+ * offline machine's last_seen is then up to this old). */
+#define REMEMBER_EVERY_MS 10000
+
+/* Whether the stored record already says what rec says, and was written
+ * less than REMEMBER_EVERY_MS ago: a read then writes nothing. */
+static bool still_current(json_t *record, json_t *rec)
+{
+    json_int_t seen = json_integer_value(json_object_get(record, "last_seen"));
+    if (!record || kiln_ops_wall_ms() - seen >= REMEMBER_EVERY_MS)
+        return false;
+    static const char *const keys[] = {"last_status", "workers", "wake"};
+    for (int k = 0; k < 3; k++) {
+        json_t *was = json_object_get(record, keys[k]), *now = json_object_get(rec, keys[k]);
+        if ((was || now) && !json_equal(was, now))
+            return false;
+    }
+    return true;
+}
+
 /* Writes what is live of machine id into its registry record (keeping its
- * wake info); returns the new record (caller owns). */
+ * wake info), unless the record says it already (still_current); returns
+ * the record as it now stands (caller owns). */
 static json_t *remember(kiln_broker_t *b, const char *id, json_t *status, json_t *record,
                         json_t *live_workers)
 {
@@ -192,6 +213,10 @@ static json_t *remember(kiln_broker_t *b, const char *id, json_t *status, json_t
                             status ? status : json_object_get(record, "last_status"), "last_seen",
                             (json_int_t)kiln_ops_wall_ms(), "workers", workers, "wake",
                             json_object_get(record, "wake"));
+    if (rec && still_current(record, rec)) {
+        json_decref(rec);
+        return json_incref(record);
+    }
     char *text = rec ? json_dumps(rec, JSON_COMPACT) : NULL;
     if (text)
         freeReplyObject(redisCommand(b->redis, "HSET %s %s %s", KILN_HUB_REGISTRY_KEY, id, text));

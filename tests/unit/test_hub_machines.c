@@ -11,6 +11,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include "broker/ops.h"
 #include "kiln/hub_machines.h"
 #include "kiln/publisher.h"
 #include "kiln_test.h"
@@ -84,6 +85,53 @@ static const char *state_of(const char *id)
     snprintf(state, sizeof state, "%s", json_string_value(json_object_get(m, "state")));
     json_decref(m);
     return state;
+}
+
+typedef struct later {
+    json_int_t than;
+} later_t;
+
+static bool clock_passed(void *ctx)
+{
+    return kiln_ops_wall_ms() > ((later_t *)ctx)->than + 1;
+}
+
+static char *registry_text(const char *id)
+{
+    redisContext *c = kiln_test_redis_connect(&redis_server);
+    redisReply *r = redisCommand(c, "HGET %s %s", KILN_HUB_REGISTRY_KEY, id);
+    char *text = r && r->type == REDIS_REPLY_STRING ? strdup(r->str) : NULL;
+    freeReplyObject(r);
+    redisFree(c);
+    return text;
+}
+
+/* Reading the fleet writes a machine's registry record only when what is
+ * live of it changed (or the record is old): a monitor polling the list
+ * costs Redis reads, not a write per machine per poll. */
+static void reading_machines_rewrites_a_record_only_when_it_changed(void **state)
+{
+    kiln_publisher_t *p = agent_online("desktop");
+    register_worker("desktop-1", "desktop", 2, 0, "{}");
+    json_decref(machine("desktop"));
+    char *first = registry_text("desktop");
+    assert_non_null(first);
+    json_t *rec = json_loads(first, 0, NULL);
+    later_t later = {json_integer_value(json_object_get(rec, "last_seen"))};
+    json_decref(rec);
+    assert_true(kiln_test_wait_until(clock_passed, &later, 5000));
+    json_decref(machine("desktop"));
+    char *second = registry_text("desktop");
+    assert_string_equal(second, first); /* nothing changed: not rewritten */
+
+    register_worker("desktop-1", "desktop", 2, 1, "{}"); /* now busy */
+    json_decref(machine("desktop"));
+    char *third = registry_text("desktop");
+    assert_string_not_equal(third, first);
+    free(first);
+    free(second);
+    free(third);
+    kiln_publisher_free(p, true);
 }
 
 static void machines_are_online_busy_then_offline_but_still_known(void **state)
@@ -271,6 +319,7 @@ static void wake_sends_the_packet_to_the_machines_stored_address(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test_setup(reading_machines_rewrites_a_record_only_when_it_changed, flush_db),
         cmocka_unit_test_setup(machines_are_online_busy_then_offline_but_still_known, flush_db),
         cmocka_unit_test_setup(unknown_machine_is_not_found, flush_db),
         cmocka_unit_test_setup(offline_pin_is_refused_unless_the_job_says_wait_or_any, flush_db),
