@@ -78,7 +78,8 @@ python3 - "$WORK/monitor.txt" >"$WORK/evalsha.args" <<'PY'
 import shlex, sys
 for line in open(sys.argv[1]):
     if '"EVALSHA"' in line:
-        print("\0".join(shlex.split(line.split("] ", 1)[1])), end="")
+        # Each argument ends with NUL, so mapfile keeps a trailing empty one.
+        print("".join(arg + "\0" for arg in shlex.split(line.split("] ", 1)[1])), end="")
         break
 PY
 [ -s "$WORK/evalsha.args" ] || die "could not capture the submit call"
@@ -89,9 +90,9 @@ mapfile -d '' EVALSHA_ARGS <"$WORK/evalsha.args"
 batch_args() {
     python3 - "$WORK/evalsha.args" "$1" <<'PY'
 import sys
-a = open(sys.argv[1]).read().split("\0")
+a = open(sys.argv[1]).read().split("\0")[:-1]
 n = int(sys.argv[2])
-sys.stdout.write("\0".join(a[:13] + [str(n)] + a[14:25] * n))
+sys.stdout.write("".join(arg + "\0" for arg in a[:13] + [str(n)] + a[14:25] * n))
 PY
 }
 
@@ -175,6 +176,7 @@ n_redis=$(python3 -c "print(max(10000, int(float('$hub_rps') * $SECONDS_PER_RUN)
 log "redis-benchmark: $n_redis EVALSHA calls, $CONNS connections"
 redis_rps=$(redis-benchmark -p "$REDIS_PORT" -c "$CONNS" -n "$n_redis" -q "${EVALSHA_ARGS[@]}" \
     2>/dev/null | tr '\r' '\n' | awk '/requests per second/ {v=$(NF-5)} END {print v}')
+[ -n "$redis_rps" ] || die "redis-benchmark failed running the captured submit call"
 ratio=$(python3 -c "print(f'{float(\"$hub_rps\") / float(\"$redis_rps\"):.2f}')")
 batch_n=$(python3 -c "print(max(1, round($per_call)))")
 batch_args "$batch_n" >"$WORK/batch.args"
@@ -182,6 +184,7 @@ mapfile -d '' BATCH_ARGS <"$WORK/batch.args"
 log "redis-benchmark: the same call with $batch_n jobs"
 batch_rps=$(redis-benchmark -p "$REDIS_PORT" -c "$CONNS" -n "$((n_redis / batch_n + 1000))" -q \
     "${BATCH_ARGS[@]}" 2>/dev/null | tr '\r' '\n' | awk '/requests per second/ {v=$(NF-5)} END {print v}')
+[ -n "$batch_rps" ] || die "redis-benchmark failed running the batch submit call"
 batch_jobs=$(python3 -c "print(f'{float(\"$batch_rps\") * $batch_n:.0f}')")
 batch_ratio=$(python3 -c "print(f'{float(\"$hub_rps\") / float(\"$batch_jobs\"):.2f}')")
 
