@@ -11,7 +11,7 @@
 #include <string.h>
 #include <time.h>
 
-#include "core/mg_stop.h"
+#include "core/mg_server.h"
 #include "kiln/log.h"
 
 #define COMPONENT "machine-api"
@@ -240,21 +240,13 @@ static int start_civetweb(kiln_machine_api_t *api, kiln_err_t *err)
     callbacks.begin_request = api_http_handle;
     callbacks.http_error = api_http_error;
     callbacks.log_message = on_civetweb_log;
-    struct mg_init_data init = {
-        .callbacks = &callbacks, .user_data = api, .configuration_options = options};
-    char text[256] = "";
-    unsigned code = 0;
-    struct mg_error_data error = {.code = &code, .text = text, .text_buffer_size = sizeof text};
-    api->mg = mg_start2(&init, &error);
+    char why[256];
+    api->mg = kiln_mg_start(&callbacks, api, options, &api->port, why, sizeof why);
     if (!api->mg)
         return kiln_err_set(err, KILN_EIO,
                             "machine API: cannot listen on %s: %s; set machine.health_port "
                             "(MACHINE_HEALTH_PORT) to a free port",
-                            api->listen, text[0] ? text : "civetweb failed to start");
-    struct mg_server_port ports[4];
-    memset(ports, 0, sizeof ports);
-    if (mg_get_server_ports(api->mg, 4, ports) > 0)
-        api->port = ports[0].port;
+                            api->listen, why);
     return 0;
 }
 

@@ -8,7 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "core/mg_stop.h"
+#include "core/mg_server.h"
 #include "hub/hub_internal.h"
 #include "kiln/log.h"
 
@@ -131,21 +131,13 @@ static int start_civetweb(kiln_hub_t *hub, int threads, kiln_err_t *err)
     callbacks.begin_request = hub_http_handle;
     callbacks.log_message = on_civetweb_log;
     callbacks.exit_thread = on_exit_thread;
-    struct mg_init_data init = {
-        .callbacks = &callbacks, .user_data = hub, .configuration_options = options};
-    char text[256] = "";
-    unsigned code = 0;
-    struct mg_error_data error = {.code = &code, .text = text, .text_buffer_size = sizeof text};
-    hub->mg = mg_start2(&init, &error);
+    char why[256];
+    hub->mg = kiln_mg_start(&callbacks, hub, options, &hub->port, why, sizeof why);
     if (!hub->mg)
         return kiln_err_set(err, KILN_EIO,
                             "hub: cannot listen on %s: %s; set hub.listen (KILN_HUB_LISTEN) to a "
                             "free address",
-                            hub->listen, text[0] ? text : "civetweb failed to start");
-    struct mg_server_port ports[4];
-    memset(ports, 0, sizeof ports);
-    if (mg_get_server_ports(hub->mg, 4, ports) > 0)
-        hub->port = ports[0].port;
+                            hub->listen, why);
     char host[64];
     const char *colon = strrchr(hub->listen, ':');
     snprintf(host, sizeof host, "%.*s", colon ? (int)(colon - hub->listen) : 9,

@@ -1,5 +1,5 @@
-/* kiln_mg_stop (core/mg_stop.h). */
-#include "core/mg_stop.h"
+/* kiln_mg_start and kiln_mg_stop (core/mg_server.h). */
+#include "core/mg_server.h"
 
 #include <arpa/inet.h>
 #include <civetweb.h>
@@ -51,6 +51,26 @@ static void listen_address(const char *listen, int port, struct sockaddr_in *add
     struct in_addr parsed;
     if (inet_pton(AF_INET, host, &parsed) == 1 && parsed.s_addr != htonl(INADDR_ANY))
         addr->sin_addr = parsed;
+}
+
+struct mg_context *kiln_mg_start(const struct mg_callbacks *callbacks, void *user_data,
+                                 const char **options, int *port, char *why, size_t why_size)
+{
+    struct mg_init_data init = {
+        .callbacks = callbacks, .user_data = user_data, .configuration_options = options};
+    unsigned code = 0;
+    why[0] = '\0';
+    struct mg_error_data error = {.code = &code, .text = why, .text_buffer_size = why_size};
+    struct mg_context *mg = mg_start2(&init, &error);
+    if (!mg) {
+        if (!why[0])
+            snprintf(why, why_size, "civetweb failed to start");
+        return NULL;
+    }
+    struct mg_server_port ports[4];
+    memset(ports, 0, sizeof ports);
+    *port = mg_get_server_ports(mg, 4, ports) > 0 ? ports[0].port : 0;
+    return mg;
 }
 
 void kiln_mg_stop(struct mg_context *mg, const char *listen, int port)
