@@ -74,4 +74,7 @@ bool kiln_ops_service_name_ok(const char *name);
 /* Milliseconds since the epoch (CLOCK_REALTIME). */
 long long kiln_ops_wall_ms(void);
 
+/* Milliseconds on CLOCK_MONOTONIC, for intervals. */
+long long kiln_ops_monotonic_ms(void);
+
 #endif

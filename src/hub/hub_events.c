@@ -84,11 +84,18 @@ struct hub_events {
     hub_machines_t *machines;
 };
 
-static long long monotonic_ms(void)
+/* The CLOCK_REALTIME time ms from now, for pthread_cond_timedwait. */
+static struct timespec deadline_after_ms(long ms)
 {
     struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    ts.tv_sec += ms / 1000;
+    ts.tv_nsec += (ms % 1000) * 1000000L;
+    if (ts.tv_nsec >= 1000000000L) {
+        ts.tv_sec++;
+        ts.tv_nsec -= 1000000000L;
+    }
+    return ts;
 }
 
 /* ---- stream ids and cursors -------------------------------------------------- */
@@ -307,7 +314,7 @@ static int follow_streams_locked(hub_events_t *ev, kiln_broker_t *conn, bool at_
             break;
     }
     json_decref(services);
-    ev->last_follow_ms = monotonic_ms();
+    ev->last_follow_ms = kiln_ops_monotonic_ms();
     return rc;
 }
 
@@ -382,14 +389,7 @@ static bool should_stop(hub_events_t *ev, long wait_ms)
 {
     pthread_mutex_lock(&ev->mu);
     if (wait_ms > 0 && !ev->stop) {
-        struct timespec ts;
-        clock_gettime(CLOCK_REALTIME, &ts);
-        ts.tv_sec += wait_ms / 1000;
-        ts.tv_nsec += (wait_ms % 1000) * 1000000L;
-        if (ts.tv_nsec >= 1000000000L) {
-            ts.tv_sec++;
-            ts.tv_nsec -= 1000000000L;
-        }
+        struct timespec ts = deadline_after_ms(wait_ms);
         pthread_cond_timedwait(&ev->stop_cond, &ev->mu, &ts);
     }
     bool stop = ev->stop;
@@ -405,9 +405,7 @@ static bool wait_while_idle(hub_events_t *ev)
     bool idle = ev->n_subs == 0 && !ev->stop;
     if (idle) {
         ev->idle = true;
-        struct timespec ts;
-        clock_gettime(CLOCK_REALTIME, &ts);
-        ts.tv_sec += READ_BLOCK_MS / 1000;
+        struct timespec ts = deadline_after_ms(READ_BLOCK_MS);
         pthread_cond_timedwait(&ev->stop_cond, &ev->mu, &ts);
     }
     pthread_mutex_unlock(&ev->mu);
@@ -418,7 +416,7 @@ static bool wait_while_idle(hub_events_t *ev)
 static int follow_new_streams(hub_events_t *ev, kiln_err_t *err)
 {
     pthread_mutex_lock(&ev->mu);
-    int rc = monotonic_ms() - ev->last_follow_ms >= FOLLOW_EVERY_MS
+    int rc = kiln_ops_monotonic_ms() - ev->last_follow_ms >= FOLLOW_EVERY_MS
                  ? follow_streams_locked(ev, ev->redis, false, err)
                  : 0;
     pthread_mutex_unlock(&ev->mu);
@@ -773,14 +771,7 @@ int hub_sub_watch_job(hub_sub_t *sub, kiln_broker_t *broker, const char *job_id,
 int hub_sub_next(hub_sub_t *sub, long timeout_ms, json_t **event, const char **reason)
 {
     *event = NULL;
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    ts.tv_sec += timeout_ms / 1000;
-    ts.tv_nsec += (timeout_ms % 1000) * 1000000L;
-    if (ts.tv_nsec >= 1000000000L) {
-        ts.tv_sec++;
-        ts.tv_nsec -= 1000000000L;
-    }
+    struct timespec ts = deadline_after_ms(timeout_ms);
     pthread_mutex_lock(&sub->qmu);
     while (!sub->head && !sub->closed) {
         if (pthread_cond_timedwait(&sub->cond, &sub->qmu, &ts) == ETIMEDOUT)

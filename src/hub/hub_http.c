@@ -11,6 +11,7 @@
 #include <strings.h>
 #include <time.h>
 
+#include "broker/ops.h"
 #include "hub/hub_internal.h"
 
 #define REALM "Bearer realm=\"kiln-hub\""
@@ -281,9 +282,7 @@ static bool rate_allows(kiln_hub_t *hub, const hub_token_t *token)
     if (hub->rate_limit_per_s <= 0)
         return true;
     size_t i = (size_t)(token - hub->tokens);
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    int64_t now = (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+    int64_t now = kiln_ops_monotonic_ms();
     pthread_mutex_lock(&hub->rate_mu);
     double rate = hub->rate_limit_per_s;
     double bucket = hub->rate_buckets[i];
