@@ -23,4 +23,10 @@ redisReply *kiln_broker_eval(kiln_broker_t *b, kiln_argv_t *a, const kiln_script
 /* Runs a plain command given as argv; same ownership as kiln_broker_eval. */
 redisReply *kiln_broker_command(kiln_broker_t *b, kiln_argv_t *a, kiln_err_t *err);
 
+/* One field of job id's record into *value (malloc'd; NULL when the job or
+ * the field is absent or empty). KILN_EINVAL for a malformed id,
+ * KILN_EREDIS when Redis cannot be read. */
+int kiln_broker_job_field(kiln_broker_t *b, const char *id, const char *field, char **value,
+                          kiln_err_t *err);
+
 #endif

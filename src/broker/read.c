@@ -105,6 +105,24 @@ static int fetch_job(kiln_broker_t *b, const char *id, bool with_bodies, json_t 
     return rc;
 }
 
+int kiln_broker_job_field(kiln_broker_t *b, const char *id, const char *field, char **value,
+                          kiln_err_t *err)
+{
+    *value = NULL;
+    char service[KILN_SERVICE_NAME_MAX + 1];
+    if (kiln_ops_job_service(id, service, err) != 0)
+        return KILN_EINVAL;
+    redisReply *r = redisCommand(b->redis, "HGET kiln:{%s}:job:%s %s", service, id, field);
+    if (!r)
+        return kiln_err_set(err, KILN_EREDIS, "redis: %s", b->redis->errstr);
+    int rc =
+        r->type == REDIS_REPLY_ERROR ? kiln_err_set(err, KILN_EREDIS, "job %s: %s", id, r->str) : 0;
+    if (r->type == REDIS_REPLY_STRING && r->len > 0 && !(*value = strdup(r->str)))
+        rc = kiln_err_set(err, KILN_ENOMEM, "out of memory");
+    freeReplyObject(r);
+    return rc;
+}
+
 int kiln_broker_get_job(kiln_broker_t *b, const char *id, json_t **job, kiln_err_t *err)
 {
     *job = NULL;

@@ -90,32 +90,28 @@ static bool after_start(const char *type)
     return false;
 }
 
-/* The worker of job (of service) from its record into out ("" when none). */
-static void job_worker(kiln_broker_t *b, const char *service, const char *job, char *out,
-                       size_t size)
+/* The worker of job from its record into out ("" when none or unread). */
+static void job_worker(kiln_broker_t *b, const char *job, char *out, size_t size)
 {
-    out[0] = '\0';
-    redisReply *r = redisCommand(b->redis, "HGET kiln:{%s}:job:%s worker", service, job);
-    if (r && r->type == REDIS_REPLY_STRING)
-        snprintf(out, size, "%s", r->str);
-    if (r)
-        freeReplyObject(r);
+    char *worker = NULL;
+    kiln_broker_job_field(b, job, "worker", &worker, NULL);
+    snprintf(out, size, "%s", worker ? worker : "");
+    free(worker);
 }
 
 void hub_machines_annotate(hub_machines_t *m, kiln_broker_t *b, json_t *event)
 {
     const char *job = json_string_value(json_object_get(event, "job"));
     const char *worker = json_string_value(json_object_get(event, "worker"));
-    const char *service = json_string_value(json_object_get(event, "service"));
     if (!job || strlen(job) >= KILN_JOB_ID_MAX)
         return;
     job_entry_t *slot = &m->jobs[job_slot(job)];
     char found[sizeof m->workers[0].worker];
-    if (!(worker && *worker) && strcmp(slot->job, job) != 0 && b && service &&
+    if (!(worker && *worker) && strcmp(slot->job, job) != 0 && b &&
         after_start(json_string_value(json_object_get(event, "type")))) {
         /* Its start was not seen (nobody listened, or a replay begins
          * after it): the job's record names the worker. */
-        job_worker(b, service, job, found, sizeof found);
+        job_worker(b, job, found, sizeof found);
         worker = found;
         if (!*worker) { /* remembered as machine unknown */
             snprintf(slot->job, sizeof slot->job, "%s", job);

@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "broker/broker_internal.h"
 #include "core/url_text.h"
 #include "hub/registry_internal.h"
 
@@ -67,20 +68,13 @@ int kiln_webhook_key(const char *job_id, char *key, size_t size, kiln_hub_error_
 
 int kiln_webhook_job_url(kiln_broker_t *b, const char *job_id, char **url, kiln_hub_error_t *e)
 {
-    *url = NULL;
-    const char *dot = strrchr(job_id, '.');
-    char key[KILN_JOB_ID_MAX * 2 + 16];
-    if (!dot || dot == job_id || strlen(job_id) >= KILN_JOB_ID_MAX)
+    kiln_err_t err = {0};
+    int rc = kiln_broker_job_field(b, job_id, "webhook_url", url, &err);
+    if (rc == KILN_EINVAL)
         return kiln_hub_error_set(e, 404, "not_found", "job", "job '%.100s' is unknown", job_id);
-    /* hiredis formats no "%.*s": the key is built here. */
-    snprintf(key, sizeof key, "kiln:{%.*s}:job:%s", (int)(dot - job_id), job_id, job_id);
-    redisReply *r = kiln_hub_command(b, e, "HGET %s webhook_url", key);
-    if (!r)
-        return KILN_EREDIS;
-    if (r->type == REDIS_REPLY_STRING && r->len > 0)
-        *url = strdup(r->str);
-    freeReplyObject(r);
-    return 0;
+    if (rc)
+        kiln_hub_error_from(e, &err, NULL);
+    return rc;
 }
 
 int kiln_webhook_state(kiln_broker_t *b, const char *job_id, json_t **out, kiln_hub_error_t *e)
