@@ -35,22 +35,26 @@ static void *poke_main(void *arg)
     return NULL;
 }
 
-/* The address to reach what listens on listen: its host, or loopback for
- * "port", "0.0.0.0:port" and hosts that are not IPv4 addresses. */
+void kiln_mg_local_host(const char *listen, char *host, size_t size)
+{
+    const char *colon = listen ? strrchr(listen, ':') : NULL;
+    if (colon && colon > listen)
+        snprintf(host, size, "%.*s", (int)(colon - listen), listen);
+    if (!colon || colon == listen || strcmp(host, "0.0.0.0") == 0)
+        snprintf(host, size, "127.0.0.1");
+}
+
+/* The address to reach what listens on listen (kiln_mg_local_host);
+ * loopback for a host that is not an IPv4 address. */
 static void listen_address(const char *listen, int port, struct sockaddr_in *addr)
 {
     memset(addr, 0, sizeof *addr);
     addr->sin_family = AF_INET;
     addr->sin_port = htons((unsigned short)port);
-    addr->sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    const char *colon = listen ? strrchr(listen, ':') : NULL;
     char host[64];
-    if (!colon || colon == listen || (size_t)(colon - listen) >= sizeof host)
-        return;
-    snprintf(host, sizeof host, "%.*s", (int)(colon - listen), listen);
-    struct in_addr parsed;
-    if (inet_pton(AF_INET, host, &parsed) == 1 && parsed.s_addr != htonl(INADDR_ANY))
-        addr->sin_addr = parsed;
+    kiln_mg_local_host(listen, host, sizeof host);
+    if (inet_pton(AF_INET, host, &addr->sin_addr) != 1)
+        addr->sin_addr.s_addr = htonl(INADDR_LOOPBACK);
 }
 
 struct mg_context *kiln_mg_start(const struct mg_callbacks *callbacks, void *user_data,

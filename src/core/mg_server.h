@@ -14,6 +14,11 @@ struct mg_context;
 struct mg_context *kiln_mg_start(const struct mg_callbacks *callbacks, void *user_data,
                                  const char **options, int *port, char *why, size_t why_size);
 
+/* The host a client on this machine reaches a server listening on listen
+ * ("host:port" or "port") at, into host (size bytes): its host, or
+ * 127.0.0.1 for a port alone or 0.0.0.0. */
+void kiln_mg_local_host(const char *listen, char *host, size_t size);
+
 /* mg_stop(mg), sped up: civetweb's listening thread sees the stop flag
  * only between polls of its sockets, which time out after two seconds, so
  * a plain mg_stop takes up to 2 s. While mg_stop waits, a helper thread

@@ -139,11 +139,8 @@ static int start_civetweb(kiln_hub_t *hub, int threads, kiln_err_t *err)
                             "free address",
                             hub->listen, why);
     char host[64];
-    const char *colon = strrchr(hub->listen, ':');
-    snprintf(host, sizeof host, "%.*s", colon ? (int)(colon - hub->listen) : 9,
-             colon ? hub->listen : "127.0.0.1");
-    snprintf(hub->url, sizeof hub->url, "http://%s:%d",
-             strcmp(host, "0.0.0.0") == 0 ? "127.0.0.1" : host, hub->port);
+    kiln_mg_local_host(hub->listen, host, sizeof host);
+    snprintf(hub->url, sizeof hub->url, "http://%s:%d", host, hub->port);
     hub_stream_register_ws(hub);
     hub_compat_register_ws(hub);
     return 0;
