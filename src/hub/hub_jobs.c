@@ -318,28 +318,28 @@ int hub_jobs_retry(hub_req_t *req)
     return job_command(req, kiln_broker_retry);
 }
 
-int hub_jobs_queues(hub_req_t *req)
+/* Replies {key: list} with what read gives. */
+static int reply_listing(hub_req_t *req, int (*read)(kiln_broker_t *, json_t **, kiln_err_t *),
+                         const char *key)
 {
     kiln_broker_t *b = hub_broker(req);
     if (!b)
         return 503;
     kiln_err_t err = {0};
-    json_t *stats;
-    if (kiln_broker_queue_stats(b, &stats, &err) != 0)
+    json_t *list;
+    if (read(b, &list, &err) != 0)
         return hub_reply_kiln_error(req, &err);
-    return hub_reply_json(req, 200, json_pack("{s:o}", "queues", stats));
+    return hub_reply_json(req, 200, json_pack("{s:o}", key, list));
+}
+
+int hub_jobs_queues(hub_req_t *req)
+{
+    return reply_listing(req, kiln_broker_queue_stats, "queues");
 }
 
 int hub_jobs_workers(hub_req_t *req)
 {
-    kiln_broker_t *b = hub_broker(req);
-    if (!b)
-        return 503;
-    kiln_err_t err = {0};
-    json_t *workers;
-    if (kiln_broker_list_workers(b, &workers, &err) != 0)
-        return hub_reply_kiln_error(req, &err);
-    return hub_reply_json(req, 200, json_pack("{s:o}", "workers", workers));
+    return reply_listing(req, kiln_broker_list_workers, "workers");
 }
 
 int hub_jobs_health(hub_req_t *req)
