@@ -117,3 +117,20 @@ int kiln_cli_exit_code(int kiln_code)
         return KILN_EXIT_FAILED;
     }
 }
+
+int kiln_cli_apply_flag(kiln_config_t *cfg, const char *command, const kiln_cli_flag_t *flags,
+                        size_t n, const char *flag, const char *value)
+{
+    for (size_t i = 0; i < n; i++) {
+        if (strcmp(flag, flags[i].flag) != 0)
+            continue;
+        kiln_problems_t problems = {0};
+        int rc = kiln_config_set_flag(cfg, flags[i].path, flag, value, &problems);
+        for (size_t k = 0; k < problems.count; k++)
+            fprintf(stderr, "kiln %s: %s\n", command, problems.items[k]);
+        kiln_problems_clear(&problems);
+        return rc ? KILN_EXIT_USAGE : 0;
+    }
+    fprintf(stderr, "kiln %s: unknown option %s (see kiln %s --help)\n", command, flag, command);
+    return KILN_EXIT_USAGE;
+}

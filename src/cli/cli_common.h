@@ -3,6 +3,7 @@
 #define KILN_CLI_COMMON_H
 
 #include <stdbool.h>
+#include <stddef.h>
 
 #include "kiln/broker.h"
 #include "kiln/config.h"
@@ -30,6 +31,17 @@ int kiln_cli_load_config(const kiln_cli_globals_t *g, kiln_config_t *cfg);
  * KILN_EXIT_UNAVAILABLE when it cannot (KILN_EXIT_USAGE for a malformed
  * URL); 0 on success. */
 int kiln_cli_connect(const kiln_config_t *cfg, kiln_broker_t **broker);
+
+/* A command's option and the config path it sets. */
+typedef struct kiln_cli_flag {
+    const char *flag, *path;
+} kiln_cli_flag_t;
+
+/* Sets the config path of flag (one of the n in flags) to value. Prints
+ * what is wrong as "kiln COMMAND: ..." and returns KILN_EXIT_USAGE for a
+ * bad value or an option not in flags; 0 on success. */
+int kiln_cli_apply_flag(kiln_config_t *cfg, const char *command, const kiln_cli_flag_t *flags,
+                        size_t n, const char *flag, const char *value);
 
 /* Maps a KILN_E* code to the CLI exit code (commands.h). */
 int kiln_cli_exit_code(int kiln_code);

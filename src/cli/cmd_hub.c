@@ -30,23 +30,10 @@ static const char usage_text[] =
 
 static int apply_flag(kiln_config_t *cfg, const char *flag, const char *value)
 {
-    static const struct {
-        const char *flag, *path;
-    } flags[] = {{"--listen", "hub.listen"},
-                 {"--threads", "hub.threads"},
-                 {"--max-body-bytes", "hub.max_body_bytes"}};
-    for (size_t i = 0; i < sizeof flags / sizeof flags[0]; i++) {
-        if (strcmp(flag, flags[i].flag) != 0)
-            continue;
-        kiln_problems_t problems = {0};
-        int rc = kiln_config_set_flag(cfg, flags[i].path, flag, value, &problems);
-        for (size_t k = 0; k < problems.count; k++)
-            fprintf(stderr, "kiln hub: %s\n", problems.items[k]);
-        kiln_problems_clear(&problems);
-        return rc ? KILN_EXIT_USAGE : 0;
-    }
-    fprintf(stderr, "kiln hub: unknown option %s (see kiln hub --help)\n", flag);
-    return KILN_EXIT_USAGE;
+    static const kiln_cli_flag_t flags[] = {{"--listen", "hub.listen"},
+                                            {"--threads", "hub.threads"},
+                                            {"--max-body-bytes", "hub.max_body_bytes"}};
+    return kiln_cli_apply_flag(cfg, "hub", flags, sizeof flags / sizeof flags[0], flag, value);
 }
 
 static int parse_flags(int argc, char **argv, kiln_config_t *cfg)

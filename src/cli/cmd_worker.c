@@ -50,25 +50,12 @@ static int ready_fd_from_env(void)
 
 static int apply_flag(kiln_config_t *cfg, const char *flag, const char *value)
 {
-    static const struct {
-        const char *flag, *path;
-    } flags[] = {{"--connectors", "worker.connectors"},
-                 {"--concurrency", "worker.concurrency"},
-                 {"--grace-ms", "worker.shutdown_grace_ms"},
-                 {"--id", "worker.id"},
-                 {"--capabilities", "worker.capabilities"}};
-    for (size_t i = 0; i < sizeof flags / sizeof flags[0]; i++) {
-        if (strcmp(flag, flags[i].flag) != 0)
-            continue;
-        kiln_problems_t problems = {0};
-        int rc = kiln_config_set_flag(cfg, flags[i].path, flag, value, &problems);
-        for (size_t k = 0; k < problems.count; k++)
-            fprintf(stderr, "kiln worker: %s\n", problems.items[k]);
-        kiln_problems_clear(&problems);
-        return rc ? KILN_EXIT_USAGE : 0;
-    }
-    fprintf(stderr, "kiln worker: unknown option %s (see kiln worker --help)\n", flag);
-    return KILN_EXIT_USAGE;
+    static const kiln_cli_flag_t flags[] = {{"--connectors", "worker.connectors"},
+                                            {"--concurrency", "worker.concurrency"},
+                                            {"--grace-ms", "worker.shutdown_grace_ms"},
+                                            {"--id", "worker.id"},
+                                            {"--capabilities", "worker.capabilities"}};
+    return kiln_cli_apply_flag(cfg, "worker", flags, sizeof flags / sizeof flags[0], flag, value);
 }
 
 int kiln_cmd_worker(int argc, char **argv)
