@@ -11,6 +11,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "core/deadline.h"
 #include "core/mg_server.h"
 #include "kiln/log.h"
 
@@ -55,15 +56,7 @@ static void call_free(api_call_t *call)
 /* The absolute time timeout_ms from now on CLOCK_MONOTONIC (done_cond's clock). */
 static struct timespec deadline_after(long timeout_ms)
 {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    ts.tv_sec += timeout_ms / 1000;
-    ts.tv_nsec += (timeout_ms % 1000) * 1000000L;
-    if (ts.tv_nsec >= 1000000000L) {
-        ts.tv_sec++;
-        ts.tv_nsec -= 1000000000L;
-    }
-    return ts;
+    return kiln_deadline_after_ms(CLOCK_MONOTONIC, timeout_ms);
 }
 
 /* Appends call to the queue. Called with mu held. */

@@ -13,6 +13,7 @@
 #include <time.h>
 
 #include "broker/ops.h"
+#include "core/deadline.h"
 #include "core/redis_url.h"
 #include "kiln/log.h"
 
@@ -51,14 +52,7 @@ struct kiln_publisher {
 
 static void wait_ms(pthread_cond_t *cv, pthread_mutex_t *mu, long ms)
 {
-    struct timespec until;
-    clock_gettime(CLOCK_REALTIME, &until);
-    until.tv_sec += ms / 1000;
-    until.tv_nsec += (ms % 1000) * 1000000L;
-    if (until.tv_nsec >= 1000000000L) {
-        until.tv_sec++;
-        until.tv_nsec -= 1000000000L;
-    }
+    struct timespec until = kiln_deadline_after_ms(CLOCK_REALTIME, ms);
     pthread_cond_timedwait(cv, mu, &until);
 }
 

@@ -21,6 +21,7 @@
 #include <time.h>
 
 #include "broker/broker_internal.h"
+#include "core/deadline.h"
 #include "hub/hub_internal.h"
 #include "kiln/log.h"
 
@@ -83,20 +84,6 @@ struct hub_events {
     kiln_broker_t *redis; /* the reader's own connection */
     hub_machines_t *machines;
 };
-
-/* The CLOCK_REALTIME time ms from now, for pthread_cond_timedwait. */
-static struct timespec deadline_after_ms(long ms)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    ts.tv_sec += ms / 1000;
-    ts.tv_nsec += (ms % 1000) * 1000000L;
-    if (ts.tv_nsec >= 1000000000L) {
-        ts.tv_sec++;
-        ts.tv_nsec -= 1000000000L;
-    }
-    return ts;
-}
 
 /* ---- stream ids and cursors -------------------------------------------------- */
 
@@ -389,7 +376,7 @@ static bool should_stop(hub_events_t *ev, long wait_ms)
 {
     pthread_mutex_lock(&ev->mu);
     if (wait_ms > 0 && !ev->stop) {
-        struct timespec ts = deadline_after_ms(wait_ms);
+        struct timespec ts = kiln_deadline_after_ms(CLOCK_REALTIME, wait_ms);
         pthread_cond_timedwait(&ev->stop_cond, &ev->mu, &ts);
     }
     bool stop = ev->stop;
@@ -405,7 +392,7 @@ static bool wait_while_idle(hub_events_t *ev)
     bool idle = ev->n_subs == 0 && !ev->stop;
     if (idle) {
         ev->idle = true;
-        struct timespec ts = deadline_after_ms(READ_BLOCK_MS);
+        struct timespec ts = kiln_deadline_after_ms(CLOCK_REALTIME, READ_BLOCK_MS);
         pthread_cond_timedwait(&ev->stop_cond, &ev->mu, &ts);
     }
     pthread_mutex_unlock(&ev->mu);
@@ -771,7 +758,7 @@ int hub_sub_watch_job(hub_sub_t *sub, kiln_broker_t *broker, const char *job_id,
 int hub_sub_next(hub_sub_t *sub, long timeout_ms, json_t **event, const char **reason)
 {
     *event = NULL;
-    struct timespec ts = deadline_after_ms(timeout_ms);
+    struct timespec ts = kiln_deadline_after_ms(CLOCK_REALTIME, timeout_ms);
     pthread_mutex_lock(&sub->qmu);
     while (!sub->head && !sub->closed) {
         if (pthread_cond_timedwait(&sub->cond, &sub->qmu, &ts) == ETIMEDOUT)

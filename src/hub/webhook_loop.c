@@ -13,6 +13,7 @@
 
 #include "broker/broker_internal.h"
 #include "core/curl_util.h"
+#include "core/deadline.h"
 #include "core/redis_url.h"
 #include "hub/registry_internal.h"
 #include "kiln/hub_webhook.h"
@@ -39,14 +40,7 @@ struct kiln_webhooks {
 /* Waits up to ms unless stopped; returns false when stopped. */
 static bool pause_ms(kiln_webhooks_t *w, long ms)
 {
-    struct timespec until;
-    clock_gettime(CLOCK_REALTIME, &until);
-    until.tv_sec += ms / 1000;
-    until.tv_nsec += (ms % 1000) * 1000000L;
-    if (until.tv_nsec >= 1000000000L) {
-        until.tv_sec++;
-        until.tv_nsec -= 1000000000L;
-    }
+    struct timespec until = kiln_deadline_after_ms(CLOCK_REALTIME, ms);
     pthread_mutex_lock(&w->mu);
     while (!w->stop && pthread_cond_timedwait(&w->cv, &w->mu, &until) == 0)
         ;
